@@ -1,0 +1,115 @@
+/// How a key reached the SVM.
+public enum KeyOrigin: String, Sendable, Codable, Equatable {
+  /// Added by an operator as a key (`agentctl add-key`, `AddKey`).
+  case key
+}
+
+/// A key held in a slot, with where it came from.
+public struct InstalledKey: Sendable, Equatable, Codable {
+  public var key: LicenseKey
+  public var origin: KeyOrigin
+  /// When the key was added to the SVM (as active or as reserve).
+  public var addedAt: Timestamp
+  /// When a reserve key became active by promotion (P1).
+  public var promotedAt: Timestamp?
+
+  public init(key: LicenseKey, origin: KeyOrigin, addedAt: Timestamp, promotedAt: Timestamp? = nil) {
+    self.key = key
+    self.origin = origin
+    self.addedAt = addedAt
+    self.promotedAt = promotedAt
+  }
+
+  public var claims: LicenseClaims { key.claims }
+  public var serial: String { key.serial }
+  public var expiresAt: Timestamp { key.claims.expiresAt }
+}
+
+/// The key a lapsed slot last had: the slot stays "expired" until a new active key arrives.
+public struct ExpiredKey: Sendable, Equatable, Codable {
+  public var serial: String
+  public var expiresAt: Timestamp
+  public var scheme: Scheme
+}
+
+/// One slot: at most one active and one reserve key (rules A3, R9).
+public struct SlotState: Sendable, Equatable, Codable {
+  public var active: InstalledKey?
+  public var reserve: InstalledKey?
+  /// Set when the slot's active key expired with nothing to take over (P4, P6).
+  public var expired: ExpiredKey?
+  /// The EXPIRING_SOON thresholds (`30d`, `7d`, ...) already logged, or already passed when
+  /// the active key arrived, for the current active key (W1: never twice, never late).
+  public var warned: [String]
+
+  public init(active: InstalledKey? = nil, reserve: InstalledKey? = nil, expired: ExpiredKey? = nil, warned: [String] = [])
+  {
+    self.active = active
+    self.reserve = reserve
+    self.expired = expired
+    self.warned = warned
+  }
+
+  /// True when the slot holds nothing worth keeping.
+  public var isEmpty: Bool { active == nil && reserve == nil && expired == nil }
+
+  /// The scheme of whatever the slot holds (keys or the record of an expired one).
+  var scheme: Scheme? { active?.claims.scheme ?? reserve?.claims.scheme ?? expired?.scheme }
+}
+
+/// Everything the agent owns: the slots, the id of the last transition, and the events of
+/// transitions not yet confirmed as delivered (the outbox). Persisted whole by the store.
+public struct LicenseState: Sendable, Equatable, Codable {
+  /// The version of the persisted form; a file with a greater version is refused.
+  public static let currentSchemaVersion = 1
+
+  public var schemaVersion: Int
+  public var slots: [Slot: SlotState]
+  /// Every state change gets the next id; events carry it (exactly-once announcements).
+  public var lastTransitionID: UInt64
+  /// Events of persisted transitions, waiting to be confirmed as sent to the journal.
+  public var outbox: [JournalEvent]
+
+  public init(slots: [Slot: SlotState] = [:], lastTransitionID: UInt64 = 0, outbox: [JournalEvent] = []) {
+    self.schemaVersion = Self.currentSchemaVersion
+    self.slots = slots
+    self.lastTransitionID = lastTransitionID
+    self.outbox = outbox
+  }
+
+  public subscript(slot: Slot) -> SlotState {
+    get { slots[slot] ?? SlotState() }
+    set { slots[slot] = newValue.isEmpty ? nil : newValue }
+  }
+
+  /// The slots that hold a key or an expiry record, in a fixed order.
+  public var slotsInUse: [Slot] { slots.keys.sorted() }
+
+  /// The state once the outbox events of transitions up to `transitionID` were delivered.
+  public func acknowledging(through transitionID: UInt64) -> LicenseState {
+    var copy = self
+    copy.outbox.removeAll { ($0.transitionID ?? 0) <= transitionID }
+    return copy
+  }
+}
+
+extension Slot: CodingKeyRepresentable {}
+
+extension LicenseKey: Codable {
+  /// Persisted as the compact JWS alone; the claims are read again from it on load, so the
+  /// key's text is the single source of truth.
+  public init(from decoder: Decoder) throws {
+    let text = try decoder.singleValueContainer().decode(String.self)
+    do {
+      self = try KeyParser.parseUnverified(text)
+    } catch {
+      throw DecodingError.dataCorrupted(
+        .init(codingPath: decoder.codingPath, debugDescription: "stored key is unreadable: \(error)"))
+    }
+  }
+
+  public func encode(to encoder: Encoder) throws {
+    var container = encoder.singleValueContainer()
+    try container.encode(compact)
+  }
+}

@@ -1,0 +1,290 @@
+import ArgumentParser
+import Foundation
+import LicenseCore
+import LicenseStorage
+
+/// `license-keytool`: makes issuer keys and licence keys for labs, tests and demos, and
+/// inspects any key. The agent never needs it; operators use it to check a key by hand.
+@main
+struct Keytool: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "license-keytool",
+    abstract: "Make and inspect license-agent licence keys (JWS, EdDSA/Ed25519).",
+    discussion: """
+      keygen makes an issuer key pair, issue signs a licence key with it, and inspect \
+      shows a key's claims and whether it is valid. Keys follow contract §1: any JOSE \
+      library can make or check them.
+
+      Exit status: 0 success (inspect: the key is valid), 1 the key is invalid (inspect), \
+      64 usage error, 74 a file could not be read or written.
+      """,
+    version: "0.1.0",
+    subcommands: [Keygen.self, Issue.self, Inspect.self]
+  )
+}
+
+/// The moment the command runs, to the microsecond.
+func currentTime() -> Timestamp {
+  var spec = timespec()
+  clock_gettime(CLOCK_REALTIME, &spec)
+  return Timestamp(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
+}
+
+/// Prints to standard error and exits with `code`.
+func fail(_ message: String, code: Int32) -> Never {
+  FileHandle.standardError.write(Data("license-keytool: \(message)\n".utf8))
+  exit(code)
+}
+
+/// Writes a file with `mode`, refusing to overwrite unless `force`.
+func writeFile(_ path: String, _ text: String, mode: mode_t, force: Bool) {
+  if !force && FileManager.default.fileExists(atPath: path) {
+    fail("\(path) already exists; choose another --out directory or pass --force to overwrite it", code: 74)
+  }
+  let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+  guard fd >= 0 else { fail("cannot write \(path): \(String(cString: strerror(errno)))", code: 74) }
+  fchmod(fd, mode)
+  let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+  handle.write(Data(text.utf8))
+  guard fsync(fd) == 0 else { fail("cannot write \(path): \(String(cString: strerror(errno)))", code: 74) }
+}
+
+/// Reads a key or JWK file; `-` is standard input.
+func readInput(_ path: String) -> Data {
+  if path == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
+  guard let data = FileManager.default.contents(atPath: path) else {
+    fail("cannot read \(path): no such file, or not readable", code: 74)
+  }
+  return data
+}
+
+struct Keygen: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Make an issuer key pair: NAME.private.jwk (mode 0600) and NAME.jwk (public).",
+    discussion: "Copy NAME.jwk into the agent's trusted-issuers/ directory; keep NAME.private.jwk secret.")
+
+  @Option(help: "The issuer key id (kid), also the file name: letters, digits, '.', '_', '-'.")
+  var kid: String
+
+  @Option(help: "The directory to write the two files in (created if missing).")
+  var out: String
+
+  @Flag(help: "Overwrite existing files.")
+  var force = false
+
+  func validate() throws {
+    guard !kid.isEmpty, kid.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }),
+      !kid.hasPrefix(".")
+    else {
+      throw ValidationError("--kid '\(kid)' must be letters, digits, '.', '_' or '-' (it names the files)")
+    }
+  }
+
+  func run() throws {
+    do {
+      try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+    } catch {
+      fail("cannot create \(out): \(error.localizedDescription)", code: 74)
+    }
+    let jwk = JWK.generate(kid: kid)
+    let privatePath = out + "/" + kid + ".private.jwk"
+    let publicPath = out + "/" + kid + ".jwk"
+    writeFile(privatePath, jwk.privateJSON, mode: 0o600, force: force)
+    writeFile(publicPath, jwk.publicJSON, mode: 0o644, force: force)
+    print("wrote \(privatePath) (private, keep secret)")
+    print("wrote \(publicPath) (public, for trusted-issuers/)")
+  }
+}
+
+struct Issue: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Sign a licence key and print it (one line).",
+    discussion: """
+      Times are RFC 3339 (2026-12-31T09:00:00Z, fractions allowed) or relative to now \
+      (+90d, +5s, -1h, +250ms), or 'now'. The key is checked as the agent would read it \
+      before it is printed.
+      """)
+
+  @Option(help: "The issuer's private JWK (from keygen).")
+  var signer: String
+  @Option(help: "The key's serial number (jti), unique per issuer.")
+  var serial: String
+  @Option(help: "standard or enterprise.")
+  var edition: String
+  @Option(help: "vm-count, processors or cores.")
+  var scheme: String
+  @Option(name: .customLong("os-type"), help: "server or workstation; required for vm-count, refused otherwise.")
+  var osType: String?
+  @Option(name: .customLong("license-type"), help: "commercial, trial or subscription.")
+  var licenseType: String
+  @Option(help: "Licensed VMs, processors or cores (at least 1).")
+  var units: Int
+  @Option(name: .customLong("not-before"), help: "Valid from (default: now).")
+  var notBefore: String = "now"
+  @Option(help: "Expiry instant (exp).")
+  var expires: String
+  @Option(help: "The product the key is for.")
+  var product: String = EngineConfiguration.defaultProduct
+  @Option(help: "The issuer name (iss); default: the signer's kid.")
+  var issuer: String?
+  @Option(help: "The JWS alg: EdDSA (RFC 8037) or Ed25519 (RFC 9864).")
+  var alg: String = "EdDSA"
+
+  func run() throws {
+    let now = currentTime()
+    func choice<E: RawRepresentable<String> & CaseIterable>(_ text: String, _ option: String, _: E.Type) throws -> E {
+      guard let value = E(rawValue: text) else {
+        throw ValidationError(
+          "--\(option) '\(text)' is not one of: \(E.allCases.map(\.rawValue).joined(separator: ", "))")
+      }
+      return value
+    }
+    func instant(_ text: String, _ option: String) throws -> Timestamp {
+      guard let value = Timestamp(instant: text, now: now) else {
+        throw ValidationError(
+          "--\(option) '\(text)' is not a time: use RFC 3339 (2026-12-31T09:00:00Z) or a relative time (+90d, +5s)")
+      }
+      return value
+    }
+    let claims = LicenseClaims(
+      issuer: issuer ?? "", serial: serial, issuedAt: Timestamp(seconds: now.microseconds / 1_000_000),
+      notBefore: try instant(notBefore, "not-before"), expiresAt: try instant(expires, "expires"), product: product,
+      edition: try choice(edition, "edition", Edition.self), scheme: try choice(scheme, "scheme", Scheme.self),
+      osType: try osType.map { try choice($0, "os-type", OSType.self) },
+      licenseType: try choice(licenseType, "license-type", LicenseType.self), units: units)
+    let jwk: JWK
+    do {
+      jwk = try JWK(json: readInput(signer))
+    } catch {
+      fail("\(signer) is not a usable issuer key: \(error)", code: 74)
+    }
+    var signed = claims
+    if issuer == nil { signed.issuer = jwk.kid }
+    do {
+      let key = try KeyParser.sign(signed, with: jwk, alg: alg)
+      // Read back as the agent would: refuse to print a key the agent would refuse.
+      _ = try KeyParser.verify(key, trust: TrustStore([jwk]))
+      print(key)
+    } catch {
+      throw ValidationError("cannot issue this key: \(error.description) (\(error.reason))")
+    }
+  }
+}
+
+struct Inspect: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Show a key's claims and verdict; exit 0 when valid, 1 otherwise.",
+    discussion: """
+      Without --trust the signature is not checked (the verdict says so). With --trust \
+      the key must be signed by an issuer of that directory. The key must also be valid \
+      now (nbf <= now < exp), and for --product if given. On refusal the code (and, for \
+      invalid_key, the reason) is printed: see the README's table of reasons.
+      """)
+
+  @Argument(help: "The key file ('-' for standard input).")
+  var file: String
+  @Option(help: "A trust directory of issuer public JWKs (*.jwk).")
+  var trust: String?
+  @Option(help: "Also require the key to be for this product.")
+  var product: String?
+  @Flag(help: "Print one JSON object instead of text.")
+  var json = false
+
+  func run() throws {
+    let text = String(decoding: readInput(file), as: UTF8.self)
+    let now = currentTime()
+    var key: LicenseKey?
+    var code: String?
+    var reason: String?
+    var message = ""
+    var trustProblems: [TrustDirectory.Problem] = []
+    do {
+      if let trust {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: trust, isDirectory: &isDirectory), isDirectory.boolValue else {
+          fail("--trust \(trust) is not a directory", code: 74)
+        }
+        let loaded = TrustDirectory.load(trust)
+        trustProblems = loaded.problems
+        key = try KeyParser.verify(text, trust: loaded.trust)
+      } else {
+        key = try KeyParser.parseUnverified(text)
+      }
+    } catch {
+      code = error.code
+      reason = error.reason
+      message = error.description
+    }
+    if let claims = key?.claims, code == nil {
+      if let product, claims.product != product {
+        code = "wrong_product"
+        message = "the key is for \"\(claims.product)\", not \"\(product)\""
+      } else if now < claims.notBefore {
+        code = "not_yet_valid"
+        message = "the key is not valid before \(claims.notBefore)"
+      } else if claims.expiresAt <= now {
+        code = "expired"
+        message = "the key expired at \(claims.expiresAt)"
+      }
+    }
+    for problem in trustProblems {
+      FileHandle.standardError.write(Data("license-keytool: warning: ignored \(problem)\n".utf8))
+    }
+    if json {
+      print(jsonReport(key: key, code: code, reason: reason, message: message, now: now))
+    } else {
+      print(textReport(key: key, code: code, reason: reason, message: message, now: now))
+    }
+    if code != nil { throw ExitCode(1) }
+  }
+
+  private func textReport(key: LicenseKey?, code: String?, reason: String?, message: String, now: Timestamp) -> String {
+    var lines: [String] = []
+    if let key {
+      let c = key.claims
+      lines += [
+        "Key \(c.serial)",
+        "  issuer:    \(c.issuer) (kid \(key.kid), alg \(key.alg))",
+        "  product:   \(c.product)",
+        "  type:      \(c.typeDescription), \(c.edition.rawValue), \(c.licenseType.rawValue), \(c.units) units",
+        "  slot:      \(c.slot.rawValue)",
+        "  valid:     \(c.notBefore) .. \(c.expiresAt)",
+        "  issued:    \(c.issuedAt)",
+      ]
+      if code == nil || code == "expired" || code == "not_yet_valid" {
+        let left = c.expiresAt.microseconds(since: now)
+        lines.append(
+          "  time left: "
+            + (left > 0 ? TimeSpan(microseconds: left).inWords : "none (expired \(TimeSpan(microseconds: -left).inWords) ago)"))
+      }
+    }
+    if let code {
+      lines.append("Verdict: INVALID, \(code)\(reason.map { $0 == code ? "" : " (\($0))" } ?? ""): \(message)")
+    } else if trust != nil {
+      lines.append("Verdict: valid; signature verified with trusted issuer key \(key!.kid)")
+    } else {
+      lines.append("Verdict: valid; signature NOT checked (pass --trust DIR to check it)")
+    }
+    return lines.joined(separator: "\n")
+  }
+
+  private func jsonReport(key: LicenseKey?, code: String?, reason: String?, message: String, now: Timestamp) -> String {
+    var fields: [(String, String)] = [
+      ("valid", code == nil ? "true" : "false"),
+      ("signatureChecked", trust != nil && (key != nil || !["malformed", "unsupported_alg", "untrusted_issuer"].contains(reason ?? "")) ? "true" : "false"),
+      ("code", code.map(jsonString) ?? "null"),
+      ("reason", reason.map(jsonString) ?? "null"),
+      ("message", code == nil ? "null" : jsonString(message)),
+    ]
+    if let key {
+      fields += [
+        ("kid", jsonString(key.kid)), ("alg", jsonString(key.alg)), ("slot", jsonString(key.slot.rawValue)),
+        ("claims", key.claims.json), ("notBefore", jsonString(key.claims.notBefore.rfc3339)),
+        ("expiresAt", jsonString(key.claims.expiresAt.rfc3339)),
+      ]
+    } else {
+      fields.append(("claims", "null"))
+    }
+    return "{" + fields.map { "\(jsonString($0.0)):\($0.1)" }.joined(separator: ",") + "}"
+  }
+}
