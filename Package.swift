@@ -29,11 +29,14 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
-    .testTarget(name: "LicenseCoreTests", dependencies: ["LicenseCore"]),
-    .testTarget(name: "LicenseStorageTests", dependencies: ["LicenseCore", "LicenseStorage"]),
+    // Test twins and fixtures shared by the test targets.
+    .target(name: "LicenseTestSupport", dependencies: ["LicenseCore"], path: "Tests/LicenseTestSupport"),
+    .testTarget(name: "LicenseCoreTests", dependencies: ["LicenseCore", "LicenseTestSupport"]),
+    .testTarget(
+      name: "LicenseStorageTests", dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport"]),
     .testTarget(
       name: "KeytoolTests",
-      dependencies: ["LicenseCore"],
+      dependencies: ["LicenseCore", "LicenseTestSupport"],
       resources: [.copy("Fixtures")]
     ),
   ],

@@ -1,0 +1,550 @@
+import LicenseCore
+import LicenseTestSupport
+import Testing
+
+/// The rules of `rules.md`, each test named by the rule it checks.
+@Suite struct LicenseEngineTests {
+  let issuer = TestIssuer()
+  let t0 = TestIssuer.t0
+  var engine: LicenseEngine { LicenseEngine(trust: issuer.trust) }
+  /// One microsecond.
+  let µs = TimeSpan(microseconds: 1)
+
+  /// A state with an active key (and optionally a reserve) in `slot`, added at `t0`.
+  func state(
+    active: String? = nil, reserve: String? = nil, slot: Slot = .server, activeExp: Timestamp? = nil,
+    reserveExp: Timestamp? = nil, edition: Edition = .enterprise, activeType: LicenseType = .commercial,
+    base: LicenseState = LicenseState()
+  ) -> LicenseState {
+    var s = base
+    if let active {
+      let d = engine.addKey(
+        issuer.key(active, slot: slot, edition: edition, type: activeType, exp: activeExp ?? t0 + .days(10)),
+        role: .active, now: t0, state: s)
+      #expect(d.result.isSuccess, "setup active: \(d.result)")
+      s = d.state
+    }
+    if let reserve {
+      let d = engine.addKey(
+        issuer.key(reserve, slot: slot, edition: edition, exp: reserveExp ?? t0 + .days(40)), role: .reserve, now: t0,
+        state: s)
+      #expect(d.result.isSuccess, "setup reserve: \(d.result)")
+      s = d.state
+    }
+    return s.acknowledging(through: s.lastTransitionID)
+  }
+
+  func violation(_ decision: Decision) -> RuleViolation? {
+    if case .failure(let v) = decision.result { return v }
+    return nil
+  }
+
+  func added(_ decision: Decision) -> AddedKey? {
+    if case .success(.added(let a)) = decision.result { return a }
+    return nil
+  }
+
+  // MARK: A — adding an active key
+
+  @Test func A1_validActiveKeyIsInstalledDurablyThenAnnounced() throws {
+    let d = engine.addKey(issuer.key("KS-1", exp: t0 + .days(10)), role: .active, now: t0, state: LicenseState())
+    #expect(added(d)?.slot == .server)
+    #expect(d.state[.server].active?.serial == "KS-1")
+    #expect(d.state[.server].active?.origin == .key)
+    guard case .persist(let id) = d.actions.first else { Issue.record("first action must persist"); return }
+    #expect(id == 1 && d.state.lastTransitionID == 1)
+    let event = try #require(d.events.first)
+    #expect(event.kind == .activeAdded && event.priority == 6 && event.transitionID == 1)
+    #expect(event[field: "LICENSE_SLOT"] == "server")
+    #expect(event[field: "LICENSE_SERIAL"] == "KS-1")
+    #expect(event[field: "LICENSE_EXPIRES_AT"] == (t0 + .days(10)).rfc3339)
+    #expect(d.state.outbox == [event])
+  }
+
+  @Test func A1_keyFailingTheChecksIsRefusedWithItsReasonAndChangesNothing() {
+    let base = state(active: "KS-0")
+    let stranger = TestIssuer(kid: "stranger")
+    let cases: [(String, String, String?)] = [
+      ("not a key", "invalid_key", "malformed"),
+      (stranger.key("KS-1", exp: t0 + .days(1)), "untrusted_issuer", "untrusted_issuer"),
+      (issuer.key("KS-1", exp: t0 + .days(1), product: "other-product"), "wrong_product", nil),
+    ]
+    for (text, code, reason) in cases {
+      let d = engine.addKey(text, role: .active, now: t0, state: base)
+      #expect(violation(d)?.rule == "A1")
+      #expect(violation(d)?.code == code)
+      #expect(violation(d)?.reason == reason)
+      #expect(d.state == base)
+      #expect(d.actions.isEmpty)
+    }
+  }
+
+  @Test func A1_keyIsValidFromNbfInclusiveToExpExclusive() {
+    let nbf = t0 + .days(1)
+    let exp = t0 + .days(2)
+    let key = issuer.key("KS-1", nbf: nbf, exp: exp)
+    #expect(violation(engine.addKey(key, role: .active, now: nbf - µs, state: LicenseState()))?.code == "not_yet_valid")
+    #expect(added(engine.addKey(key, role: .active, now: nbf, state: LicenseState())) != nil)
+    #expect(added(engine.addKey(key, role: .active, now: exp - µs, state: LicenseState())) != nil)
+    #expect(violation(engine.addKey(key, role: .active, now: exp, state: LicenseState()))?.code == "expired")
+  }
+
+  @Test func A2_keyOfAnotherSchemeIsRefusedWithoutConfirmationAndListsWhatWouldGo() {
+    var base = state(active: "KS-S", reserve: "KS-SR")
+    base = state(active: "KS-W", slot: .workstation, base: base)
+    let key = issuer.key("KP-1", slot: .processors, exp: t0 + .days(20))
+    let d = engine.addKey(key, role: .active, now: t0, state: base)
+    let v = violation(d)
+    #expect(v?.rule == "A2" && v?.code == "scheme_conflict")
+    for serial in ["KS-S", "KS-SR", "KS-W"] { #expect(v?.message.contains(serial) == true) }
+    #expect(d.state == base)
+  }
+
+  @Test func A2_confirmedSchemeChangeRemovesEveryKeyOfTheOldScheme() throws {
+    var base = state(active: "KS-S", reserve: "KS-SR")
+    base = state(active: "KS-W", slot: .workstation, base: base)
+    let d = engine.addKey(
+      issuer.key("KP-1", slot: .processors, exp: t0 + .days(20)), role: .active, replaceScheme: true, now: t0,
+      state: base)
+    #expect(Set(added(d)?.removedSerials ?? []) == ["KS-S", "KS-SR", "KS-W"])
+    #expect(d.state.slotsInUse == [.processors])
+    let event = try #require(d.events.first)
+    #expect(event[field: "LICENSE_REMOVED_SERIALS"]?.split(separator: ",").count == 3)
+  }
+
+  @Test func A2_serverAndWorkstationKeysCoexistButProcessorsAndCoresDoNot() {
+    let base = state(active: "KS-S")
+    #expect(added(engine.addKey(issuer.key("KS-W", slot: .workstation, exp: t0 + .days(5)), role: .active, now: t0, state: base)) != nil)
+    let processors = state(active: "KP-1", slot: .processors)
+    let d = engine.addKey(issuer.key("KC-1", slot: .cores, exp: t0 + .days(5)), role: .active, now: t0, state: processors)
+    #expect(violation(d)?.code == "scheme_conflict")
+  }
+
+  @Test func A3_newActiveKeyReplacesTheSlotsActiveKey() throws {
+    let base = state(active: "KS-1")
+    let d = engine.addKey(issuer.key("KS-2", exp: t0 + .days(20)), role: .active, now: t0 + .days(1), state: base)
+    #expect(added(d)?.replacedSerial == "KS-1")
+    #expect(d.state[.server].active?.serial == "KS-2")
+    #expect(d.events.first?[field: "LICENSE_REPLACED_SERIAL"] == "KS-1")
+  }
+
+  @Test func A3_addingTheSameActiveKeyAgainChangesNothing() {
+    let base = state(active: "KS-1")
+    let d = engine.addKey(issuer.key("KS-1", exp: t0 + .days(10)), role: .active, now: t0, state: base)
+    #expect(added(d)?.unchanged == true)
+    #expect(d.state == base)
+    #expect(d.persistedTransition == nil && d.events.isEmpty)
+  }
+
+  @Test func A4_reserveExpiringAtOrBeforeTheNewActiveKeyIsDropped() throws {
+    let base = state(active: "KS-1", reserve: "KS-R", reserveExp: t0 + .days(40))
+    // New active expiring exactly when the reserve does: the reserve would never serve.
+    let d = engine.addKey(issuer.key("KS-2", exp: t0 + .days(40)), role: .active, now: t0, state: base)
+    #expect(added(d)?.droppedReserveSerial == "KS-R")
+    #expect(d.state[.server].reserve == nil)
+    let dropped = try #require(d.events.first { $0.kind == .reserveDropped })
+    #expect(dropped.priority == 4)
+    #expect(dropped[field: "LICENSE_SERIAL"] == "KS-R")
+    #expect(dropped[field: "LICENSE_ACTIVE_SERIAL"] == "KS-2")
+    #expect(dropped[field: "LICENSE_SLOT"] == "server")
+    #expect(dropped[field: "LICENSE_RULE"] == "R5 expires_before_active")
+  }
+
+  @Test func A4_reserveOutlivingTheNewActiveKeyIsKept() {
+    let base = state(active: "KS-1", reserve: "KS-R", reserveExp: t0 + .days(40))
+    let d = engine.addKey(issuer.key("KS-2", exp: t0 + .days(40) - µs), role: .active, now: t0, state: base)
+    #expect(added(d)?.droppedReserveSerial == nil)
+    #expect(d.state[.server].reserve?.serial == "KS-R")
+    #expect(!d.events.contains { $0.kind == .reserveDropped })
+  }
+
+  @Test func A4_theReserveItselfAddedAsActiveLeavesTheReserveRole() {
+    let base = state(active: "KS-1", reserve: "KS-R", reserveExp: t0 + .days(40))
+    let d = engine.addKey(issuer.key("KS-R", exp: t0 + .days(40)), role: .active, now: t0, state: base)
+    #expect(d.state[.server].active?.serial == "KS-R")
+    #expect(d.state[.server].reserve == nil)
+  }
+
+  @Test(arguments: [LicenseType.commercial, .subscription])
+  func A5_trialCannotReplaceAPaidActiveKey(paid: LicenseType) {
+    let base = state(active: "KS-1", activeType: paid)
+    let d = engine.addKey(issuer.key("KT-1", type: .trial, exp: t0 + .days(30)), role: .active, now: t0, state: base)
+    #expect(violation(d)?.rule == "A5")
+    #expect(violation(d)?.code == "trial_over_commercial")
+    #expect(d.state == base)
+  }
+
+  @Test func A5_trialMayReplaceATrialAndPaidMayReplaceATrial() {
+    let trial = state(active: "KT-1", activeType: .trial)
+    #expect(added(engine.addKey(issuer.key("KT-2", type: .trial, exp: t0 + .days(30)), role: .active, now: t0, state: trial)) != nil)
+    #expect(added(engine.addKey(issuer.key("KS-2", exp: t0 + .days(30)), role: .active, now: t0, state: trial)) != nil)
+  }
+
+  @Test func A5_trialCannotRemoveAPaidKeyThroughASchemeChange() {
+    let base = state(active: "KS-1")
+    let d = engine.addKey(
+      issuer.key("KT-P", slot: .processors, type: .trial, exp: t0 + .days(30)), role: .active, replaceScheme: true,
+      now: t0, state: base)
+    #expect(violation(d)?.code == "trial_over_commercial")
+  }
+
+  // MARK: R — adding a reserve key
+
+  func expectRejected(_ d: Decision, rule: String, code: String, base: LicenseState) throws {
+    let v = try #require(violation(d))
+    #expect(v.rule == rule)
+    #expect(v.code == code)
+    #expect(d.state == base, "a refused reserve changes nothing")
+    #expect(d.persistedTransition == nil)
+    let event = try #require(d.events.first)
+    #expect(d.events.count == 1)
+    #expect(event.kind == .reserveRejected && event.priority == 3)
+    #expect(event[field: "LICENSE_RULE"] == "\(rule) \(code)")
+    #expect(event.transitionID == nil)
+  }
+
+  @Test func R1_reserveNeedsAnActiveKey() throws {
+    let d = engine.addKey(issuer.key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: LicenseState())
+    try expectRejected(d, rule: "R1", code: "no_active_key", base: LicenseState())
+    #expect(d.events.first?[field: "LICENSE_SERIAL"] == "KS-R")
+    #expect(d.events.first?[field: "LICENSE_SLOT"] == "server")
+    #expect(d.events.first?[field: "LICENSE_EXPIRES_AT"] == (t0 + .days(40)).rfc3339)
+  }
+
+  @Test func R2_reserveMustBeOfTheActiveKeysType() throws {
+    let base = state(active: "KS-1")
+    try expectRejected(
+      engine.addKey(issuer.key("KW-R", slot: .workstation, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      rule: "R2", code: "type_mismatch", base: base)
+    try expectRejected(
+      engine.addKey(issuer.key("KP-R", slot: .processors, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      rule: "R2", code: "type_mismatch", base: base)
+  }
+
+  @Test func R2_eachOSTypeGetsItsOwnReserve() {
+    var s = state(active: "KS-1", reserve: "KS-R")
+    s = state(active: "KW-1", slot: .workstation, base: s)
+    let d = engine.addKey(issuer.key("KW-R", slot: .workstation, exp: t0 + .days(40)), role: .reserve, now: t0, state: s)
+    #expect(d.state[.workstation].reserve?.serial == "KW-R")
+    #expect(d.state[.server].reserve?.serial == "KS-R")
+  }
+
+  @Test func R3_reserveMustBeOfTheSameEdition() throws {
+    let base = state(active: "KS-1", edition: .enterprise)
+    try expectRejected(
+      engine.addKey(issuer.key("KS-R", edition: .standard, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      rule: "R3", code: "edition_mismatch", base: base)
+  }
+
+  @Test(arguments: [LicenseType.trial, .subscription])
+  func R4_trialAndSubscriptionKeysCannotBeReserves(type: LicenseType) throws {
+    let base = state(active: "KS-1")
+    try expectRejected(
+      engine.addKey(issuer.key("KX-R", type: type, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      rule: "R4", code: "not_reservable", base: base)
+  }
+
+  @Test func R4_commercialReserveNextToASubscriptionIsAllowed() {
+    let base = state(active: "KS-1", activeType: .subscription)
+    #expect(added(engine.addKey(issuer.key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: base)) != nil)
+  }
+
+  @Test func R5_reserveExpiringExactlyAtTheActiveKeysExpiryIsRefused() throws {
+    let base = state(active: "KS-1", activeExp: t0 + .days(10))
+    try expectRejected(
+      engine.addKey(issuer.key("KS-R", exp: t0 + .days(10)), role: .reserve, now: t0, state: base),
+      rule: "R5", code: "expires_before_active", base: base)
+    try expectRejected(
+      engine.addKey(issuer.key("KS-R", exp: t0 + .days(9)), role: .reserve, now: t0, state: base),
+      rule: "R5", code: "expires_before_active", base: base)
+  }
+
+  @Test func R5_reserveExpiringOneMicrosecondAfterIsAccepted() {
+    let base = state(active: "KS-1", activeExp: t0 + .days(10))
+    let d = engine.addKey(issuer.key("KS-R", exp: t0 + .days(10) + µs), role: .reserve, now: t0, state: base)
+    #expect(added(d) != nil)
+  }
+
+  @Test func R6_reserveValidFromExactlyTheTakeoverInstantIsAccepted() throws {
+    let base = state(active: "KS-1", activeExp: t0 + .days(10))
+    let d = engine.addKey(
+      issuer.key("KS-R", nbf: t0 + .days(10), exp: t0 + .days(40)), role: .reserve, now: t0, state: base)
+    #expect(added(d) != nil)
+    let event = try #require(d.events.first)
+    #expect(event.kind == .reserveAdded && event.priority == 6)
+    #expect(event[field: "LICENSE_SERIAL"] == "KS-R")
+  }
+
+  @Test func R6_reserveNotYetValidAtTakeoverIsRefused() throws {
+    let base = state(active: "KS-1", activeExp: t0 + .days(10))
+    try expectRejected(
+      engine.addKey(issuer.key("KS-R", nbf: t0 + .days(10) + µs, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      rule: "R6", code: "not_valid_at_takeover", base: base)
+  }
+
+  @Test func R6_reserveAlreadyExpiredIsRefused() throws {
+    let base = state(active: "KS-1", activeExp: t0 + .days(10))
+    try expectRejected(
+      engine.addKey(issuer.key("KS-R", exp: t0 + .days(5)), role: .reserve, now: t0 + .days(6), state: base),
+      rule: "R6", code: "expired", base: base)
+  }
+
+  @Test func R7_theActiveKeyCannotBeItsOwnReserve() throws {
+    let base = state(active: "KS-1")
+    try expectRejected(
+      engine.addKey(issuer.key("KS-1", exp: t0 + .days(10)), role: .reserve, now: t0, state: base),
+      rule: "R7", code: "duplicate", base: base)
+  }
+
+  @Test func R8_reserveIsCheckedForFormatSignatureIssuerAndProduct() throws {
+    let base = state(active: "KS-1")
+    let parts = issuer.key("KS-R", exp: t0 + .days(40)).split(separator: ".")
+    let tampered = "\(parts[0]).\(Base64URL.encode("{}".utf8)).\(parts[2])"
+    try expectRejected(engine.addKey(tampered, role: .reserve, now: t0, state: base), rule: "R8", code: "invalid_key", base: base)
+    #expect(violation(engine.addKey(tampered, role: .reserve, now: t0, state: base))?.reason == "bad_signature")
+    try expectRejected(
+      engine.addKey(TestIssuer(kid: "x").key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      rule: "R8", code: "untrusted_issuer", base: base)
+    try expectRejected(
+      engine.addKey(issuer.key("KS-R", exp: t0 + .days(40), product: "other"), role: .reserve, now: t0, state: base),
+      rule: "R8", code: "wrong_product", base: base)
+  }
+
+  @Test func R9_aNewValidReserveReplacesTheOldOneAndSaysSo() throws {
+    let base = state(active: "KS-1", reserve: "KS-R1")
+    let d = engine.addKey(issuer.key("KS-R2", exp: t0 + .days(50)), role: .reserve, now: t0, state: base)
+    #expect(added(d)?.replacedSerial == "KS-R1")
+    #expect(d.state[.server].reserve?.serial == "KS-R2")
+    #expect(d.events.first?[field: "LICENSE_REPLACED_SERIAL"] == "KS-R1")
+    #expect(d.events.first?.message.contains("replacing reserve KS-R1") == true)
+  }
+
+  @Test func R9_anInvalidNewReserveKeepsTheOldOne() throws {
+    let base = state(active: "KS-1", reserve: "KS-R1")
+    try expectRejected(
+      engine.addKey(issuer.key("KS-R2", exp: t0 + .days(5)), role: .reserve, now: t0, state: base),
+      rule: "R5", code: "expires_before_active", base: base)
+  }
+
+  // MARK: P — promotion at expiry
+
+  @Test func P1_promotionHappensAtExpNotAMicrosecondBefore() throws {
+    let exp = t0 + .days(10)
+    let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
+    let early = engine.timeReached(now: exp - µs, state: base)
+    #expect(early.state[.server].active?.serial == "KS-1")
+    let atExp = engine.timeReached(now: exp, state: base)
+    #expect(atExp.state[.server].active?.serial == "KS-R")
+    #expect(atExp.state[.server].reserve == nil)
+    #expect(atExp.state[.server].active?.promotedAt == exp)
+    let event = try #require(atExp.events.first { $0.kind == .keyPromoted })
+    #expect(event.priority == 5)
+    #expect(event[field: "LICENSE_SLOT"] == "server")
+    #expect(event[field: "LICENSE_SERIAL"] == "KS-R")
+    #expect(event[field: "LICENSE_PREVIOUS_SERIAL"] == "KS-1")
+    #expect(event[field: "LICENSE_DELAY_USEC"] == "0")
+    #expect(event[field: "LICENSE_EXPIRES_AT"] == (t0 + .days(40)).rfc3339)
+  }
+
+  @Test func P1_theTimerIsArmedAtTheExpiryWhenNothingComesSooner() {
+    let exp = t0 + .days(10)
+    let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
+    // Every warning threshold is past or logged just before expiry.
+    let lastHour = engine.timeReached(now: exp - .hours(1), state: base)
+    #expect(lastHour.wake?.at == exp)
+    #expect(lastHour.wake?.reason == .expiry(slot: .server, serial: "KS-1", takeover: .reserve))
+  }
+
+  @Test func P2_promotionIsPersistedBeforeItIsAnnouncedAndHappensOnce() throws {
+    let exp = t0 + .days(10)
+    let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
+    let d = engine.timeReached(now: exp, state: base)
+    guard case .persist(let id) = d.actions.first else { Issue.record("persist must come first"); return }
+    #expect(d.state.outbox.map(\.transitionID) == d.events.map(\.transitionID))
+    #expect(d.state.outbox.allSatisfy { $0.transitionID == id })
+    // Replaying the same instant, or a later one, on the persisted state does nothing more.
+    for later in [exp, exp + .seconds(1), exp + .days(1)] {
+      let again = engine.timeReached(now: later, state: d.state)
+      #expect(!again.events.contains { $0.kind == .keyPromoted })
+    }
+    #expect(d.state.acknowledging(through: id).outbox.isEmpty)
+  }
+
+  @Test func P3_aPromotionMissedWhileDownHappensAtStartAndSaysHowLate() throws {
+    let exp = t0 + .days(10)
+    let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
+    let d = engine.timeReached(now: exp + .hours(3), state: base)
+    let event = try #require(d.events.first { $0.kind == .keyPromoted })
+    #expect(event[field: "LICENSE_DELAY_USEC"] == String(TimeSpan.hours(3).microseconds))
+    #expect(event.message.contains("3 hours late"))
+  }
+
+  @Test func P4_aReserveThatExpiredMeanwhileIsNotPromoted() throws {
+    let base = state(active: "KS-1", reserve: "KS-R", activeExp: t0 + .days(10), reserveExp: t0 + .days(40))
+    let d = engine.timeReached(now: t0 + .days(40), state: base)
+    #expect(!d.events.contains { $0.kind == .keyPromoted })
+    let expired = try #require(d.events.first { $0.kind == .licenseExpired })
+    #expect(expired[field: "LICENSE_SERIAL"] == "KS-1")
+    #expect(d.state[.server].active == nil && d.state[.server].reserve == nil)
+    #expect(d.state[.server].expired?.serial == "KS-1")
+  }
+
+  @Test func P5_afterPromotionTheSchedulesFollowTheNewActiveKey() throws {
+    let exp = t0 + .days(10)
+    let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp, reserveExp: exp + .days(60))
+    let d = engine.timeReached(now: exp, state: base)
+    #expect(d.wake?.at == exp + .days(60) - .days(30))
+    #expect(d.wake?.reason == .warning(slot: .server, serial: "KS-R", threshold: "30d"))
+    #expect(d.state[.server].warned.isEmpty)
+  }
+
+  @Test func P6_anActiveKeyExpiringWithNothingToTakeOverLeavesTheSlotExpired() throws {
+    let exp = t0 + .days(10)
+    let base = state(active: "KS-1", activeExp: exp)
+    let d = engine.timeReached(now: exp, state: base)
+    let event = try #require(d.events.first { $0.kind == .licenseExpired })
+    #expect(event.priority == 2)
+    #expect(event[field: "LICENSE_SERIAL"] == "KS-1")
+    #expect(event[field: "LICENSE_SLOT"] == "server")
+    #expect(event[field: "LICENSE_EXPIRES_AT"] == exp.rfc3339)
+    #expect(d.state[.server].expired?.serial == "KS-1")
+    #expect(d.wake == nil)
+    // The expired slot takes no reserve, but takes a new active key, which clears it.
+    let r = engine.addKey(issuer.key("KS-R", exp: exp + .days(30)), role: .reserve, now: exp, state: d.state)
+    #expect(violation(r)?.code == "no_active_key")
+    let a = engine.addKey(issuer.key("KS-2", exp: exp + .days(30)), role: .active, now: exp, state: d.state)
+    #expect(a.state[.server].expired == nil)
+    #expect(a.state[.server].active?.serial == "KS-2")
+  }
+
+  @Test func P_slotsExpireAndPromoteIndependently() {
+    var s = state(active: "KS-1", reserve: "KS-R", activeExp: t0 + .days(10))
+    s = state(active: "KW-1", slot: .workstation, activeExp: t0 + .days(10), base: s)
+    let d = engine.timeReached(now: t0 + .days(10), state: s)
+    #expect(d.state[.server].active?.serial == "KS-R")
+    #expect(d.state[.workstation].expired?.serial == "KW-1")
+    #expect(Set(d.events.map(\.kind)) == [.keyPromoted, .licenseExpired])
+    #expect(Set(d.events.map(\.transitionID)).count == 1)
+  }
+
+  // MARK: W, T
+
+  @Test func W1_eachThresholdIsLoggedOnceWithThePriorityOfWhatTakesOver() throws {
+    let exp = t0 + .days(100)
+    var s = state(active: "KS-1", activeExp: exp)
+    let at30 = engine.timeReached(now: exp - .days(30), state: s)
+    let warning = try #require(at30.events.first)
+    #expect(warning.kind == .expiringSoon && warning.priority == 4)
+    #expect(warning[field: "LICENSE_THRESHOLD"] == "30d")
+    #expect(warning[field: "LICENSE_TAKEOVER"] == "none")
+    s = at30.state
+    #expect(engine.timeReached(now: exp - .days(29), state: s).events.isEmpty)
+    s = state(reserve: "KS-R", reserveExp: exp + .days(10), base: s)
+    let at7 = engine.timeReached(now: exp - .days(7), state: s)
+    #expect(at7.events.first?.priority == 5)
+    #expect(at7.events.first?[field: "LICENSE_TAKEOVER"] == "reserve")
+    #expect(at7.events.first?[field: "LICENSE_THRESHOLD"] == "7d")
+  }
+
+  @Test func W1_aThresholdAlreadyPassedWhenTheKeyIsAddedIsNotLogged() {
+    let s = state(active: "KS-1", activeExp: t0 + .days(5))
+    #expect(Set(s[.server].warned) == ["30d", "7d"])
+    #expect(engine.nextWake(s)?.at == t0 + .days(4))
+    #expect(engine.timeReached(now: t0 + .seconds(1), state: s).events.isEmpty)
+  }
+
+  @Test func W1_afterDowntimeOnlyTheMostUrgentDueThresholdIsLogged() {
+    let exp = t0 + .days(100)
+    let s = state(active: "KS-1", activeExp: exp)
+    let d = engine.timeReached(now: exp - .hours(12), state: s)
+    #expect(d.events.count == 1)
+    #expect(d.events.first?[field: "LICENSE_THRESHOLD"] == "1d")
+    #expect(Set(d.state[.server].warned) == ["30d", "7d", "1d"])
+  }
+
+  @Test func T1_aForwardClockStepPastExpiryPromotesAtOnce() throws {
+    let exp = t0 + .days(10)
+    let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
+    let d = engine.clockChanged(deltaMicroseconds: TimeSpan.days(11).microseconds, now: exp + .days(1), state: base)
+    #expect(d.actions.first == .persist(transitionID: d.state.lastTransitionID))
+    let clock = try #require(d.events.first)
+    #expect(clock.kind == .clockChanged && clock.priority == 4)
+    #expect(clock[field: "LICENSE_CLOCK_DELTA_USEC"] == String(TimeSpan.days(11).microseconds))
+    #expect(d.events.contains { $0.kind == .keyPromoted })
+  }
+
+  @Test func T1_aBackwardClockStepNeverUndoesAPromotion() throws {
+    let exp = t0 + .days(10)
+    let promoted = engine.timeReached(now: exp, state: state(active: "KS-1", reserve: "KS-R", activeExp: exp)).state
+    let d = engine.clockChanged(deltaMicroseconds: -TimeSpan.days(2).microseconds, now: exp - .days(2), state: promoted)
+    #expect(d.state == promoted)
+    #expect(d.events.map(\.kind) == [.clockChanged])
+    #expect(d.events.first?[field: "LICENSE_CLOCK_DELTA_USEC"] == String(-TimeSpan.days(2).microseconds))
+  }
+
+  // MARK: Check and remove
+
+  @Test func checkKeyAnswersLikeAddKeyButChangesAndLogsNothing() {
+    let base = state(active: "KS-1")
+    let good = issuer.key("KS-R", exp: t0 + .days(40))
+    let bad = issuer.key("KS-R", exp: t0 + .days(5))
+    #expect((try? engine.checkKey(good, role: .reserve, now: t0, state: base).get())?.slot == .server)
+    guard case .failure(let v) = engine.checkKey(bad, role: .reserve, now: t0, state: base) else {
+      Issue.record("expected a refusal")
+      return
+    }
+    #expect(v.ruleAndCode == "R5 expires_before_active")
+  }
+
+  @Test func removeReserveRemovesItAndLogsWhoDidIt() throws {
+    let base = state(active: "KS-1", reserve: "KS-R")
+    let d = engine.removeReserve(slot: .server, now: t0, state: base)
+    #expect(d.result == .success(.reserveRemoved(slot: .server, serial: "KS-R")))
+    #expect(d.state[.server].reserve == nil)
+    let event = try #require(d.events.first)
+    #expect(event.kind == .reserveDropped && event[field: "LICENSE_REASON"] == "removed-by-operator")
+    let none = engine.removeReserve(slot: .server, now: t0, state: d.state)
+    #expect(violation(none)?.code == "no_reserve")
+  }
+
+  @Test func everyEventHasItsContractMessageIDAndPriority() {
+    let expected: [EventKind: (String, Int)] = [
+      .keyPromoted: ("dd8dbaf0eb17480089e04f5c8d85f861", 5), .reserveAdded: ("e6e38cd9ee7d4e98ae1db5bde258920f", 6),
+      .reserveRejected: ("13a9558c214c43cc829f75e2e8da0fea", 3), .reserveDropped: ("78a2df19d7664e5795c37138587e93a9", 4),
+      .activeAdded: ("f2531d0f45ff4d869bcf3c5986767623", 6), .expiringSoon: ("0dccfcb260474b2ebfa64ff4e1071802", 4),
+      .licenseExpired: ("31051348bd3a4e6eb3bd5f3df5f85db2", 2),
+      .activationAttemptFailed: ("06967a7f4f1d4ea9b61e78494a44c609", 4),
+      .activationRenewed: ("883efd4f38fd4f73b2b16fd50427571b", 5),
+      .manualActivationRequired: ("5212055b8cd24be3b0b4e8a503265e3a", 1),
+      .clockChanged: ("c8625e2018144e8aae8222734ffea5c1", 4), .stateRecovered: ("e3fb7954deee4da0a7c9be130eaa43af", 4),
+    ]
+    #expect(expected.count == EventKind.allCases.count)
+    for kind in EventKind.allCases {
+      #expect(kind.messageID == expected[kind]?.0)
+      #expect(kind.priority == expected[kind]?.1)
+    }
+  }
+
+  @Test func everyFieldNameTheEngineEmitsIsAValidJournalFieldName() {
+    var s = state(active: "KS-1", reserve: "KS-R", activeExp: t0 + .days(10))
+    var events = engine.timeReached(now: t0 + .days(9), state: s).events
+    s = engine.timeReached(now: t0 + .days(10), state: s).state
+    events += engine.clockChanged(deltaMicroseconds: 5, now: t0 + .days(10), state: s).events
+    events += engine.addKey("x", role: .reserve, now: t0, state: s).events
+    #expect(!events.isEmpty)
+    for event in events {
+      for field in event.fields { #expect(JournalEvent.isValidFieldName(field.name), "\(field.name)") }
+    }
+    #expect(!JournalEvent.isValidFieldName("license_slot"))
+    #expect(!JournalEvent.isValidFieldName("_PID"))
+    #expect(!JournalEvent.isValidFieldName("LICENSE-SLOT"))
+    #expect(!JournalEvent.isValidFieldName("1ABC"))
+  }
+}
+
+extension Result {
+  var isSuccess: Bool {
+    if case .success = self { return true }
+    return false
+  }
+}
