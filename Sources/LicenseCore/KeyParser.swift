@@ -53,7 +53,8 @@ public enum KeyDefect: Error, Equatable, Sendable, CustomStringConvertible {
       return
         "the key was signed by issuer key \"\(kid)\", which is not in the trust directory; install that issuer's public JWK in trusted-issuers/ if you trust it"
     case .badSignature:
-      return "the signature does not match the key's content; the key was altered or re-signed, ask the vendor for an intact copy"
+      return
+        "the signature does not match the key's content; the key was altered or re-signed, ask the vendor for an intact copy"
     case .missingClaim(let name):
       return "the claim \"\(name)\" is missing; the issuer produced an incomplete key"
     case .illTypedClaim(let name, let expected):
@@ -91,9 +92,11 @@ public enum KeyParser {
   public static func verify(_ text: String, trust: TrustStore) throws(KeyDefect) -> LicenseKey {
     let parts = try split(text)
     guard let issuerKey = trust.keys[parts.kid] else { throw .untrustedIssuer(kid: parts.kid) }
-    guard Ed25519.verify(signature: parts.signature, message: parts.signingInput, publicKey: issuerKey.publicKey)
+    guard
+      Ed25519.verify(signature: parts.signature, message: parts.signingInput, publicKey: issuerKey.publicKey)
     else { throw .badSignature }
-    return LicenseKey(compact: parts.compact, kid: parts.kid, alg: parts.alg, claims: try claims(parts.payload))
+    return LicenseKey(
+      compact: parts.compact, kid: parts.kid, alg: parts.alg, claims: try claims(parts.payload))
   }
 
   /// Reads a key and checks its shape and claims without checking the signature: for keys
@@ -101,7 +104,8 @@ public enum KeyParser {
   /// without a trust directory.
   public static func parseUnverified(_ text: String) throws(KeyDefect) -> LicenseKey {
     let parts = try split(text)
-    return LicenseKey(compact: parts.compact, kid: parts.kid, alg: parts.alg, claims: try claims(parts.payload))
+    return LicenseKey(
+      compact: parts.compact, kid: parts.kid, alg: parts.alg, claims: try claims(parts.payload))
   }
 
   /// The serial (`jti`) of a key that may be invalid, when it can be read at all: for the
@@ -130,7 +134,9 @@ public enum KeyParser {
     guard pieces.count == 3 else {
       throw .malformed("expected 3 dot-separated parts, found \(pieces.count)")
     }
-    guard let headerBytes = Base64URL.decode(pieces[0]) else { throw .malformed("the header is not base64url") }
+    guard let headerBytes = Base64URL.decode(pieces[0]) else {
+      throw .malformed("the header is not base64url")
+    }
     guard case .object(let header)? = JSONValue.parse(headerBytes) else {
       throw .malformed("the header is not a JSON object")
     }
@@ -140,7 +146,9 @@ public enum KeyParser {
     guard case .string(let kid)? = header["kid"], !kid.isEmpty else {
       throw .malformed("the header has no \"kid\" naming the issuer key")
     }
-    guard let payloadBytes = Base64URL.decode(pieces[1]) else { throw .malformed("the payload is not base64url") }
+    guard let payloadBytes = Base64URL.decode(pieces[1]) else {
+      throw .malformed("the payload is not base64url")
+    }
     guard case .object(let payload)? = JSONValue.parse(payloadBytes) else {
       throw .malformed("the payload is not a JSON object")
     }
@@ -149,7 +157,8 @@ public enum KeyParser {
     }
     let signingInput = Array(compact.utf8.prefix(pieces[0].utf8.count + 1 + pieces[1].utf8.count))
     return Parts(
-      compact: compact, alg: alg, kid: kid, payload: payload, signingInput: signingInput, signature: signature)
+      compact: compact, alg: alg, kid: kid, payload: payload, signingInput: signingInput, signature: signature
+    )
   }
 
   private static func claims(_ payload: [String: JSONValue]) throws(KeyDefect) -> LicenseClaims {
@@ -164,7 +173,8 @@ public enum KeyParser {
       return text
     }
     func instant(_ name: String) throws(KeyDefect) -> Timestamp {
-      guard case .number(let seconds) = try value(name), let time = Timestamp(secondsSinceEpoch: seconds) else {
+      guard case .number(let seconds) = try value(name), let time = Timestamp(secondsSinceEpoch: seconds)
+      else {
         throw .illTypedClaim(name, expected: "a number of seconds since the epoch")
       }
       return time

@@ -142,7 +142,8 @@ public struct LicenseEngine: Sendable {
     guard let reserve = state[slot].reserve else {
       let violation = RuleViolation(
         rule: "R9", code: "no_reserve",
-        message: "The \(slot.rawValue) slot has no reserve key; nothing was removed. `agentctl status` lists the reserves.",
+        message:
+          "The \(slot.rawValue) slot has no reserve key; nothing was removed. `agentctl status` lists the reserves.",
         slot: slot)
       return Decision(state: state, actions: [], result: .failure(violation))
     }
@@ -156,7 +157,8 @@ public struct LicenseEngine: Sendable {
       message:
         "Reserve key \(reserve.serial) of the \(slot.rawValue) slot was removed by an operator; nothing will take over when the active key expires unless a new reserve is added (`agentctl add-key --reserve FILE`).",
       fields: fields)
-    return commit(next, events: [event], result: .success(.reserveRemoved(slot: slot, serial: reserve.serial)))
+    return commit(
+      next, events: [event], result: .success(.reserveRemoved(slot: slot, serial: reserve.serial)))
   }
 
   /// Time has reached `now`: promotes reserves whose active key expired (P1, P3–P5), marks
@@ -176,7 +178,9 @@ public struct LicenseEngine: Sendable {
         var fields = keyFields(slot: slot, reserve.key)
         fields.append(.init("LICENSE_PREVIOUS_SERIAL", active.serial))
         fields.append(.init("LICENSE_DELAY_USEC", String(lateness)))
-        let late = lateness >= 1_000_000 ? " (the agent was not running at expiry: \(TimeSpan(microseconds: lateness).inWords) late)" : ""
+        let late =
+          lateness >= 1_000_000
+          ? " (the agent was not running at expiry: \(TimeSpan(microseconds: lateness).inWords) late)" : ""
         events.append(
           JournalEvent(
             .keyPromoted,
@@ -185,9 +189,13 @@ public struct LicenseEngine: Sendable {
             fields: fields))
       } else {
         // P4 / P6: nothing valid takes over; the slot is expired.
-        let reserveNote = next[slot].reserve.map { " Its reserve \($0.serial) had itself expired at \($0.expiresAt) and was not promoted." } ?? ""
+        let reserveNote =
+          next[slot].reserve.map {
+            " Its reserve \($0.serial) had itself expired at \($0.expiresAt) and was not promoted."
+          } ?? ""
         next[slot] = SlotState(
-          expired: ExpiredKey(serial: active.serial, expiresAt: active.expiresAt, scheme: active.claims.scheme))
+          expired: ExpiredKey(
+            serial: active.serial, expiresAt: active.expiresAt, scheme: active.claims.scheme))
         events.append(
           JournalEvent(
             .licenseExpired,
@@ -234,9 +242,16 @@ public struct LicenseEngine: Sendable {
     }
     for slot in state.slotsInUse {
       guard let active = state[slot].active else { continue }
-      consider(Wake(at: active.expiresAt, reason: .expiry(slot: slot, serial: active.serial, takeover: takeover(state[slot]))))
-      for threshold in configuration.warningThresholds where !state[slot].warned.contains(threshold.description) {
-        consider(Wake(at: active.expiresAt - threshold, reason: .warning(slot: slot, serial: active.serial, threshold: threshold.description)))
+      consider(
+        Wake(
+          at: active.expiresAt,
+          reason: .expiry(slot: slot, serial: active.serial, takeover: takeover(state[slot]))))
+      for threshold in configuration.warningThresholds
+      where !state[slot].warned.contains(threshold.description) {
+        consider(
+          Wake(
+            at: active.expiresAt - threshold,
+            reason: .warning(slot: slot, serial: active.serial, threshold: threshold.description)))
       }
     }
     return best
@@ -274,12 +289,14 @@ public struct LicenseEngine: Sendable {
     func refuse(_ rule: String, _ code: String, _ message: String) -> Result<Plan, RuleViolation> {
       .failure(
         RuleViolation(
-          rule: rule, code: code, message: message, serial: key.serial, slot: key.slot, expiresAt: key.claims.expiresAt))
+          rule: rule, code: code, message: message, serial: key.serial, slot: key.slot,
+          expiresAt: key.claims.expiresAt))
     }
     guard claims.product == configuration.product else {
       return refuse(
         entry, "wrong_product",
-        "Key \(key.serial) is for the product \"\(claims.product)\", not \"\(configuration.product)\"; use a key issued for this product.")
+        "Key \(key.serial) is for the product \"\(claims.product)\", not \"\(configuration.product)\"; use a key issued for this product."
+      )
     }
     switch role {
     case .active: return planActive(key, replaceScheme: replaceScheme, now: now, state: state, refuse: refuse)
@@ -296,16 +313,20 @@ public struct LicenseEngine: Sendable {
     guard claims.notBefore <= now else {
       return refuse(
         "A1", "not_yet_valid",
-        "Key \(key.serial) is not valid before \(claims.notBefore); add it then, or add it now as a reserve key (`--reserve`).")
+        "Key \(key.serial) is not valid before \(claims.notBefore); add it then, or add it now as a reserve key (`--reserve`)."
+      )
     }
     guard now < claims.expiresAt else {
-      return refuse("A1", "expired", "Key \(key.serial) expired at \(claims.expiresAt); ask the vendor for a current key.")
+      return refuse(
+        "A1", "expired", "Key \(key.serial) expired at \(claims.expiresAt); ask the vendor for a current key."
+      )
     }
     let current = state[slot].active
     if let current, current.key.isSameKey(as: key) {
       return .success(
         Plan(
-          added: AddedKey(slot: slot, role: .active, key: key, removedSerials: [], unchanged: true), clearSlots: []))
+          added: AddedKey(slot: slot, role: .active, key: key, removedSerials: [], unchanged: true),
+          clearSlots: []))
     }
     let otherScheme = state.slotsInUse.filter { state[$0].scheme != nil && state[$0].scheme != claims.scheme }
     // A5: a trial never replaces (or, through a scheme change, removes) a paid active key.
@@ -315,7 +336,8 @@ public struct LicenseEngine: Sendable {
       if let victim = paid.first {
         return refuse(
           "A5", "trial_over_commercial",
-          "Trial key \(key.serial) cannot replace the \(victim.claims.licenseType.rawValue) key \(victim.serial); a trial only starts where no paid licence is active.")
+          "Trial key \(key.serial) cannot replace the \(victim.claims.licenseType.rawValue) key \(victim.serial); a trial only starts where no paid licence is active."
+        )
       }
     }
     // A2: one scheme per SVM; changing it removes every key of the old one, when confirmed.
@@ -323,19 +345,25 @@ public struct LicenseEngine: Sendable {
       [state[other].active, state[other].reserve].compactMap { $0 }.map { ($0, other) }
     }
     if !removed.isEmpty && !replaceScheme {
-      let list = removed.map { "\($0.1.rawValue) \($0.0 == state[$0.1].active ? "active" : "reserve") \($0.0.serial)" }
-        .joined(separator: ", ")
+      let list = removed.map {
+        "\($0.1.rawValue) \($0.0 == state[$0.1].active ? "active" : "reserve") \($0.0.serial)"
+      }
+      .joined(separator: ", ")
       return refuse(
         "A2", "scheme_conflict",
-        "Key \(key.serial) uses the \(claims.scheme.rawValue) scheme, but the SVM's keys use another. Adding it would remove: \(list). Confirm with --replace-scheme (replaceScheme) to switch schemes.")
+        "Key \(key.serial) uses the \(claims.scheme.rawValue) scheme, but the SVM's keys use another. Adding it would remove: \(list). Confirm with --replace-scheme (replaceScheme) to switch schemes."
+      )
     }
     var plan = Plan(
       added: AddedKey(
-        slot: slot, role: .active, key: key, replacedSerial: current?.serial, removedSerials: removed.map(\.0.serial),
+        slot: slot, role: .active, key: key, replacedSerial: current?.serial,
+        removedSerials: removed.map(\.0.serial),
         unchanged: false),
       clearSlots: otherScheme)
     // A4: the slot's reserve must still be able to follow the new active key.
-    if let reserve = state[slot].reserve, let violation = reserveProblem(reserve.key, following: key, now: now) {
+    if let reserve = state[slot].reserve,
+      let violation = reserveProblem(reserve.key, following: key, now: now)
+    {
       plan.droppedReserve = (reserve, violation)
       plan.added.droppedReserveSerial = reserve.serial
     }
@@ -350,19 +378,23 @@ public struct LicenseEngine: Sendable {
     guard let active = state[slot].active else {
       let activeSlots = state.slotsInUse.filter { state[$0].active != nil }
       if !activeSlots.isEmpty && state[slot].expired == nil {
-        let types = activeSlots.compactMap { state[$0].active?.claims.typeDescription }.joined(separator: ", ")
+        let types = activeSlots.compactMap { state[$0].active?.claims.typeDescription }.joined(
+          separator: ", ")
         return refuse(
           "R2", "type_mismatch",
-          "Reserve key \(key.serial) is a \(key.claims.typeDescription) key, but the active keys are \(types); a reserve must be of its active key's type. Use a reserve of the same type.")
+          "Reserve key \(key.serial) is a \(key.claims.typeDescription) key, but the active keys are \(types); a reserve must be of its active key's type. Use a reserve of the same type."
+        )
       }
       return refuse(
         "R1", "no_active_key",
-        "The \(slot.rawValue) slot has no active key, so reserve \(key.serial) cannot be added; add an active key first (`agentctl add-key FILE`).")
+        "The \(slot.rawValue) slot has no active key, so reserve \(key.serial) cannot be added; add an active key first (`agentctl add-key FILE`)."
+      )
     }
     if let reserve = state[slot].reserve, reserve.key.isSameKey(as: key) {
       return .success(
         Plan(
-          added: AddedKey(slot: slot, role: .reserve, key: key, removedSerials: [], unchanged: true), clearSlots: []))
+          added: AddedKey(slot: slot, role: .reserve, key: key, removedSerials: [], unchanged: true),
+          clearSlots: []))
     }
     if let violation = reserveProblem(key, following: active.key, now: now) {
       return .failure(violation)
@@ -370,56 +402,71 @@ public struct LicenseEngine: Sendable {
     return .success(
       Plan(
         added: AddedKey(
-          slot: slot, role: .reserve, key: key, replacedSerial: state[slot].reserve?.serial, removedSerials: [],
+          slot: slot, role: .reserve, key: key, replacedSerial: state[slot].reserve?.serial,
+          removedSerials: [],
           unchanged: false),
         clearSlots: []))
   }
 
   /// Rules R2–R7 for `reserve` next to `active`; nil when the reserve can follow it.
-  private func reserveProblem(_ reserve: LicenseKey, following active: LicenseKey, now: Timestamp) -> RuleViolation? {
+  private func reserveProblem(_ reserve: LicenseKey, following active: LicenseKey, now: Timestamp)
+    -> RuleViolation?
+  {
     let r = reserve.claims
     let a = active.claims
     func violation(_ rule: String, _ code: String, _ message: String) -> RuleViolation {
       RuleViolation(
-        rule: rule, code: code, message: message, serial: reserve.serial, slot: reserve.slot, expiresAt: r.expiresAt)
+        rule: rule, code: code, message: message, serial: reserve.serial, slot: reserve.slot,
+        expiresAt: r.expiresAt)
     }
     if reserve.isSameKey(as: active) {
-      return violation("R7", "duplicate", "Key \(reserve.serial) is the active key itself; a reserve must be another key.")
+      return violation(
+        "R7", "duplicate", "Key \(reserve.serial) is the active key itself; a reserve must be another key.")
     }
     if r.scheme != a.scheme || r.osType != a.osType {
       return violation(
         "R2", "type_mismatch",
-        "Reserve key \(reserve.serial) is a \(r.typeDescription) key but the active key \(active.serial) is \(a.typeDescription); use a reserve of the same type.")
+        "Reserve key \(reserve.serial) is a \(r.typeDescription) key but the active key \(active.serial) is \(a.typeDescription); use a reserve of the same type."
+      )
     }
     if r.edition != a.edition {
       return violation(
         "R3", "edition_mismatch",
-        "Reserve key \(reserve.serial) is \(r.edition.rawValue) edition but the active key \(active.serial) is \(a.edition.rawValue); use a reserve of the same edition.")
+        "Reserve key \(reserve.serial) is \(r.edition.rawValue) edition but the active key \(active.serial) is \(a.edition.rawValue); use a reserve of the same edition."
+      )
     }
     if r.licenseType != .commercial {
       return violation(
         "R4", "not_reservable",
-        "Key \(reserve.serial) is a \(r.licenseType.rawValue) key; only commercial keys can be reserve keys. Add it as the active key instead, or use a commercial key.")
+        "Key \(reserve.serial) is a \(r.licenseType.rawValue) key; only commercial keys can be reserve keys. Add it as the active key instead, or use a commercial key."
+      )
     }
     if r.expiresAt <= now {
-      return violation("R6", "expired", "Reserve key \(reserve.serial) already expired at \(r.expiresAt); use a current key.")
+      return violation(
+        "R6", "expired", "Reserve key \(reserve.serial) already expired at \(r.expiresAt); use a current key."
+      )
     }
     if r.expiresAt <= a.expiresAt {
       return violation(
         "R5", "expires_before_active",
-        "Reserve key \(reserve.serial) expires at \(r.expiresAt), not after the active key \(active.serial) (\(a.expiresAt)); it would never serve. Use a reserve that ends later.")
+        "Reserve key \(reserve.serial) expires at \(r.expiresAt), not after the active key \(active.serial) (\(a.expiresAt)); it would never serve. Use a reserve that ends later."
+      )
     }
     if r.notBefore > a.expiresAt {
       return violation(
         "R6", "not_valid_at_takeover",
-        "Reserve key \(reserve.serial) is valid only from \(r.notBefore), after the active key \(active.serial) expires (\(a.expiresAt)); the licence would lapse in between. Use a reserve valid from \(a.expiresAt) at the latest.")
+        "Reserve key \(reserve.serial) is valid only from \(r.notBefore), after the active key \(active.serial) expires (\(a.expiresAt)); the licence would lapse in between. Use a reserve valid from \(a.expiresAt) at the latest."
+      )
     }
     return nil
   }
 
   // MARK: - Applying
 
-  private func apply(_ plan: Plan, origin: KeyOrigin, now: Timestamp, to state: inout LicenseState, events: inout [JournalEvent]) {
+  private func apply(
+    _ plan: Plan, origin: KeyOrigin, now: Timestamp, to state: inout LicenseState,
+    events: inout [JournalEvent]
+  ) {
     let added = plan.added
     let installed = InstalledKey(key: added.key, origin: origin, addedAt: now)
     var fields = keyFields(slot: added.slot, added.key)
@@ -432,13 +479,17 @@ public struct LicenseEngine: Sendable {
       }
       let reserve = plan.droppedReserve == nil ? state[added.slot].reserve : nil
       state[added.slot] = SlotState(
-        active: installed, reserve: reserve, warned: passedThresholds(of: added.key.claims.expiresAt, at: now))
+        active: installed, reserve: reserve, warned: passedThresholds(of: added.key.claims.expiresAt, at: now)
+      )
       let replaced = added.replacedSerial.map { ", replacing \($0)" } ?? ""
-      let removed = added.removedSerials.isEmpty ? "" : "; keys of the former scheme were removed: \(added.removedSerials.joined(separator: ", "))"
+      let removed =
+        added.removedSerials.isEmpty
+        ? "" : "; keys of the former scheme were removed: \(added.removedSerials.joined(separator: ", "))"
       events.append(
         JournalEvent(
           .activeAdded,
-          message: "Key \(added.key.serial) is now the active \(added.slot.rawValue) key\(replaced), until \(added.key.claims.expiresAt)\(removed).",
+          message:
+            "Key \(added.key.serial) is now the active \(added.slot.rawValue) key\(replaced), until \(added.key.claims.expiresAt)\(removed).",
           fields: fields))
       if let (dropped, violation) = plan.droppedReserve {
         var dropFields = keyFields(slot: added.slot, dropped.key)
@@ -466,7 +517,9 @@ public struct LicenseEngine: Sendable {
 
   /// Gives the events the next transition id, stores them in the outbox and orders the
   /// actions: persist first, then announce, then sleep (P2).
-  private func commit(_ state: LicenseState, events: [JournalEvent], result: Result<Outcome, RuleViolation>) -> Decision {
+  private func commit(_ state: LicenseState, events: [JournalEvent], result: Result<Outcome, RuleViolation>)
+    -> Decision
+  {
     var next = state
     next.lastTransitionID += 1
     let id = next.lastTransitionID
@@ -486,7 +539,9 @@ public struct LicenseEngine: Sendable {
     configuration.warningThresholds.filter { expiry - $0 <= now }.map(\.description)
   }
 
-  private func expiringSoon(slot: Slot, active: InstalledKey, threshold: TimeSpan, state: LicenseState, now: Timestamp)
+  private func expiringSoon(
+    slot: Slot, active: InstalledKey, threshold: TimeSpan, state: LicenseState, now: Timestamp
+  )
     -> JournalEvent
   {
     let takeover = takeover(state[slot])
@@ -498,11 +553,14 @@ public struct LicenseEngine: Sendable {
     switch takeover {
     case .reserve: then = "reserve key \(state[slot].reserve!.serial) will take over"
     case .activationCode: then = "the agent will renew it with its activation code"
-    case .none: then = "nothing will take over: add a reserve key (`agentctl add-key --reserve FILE`) or a new active key"
+    case .none:
+      then =
+        "nothing will take over: add a reserve key (`agentctl add-key --reserve FILE`) or a new active key"
     }
     return JournalEvent(
       .expiringSoon, priority: takeover == .none ? 4 : 5,
-      message: "The active \(slot.rawValue) key \(active.serial) expires in \(left), at \(active.expiresAt); \(then).",
+      message:
+        "The active \(slot.rawValue) key \(active.serial) expires in \(left), at \(active.expiresAt); \(then).",
       fields: fields)
   }
 
@@ -513,7 +571,8 @@ public struct LicenseEngine: Sendable {
     if let expiry = violation.expiresAt { fields.append(.init("LICENSE_EXPIRES_AT", expiry.rfc3339)) }
     fields.append(.init("LICENSE_RULE", violation.ruleAndCode))
     if let reason = violation.reason { fields.append(.init("LICENSE_REASON", reason)) }
-    return JournalEvent(.reserveRejected, message: "A reserve key was refused: \(violation.message)", fields: fields)
+    return JournalEvent(
+      .reserveRejected, message: "A reserve key was refused: \(violation.message)", fields: fields)
   }
 
   private func keyFields(slot: Slot, _ key: LicenseKey) -> [JournalEvent.Field] {

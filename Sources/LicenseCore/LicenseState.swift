@@ -42,8 +42,10 @@ public struct SlotState: Sendable, Equatable, Codable {
   /// the active key arrived, for the current active key (W1: never twice, never late).
   public var warned: [String]
 
-  public init(active: InstalledKey? = nil, reserve: InstalledKey? = nil, expired: ExpiredKey? = nil, warned: [String] = [])
-  {
+  public init(
+    active: InstalledKey? = nil, reserve: InstalledKey? = nil, expired: ExpiredKey? = nil,
+    warned: [String] = []
+  ) {
     self.active = active
     self.reserve = reserve
     self.expired = expired

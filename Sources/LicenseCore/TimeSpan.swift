@@ -72,7 +72,8 @@ extension Timestamp {
   public init?(instant text: String, now: Timestamp) {
     if text == "now" {
       self = now
-    } else if let sign = text.first, sign == "+" || sign == "-", let span = TimeSpan(String(text.dropFirst())) {
+    } else if let sign = text.first, sign == "+" || sign == "-", let span = TimeSpan(String(text.dropFirst()))
+    {
       self = sign == "+" ? now + span : now - span
     } else if let parsed = Timestamp(rfc3339: text) {
       self = parsed

@@ -1,7 +1,6 @@
 import Foundation
-import LicenseCore
-
 import Glibc
+import LicenseCore
 
 /// Where the agent keeps what it owns. One implementation writes files; tests may use others.
 public protocol StateStore: Sendable {
@@ -17,6 +16,11 @@ public struct LoadedState: Sendable, Equatable {
   /// Set when the state file was unreadable and the last good copy was restored; the runtime
   /// logs it as STATE_RECOVERED (``JournalEvent/stateRecovered(error:file:)``).
   public var recovery: Recovery?
+
+  public init(state: LicenseState, recovery: Recovery?) {
+    self.state = state
+    self.recovery = recovery
+  }
 
   public struct Recovery: Sendable, Equatable {
     /// What was wrong with the state file.
@@ -75,7 +79,9 @@ public final class FileStateStore: StateStore, @unchecked Sendable {
 
   /// Opens the store in `directory`, creating it with mode 0700 when missing and tightening
   /// it to 0700 when it is wider (the state holds licence keys).
-  public init(directory: String, crashPoint: (@Sendable (WriteStep) throws -> Void)? = nil) throws(StateStoreError) {
+  public init(directory: String, crashPoint: (@Sendable (WriteStep) throws -> Void)? = nil)
+    throws(StateStoreError)
+  {
     self.directory = directory
     self.crashPoint = crashPoint
     var info = stat()
@@ -83,7 +89,8 @@ public final class FileStateStore: StateStore, @unchecked Sendable {
       guard mkdir(directory, 0o700) == 0 else {
         throw StateStoreError(
           file: directory, problem: "cannot create the state directory (\(errnoText()))",
-          remedy: "Create it, owned by the agent's user, with mode 0700 (StateDirectory= does this under systemd).")
+          remedy:
+            "Create it, owned by the agent's user, with mode 0700 (StateDirectory= does this under systemd).")
       }
     } else if (info.st_mode & S_IFMT) != S_IFDIR {
       throw StateStoreError(
@@ -115,14 +122,16 @@ public final class FileStateStore: StateStore, @unchecked Sendable {
     case .newerSchema(let version):
       throw StateStoreError(
         file: stateFile,
-        problem: "was written by a newer license-agent (state schema \(version), this version reads up to \(LicenseState.currentSchemaVersion))",
+        problem:
+          "was written by a newer license-agent (state schema \(version), this version reads up to \(LicenseState.currentSchemaVersion))",
         remedy: "Install that newer version again; do not edit or delete the file.")
     case .damaged(let problem):
       guard case .valid(let state) = read(previousFile) else {
         throw StateStoreError(
           file: stateFile, problem: "is damaged (\(problem)) and no good previous copy exists",
           remedy:
-            "The agent will not start over it. Move the file aside (keep it for support), then restart the agent and add the keys again with `agentctl add-key`.")
+            "The agent will not start over it. Move the file aside (keep it for support), then restart the agent and add the keys again with `agentctl add-key`."
+        )
       }
       let quarantine = stateFile + ".corrupt-" + String(Int64(Date().timeIntervalSince1970))
       guard rename(stateFile, quarantine) == 0 else {
@@ -151,7 +160,9 @@ public final class FileStateStore: StateStore, @unchecked Sendable {
     guard let header = try? JSONDecoder().decode(Header.self, from: data) else {
       return .damaged("not a JSON state document (truncated or corrupt)")
     }
-    guard header.schemaVersion <= LicenseState.currentSchemaVersion else { return .newerSchema(header.schemaVersion) }
+    guard header.schemaVersion <= LicenseState.currentSchemaVersion else {
+      return .newerSchema(header.schemaVersion)
+    }
     do {
       return .valid(try JSONDecoder().decode(LicenseState.self, from: data))
     } catch {
@@ -181,12 +192,14 @@ public final class FileStateStore: StateStore, @unchecked Sendable {
     encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
     let data: Data
     do { data = try encoder.encode(state) } catch {
-      throw StateStoreError(file: stateFile, problem: "cannot encode the state (\(error))", remedy: "Report this bug.")
+      throw StateStoreError(
+        file: stateFile, problem: "cannot encode the state (\(error))", remedy: "Report this bug.")
     }
     func step(_ name: WriteStep) throws(StateStoreError) {
       guard steps, let crashPoint else { return }
       do { try crashPoint(name) } catch {
-        throw StateStoreError(file: stateFile, problem: "write interrupted at \(name.rawValue)", remedy: "Test crash point.")
+        throw StateStoreError(
+          file: stateFile, problem: "write interrupted at \(name.rawValue)", remedy: "Test crash point.")
       }
     }
     func fail(_ what: String) -> StateStoreError {

@@ -32,7 +32,9 @@ public enum TrustDirectory {
           problems.append(
             Problem(
               file: path,
-              problem: "holds a private key (\"d\"); only public issuer keys belong in the trust directory: replace it with the public JWK and keep the private one elsewhere"))
+              problem:
+                "holds a private key (\"d\"); only public issuer keys belong in the trust directory: replace it with the public JWK and keep the private one elsewhere"
+            ))
         } else if keys.contains(where: { $0.kid == jwk.kid }) {
           problems.append(Problem(file: path, problem: "repeats the kid \"\(jwk.kid)\" of an earlier file"))
         } else {

@@ -101,7 +101,7 @@ struct Issue: ParsableCommand {
     abstract: "Sign a licence key and print it (one line).",
     discussion: """
       Times are RFC 3339 (2026-12-31T09:00:00Z, fractions allowed) or relative to now \
-      (+90d, +5s, -1h, +250ms), or 'now'. The key is checked as the agent would read it \
+      (+90d, +5s, +250ms; a past time as --expires=-1d), or 'now'. The key is checked as the agent would read it \
       before it is printed.
       """)
 
@@ -113,7 +113,8 @@ struct Issue: ParsableCommand {
   var edition: String
   @Option(help: "vm-count, processors or cores.")
   var scheme: String
-  @Option(name: .customLong("os-type"), help: "server or workstation; required for vm-count, refused otherwise.")
+  @Option(
+    name: .customLong("os-type"), help: "server or workstation; required for vm-count, refused otherwise.")
   var osType: String?
   @Option(name: .customLong("license-type"), help: "commercial, trial or subscription.")
   var licenseType: String
@@ -132,7 +133,9 @@ struct Issue: ParsableCommand {
 
   func run() throws {
     let now = currentTime()
-    func choice<E: RawRepresentable<String> & CaseIterable>(_ text: String, _ option: String, _: E.Type) throws -> E {
+    func choice<E: RawRepresentable<String> & CaseIterable>(_ text: String, _ option: String, _: E.Type)
+      throws -> E
+    {
       guard let value = E(rawValue: text) else {
         throw ValidationError(
           "--\(option) '\(text)' is not one of: \(E.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -142,14 +145,17 @@ struct Issue: ParsableCommand {
     func instant(_ text: String, _ option: String) throws -> Timestamp {
       guard let value = Timestamp(instant: text, now: now) else {
         throw ValidationError(
-          "--\(option) '\(text)' is not a time: use RFC 3339 (2026-12-31T09:00:00Z) or a relative time (+90d, +5s)")
+          "--\(option) '\(text)' is not a time: use RFC 3339 (2026-12-31T09:00:00Z) or a relative time (+90d, +5s)"
+        )
       }
       return value
     }
     let claims = LicenseClaims(
       issuer: issuer ?? "", serial: serial, issuedAt: Timestamp(seconds: now.microseconds / 1_000_000),
-      notBefore: try instant(notBefore, "not-before"), expiresAt: try instant(expires, "expires"), product: product,
-      edition: try choice(edition, "edition", Edition.self), scheme: try choice(scheme, "scheme", Scheme.self),
+      notBefore: try instant(notBefore, "not-before"), expiresAt: try instant(expires, "expires"),
+      product: product,
+      edition: try choice(edition, "edition", Edition.self),
+      scheme: try choice(scheme, "scheme", Scheme.self),
       osType: try osType.map { try choice($0, "os-type", OSType.self) },
       licenseType: try choice(licenseType, "license-type", LicenseType.self), units: units)
     let jwk: JWK
@@ -201,7 +207,8 @@ struct Inspect: ParsableCommand {
     do {
       if let trust {
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: trust, isDirectory: &isDirectory), isDirectory.boolValue else {
+        guard FileManager.default.fileExists(atPath: trust, isDirectory: &isDirectory), isDirectory.boolValue
+        else {
           fail("--trust \(trust) is not a directory", code: 74)
         }
         let loaded = TrustDirectory.load(trust)
@@ -238,7 +245,9 @@ struct Inspect: ParsableCommand {
     if code != nil { throw ExitCode(1) }
   }
 
-  private func textReport(key: LicenseKey?, code: String?, reason: String?, message: String, now: Timestamp) -> String {
+  private func textReport(key: LicenseKey?, code: String?, reason: String?, message: String, now: Timestamp)
+    -> String
+  {
     var lines: [String] = []
     if let key {
       let c = key.claims
@@ -255,11 +264,14 @@ struct Inspect: ParsableCommand {
         let left = c.expiresAt.microseconds(since: now)
         lines.append(
           "  time left: "
-            + (left > 0 ? TimeSpan(microseconds: left).inWords : "none (expired \(TimeSpan(microseconds: -left).inWords) ago)"))
+            + (left > 0
+              ? TimeSpan(microseconds: left).inWords
+              : "none (expired \(TimeSpan(microseconds: -left).inWords) ago)"))
       }
     }
     if let code {
-      lines.append("Verdict: INVALID, \(code)\(reason.map { $0 == code ? "" : " (\($0))" } ?? ""): \(message)")
+      lines.append(
+        "Verdict: INVALID, \(code)\(reason.map { $0 == code ? "" : " (\($0))" } ?? ""): \(message)")
     } else if trust != nil {
       lines.append("Verdict: valid; signature verified with trusted issuer key \(key!.kid)")
     } else {
@@ -268,10 +280,17 @@ struct Inspect: ParsableCommand {
     return lines.joined(separator: "\n")
   }
 
-  private func jsonReport(key: LicenseKey?, code: String?, reason: String?, message: String, now: Timestamp) -> String {
+  private func jsonReport(key: LicenseKey?, code: String?, reason: String?, message: String, now: Timestamp)
+    -> String
+  {
     var fields: [(String, String)] = [
       ("valid", code == nil ? "true" : "false"),
-      ("signatureChecked", trust != nil && (key != nil || !["malformed", "unsupported_alg", "untrusted_issuer"].contains(reason ?? "")) ? "true" : "false"),
+      (
+        "signatureChecked",
+        trust != nil
+          && (key != nil || !["malformed", "unsupported_alg", "untrusted_issuer"].contains(reason ?? ""))
+          ? "true" : "false"
+      ),
       ("code", code.map(jsonString) ?? "null"),
       ("reason", reason.map(jsonString) ?? "null"),
       ("message", code == nil ? "null" : jsonString(message)),

@@ -12,7 +12,8 @@ import Testing
     var fields: [(String, String)] = [
       ("iss", "\"test\""), ("jti", "\"KS-1\""), ("iat", "1798761600"), ("nbf", "1798761600"),
       ("exp", "1830297600"), ("product", "\"svm-protection\""), ("edition", "\"standard\""),
-      ("scheme", "\"vm-count\""), ("os_type", "\"server\""), ("license_type", "\"commercial\""), ("units", "5"),
+      ("scheme", "\"vm-count\""), ("os_type", "\"server\""), ("license_type", "\"commercial\""),
+      ("units", "5"),
     ]
     for (name, value) in overrides {
       if let index = fields.firstIndex(where: { $0.0 == name }) {
@@ -33,7 +34,9 @@ import Testing
 
   @Test(arguments: ["EdDSA", "Ed25519"])
   func acceptsBothEd25519AlgorithmNames(alg: String) throws {
-    let key = try KeyParser.verify(issuer.key(TestIssuer.claims(serial: "KS-1", nbf: t0, exp: t0 + .days(1)), alg: alg), trust: issuer.trust)
+    let key = try KeyParser.verify(
+      issuer.key(TestIssuer.claims(serial: "KS-1", nbf: t0, exp: t0 + .days(1)), alg: alg),
+      trust: issuer.trust)
     #expect(key.alg == alg)
     #expect(key.claims.serial == "KS-1")
     #expect(key.slot == .server)
@@ -47,7 +50,8 @@ import Testing
   }
 
   @Test func keepsFractionalInstantsToTheMicrosecond() throws {
-    let text = issuer.raw(header: issuer.header(), payload: payload(["nbf": "1798761600.000001", "exp": "1830297600.123456"]))
+    let text = issuer.raw(
+      header: issuer.header(), payload: payload(["nbf": "1798761600.000001", "exp": "1830297600.123456"]))
     let key = try KeyParser.verify(text, trust: issuer.trust)
     #expect(key.claims.notBefore.microseconds == 1_798_761_600_000_001)
     #expect(key.claims.expiresAt.microseconds == 1_830_297_600_123_456)
@@ -67,11 +71,19 @@ import Testing
   }
 
   @Test func refusesAHeaderOrPayloadThatIsNotAJSONObject() {
-    #expect(defect(issuer.raw(header: "[1]", payload: payload())) == .malformed("the header is not a JSON object"))
-    #expect(defect(issuer.raw(header: issuer.header(), payload: "\"x\"")) == .malformed("the payload is not a JSON object"))
-    #expect(defect(issuer.raw(header: issuer.header(), payload: "{\"jti\":")) == .malformed("the payload is not a JSON object"))
+    #expect(
+      defect(issuer.raw(header: "[1]", payload: payload())) == .malformed("the header is not a JSON object"))
+    #expect(
+      defect(issuer.raw(header: issuer.header(), payload: "\"x\""))
+        == .malformed("the payload is not a JSON object"))
+    #expect(
+      defect(issuer.raw(header: issuer.header(), payload: "{\"jti\":"))
+        == .malformed("the payload is not a JSON object"))
     #expect(defect(issuer.raw(header: "{\"alg\":\"EdDSA\"}", payload: payload()))?.reason == "malformed")
-    #expect(defect(issuer.raw(header: "{\"alg\":\"EdDSA\",\"kid\":\"test-issuer\",\"crit\":[\"x\"]}", payload: payload()))?.reason == "malformed")
+    #expect(
+      defect(
+        issuer.raw(header: "{\"alg\":\"EdDSA\",\"kid\":\"test-issuer\",\"crit\":[\"x\"]}", payload: payload())
+      )?.reason == "malformed")
   }
 
   @Test func refusesASignatureOfTheWrongLength() {
@@ -112,10 +124,13 @@ import Testing
     #expect(defect("\(parts[0]).\(forged).\(parts[2])")?.code == "invalid_key")
   }
 
-  @Test(arguments: ["iss", "jti", "iat", "nbf", "exp", "product", "edition", "scheme", "license_type", "units"])
+  @Test(arguments: [
+    "iss", "jti", "iat", "nbf", "exp", "product", "edition", "scheme", "license_type", "units",
+  ])
   func refusesAMissingClaim(name: String) {
     #expect(defect(issuer.raw(header: issuer.header(), payload: payload([name: nil]))) == .missingClaim(name))
-    #expect(defect(issuer.raw(header: issuer.header(), payload: payload([name: "null"]))) == .missingClaim(name))
+    #expect(
+      defect(issuer.raw(header: issuer.header(), payload: payload([name: "null"]))) == .missingClaim(name))
   }
 
   @Test(arguments: [
@@ -132,26 +147,34 @@ import Testing
     ("edition", "premium"), ("scheme", "sockets"), ("os_type", "desktop"), ("license_type", "perpetual"),
   ])
   func refusesAnUnknownEnumValue(name: String, value: String) {
-    #expect(defect(issuer.raw(header: issuer.header(), payload: payload([name: "\"\(value)\""]))) == .unknownEnumValue(claim: name, value: value))
+    #expect(
+      defect(issuer.raw(header: issuer.header(), payload: payload([name: "\"\(value)\""])))
+        == .unknownEnumValue(claim: name, value: value))
   }
 
   @Test func refusesOSTypeAgainstTheScheme() {
     #expect(defect(issuer.raw(header: issuer.header(), payload: payload(["os_type": nil]))) == .osTypeMissing)
-    #expect(defect(issuer.raw(header: issuer.header(), payload: payload(["scheme": "\"processors\""]))) == .osTypeUnexpected(scheme: "processors"))
+    #expect(
+      defect(issuer.raw(header: issuer.header(), payload: payload(["scheme": "\"processors\""])))
+        == .osTypeUnexpected(scheme: "processors"))
   }
 
   @Test(arguments: ["0", "-3"])
   func refusesNonPositiveUnits(units: String) {
-    #expect(defect(issuer.raw(header: issuer.header(), payload: payload(["units": units])))?.reason == "non_positive_units")
+    #expect(
+      defect(issuer.raw(header: issuer.header(), payload: payload(["units": units])))?.reason
+        == "non_positive_units")
   }
 
   @Test(arguments: ["1798761600", "1798761599.999999"])
   func refusesAnExpiryNotAfterNotBefore(exp: String) {
-    #expect(defect(issuer.raw(header: issuer.header(), payload: payload(["exp": exp]))) == .expiryNotAfterNotBefore)
+    #expect(
+      defect(issuer.raw(header: issuer.header(), payload: payload(["exp": exp]))) == .expiryNotAfterNotBefore)
   }
 
   @Test func acceptsAnExpiryOneMicrosecondAfterNotBefore() {
-    #expect(defect(issuer.raw(header: issuer.header(), payload: payload(["exp": "1798761600.000001"]))) == nil)
+    #expect(
+      defect(issuer.raw(header: issuer.header(), payload: payload(["exp": "1798761600.000001"]))) == nil)
   }
 
   @Test func checksTheSignatureBeforeBelievingAnyClaim() {
@@ -162,17 +185,22 @@ import Testing
   @Test func everyReasonIsDistinctAndDocumented() throws {
     let reasons: [KeyDefect] = [
       .malformed("x"), .unsupportedAlg("x"), .untrustedIssuer(kid: "x"), .badSignature, .missingClaim("x"),
-      .illTypedClaim("x", expected: "y"), .unknownEnumValue(claim: "x", value: "y"), .osTypeUnexpected(scheme: "x"),
+      .illTypedClaim("x", expected: "y"), .unknownEnumValue(claim: "x", value: "y"),
+      .osTypeUnexpected(scheme: "x"),
       .osTypeMissing, .nonPositiveUnits(0), .expiryNotAfterNotBefore,
     ]
     #expect(Set(reasons.map(\.reason)).count == reasons.count)
-    let readme = try String(contentsOfFile: #filePath.replacingOccurrences(of: "Tests/LicenseCoreTests/KeyParserTests.swift", with: "README.md"), encoding: .utf8)
+    let readme = try String(
+      contentsOfFile: #filePath.replacingOccurrences(
+        of: "Tests/LicenseCoreTests/KeyParserTests.swift", with: "README.md"), encoding: .utf8)
     for defect in reasons { #expect(readme.contains("`\(defect.reason)`"), "README lacks \(defect.reason)") }
   }
 
   @Test func readsTheSerialOfAKeyItCannotVerify() {
     let stranger = TestIssuer(kid: "stranger")
-    #expect(KeyParser.bestEffortSerial(stranger.key(TestIssuer.claims(serial: "KS-77", nbf: t0, exp: t0 + .days(1)))) == "KS-77")
+    #expect(
+      KeyParser.bestEffortSerial(
+        stranger.key(TestIssuer.claims(serial: "KS-77", nbf: t0, exp: t0 + .days(1)))) == "KS-77")
     #expect(KeyParser.bestEffortSerial("garbage") == nil)
   }
 }

@@ -8,7 +8,7 @@ import Testing
   let t0 = TestIssuer.t0
   var engine: LicenseEngine { LicenseEngine(trust: issuer.trust) }
   /// One microsecond.
-  let µs = TimeSpan(microseconds: 1)
+  let oneMicrosecond = TimeSpan(microseconds: 1)
 
   /// A state with an active key (and optionally a reserve) in `slot`, added at `t0`.
   func state(
@@ -26,7 +26,8 @@ import Testing
     }
     if let reserve {
       let d = engine.addKey(
-        issuer.key(reserve, slot: slot, edition: edition, exp: reserveExp ?? t0 + .days(40)), role: .reserve, now: t0,
+        issuer.key(reserve, slot: slot, edition: edition, exp: reserveExp ?? t0 + .days(40)), role: .reserve,
+        now: t0,
         state: s)
       #expect(d.result.isSuccess, "setup reserve: \(d.result)")
       s = d.state
@@ -47,11 +48,15 @@ import Testing
   // MARK: A — adding an active key
 
   @Test func A1_validActiveKeyIsInstalledDurablyThenAnnounced() throws {
-    let d = engine.addKey(issuer.key("KS-1", exp: t0 + .days(10)), role: .active, now: t0, state: LicenseState())
+    let d = engine.addKey(
+      issuer.key("KS-1", exp: t0 + .days(10)), role: .active, now: t0, state: LicenseState())
     #expect(added(d)?.slot == .server)
     #expect(d.state[.server].active?.serial == "KS-1")
     #expect(d.state[.server].active?.origin == .key)
-    guard case .persist(let id) = d.actions.first else { Issue.record("first action must persist"); return }
+    guard case .persist(let id) = d.actions.first else {
+      Issue.record("first action must persist")
+      return
+    }
     #expect(id == 1 && d.state.lastTransitionID == 1)
     let event = try #require(d.events.first)
     #expect(event.kind == .activeAdded && event.priority == 6 && event.transitionID == 1)
@@ -83,9 +88,11 @@ import Testing
     let nbf = t0 + .days(1)
     let exp = t0 + .days(2)
     let key = issuer.key("KS-1", nbf: nbf, exp: exp)
-    #expect(violation(engine.addKey(key, role: .active, now: nbf - µs, state: LicenseState()))?.code == "not_yet_valid")
+    #expect(
+      violation(engine.addKey(key, role: .active, now: nbf - oneMicrosecond, state: LicenseState()))?.code
+        == "not_yet_valid")
     #expect(added(engine.addKey(key, role: .active, now: nbf, state: LicenseState())) != nil)
-    #expect(added(engine.addKey(key, role: .active, now: exp - µs, state: LicenseState())) != nil)
+    #expect(added(engine.addKey(key, role: .active, now: exp - oneMicrosecond, state: LicenseState())) != nil)
     #expect(violation(engine.addKey(key, role: .active, now: exp, state: LicenseState()))?.code == "expired")
   }
 
@@ -114,15 +121,21 @@ import Testing
 
   @Test func A2_serverAndWorkstationKeysCoexistButProcessorsAndCoresDoNot() {
     let base = state(active: "KS-S")
-    #expect(added(engine.addKey(issuer.key("KS-W", slot: .workstation, exp: t0 + .days(5)), role: .active, now: t0, state: base)) != nil)
+    #expect(
+      added(
+        engine.addKey(
+          issuer.key("KS-W", slot: .workstation, exp: t0 + .days(5)), role: .active, now: t0, state: base))
+        != nil)
     let processors = state(active: "KP-1", slot: .processors)
-    let d = engine.addKey(issuer.key("KC-1", slot: .cores, exp: t0 + .days(5)), role: .active, now: t0, state: processors)
+    let d = engine.addKey(
+      issuer.key("KC-1", slot: .cores, exp: t0 + .days(5)), role: .active, now: t0, state: processors)
     #expect(violation(d)?.code == "scheme_conflict")
   }
 
   @Test func A3_newActiveKeyReplacesTheSlotsActiveKey() throws {
     let base = state(active: "KS-1")
-    let d = engine.addKey(issuer.key("KS-2", exp: t0 + .days(20)), role: .active, now: t0 + .days(1), state: base)
+    let d = engine.addKey(
+      issuer.key("KS-2", exp: t0 + .days(20)), role: .active, now: t0 + .days(1), state: base)
     #expect(added(d)?.replacedSerial == "KS-1")
     #expect(d.state[.server].active?.serial == "KS-2")
     #expect(d.events.first?[field: "LICENSE_REPLACED_SERIAL"] == "KS-1")
@@ -152,7 +165,8 @@ import Testing
 
   @Test func A4_reserveOutlivingTheNewActiveKeyIsKept() {
     let base = state(active: "KS-1", reserve: "KS-R", reserveExp: t0 + .days(40))
-    let d = engine.addKey(issuer.key("KS-2", exp: t0 + .days(40) - µs), role: .active, now: t0, state: base)
+    let d = engine.addKey(
+      issuer.key("KS-2", exp: t0 + .days(40) - oneMicrosecond), role: .active, now: t0, state: base)
     #expect(added(d)?.droppedReserveSerial == nil)
     #expect(d.state[.server].reserve?.serial == "KS-R")
     #expect(!d.events.contains { $0.kind == .reserveDropped })
@@ -168,7 +182,8 @@ import Testing
   @Test(arguments: [LicenseType.commercial, .subscription])
   func A5_trialCannotReplaceAPaidActiveKey(paid: LicenseType) {
     let base = state(active: "KS-1", activeType: paid)
-    let d = engine.addKey(issuer.key("KT-1", type: .trial, exp: t0 + .days(30)), role: .active, now: t0, state: base)
+    let d = engine.addKey(
+      issuer.key("KT-1", type: .trial, exp: t0 + .days(30)), role: .active, now: t0, state: base)
     #expect(violation(d)?.rule == "A5")
     #expect(violation(d)?.code == "trial_over_commercial")
     #expect(d.state == base)
@@ -176,14 +191,21 @@ import Testing
 
   @Test func A5_trialMayReplaceATrialAndPaidMayReplaceATrial() {
     let trial = state(active: "KT-1", activeType: .trial)
-    #expect(added(engine.addKey(issuer.key("KT-2", type: .trial, exp: t0 + .days(30)), role: .active, now: t0, state: trial)) != nil)
-    #expect(added(engine.addKey(issuer.key("KS-2", exp: t0 + .days(30)), role: .active, now: t0, state: trial)) != nil)
+    #expect(
+      added(
+        engine.addKey(
+          issuer.key("KT-2", type: .trial, exp: t0 + .days(30)), role: .active, now: t0, state: trial)) != nil
+    )
+    #expect(
+      added(engine.addKey(issuer.key("KS-2", exp: t0 + .days(30)), role: .active, now: t0, state: trial))
+        != nil)
   }
 
   @Test func A5_trialCannotRemoveAPaidKeyThroughASchemeChange() {
     let base = state(active: "KS-1")
     let d = engine.addKey(
-      issuer.key("KT-P", slot: .processors, type: .trial, exp: t0 + .days(30)), role: .active, replaceScheme: true,
+      issuer.key("KT-P", slot: .processors, type: .trial, exp: t0 + .days(30)), role: .active,
+      replaceScheme: true,
       now: t0, state: base)
     #expect(violation(d)?.code == "trial_over_commercial")
   }
@@ -204,7 +226,8 @@ import Testing
   }
 
   @Test func R1_reserveNeedsAnActiveKey() throws {
-    let d = engine.addKey(issuer.key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: LicenseState())
+    let d = engine.addKey(
+      issuer.key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: LicenseState())
     try expectRejected(d, rule: "R1", code: "no_active_key", base: LicenseState())
     #expect(d.events.first?[field: "LICENSE_SERIAL"] == "KS-R")
     #expect(d.events.first?[field: "LICENSE_SLOT"] == "server")
@@ -214,17 +237,20 @@ import Testing
   @Test func R2_reserveMustBeOfTheActiveKeysType() throws {
     let base = state(active: "KS-1")
     try expectRejected(
-      engine.addKey(issuer.key("KW-R", slot: .workstation, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      engine.addKey(
+        issuer.key("KW-R", slot: .workstation, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
       rule: "R2", code: "type_mismatch", base: base)
     try expectRejected(
-      engine.addKey(issuer.key("KP-R", slot: .processors, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      engine.addKey(
+        issuer.key("KP-R", slot: .processors, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
       rule: "R2", code: "type_mismatch", base: base)
   }
 
   @Test func R2_eachOSTypeGetsItsOwnReserve() {
     var s = state(active: "KS-1", reserve: "KS-R")
     s = state(active: "KW-1", slot: .workstation, base: s)
-    let d = engine.addKey(issuer.key("KW-R", slot: .workstation, exp: t0 + .days(40)), role: .reserve, now: t0, state: s)
+    let d = engine.addKey(
+      issuer.key("KW-R", slot: .workstation, exp: t0 + .days(40)), role: .reserve, now: t0, state: s)
     #expect(d.state[.workstation].reserve?.serial == "KW-R")
     #expect(d.state[.server].reserve?.serial == "KS-R")
   }
@@ -232,7 +258,8 @@ import Testing
   @Test func R3_reserveMustBeOfTheSameEdition() throws {
     let base = state(active: "KS-1", edition: .enterprise)
     try expectRejected(
-      engine.addKey(issuer.key("KS-R", edition: .standard, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      engine.addKey(
+        issuer.key("KS-R", edition: .standard, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
       rule: "R3", code: "edition_mismatch", base: base)
   }
 
@@ -240,13 +267,16 @@ import Testing
   func R4_trialAndSubscriptionKeysCannotBeReserves(type: LicenseType) throws {
     let base = state(active: "KS-1")
     try expectRejected(
-      engine.addKey(issuer.key("KX-R", type: type, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      engine.addKey(
+        issuer.key("KX-R", type: type, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
       rule: "R4", code: "not_reservable", base: base)
   }
 
   @Test func R4_commercialReserveNextToASubscriptionIsAllowed() {
     let base = state(active: "KS-1", activeType: .subscription)
-    #expect(added(engine.addKey(issuer.key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: base)) != nil)
+    #expect(
+      added(engine.addKey(issuer.key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: base))
+        != nil)
   }
 
   @Test func R5_reserveExpiringExactlyAtTheActiveKeysExpiryIsRefused() throws {
@@ -261,7 +291,8 @@ import Testing
 
   @Test func R5_reserveExpiringOneMicrosecondAfterIsAccepted() {
     let base = state(active: "KS-1", activeExp: t0 + .days(10))
-    let d = engine.addKey(issuer.key("KS-R", exp: t0 + .days(10) + µs), role: .reserve, now: t0, state: base)
+    let d = engine.addKey(
+      issuer.key("KS-R", exp: t0 + .days(10) + oneMicrosecond), role: .reserve, now: t0, state: base)
     #expect(added(d) != nil)
   }
 
@@ -278,7 +309,10 @@ import Testing
   @Test func R6_reserveNotYetValidAtTakeoverIsRefused() throws {
     let base = state(active: "KS-1", activeExp: t0 + .days(10))
     try expectRejected(
-      engine.addKey(issuer.key("KS-R", nbf: t0 + .days(10) + µs, exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      engine.addKey(
+        issuer.key("KS-R", nbf: t0 + .days(10) + oneMicrosecond, exp: t0 + .days(40)), role: .reserve,
+        now: t0,
+        state: base),
       rule: "R6", code: "not_valid_at_takeover", base: base)
   }
 
@@ -300,13 +334,18 @@ import Testing
     let base = state(active: "KS-1")
     let parts = issuer.key("KS-R", exp: t0 + .days(40)).split(separator: ".")
     let tampered = "\(parts[0]).\(Base64URL.encode("{}".utf8)).\(parts[2])"
-    try expectRejected(engine.addKey(tampered, role: .reserve, now: t0, state: base), rule: "R8", code: "invalid_key", base: base)
-    #expect(violation(engine.addKey(tampered, role: .reserve, now: t0, state: base))?.reason == "bad_signature")
     try expectRejected(
-      engine.addKey(TestIssuer(kid: "x").key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
+      engine.addKey(tampered, role: .reserve, now: t0, state: base), rule: "R8", code: "invalid_key",
+      base: base)
+    #expect(
+      violation(engine.addKey(tampered, role: .reserve, now: t0, state: base))?.reason == "bad_signature")
+    try expectRejected(
+      engine.addKey(
+        TestIssuer(kid: "x").key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: base),
       rule: "R8", code: "untrusted_issuer", base: base)
     try expectRejected(
-      engine.addKey(issuer.key("KS-R", exp: t0 + .days(40), product: "other"), role: .reserve, now: t0, state: base),
+      engine.addKey(
+        issuer.key("KS-R", exp: t0 + .days(40), product: "other"), role: .reserve, now: t0, state: base),
       rule: "R8", code: "wrong_product", base: base)
   }
 
@@ -331,7 +370,7 @@ import Testing
   @Test func P1_promotionHappensAtExpNotAMicrosecondBefore() throws {
     let exp = t0 + .days(10)
     let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
-    let early = engine.timeReached(now: exp - µs, state: base)
+    let early = engine.timeReached(now: exp - oneMicrosecond, state: base)
     #expect(early.state[.server].active?.serial == "KS-1")
     let atExp = engine.timeReached(now: exp, state: base)
     #expect(atExp.state[.server].active?.serial == "KS-R")
@@ -359,7 +398,10 @@ import Testing
     let exp = t0 + .days(10)
     let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
     let d = engine.timeReached(now: exp, state: base)
-    guard case .persist(let id) = d.actions.first else { Issue.record("persist must come first"); return }
+    guard case .persist(let id) = d.actions.first else {
+      Issue.record("persist must come first")
+      return
+    }
     #expect(d.state.outbox.map(\.transitionID) == d.events.map(\.transitionID))
     #expect(d.state.outbox.allSatisfy { $0.transitionID == id })
     // Replaying the same instant, or a later one, on the persisted state does nothing more.
@@ -465,7 +507,8 @@ import Testing
   @Test func T1_aForwardClockStepPastExpiryPromotesAtOnce() throws {
     let exp = t0 + .days(10)
     let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
-    let d = engine.clockChanged(deltaMicroseconds: TimeSpan.days(11).microseconds, now: exp + .days(1), state: base)
+    let d = engine.clockChanged(
+      deltaMicroseconds: TimeSpan.days(11).microseconds, now: exp + .days(1), state: base)
     #expect(d.actions.first == .persist(transitionID: d.state.lastTransitionID))
     let clock = try #require(d.events.first)
     #expect(clock.kind == .clockChanged && clock.priority == 4)
@@ -475,8 +518,10 @@ import Testing
 
   @Test func T1_aBackwardClockStepNeverUndoesAPromotion() throws {
     let exp = t0 + .days(10)
-    let promoted = engine.timeReached(now: exp, state: state(active: "KS-1", reserve: "KS-R", activeExp: exp)).state
-    let d = engine.clockChanged(deltaMicroseconds: -TimeSpan.days(2).microseconds, now: exp - .days(2), state: promoted)
+    let promoted = engine.timeReached(now: exp, state: state(active: "KS-1", reserve: "KS-R", activeExp: exp))
+      .state
+    let d = engine.clockChanged(
+      deltaMicroseconds: -TimeSpan.days(2).microseconds, now: exp - .days(2), state: promoted)
     #expect(d.state == promoted)
     #expect(d.events.map(\.kind) == [.clockChanged])
     #expect(d.events.first?[field: "LICENSE_CLOCK_DELTA_USEC"] == String(-TimeSpan.days(2).microseconds))
@@ -509,14 +554,18 @@ import Testing
 
   @Test func everyEventHasItsContractMessageIDAndPriority() {
     let expected: [EventKind: (String, Int)] = [
-      .keyPromoted: ("dd8dbaf0eb17480089e04f5c8d85f861", 5), .reserveAdded: ("e6e38cd9ee7d4e98ae1db5bde258920f", 6),
-      .reserveRejected: ("13a9558c214c43cc829f75e2e8da0fea", 3), .reserveDropped: ("78a2df19d7664e5795c37138587e93a9", 4),
-      .activeAdded: ("f2531d0f45ff4d869bcf3c5986767623", 6), .expiringSoon: ("0dccfcb260474b2ebfa64ff4e1071802", 4),
+      .keyPromoted: ("dd8dbaf0eb17480089e04f5c8d85f861", 5),
+      .reserveAdded: ("e6e38cd9ee7d4e98ae1db5bde258920f", 6),
+      .reserveRejected: ("13a9558c214c43cc829f75e2e8da0fea", 3),
+      .reserveDropped: ("78a2df19d7664e5795c37138587e93a9", 4),
+      .activeAdded: ("f2531d0f45ff4d869bcf3c5986767623", 6),
+      .expiringSoon: ("0dccfcb260474b2ebfa64ff4e1071802", 4),
       .licenseExpired: ("31051348bd3a4e6eb3bd5f3df5f85db2", 2),
       .activationAttemptFailed: ("06967a7f4f1d4ea9b61e78494a44c609", 4),
       .activationRenewed: ("883efd4f38fd4f73b2b16fd50427571b", 5),
       .manualActivationRequired: ("5212055b8cd24be3b0b4e8a503265e3a", 1),
-      .clockChanged: ("c8625e2018144e8aae8222734ffea5c1", 4), .stateRecovered: ("e3fb7954deee4da0a7c9be130eaa43af", 4),
+      .clockChanged: ("c8625e2018144e8aae8222734ffea5c1", 4),
+      .stateRecovered: ("e3fb7954deee4da0a7c9be130eaa43af", 4),
     ]
     #expect(expected.count == EventKind.allCases.count)
     for kind in EventKind.allCases {

@@ -62,7 +62,9 @@ import Testing
 
   @Test func describesSpansInWords() {
     #expect(TimeSpan.days(30).inWords == "30 days")
-    #expect((TimeSpan.days(1).microseconds + TimeSpan.hours(1).microseconds) == TimeSpan(microseconds: 90_000_000_000).microseconds)
+    #expect(
+      (TimeSpan.days(1).microseconds + TimeSpan.hours(1).microseconds)
+        == TimeSpan(microseconds: 90_000_000_000).microseconds)
     #expect(TimeSpan(microseconds: 90_000_000_000).inWords == "1 day 1 hour")
     #expect(TimeSpan(microseconds: 303_000_000).inWords == "5 minutes 3 seconds")
     #expect(TimeSpan(microseconds: 400_000).inWords == "400 ms")

@@ -18,7 +18,8 @@ public struct TestIssuer: Sendable {
   ) -> LicenseClaims {
     LicenseClaims(
       issuer: "test-issuer", serial: serial, issuedAt: nbf, notBefore: nbf, expiresAt: exp, product: product,
-      edition: edition, scheme: slot.scheme, osType: slot.scheme == .vmCount ? OSType(rawValue: slot.rawValue) : nil,
+      edition: edition, scheme: slot.scheme,
+      osType: slot.scheme == .vmCount ? OSType(rawValue: slot.rawValue) : nil,
       licenseType: type, units: units)
   }
 
@@ -30,10 +31,12 @@ public struct TestIssuer: Sendable {
   /// A signed key for `slot` valid from `nbf` to `exp`.
   public func key(
     _ serial: String, slot: Slot = .server, edition: Edition = .enterprise, type: LicenseType = .commercial,
-    nbf: Timestamp = TestIssuer.t0 - .days(365), exp: Timestamp, product: String = EngineConfiguration.defaultProduct
+    nbf: Timestamp = TestIssuer.t0 - .days(365), exp: Timestamp,
+    product: String = EngineConfiguration.defaultProduct
   ) -> String {
     key(
-      Self.claims(serial: serial, slot: slot, edition: edition, type: type, nbf: nbf, exp: exp, product: product))
+      Self.claims(
+        serial: serial, slot: slot, edition: edition, type: type, nbf: nbf, exp: exp, product: product))
   }
 
   /// Signs arbitrary header and payload JSON text, for keys the parser must refuse.
