@@ -6,10 +6,15 @@ import PackageDescription
 let package = Package(
   name: "license-agent",
   products: [
-    .executable(name: "license-keytool", targets: ["license-keytool"])
+    .executable(name: "license-agent", targets: ["license-agent"]),
+    .executable(name: "agentctl", targets: ["agentctl"]),
+    .executable(name: "license-keytool", targets: ["license-keytool"]),
   ],
   dependencies: [
-    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
   ],
   targets: [
     // Debian's libsodium for Ed25519: no crypto compiled on every build (README, "Why libsodium").
@@ -18,14 +23,54 @@ let package = Package(
       pkgConfig: "libsodium",
       providers: [.apt(["libsodium-dev"])]
     ),
+    // A JSON value with a stable serialization, shared by the core and Varlink.
+    .target(name: "SimpleJSON"),
     // The pure core: keys, rules, state machine. No I/O, no clock.
-    .target(name: "LicenseCore", dependencies: ["CSodium"]),
+    .target(name: "LicenseCore", dependencies: ["CSodium", "SimpleJSON"]),
+    // libsystemd (journal, notify, watchdog) and Linux calls Glibc lacks (timerfd, SO_PEERCRED).
+    .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+    .systemLibrary(name: "CLinux"),
+    // Edge: the only target that talks to systemd (imports CSystemd).
+    .target(
+      name: "Systemd",
+      dependencies: ["CSystemd", "LicenseCore", .product(name: "Logging", package: "swift-log")]
+    ),
+    // The Varlink protocol, domain-free: framing, errors, org.varlink.service, server, client.
+    .target(name: "Varlink", dependencies: ["SimpleJSON", "CLinux"]),
+    // The io.licenseagent.Agent interface: IDL, wire types and status, shared by daemon and agentctl.
+    .target(name: "ControlInterface", dependencies: ["LicenseCore", "SimpleJSON"]),
     // Edge: durable state and the trust directory, on real files.
     .target(name: "LicenseStorage", dependencies: ["LicenseCore"]),
+    // Edge: the running agent (configuration, timers, clock watch, control server).
+    .target(
+      name: "AgentRuntime",
+      dependencies: [
+        "CLinux", "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "Systemd", "Varlink",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "TOMLKit", package: "TOMLKit"),
+      ]
+    ),
+    .executableTarget(
+      name: "license-agent",
+      dependencies: [
+        "AgentRuntime", "LicenseCore", "LicenseStorage", "Systemd",
+        .product(name: "Logging", package: "swift-log"),
+        .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+      ]
+    ),
+    // agentctl talks only Varlink: no libsystemd, no HTTP stack.
+    .executableTarget(
+      name: "agentctl",
+      dependencies: [
+        "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "Varlink",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
     .executableTarget(
       name: "license-keytool",
       dependencies: [
-        "LicenseCore", "LicenseStorage",
+        "LicenseCore", "LicenseStorage", "SimpleJSON",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),

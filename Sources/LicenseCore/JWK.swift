@@ -1,4 +1,5 @@
 import Foundation
+import SimpleJSON
 
 /// An Ed25519 JSON Web Key (RFC 8037: `kty` `OKP`, `crv` `Ed25519`), public or private.
 ///
@@ -71,23 +72,4 @@ public struct JWK: Sendable, Equatable {
     if includingPrivate, let seed { fields.append(("d", Base64URL.encode(seed))) }
     return "{" + fields.map { "\(jsonString($0.0)):\(jsonString($0.1))" }.joined(separator: ",") + "}\n"
   }
-}
-
-/// A JSON string literal for `value`, escaped as RFC 8259 requires.
-public func jsonString(_ value: String) -> String {
-  var out = "\""
-  for scalar in value.unicodeScalars {
-    switch scalar {
-    case "\"": out += "\\\""
-    case "\\": out += "\\\\"
-    case "\n": out += "\\n"
-    case "\r": out += "\\r"
-    case "\t": out += "\\t"
-    case _ where scalar.value < 0x20:
-      let hex = String(scalar.value, radix: 16)
-      out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-    default: out.unicodeScalars.append(scalar)
-    }
-  }
-  return out + "\""
 }

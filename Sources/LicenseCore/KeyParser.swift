@@ -1,3 +1,5 @@
+import SimpleJSON
+
 /// Why a key could not be read or verified. Each case has a stable reason string,
 /// documented in the README ("Key check reasons"); all but ``untrustedIssuer`` are reported
 /// under the error code `invalid_key`.

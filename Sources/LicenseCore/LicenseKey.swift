@@ -1,3 +1,5 @@
+import SimpleJSON
+
 /// The licensing scheme a key counts by (contract §1, `scheme`).
 public enum Scheme: String, Sendable, Codable, CaseIterable {
   case vmCount = "vm-count"

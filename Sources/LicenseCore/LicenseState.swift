@@ -66,14 +66,21 @@ public struct LicenseState: Sendable, Equatable, Codable {
   public static let currentSchemaVersion = 1
 
   public var schemaVersion: Int
+  /// A random id given to the state when it is first saved: with a transition id, it names
+  /// a transition uniquely even across a state file started afresh.
+  public var stateID: String
   public var slots: [Slot: SlotState]
   /// Every state change gets the next id; events carry it (exactly-once announcements).
   public var lastTransitionID: UInt64
   /// Events of persisted transitions, waiting to be confirmed as sent to the journal.
   public var outbox: [JournalEvent]
 
-  public init(slots: [Slot: SlotState] = [:], lastTransitionID: UInt64 = 0, outbox: [JournalEvent] = []) {
+  public init(
+    stateID: String = "", slots: [Slot: SlotState] = [:], lastTransitionID: UInt64 = 0,
+    outbox: [JournalEvent] = []
+  ) {
     self.schemaVersion = Self.currentSchemaVersion
+    self.stateID = stateID
     self.slots = slots
     self.lastTransitionID = lastTransitionID
     self.outbox = outbox
@@ -86,6 +93,9 @@ public struct LicenseState: Sendable, Equatable, Codable {
 
   /// The slots that hold a key or an expiry record, in a fixed order.
   public var slotsInUse: [Slot] { slots.keys.sorted() }
+
+  /// `<state id>:<transition id>`: the journal's `LICENSE_TRANSITION` of an outbox event.
+  public func transitionName(_ transitionID: UInt64) -> String { "\(stateID):\(transitionID)" }
 
   /// The state once the outbox events of transitions up to `transitionID` were delivered.
   public func acknowledging(through transitionID: UInt64) -> LicenseState {

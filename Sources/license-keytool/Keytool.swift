@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LicenseCore
 import LicenseStorage
+import SimpleJSON
 
 /// `license-keytool`: makes issuer keys and licence keys for labs, tests and demos, and
 /// inspects any key. The agent never needs it; operators use it to check a key by hand.

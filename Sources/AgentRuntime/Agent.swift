@@ -1,0 +1,427 @@
+import ControlInterface
+import Dispatch
+import Foundation
+import Glibc
+import LicenseCore
+import LicenseStorage
+import Logging
+import SimpleJSON
+import Systemd
+import Varlink
+
+/// Sends service-manager notifications (READY, STATUS, WATCHDOG, ...).
+public protocol Notifier: Sendable {
+  func notify(_ assignments: String)
+}
+
+extension ServiceNotifier: Notifier {}
+
+/// Why the agent could not start: the message names the file and what to do.
+public struct AgentStartError: Error, Sendable, CustomStringConvertible {
+  public var description: String
+}
+
+/// The running agent: one serial queue owns the state; the timer, the clock watch, the
+/// control socket and the watchdog all run on it. Every input goes through the rules engine,
+/// and each decision is carried out in one order: persist (durable), announce (journal),
+/// acknowledge the outbox, re-arm the timer, update STATUS=.
+public final class Agent: @unchecked Sendable {
+  // @unchecked: every mutable property is touched only on `queue`.
+  public static let version = "0.1.0"
+
+  public let queue = DispatchQueue(label: "license-agent", qos: .userInteractive)
+  public let paths: AgentPaths
+  private var configuration: AgentConfiguration
+  private var engine: LicenseEngine
+  private var state = LicenseState()
+  private let store: StateStore
+  private let sink: EventSink
+  private let clock: WallClock
+  private let notifier: Notifier
+  private var logger: Logger
+  private var timer: DispatchWallClockTimer?
+  private var clockMonitor: ClockChangeMonitor?
+  private var watchdog: DispatchSourceTimer?
+  private var server: VarlinkServer?
+  private var adminGroupID: gid_t?
+  /// While the state cannot be written, time processing is retried with this delay.
+  private var persistRetry: TimeSpan?
+  public private(set) var startedAt: Timestamp
+
+  public init(
+    paths: AgentPaths, configuration: AgentConfiguration, trust: TrustStore, store: StateStore,
+    sink: EventSink,
+    clock: WallClock = SystemWallClock(), notifier: Notifier = ServiceNotifier(), logger: Logger
+  ) {
+    self.paths = paths
+    self.configuration = configuration
+    self.engine = LicenseEngine(configuration: configuration.engine, trust: trust)
+    self.store = store
+    self.sink = sink
+    self.clock = clock
+    self.notifier = notifier
+    self.logger = logger
+    self.startedAt = clock.now()
+  }
+
+  // MARK: - Lifecycle
+
+  /// Loads the state, catches up on what passed while the agent was down (P3), starts the
+  /// timer, the clock watch, the control socket and the watchdog, then sends READY=1.
+  public func start() throws(AgentStartError) {
+    let result: Result<Void, AgentStartError> = queue.sync {
+      do {
+        try startOnQueue()
+        return .success(())
+      } catch let error as AgentStartError {
+        return .failure(error)
+      } catch {
+        return .failure(AgentStartError(description: "\(error)"))
+      }
+    }
+    try result.get()
+  }
+
+  private func startOnQueue() throws {
+    startedAt = clock.now()
+    let loaded: LoadedState
+    do {
+      loaded = try store.load()
+    } catch {
+      throw AgentStartError(description: error.description)
+    }
+    state = loaded.state
+    if let recovery = loaded.recovery {
+      sink.send(
+        JournalEvent.stateRecovered(error: recovery.error, file: paths.stateDirectory + "/state.json"),
+        transition: nil)
+      logger.warning(
+        "State file recovered from its last good copy",
+        metadata: ["damaged_copy": "\(recovery.quarantinedFile)"])
+    }
+    if state.stateID.isEmpty {
+      state.stateID = UUID().uuidString.lowercased()
+      do { try store.save(state) } catch { throw AgentStartError(description: error.description) }
+    }
+    redeliverOutbox()
+    resolveAdminGroup()
+
+    let timer = DispatchWallClockTimer(queue: queue) { [weak self] in self?.timerFired() }
+    self.timer = timer
+    clockMonitor = ClockChangeMonitor(queue: queue) { [weak self] delta in self?.clockStepped(by: delta) }
+    if clockMonitor == nil {
+      logger.warning("Cannot watch for clock changes (timerfd); deadlines still hold")
+    }
+
+    // P3: promote or expire what passed while the agent was not running, then schedule.
+    let now = clock.now()
+    carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
+
+    let server = VarlinkServer(
+      path: paths.socketPath, queue: queue,
+      info: VarlinkServiceInfo(
+        vendor: "license-agent", product: "license-agent", version: Self.version,
+        url: "https://github.com/license-agent/license-agent"),
+      interfaces: [
+        VarlinkInterface(
+          name: AgentInterface.name, description: AgentInterface.description, methods: AgentInterface.methods
+        ) {
+          [unowned self] call, peer in self.handle(call, peer: peer)
+        }
+      ])
+    do {
+      try server.start()
+    } catch {
+      throw AgentStartError(
+        description:
+          "\(error.description); check that \(paths.runtimeDirectory) exists and is writable (RuntimeDirectory=)"
+      )
+    }
+    self.server = server
+    startWatchdog()
+    notifier.notify("READY=1\nSTATUS=\(statusLine())")
+    logger.info(
+      "license-agent started",
+      metadata: [
+        "state_directory": "\(paths.stateDirectory)", "socket": "\(paths.socketPath)",
+        "version": "\(Self.version)",
+      ])
+  }
+
+  /// Stops everything; STOPPING=1 first, as systemd expects.
+  public func stop() {
+    queue.sync {
+      notifier.notify("STOPPING=1")
+      server?.stop()
+      server = nil
+      timer?.arm(at: nil)
+      timer = nil
+      clockMonitor = nil
+      watchdog?.cancel()
+      watchdog = nil
+      logger.info("license-agent stopped")
+    }
+  }
+
+  /// SIGHUP: rereads the configuration and the trust directory. An invalid configuration
+  /// keeps the old one, loudly.
+  public func reload() {
+    queue.sync {
+      var monotonic = timespec()
+      clock_gettime(CLOCK_MONOTONIC, &monotonic)
+      let usec = UInt64(monotonic.tv_sec) * 1_000_000 + UInt64(monotonic.tv_nsec) / 1000
+      notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(usec)\nSTATUS=Reloading configuration")
+      do {
+        let newConfiguration = try AgentConfiguration.load(path: paths.configurationFile)
+        let (trust, problems) = TrustDirectory.load(paths.trustDirectory)
+        for problem in problems {
+          logger.error(
+            "Ignored a file of the trust directory",
+            metadata: ["file": "\(problem.file)", "problem": "\(problem.problem)"])
+        }
+        configuration = newConfiguration
+        engine = LicenseEngine(configuration: newConfiguration.engine, trust: trust)
+        resolveAdminGroup()
+        logger.notice(
+          "Configuration reloaded",
+          metadata: ["file": "\(paths.configurationFile)", "trusted_issuers": "\(trust.keys.count)"])
+        let now = clock.now()
+        carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
+        notifier.notify("READY=1\nSTATUS=\(statusLine())")
+      } catch {
+        logger.error(
+          "Invalid configuration: the previous configuration stays in force; fix the file and reload again",
+          metadata: ["error": "\(error)"])
+        notifier.notify(
+          "READY=1\nSTATUS=Configuration error, previous configuration kept: \(error) | \(statusLine())")
+      }
+    }
+  }
+
+  // MARK: - Time
+
+  private func timerFired() {
+    let now = clock.now()
+    // The core decides; a timer that fired early finds nothing due and is re-armed.
+    carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
+  }
+
+  private func clockStepped(by delta: Int64) {
+    let now = clock.now()
+    logger.notice("System clock changed", metadata: ["delta_usec": "\(delta)"])
+    carryOut(engine.clockChanged(deltaMicroseconds: delta, now: now, state: state), decidedAt: now)
+  }
+
+  // MARK: - Carrying out decisions
+
+  /// Persists, announces, acknowledges, re-arms. Returns the storage error when the state
+  /// could not be written: then nothing was announced and the in-memory state is unchanged.
+  @discardableResult
+  private func carryOut(_ decision: Decision, decidedAt: Timestamp) -> StateStoreError? {
+    if let transition = decision.persistedTransition {
+      do {
+        try store.save(decision.state)
+      } catch {
+        logger.critical(
+          "Cannot write the state: the change is not made and will be retried",
+          metadata: ["error": "\(error)"])
+        schedulePersistRetry()
+        return error
+      }
+      let durableAt = clock.now()
+      persistRetry = nil
+      state = decision.state
+      for event in decision.events {
+        var event = event
+        if event.kind == .keyPromoted, let core = event[field: "LICENSE_DELAY_USEC"].flatMap(Int64.init) {
+          // From the expired key's exp to the moment the promotion became durable.
+          event.set("LICENSE_DELAY_USEC", String(core + durableAt.microseconds(since: decidedAt)))
+        }
+        sink.send(event, transition: event.transitionID.map(state.transitionName))
+      }
+      let acknowledged = state.acknowledging(through: transition)
+      if (try? store.save(acknowledged)) != nil { state = acknowledged }
+    } else {
+      for event in decision.events { sink.send(event, transition: nil) }
+    }
+    if persistRetry == nil { timer?.arm(at: engine.nextWake(state)?.at) }
+    notifier.notify("STATUS=\(statusLine())")
+    return nil
+  }
+
+  private func schedulePersistRetry() {
+    let delay =
+      persistRetry.map { TimeSpan(microseconds: min($0.microseconds * 2, TimeSpan.seconds(60).microseconds)) }
+      ?? .seconds(1)
+    persistRetry = delay
+    timer?.arm(at: clock.now() + delay)
+  }
+
+  /// Events of transitions persisted but not acknowledged before a crash: sent now, unless
+  /// the journal shows they were sent already (exactly once).
+  private func redeliverOutbox() {
+    guard let last = state.outbox.compactMap(\.transitionID).max() else { return }
+    var replayed = 0
+    for event in state.outbox {
+      let name = event.transitionID.map(state.transitionName)
+      if let name, sink.wasDelivered(transition: name) == true { continue }
+      sink.send(event, transition: name)
+      replayed += 1
+    }
+    logger.notice("Events of an interrupted change were replayed", metadata: ["replayed": "\(replayed)"])
+    let acknowledged = state.acknowledging(through: last)
+    if (try? store.save(acknowledged)) != nil { state = acknowledged }
+  }
+
+  // MARK: - Status
+
+  /// One line for systemd's STATUS=: `server: KS-1 until 2026-12-31 09:00 UTC, reserve ready; ...`.
+  func statusLine() -> String {
+    if persistRetry != nil { return "ERROR: cannot write the state in \(paths.stateDirectory); retrying" }
+    let parts = state.slotsInUse.map { slot -> String in
+      let slotState = state[slot]
+      if let active = slotState.active {
+        let until = active.expiresAt.rfc3339.prefix(16).replacingOccurrences(of: "T", with: " ") + " UTC"
+        return "\(slot.rawValue): \(active.serial) until \(until), "
+          + (slotState.reserve != nil ? "reserve ready" : "no reserve")
+      }
+      return "\(slot.rawValue): EXPIRED (\(slotState.expired?.serial ?? "?"))"
+    }
+    return parts.isEmpty ? "No licence key; add one with agentctl add-key" : parts.joined(separator: "; ")
+  }
+
+  /// The status reply (call on `queue`).
+  func status() -> StatusReply {
+    StatusBuilder.build(
+      state: state, engine: engine, now: clock.now(), version: Self.version, startedAt: startedAt)
+  }
+
+  // MARK: - Control
+
+  private func resolveAdminGroup() {
+    adminGroupID = configuration.adminGroup.withCString { name in getgrnam(name)?.pointee.gr_gid }
+    if adminGroupID == nil {
+      logger.notice(
+        "The admin group does not exist: only root may change keys",
+        metadata: ["admin_group": "\(configuration.adminGroup)"])
+    }
+  }
+
+  private func isAdmin(_ peer: PeerCredentials) -> Bool {
+    peer.uid == 0 || peer.uid == getuid() || (adminGroupID.map(peer.isMember) ?? false)
+  }
+
+  /// Answers one call of `io.licenseagent.Agent` (on `queue`).
+  func handle(_ call: VarlinkCall, peer: PeerCredentials) -> VarlinkReply {
+    switch call.member {
+    case "GetStatus":
+      if let extra = call.parameters.keys.sorted().first { return .failure(.invalidParameter(extra)) }
+      return .success(varlinkParameters(status()))
+    case "AddKey", "CheckKey":
+      let changes = call.member == "AddKey"
+      if changes, let denied = deny(peer, call.member) { return denied }
+      if let extra = call.parameters.keys.sorted().first(where: {
+        !["key", "role", "replaceScheme"].contains($0)
+      }) {
+        return .failure(.invalidParameter(extra))
+      }
+      guard let key = call.parameters["key"]?.stringValue else { return .failure(.invalidParameter("key")) }
+      guard let role = call.parameters["role"]?.stringValue.flatMap(Role.init(rawValue:)) else {
+        return .failure(.invalidParameter("role"))
+      }
+      var replaceScheme = false
+      switch call.parameters["replaceScheme"] {
+      case nil, .null?: break
+      case .bool(let flag)?: replaceScheme = flag
+      default: return .failure(.invalidParameter("replaceScheme"))
+      }
+      let now = clock.now()
+      if !changes {
+        switch engine.checkKey(key, role: role, replaceScheme: replaceScheme, now: now, state: state) {
+        case .success(let added): return .success(varlinkParameters(AddKeyReply(added, checkOnly: true)))
+        case .failure(let violation): return .failure(Self.error(violation))
+        }
+      }
+      let decision = engine.addKey(key, role: role, replaceScheme: replaceScheme, now: now, state: state)
+      switch decision.result {
+      case .failure(let violation):
+        carryOut(decision, decidedAt: now)
+        logger.notice(
+          "Key refused",
+          metadata: [
+            "role": "\(role.rawValue)", "rule": "\(violation.ruleAndCode)", "peer_uid": "\(peer.uid)",
+          ])
+        return .failure(Self.error(violation))
+      case .success(.added(let added)):
+        if let failure = carryOut(decision, decidedAt: now) { return .failure(Self.storageFailure(failure)) }
+        logger.info(
+          "Key added",
+          metadata: ["role": "\(role.rawValue)", "serial": "\(added.key.serial)", "peer_uid": "\(peer.uid)"])
+        return .success(varlinkParameters(AddKeyReply(added, checkOnly: false)))
+      case .success:
+        return .failure(.methodNotImplemented(call.method))
+      }
+    case "RemoveReserve":
+      if let denied = deny(peer, call.member) { return denied }
+      if let extra = call.parameters.keys.sorted().first(where: { $0 != "slot" }) {
+        return .failure(.invalidParameter(extra))
+      }
+      guard let slot = call.parameters["slot"]?.stringValue.flatMap(Slot.init(rawValue:)) else {
+        return .failure(.invalidParameter("slot"))
+      }
+      let removed = state[slot].reserve
+      let now = clock.now()
+      let decision = engine.removeReserve(slot: slot, now: now, state: state)
+      switch decision.result {
+      case .failure(let violation): return .failure(Self.error(violation))
+      case .success:
+        if let failure = carryOut(decision, decidedAt: now) { return .failure(Self.storageFailure(failure)) }
+        return .success(varlinkParameters(RemoveReserveReply(removed: KeyInfo(removed!))))
+      }
+    default:
+      return .failure(.methodNotFound(call.method))
+    }
+  }
+
+  private func deny(_ peer: PeerCredentials, _ method: String) -> VarlinkReply? {
+    guard !isAdmin(peer) else { return nil }
+    logger.notice(
+      "State change refused: caller is not an admin",
+      metadata: ["method": "\(method)", "peer_uid": "\(peer.uid)"])
+    return .failure(
+      VarlinkError(
+        AgentInterface.permissionDenied,
+        [
+          "message": .string(
+            "\(method) changes the licence state: run it as root or as a member of the group \"\(configuration.adminGroup)\"."
+          )
+        ]))
+  }
+
+  static func error(_ violation: RuleViolation) -> VarlinkError {
+    var parameters: [String: JSONValue] = [
+      "rule": .string(violation.rule), "code": .string(violation.code), "message": .string(violation.message),
+    ]
+    if let reason = violation.reason { parameters["reason"] = .string(reason) }
+    if let serial = violation.serial { parameters["serial"] = .string(serial) }
+    return VarlinkError(AgentInterface.ruleViolation, parameters)
+  }
+
+  static func storageFailure(_ error: StateStoreError) -> VarlinkError {
+    VarlinkError(
+      AgentInterface.storageFailure, ["message": .string("Nothing was changed: \(error.description)")])
+  }
+
+  // MARK: - Watchdog
+
+  private func startWatchdog() {
+    guard let timeout = ServiceNotifier.watchdogTimeout() else { return }
+    let interval = DispatchTimeInterval.microseconds(Int(timeout / 2))
+    let source = DispatchSource.makeTimerSource(queue: queue)
+    // Pinged from the agent's own queue: a stuck agent stops pinging and is restarted.
+    source.setEventHandler { [notifier] in notifier.notify("WATCHDOG=1") }
+    source.schedule(deadline: .now() + interval, repeating: interval, leeway: .milliseconds(10))
+    watchdog = source
+    source.resume()
+  }
+}

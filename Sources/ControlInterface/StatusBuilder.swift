@@ -1,0 +1,106 @@
+import LicenseCore
+
+/// Builds the status an operator sees from the state, the rules and the time: computed on
+/// demand, never stored (one source of truth). Used by the daemon's `GetStatus`, and by
+/// `agentctl status` to show the state file when the agent cannot be reached.
+public enum StatusBuilder {
+  public static func build(
+    state: LicenseState, engine: LicenseEngine, now: Timestamp, version: String, startedAt: Timestamp,
+    alerts: [String] = []
+  ) -> StatusReply {
+    var slots: [SlotStatus] = []
+    var warnings: [StatusWarning] = []
+    let firstThreshold = engine.configuration.warningThresholds.max() ?? .days(30)
+    for slot in state.slotsInUse {
+      let slotState = state[slot]
+      let takeover = engine.takeover(slotState)
+      if let active = slotState.active {
+        let left = active.expiresAt.microseconds(since: now)
+        slots.append(
+          SlotStatus(
+            slot: slot.rawValue, status: "active", active: KeyInfo(active),
+            reserve: slotState.reserve.map(KeyInfo.init),
+            expired: nil, takeover: takeover.rawValue, secondsLeft: Int(max(left, 0) / 1_000_000)))
+        if takeover == .none {
+          if left <= firstThreshold.microseconds {
+            warnings.append(
+              StatusWarning(
+                slot: slot.rawValue, code: "expiring_without_takeover",
+                message:
+                  "\(slot.rawValue): key \(active.serial) expires in \(TimeSpan(microseconds: max(left, 0)).inWords) (\(active.expiresAt)) and nothing will take over; add a reserve key (agentctl add-key --reserve FILE)."
+              ))
+          } else {
+            warnings.append(
+              StatusWarning(
+                slot: slot.rawValue, code: "no_reserve",
+                message:
+                  "\(slot.rawValue): no reserve key; nothing takes over when \(active.serial) expires at \(active.expiresAt)."
+              ))
+          }
+        }
+      } else if let expired = slotState.expired {
+        slots.append(
+          SlotStatus(
+            slot: slot.rawValue, status: "expired", active: nil, reserve: nil,
+            expired: ExpiredKeyInfo(serial: expired.serial, expiresAt: expired.expiresAt.rfc3339),
+            takeover: "none",
+            secondsLeft: nil))
+        warnings.append(
+          StatusWarning(
+            slot: slot.rawValue, code: "slot_expired",
+            message:
+              "\(slot.rawValue): the licence expired at \(expired.expiresAt) (key \(expired.serial)); add an active key (agentctl add-key FILE)."
+          ))
+      }
+    }
+    // R2: an SVM protecting both OS types needs a reserve for each.
+    let server = state[.server]
+    let workstation = state[.workstation]
+    if server.active != nil, workstation.active != nil,
+      (server.reserve == nil) != (workstation.reserve == nil)
+    {
+      let missing: Slot = server.reserve == nil ? .server : .workstation
+      let has: Slot = missing == .server ? .workstation : .server
+      warnings.append(
+        StatusWarning(
+          slot: missing.rawValue, code: "reserve_missing_for_os_type",
+          message:
+            "\(missing.rawValue): no reserve key, although \(has.rawValue) has one: a reserve serves only its own OS type, so each needs its own."
+        ))
+    }
+    return StatusReply(
+      schemaVersion: AgentInterface.statusSchemaVersion, version: version, startedAt: startedAt.rfc3339,
+      now: now.rfc3339,
+      product: engine.configuration.product, slots: slots, warnings: warnings, alerts: alerts,
+      nextAction: engine.nextWake(state).map { nextAction($0, state: state) })
+  }
+
+  static func nextAction(_ wake: Wake, state: LicenseState) -> NextAction {
+    switch wake.reason {
+    case .expiry(let slot, let serial, let takeover):
+      let what: String
+      switch takeover {
+      case .reserve: what = "promote reserve \(state[slot].reserve?.serial ?? "?") when \(serial) expires"
+      case .activationCode: what = "renew \(serial) with its activation code"
+      case .none: what = "\(serial) expires; nothing takes over"
+      }
+      return NextAction(
+        at: wake.at.rfc3339, action: takeover == .reserve ? "promotion" : "expiry", slot: slot.rawValue,
+        serial: serial,
+        description: "\(slot.rawValue): \(what)")
+    case .warning(let slot, let serial, let threshold):
+      return NextAction(
+        at: wake.at.rfc3339, action: "warning", slot: slot.rawValue, serial: serial,
+        description: "\(slot.rawValue): EXPIRING_SOON (\(threshold) before \(serial) expires)")
+    }
+  }
+
+  /// `agentctl status`'s exit status (contract §7): 2 when a slot is expired or an alert is
+  /// pending, 1 when a key expires within the first warning threshold with nothing to take
+  /// over, else 0.
+  public static func exitCode(_ status: StatusReply) -> Int32 {
+    if !status.alerts.isEmpty || status.slots.contains(where: { $0.status == "expired" }) { return 2 }
+    if status.warnings.contains(where: { $0.code == "expiring_without_takeover" }) { return 1 }
+    return 0
+  }
+}

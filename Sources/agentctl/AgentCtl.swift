@@ -1,0 +1,181 @@
+import ArgumentParser
+import ControlInterface
+import Foundation
+import LicenseCore
+import LicenseStorage
+import SimpleJSON
+import Varlink
+
+/// `agentctl`: the operator's tool. It speaks only Varlink to the agent's control socket.
+@main
+struct AgentCtl: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "agentctl",
+    abstract: "Inspect and manage the licence keys of this SVM through license-agent.",
+    discussion: """
+      Exit status: status exits 0 when every slot has a valid key and no alert is pending, \
+      1 when a key expires within the first warning threshold with nothing to take over, \
+      2 when a slot is expired or an alert is pending, 3 when the agent cannot be reached \
+      (it then shows the state file, when readable). Other commands exit 0 on success, \
+      1 when a licensing rule refused the request, 3 when the agent cannot be reached, \
+      64 on a usage error, 74 when the agent could not write its state, 77 when the caller \
+      may not change keys (not root, not in the admin group).
+      """,
+    version: "0.1.0",
+    subcommands: [Status.self, AddKey.self, CheckKey.self, RemoveReserve.self]
+  )
+}
+
+/// Options every subcommand shares.
+struct ConnectionOptions: ParsableArguments {
+  @Option(
+    help:
+      "The agent's control socket (default: $LICENSE_AGENT_SOCKET, else \(AgentInterface.defaultSocketPath))."
+  )
+  var socket: String?
+
+  var socketPath: String {
+    socket ?? ProcessInfo.processInfo.environment["LICENSE_AGENT_SOCKET"] ?? AgentInterface.defaultSocketPath
+  }
+
+  /// Calls a method of io.licenseagent.Agent; exits 3 when the agent cannot be reached.
+  func call(_ member: String, _ parameters: [String: JSONValue] = [:]) throws -> VarlinkReply {
+    do {
+      let client = try VarlinkClient(path: socketPath, timeoutSeconds: 30)
+      return try client.call("\(AgentInterface.name).\(member)", parameters)
+    } catch {
+      printError(
+        "agentctl: the agent cannot be reached: \(error). Is license-agent running? (systemctl status license-agent)"
+      )
+      throw ExitCode(3)
+    }
+  }
+}
+
+func printError(_ text: String) {
+  FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+/// Reads a key from FILE, or standard input for "-".
+func readKey(_ path: String) throws -> String {
+  let data: Data?
+  if path == "-" {
+    data = FileHandle.standardInput.readDataToEndOfFile()
+  } else {
+    data = FileManager.default.contents(atPath: path)
+  }
+  guard let data, !data.isEmpty else {
+    throw ValidationError(
+      "cannot read a key from \(path == "-" ? "standard input" : path): no such file, not readable, or empty")
+  }
+  return String(decoding: data, as: UTF8.self)
+}
+
+/// Prints an error reply in words and exits with the contract's status.
+func fail(_ error: VarlinkError) throws -> Never {
+  let message = error.parameters["message"]?.stringValue ?? error.description
+  switch error.name {
+  case AgentInterface.ruleViolation:
+    let rule = error.parameters["rule"]?.stringValue ?? "?"
+    let code = error.parameters["code"]?.stringValue ?? "?"
+    let reason = error.parameters["reason"]?.stringValue.map { $0 == code ? "" : ", \($0)" } ?? ""
+    printError("agentctl: refused by rule \(rule) (\(code)\(reason)): \(message)")
+    throw ExitCode(1)
+  case AgentInterface.permissionDenied:
+    printError("agentctl: permission denied: \(message)")
+    throw ExitCode(77)
+  case AgentInterface.storageFailure:
+    printError("agentctl: the agent could not write its state: \(message)")
+    throw ExitCode(74)
+  default:
+    printError("agentctl: the agent answered with an error: \(error)")
+    throw ExitCode(1)
+  }
+}
+
+struct AddKey: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "add-key",
+    abstract: "Add a licence key as the active key (default) or as the reserve key of its slot.",
+    discussion: "The key's slot follows from its type (vm-count server or workstation, processors, cores).")
+
+  @OptionGroup var connection: ConnectionOptions
+  @Argument(help: "The key file ('-' for standard input).")
+  var file: String
+  @Flag(help: "Add the key as the slot's reserve, promoted when the active key expires.")
+  var reserve = false
+  @Flag(help: "Confirm a change of licensing scheme, which removes every key of the old scheme (A2).")
+  var replaceScheme = false
+
+  func run() throws {
+    let key = try readKey(file)
+    var parameters: [String: JSONValue] = [
+      "key": .string(key), "role": .string(reserve ? "reserve" : "active"),
+    ]
+    if replaceScheme { parameters["replaceScheme"] = .bool(true) }
+    switch try connection.call("AddKey", parameters) {
+    case .success(let reply):
+      let added = try decodeParameters(AddKeyReply.self, from: reply)
+      print(added.message)
+    case .failure(let error):
+      try fail(error)
+    }
+  }
+}
+
+struct CheckKey: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "check-key",
+    abstract: "Check a key as add-key would, changing nothing.")
+
+  @OptionGroup var connection: ConnectionOptions
+  @Argument(help: "The key file ('-' for standard input).")
+  var file: String
+  @Flag(help: "Check the key as a reserve key.")
+  var reserve = false
+  @Flag(help: "Check as if a scheme change were confirmed.")
+  var replaceScheme = false
+
+  func run() throws {
+    let key = try readKey(file)
+    var parameters: [String: JSONValue] = [
+      "key": .string(key), "role": .string(reserve ? "reserve" : "active"),
+    ]
+    if replaceScheme { parameters["replaceScheme"] = .bool(true) }
+    switch try connection.call("CheckKey", parameters) {
+    case .success(let reply):
+      let checked = try decodeParameters(AddKeyReply.self, from: reply)
+      print("OK: \(checked.message)")
+    case .failure(let error):
+      try fail(error)
+    }
+  }
+}
+
+struct RemoveReserve: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "remove-reserve",
+    abstract: "Remove the reserve key of a slot (server, workstation, processors or cores).")
+
+  @OptionGroup var connection: ConnectionOptions
+  @Argument(help: "The slot: server, workstation, processors or cores.")
+  var slot: String
+
+  func validate() throws {
+    guard Slot(rawValue: slot) != nil else {
+      throw ValidationError("'\(slot)' is not a slot; use server, workstation, processors or cores")
+    }
+  }
+
+  func run() throws {
+    switch try connection.call("RemoveReserve", ["slot": .string(slot)]) {
+    case .success(let reply):
+      let removed = try decodeParameters(RemoveReserveReply.self, from: reply)
+      print(
+        "Removed reserve key \(removed.removed.serial) from the \(slot) slot; nothing takes over at expiry now."
+      )
+    case .failure(let error):
+      try fail(error)
+    }
+  }
+}

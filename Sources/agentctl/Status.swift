@@ -1,0 +1,139 @@
+import ArgumentParser
+import ControlInterface
+import Foundation
+import LicenseCore
+import LicenseStorage
+import SimpleJSON
+import Varlink
+
+struct Status: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Show every slot's keys, what takes over at expiry, warnings and the next action.",
+    discussion: """
+      When the agent cannot be reached, the state file is shown instead (when readable, \
+      e.g. as root) and the exit status is 3. --json prints one object: the GetStatus reply \
+      (schemaVersion \(AgentInterface.statusSchemaVersion)) plus "agentReachable" and "exitCode".
+      """)
+
+  @OptionGroup var connection: ConnectionOptions
+  @Flag(help: "Print one JSON object (stable, versioned by schemaVersion).")
+  var json = false
+  @Option(
+    help:
+      "The state directory to read when the agent is unreachable (default: $STATE_DIRECTORY, else /var/lib/license-agent)."
+  )
+  var stateDirectory: String?
+
+  func run() throws {
+    var reachable = true
+    var status: StatusReply
+    do {
+      let client = try VarlinkClient(path: connection.socketPath, timeoutSeconds: 10)
+      switch try client.call("\(AgentInterface.name).GetStatus") {
+      case .success(let parameters): status = try decodeParameters(StatusReply.self, from: parameters)
+      case .failure(let error): try fail(error)
+      }
+    } catch let error as VarlinkClientError {
+      reachable = false
+      printError("agentctl: the agent cannot be reached (\(error)); showing the state file instead.")
+      guard let fromFile = stateFromFile() else { throw ExitCode(3) }
+      status = fromFile
+    }
+    let code = reachable ? StatusBuilder.exitCode(status) : 3
+    if json {
+      var object = varlinkParameters(status)
+      object["agentReachable"] = .bool(reachable)
+      object["exitCode"] = .number(Double(code))
+      print(JSONValue.object(object).serialized)
+    } else {
+      print(render(status, reachable: reachable))
+    }
+    if code != 0 { throw ExitCode(code) }
+  }
+
+  private func stateFromFile() -> StatusReply? {
+    let directory =
+      stateDirectory ?? ProcessInfo.processInfo.environment["STATE_DIRECTORY"].flatMap {
+        $0.split(separator: ":").first.map(String.init)
+      }
+      ?? "/var/lib/license-agent"
+    guard FileManager.default.isReadableFile(atPath: directory + "/state.json"),
+      let data = FileManager.default.contents(atPath: directory + "/state.json"),
+      let state = try? JSONDecoder().decode(LicenseState.self, from: data)
+    else {
+      printError(
+        "agentctl: cannot read \(directory)/state.json either (run as root, or pass --state-directory).")
+      return nil
+    }
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    let timestamp = Timestamp(microseconds: Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000)
+    return StatusBuilder.build(
+      state: state, engine: LicenseEngine(trust: TrustStore()), now: timestamp,
+      version: "unknown (agent not running)",
+      startedAt: timestamp)
+  }
+
+  func render(_ status: StatusReply, reachable: Bool) -> String {
+    let now = Timestamp(rfc3339: status.now) ?? Timestamp(microseconds: 0)
+    func left(_ instant: String) -> String {
+      guard let t = Timestamp(rfc3339: instant) else { return instant }
+      let delta = t.microseconds(since: now)
+      return delta >= 0
+        ? "in \(TimeSpan(microseconds: delta).inWords)" : "\(TimeSpan(microseconds: -delta).inWords) ago"
+    }
+    func describe(_ key: KeyInfo) -> String {
+      "\(key.serial)  \(key.typeDescription), \(key.edition), \(key.licenseType), \(key.units) units"
+    }
+    var lines: [String] = []
+    if reachable {
+      lines.append(
+        "license-agent \(status.version), running since \(status.startedAt); product \(status.product)")
+    } else {
+      lines.append(
+        "license-agent is NOT RUNNING: this is the state file as last written (product \(status.product))")
+    }
+    if status.slots.isEmpty { lines.append("\nNo licence key. Add one with: agentctl add-key FILE") }
+    for slot in status.slots {
+      lines.append("")
+      if slot.status == "expired", let expired = slot.expired {
+        lines.append("\(slot.slot): EXPIRED")
+        lines.append(
+          "  key \(expired.serial) expired at \(expired.expiresAt) (\(left(expired.expiresAt))); nothing took over"
+        )
+        continue
+      }
+      lines.append("\(slot.slot): active")
+      if let active = slot.active {
+        lines.append("  active   \(describe(active))")
+        lines.append("           valid \(active.notBefore) .. \(active.expiresAt)")
+        lines.append("           expires \(left(active.expiresAt)), at \(active.expiresAt)")
+      }
+      if let reserve = slot.reserve {
+        lines.append("  reserve  \(describe(reserve))")
+        lines.append("           valid \(reserve.notBefore) .. \(reserve.expiresAt)")
+      } else {
+        lines.append("  reserve  none")
+      }
+      switch slot.takeover {
+      case "reserve": lines.append("  at expiry: reserve \(slot.reserve?.serial ?? "") becomes active")
+      case "activation-code": lines.append("  at expiry: renewed with the activation code")
+      default: lines.append("  at expiry: NOTHING takes over; the licence of this slot lapses")
+      }
+    }
+    if !status.alerts.isEmpty {
+      lines.append("\nALERTS:")
+      lines += status.alerts.map { "  !! \($0)" }
+    }
+    if !status.warnings.isEmpty {
+      lines.append("\nWarnings:")
+      lines += status.warnings.map { "  ! \($0.message)" }
+    }
+    if let next = status.nextAction {
+      lines.append("\nNext action: \(next.at) (\(left(next.at))): \(next.description)")
+    } else {
+      lines.append("\nNext action: none scheduled")
+    }
+    return lines.joined(separator: "\n")
+  }
+}

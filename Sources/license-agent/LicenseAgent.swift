@@ -1,0 +1,131 @@
+import AgentRuntime
+import Foundation
+import Glibc
+import LicenseCore
+import LicenseStorage
+import Logging
+import ServiceLifecycle
+import Systemd
+import UnixSignals
+
+/// `license-agent`: the daemon. Run with no arguments in the foreground, as systemd starts it.
+@main
+struct LicenseAgentMain {
+  static let usage = """
+    Usage: license-agent [--version | --help]
+
+    Runs the licence agent in the foreground (as systemd's license-agent.service does). It keeps
+    the SVM's licence from lapsing: it promotes the reserve key at the instant the active key
+    expires, and tells the journal everything that matters.
+
+    Files (contract §6), from systemd's variables or their defaults:
+      $CONFIGURATION_DIRECTORY/agent.toml         (/etc/license-agent/agent.toml)
+      $CONFIGURATION_DIRECTORY/trusted-issuers/   (/etc/license-agent/trusted-issuers/)
+      $STATE_DIRECTORY/state.json                 (/var/lib/license-agent/)
+      $RUNTIME_DIRECTORY/io.licenseagent.Agent    (/run/license-agent/, the control socket)
+
+    Signals: SIGTERM/SIGINT stop gracefully; SIGHUP rereads the configuration and the trust
+    directory (an invalid configuration keeps the old one).
+    Environment: LICENSE_AGENT_LOG=journal|console|auto (default auto: the journal when its
+    socket exists, else standard error).
+    Exit status: 0 stopped cleanly, 1 could not start (state, socket), 64 usage error,
+    78 invalid configuration.
+
+    Operators use agentctl(8); see license-agent(8).
+    """
+
+  static func main() async {
+    let arguments = Array(CommandLine.arguments.dropFirst())
+    if arguments == ["--version"] {
+      print("license-agent \(Agent.version)")
+      return
+    }
+    if arguments == ["--help"] || arguments == ["-h"] {
+      print(usage)
+      return
+    }
+    guard arguments.isEmpty else {
+      FileHandle.standardError.write(
+        Data("license-agent: unknown argument '\(arguments[0])'\n\n\(usage)\n".utf8))
+      exit(64)
+    }
+
+    let environment = ProcessInfo.processInfo.environment
+    let useJournal: Bool
+    switch environment["LICENSE_AGENT_LOG"] ?? "auto" {
+    case "journal": useJournal = true
+    case "console": useJournal = false
+    default: useJournal = Journal.isAvailable
+    }
+    LoggingSystem.bootstrap { label in JournalLogHandler(label: label, useJournal: useJournal) }
+    let logger = Logger(label: "license-agent")
+    let paths = AgentPaths.fromEnvironment(environment)
+
+    let configuration: AgentConfiguration
+    do {
+      configuration = try AgentConfiguration.load(path: paths.configurationFile)
+    } catch {
+      logger.critical("Invalid configuration, not starting: \(error)")
+      exit(78)
+    }
+    let (trust, problems) = TrustDirectory.load(paths.trustDirectory)
+    for problem in problems {
+      logger.error(
+        "Ignored a file of the trust directory",
+        metadata: ["file": "\(problem.file)", "problem": "\(problem.problem)"])
+    }
+    if trust.keys.isEmpty {
+      logger.warning(
+        "No trusted issuer: every key will be refused until an issuer's public JWK is installed",
+        metadata: ["trust_directory": "\(paths.trustDirectory)"])
+    }
+    let store: FileStateStore
+    do {
+      store = try FileStateStore(directory: paths.stateDirectory)
+    } catch {
+      logger.critical("Cannot open the state directory, not starting: \(error)")
+      exit(1)
+    }
+    let sink: EventSink = useJournal ? JournalEventSink() : ConsoleEventSink()
+    let agent = Agent(
+      paths: paths, configuration: configuration, trust: trust, store: store, sink: sink, logger: logger)
+    do {
+      try agent.start()
+    } catch {
+      logger.critical("Cannot start: \(error)")
+      exit(1)
+    }
+
+    let group = ServiceGroup(
+      configuration: ServiceGroupConfiguration(
+        services: [
+          .init(service: AgentService(agent: agent)),
+          .init(service: ReloadService(agent: agent)),
+        ],
+        gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    do {
+      try await group.run()
+    } catch {
+      logger.error("Service group ended with an error: \(error)")
+    }
+  }
+}
+
+/// Runs until graceful shutdown (SIGTERM, SIGINT), then stops the agent (STOPPING=1).
+struct AgentService: Service {
+  let agent: Agent
+  func run() async throws {
+    try? await gracefulShutdown()
+    agent.stop()
+  }
+}
+
+/// Rereads the configuration on each SIGHUP (`systemctl reload`).
+struct ReloadService: Service {
+  let agent: Agent
+  func run() async throws {
+    for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
+      agent.reload()
+    }
+  }
+}
