@@ -23,7 +23,7 @@ public enum Journal {
       buffer.copyBytes(from: bytes)
       return UnsafeMutableRawBufferPointer(rebasing: buffer[0..<bytes.count])
     }
-    defer { buffers.forEach { $0.deallocate() } }
+    defer { for buffer in buffers { buffer.deallocate() } }
     var vectors = buffers.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
     return sd_journal_sendv(&vectors, Int32(vectors.count))
   }
