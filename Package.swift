@@ -79,6 +79,14 @@ let package = Package(
     .testTarget(name: "LicenseCoreTests", dependencies: ["LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "LicenseStorageTests", dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport"]),
+    .testTarget(name: "VarlinkTests", dependencies: ["Varlink", "SimpleJSON", "LicenseTestSupport"]),
+    .testTarget(
+      name: "AgentRuntimeTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),
+    .testTarget(
+      name: "AgentEndToEndTests",
+      dependencies: ["LicenseCore", "LicenseTestSupport"],
+      resources: [.copy("Fixtures")]
+    ),
     .testTarget(
       name: "KeytoolTests",
       dependencies: ["LicenseCore", "LicenseTestSupport"],

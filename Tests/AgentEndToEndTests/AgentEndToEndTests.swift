@@ -1,0 +1,314 @@
+import Foundation
+import Glibc
+import LicenseCore
+import LicenseTestSupport
+import Testing
+
+/// The built daemon in temporary directories, driven with `agentctl`, its events read back
+/// from the real journal with `journalctl -o json`.
+@Suite(.serialized) struct AgentEndToEndTests {
+  init() throws {
+    try #require(
+      AgentHarness.journalIsRunning,
+      "no journal socket: start systemd-journald (.ci/run starts a standalone one) before these tests")
+  }
+
+  /// An agent holding an active key expiring at `exp` and a reserve after it.
+  func agentWithKeys(exp: Timestamp, configuration: String? = nil) throws -> AgentHarness {
+    let agent = try AgentHarness(configuration: configuration)
+    let ready = try agent.start()
+    #expect(
+      ready,
+      "the agent did not become ready: \((try? String(contentsOfFile: agent.logFile, encoding: .utf8)) ?? "")"
+    )
+    let now = AgentHarness.now()
+    let active = try agent.keyFile("active", agent.key("A", nbf: now - .days(1), exp: exp))
+    let reserve = try agent.keyFile("reserve", agent.key("R", nbf: exp, exp: exp + .days(90)))
+    let addActive = try agent.agentctl(["add-key", active])
+    #expect(addActive.status == 0, "\(addActive.stderr)")
+    let addReserve = try agent.agentctl(["add-key", "--reserve", reserve])
+    #expect(addReserve.status == 0, "\(addReserve.stderr)")
+    return agent
+  }
+
+  func status(_ agent: AgentHarness) throws -> [String: Any] {
+    let result = try agent.agentctl(["status", "--json"])
+    return try #require(
+      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.stderr)")
+  }
+
+  func activeSerial(_ status: [String: Any], slot: String = "server") -> String? {
+    let slots = status["slots"] as? [[String: Any]] ?? []
+    return (slots.first { $0["slot"] as? String == slot }?["active"] as? [String: Any])?["serial"] as? String
+  }
+
+  @Test func P1_theReserveIsPromotedOnceAtExpiryNeverBeforeAndTheJournalSaysSo() throws {
+    let exp = AgentHarness.now() + .seconds(2)
+    let agent = try agentWithKeys(exp: exp)
+    let added = try agent.events(.reserveAdded, serial: agent.serial("R"))
+    #expect(added.first?["PRIORITY"] == "6")
+    #expect(added.first?["LICENSE_SLOT"] == "server")
+    #expect(added.first?["LICENSE_EXPIRES_AT"] == (exp + .days(90)).rfc3339)
+    let before = try status(agent)
+    #expect(activeSerial(before) == agent.serial("A"))
+
+    AgentHarness.sleep(until: exp)
+    let promoted = try agent.events(.keyPromoted, serial: agent.serial("R"))
+    #expect(promoted.count == 1)
+    let event = try #require(promoted.first)
+    #expect(event["MESSAGE_ID"] == "dd8dbaf0eb17480089e04f5c8d85f861")
+    #expect(event["PRIORITY"] == "5")
+    #expect(event["LICENSE_SLOT"] == "server")
+    #expect(event["LICENSE_PREVIOUS_SERIAL"] == agent.serial("A"))
+    #expect(event["LICENSE_EXPIRES_AT"] == (exp + .days(90)).rfc3339)
+    let delay = try #require(event["LICENSE_DELAY_USEC"].flatMap(Int64.init))
+    #expect(delay >= 0)
+    // Never before exp: journald received the event after the expiry instant.
+    let received = try #require(event["__REALTIME_TIMESTAMP"].flatMap(Int64.init))
+    #expect(received >= exp.microseconds)
+    let after = try status(agent)
+    #expect(activeSerial(after) == agent.serial("R"))
+    let slot = (after["slots"] as? [[String: Any]])?.first
+    let promotedAt = ((slot?["active"] as? [String: Any])?["promotedAt"] as? String).flatMap(
+      Timestamp.init(rfc3339:))
+    #expect(try #require(promotedAt) >= exp)
+    // Still exactly one, a moment later.
+    usleep(300_000)
+    #expect(
+      try agent.journal([
+        "MESSAGE_ID=dd8dbaf0eb17480089e04f5c8d85f861", "LICENSE_SERIAL=\(agent.serial("R"))",
+      ]).count == 1)
+    #expect(agent.stop() == 0)
+  }
+
+  @Test func P3_anExpiryThatPassedWhileTheAgentWasDownPromotesAtStartAndSaysHowLate() throws {
+    let exp = AgentHarness.now() + .seconds(2)
+    let agent = try agentWithKeys(exp: exp)
+    #expect(agent.stop() == 0)
+    AgentHarness.sleep(until: exp, margin: .seconds(1))
+    #expect(try agent.start())
+    let event = try #require(try agent.events(.keyPromoted, serial: agent.serial("R")).first)
+    let delay = try #require(event["LICENSE_DELAY_USEC"].flatMap(Int64.init))
+    #expect(delay >= 1_000_000)
+    #expect(event["MESSAGE"]?.contains("late") == true)
+    #expect(activeSerial(try status(agent)) == agent.serial("R"))
+  }
+
+  @Test func P2_SIGKILLAtAnyMomentLosesNothingAndRepeatsNothing() throws {
+    let exp = AgentHarness.now() + .seconds(3)
+    let agent = try agentWithKeys(exp: exp)
+    // Kill the agent at staggered moments before, at and after the expiry; restart each time.
+    for offset in [-900, -300, -40, -5, 0, 2, 10, 60, 400] as [Int64] {
+      AgentHarness.sleep(until: exp + TimeSpan(microseconds: offset * 1000))
+      agent.killHard()
+      #expect(try agent.start(), "restart after SIGKILL")
+    }
+    AgentHarness.sleep(until: exp, margin: .seconds(1))
+    let status = try status(agent)
+    #expect(activeSerial(status) == agent.serial("R"))
+    usleep(300_000)
+    #expect(
+      try agent.journal([
+        "MESSAGE_ID=\(EventKind.keyPromoted.messageID)", "LICENSE_SERIAL=\(agent.serial("R"))",
+      ]).count == 1)
+    #expect(
+      try agent.journal([
+        "MESSAGE_ID=\(EventKind.activeAdded.messageID)", "LICENSE_SERIAL=\(agent.serial("A"))",
+      ]).count == 1)
+    #expect(
+      try agent.journal([
+        "MESSAGE_ID=\(EventKind.reserveAdded.messageID)", "LICENSE_SERIAL=\(agent.serial("R"))",
+      ]).count == 1)
+  }
+
+  @Test func R_everyRefusedReserveIsRefusedOverVarlinkAndLoggedAsRESERVE_REJECTED() throws {
+    let agent = try AgentHarness()
+    #expect(try agent.start())
+    let now = AgentHarness.now()
+    let exp = now + .days(10)
+    // R1 first: no active key yet.
+    let lonely = try agent.keyFile("r1", agent.key("R1", nbf: now, exp: exp + .days(30)))
+    var cases: [(name: String, file: String, rule: String)] = [("R1", lonely, "R1 no_active_key")]
+    let active = try agent.keyFile("active", agent.key("A", nbf: now - .days(1), exp: exp))
+    let stranger = TestIssuer(kid: "stranger")
+    cases += [
+      (
+        "R2", try agent.keyFile("r2", agent.key("R2", slot: .workstation, nbf: now, exp: exp + .days(30))),
+        "R2 type_mismatch"
+      ),
+      (
+        "R3", try agent.keyFile("r3", agent.key("R3", edition: .standard, nbf: now, exp: exp + .days(30))),
+        "R3 edition_mismatch"
+      ),
+      (
+        "R4", try agent.keyFile("r4", agent.key("R4", type: .trial, nbf: now, exp: exp + .days(30))),
+        "R4 not_reservable"
+      ),
+      ("R5", try agent.keyFile("r5", agent.key("R5", nbf: now, exp: exp)), "R5 expires_before_active"),
+      (
+        "R6", try agent.keyFile("r6", agent.key("R6", nbf: exp + .seconds(1), exp: exp + .days(30))),
+        "R6 not_valid_at_takeover"
+      ),
+      ("A", active, "R7 duplicate"),
+      (
+        "R8",
+        try agent.keyFile(
+          "r8",
+          stranger.key(TestIssuer.claims(serial: agent.serial("R8"), nbf: now, exp: exp + .days(30)))),
+        "R8 untrusted_issuer"
+      ),
+    ]
+    for (index, test) in cases.enumerated() {
+      if index == 1 { #expect(try agent.agentctl(["add-key", active]).status == 0) }
+      let before = FileManager.default.contents(atPath: agent.stateFile)
+      let result = try agent.agentctl(["add-key", "--reserve", test.file])
+      let rule = test.rule.split(separator: " ")
+      #expect(result.status == 1, "\(test.rule)")
+      #expect(result.stderr.contains("refused by rule \(rule[0]) (\(rule[1])"), "\(result.stderr)")
+      #expect(
+        FileManager.default.contents(atPath: agent.stateFile) == before, "state unchanged by \(test.rule)")
+      let rejected = try agent.waitForJournal([
+        "MESSAGE_ID=\(EventKind.reserveRejected.messageID)", "LICENSE_SERIAL=\(agent.serial(test.name))",
+        "LICENSE_RULE=\(test.rule)",
+      ])
+      #expect(rejected.count == 1, "RESERVE_REJECTED for \(test.rule)")
+      #expect(rejected.first?["PRIORITY"] == "3")
+    }
+  }
+
+  @Test func aCallerWhoIsNotRootMayReadStatusButNotChangeKeys() throws {
+    let agent = try agentWithKeys(exp: AgentHarness.now() + .days(10))
+    let nobody: uid_t = 65534
+    let status = try agent.agentctl(["status"], asUser: nobody)
+    #expect(status.stdout.contains(agent.serial("A")), "\(status.stderr)")
+    #expect(status.status == 0)
+    let key = try agent.keyFile(
+      "other", agent.key("B", nbf: AgentHarness.now() - .days(1), exp: AgentHarness.now() + .days(20)))
+    let add = try agent.agentctl(["add-key", key], asUser: nobody)
+    #expect(add.status == 77)
+    #expect(add.stderr.contains("permission denied"))
+    let remove = try agent.agentctl(["remove-reserve", "server"], asUser: nobody)
+    #expect(remove.status == 77)
+    let check = try agent.agentctl(["check-key", key], asUser: nobody)
+    #expect(check.status == 0, "CheckKey changes nothing and is open to all: \(check.stderr)")
+  }
+
+  @Test func notifiesReadyStatusWatchdogReloadingAndStopping() throws {
+    let agent = try AgentHarness()
+    agent.environment["WATCHDOG_USEC"] = "200000"
+    #expect(try agent.start())
+    let ready = try #require(agent.notify.wait(for: "READY=1"))
+    #expect(agent.notify.messages[ready].contains("STATUS=No licence key"))
+    #expect(agent.notify.wait(for: "WATCHDOG=1", after: ready) != nil)
+    let key = try agent.keyFile(
+      "a", agent.key("A", nbf: AgentHarness.now() - .days(1), exp: AgentHarness.now() + .days(40)))
+    #expect(try agent.agentctl(["add-key", key]).status == 0)
+    let statusIndex = agent.notify.messages.lastIndex {
+      $0.contains("STATUS=server: \(agent.serial("A")) until")
+    }
+    #expect(statusIndex != nil, "\(agent.notify.messages)")
+    #expect(agent.notify.messages.last { $0.hasPrefix("STATUS=server") }?.contains("no reserve") == true)
+    let mark = agent.notify.messages.count
+    kill(agent.pid!, SIGHUP)
+    let reloading = try #require(agent.notify.wait(for: "RELOADING=1", after: mark))
+    #expect(agent.notify.messages[reloading].contains("MONOTONIC_USEC="))
+    #expect(agent.notify.wait(for: "READY=1", after: reloading) != nil)
+    let beforeStop = agent.notify.messages.count
+    #expect(agent.stop() == 0)
+    #expect(agent.notify.wait(for: "STOPPING=1", after: beforeStop, seconds: 2) != nil)
+  }
+
+  @Test func aReloadWithAnInvalidConfigurationKeepsTheOldOneLoudly() throws {
+    let agent = try AgentHarness(configuration: "product = \"svm-protection\"\n")
+    #expect(try agent.start())
+    try "product = \"svm-protection\"\n[warnings]\nbefore = [\"soon\"]\n"
+      .write(toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    var mark = agent.notify.messages.count
+    kill(agent.pid!, SIGHUP)
+    let ready = try #require(agent.notify.wait(for: "READY=1", after: mark))
+    #expect(agent.notify.messages[ready].contains("Configuration error, previous configuration kept"))
+    #expect(try status(agent)["product"] as? String == "svm-protection")
+    let logged = try agent.waitForJournal(["_PID=\(agent.pid!)", "PRIORITY=3"])
+    #expect(logged.contains { $0["MESSAGE"]?.contains("Invalid configuration") == true })
+    try "product = \"other-product\"\n".write(
+      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    mark = agent.notify.messages.count
+    kill(agent.pid!, SIGHUP)
+    #expect(agent.notify.wait(for: "READY=1", after: mark) != nil)
+    #expect(try status(agent)["product"] as? String == "other-product")
+  }
+
+  @Test func anInvalidConfigurationStopsTheStartNamingFileLineAndKey() throws {
+    let agent = try AgentHarness(
+      configuration: "product = \"x\"\n[warnings]\nbefore = [\"30d\", \"later\"]\n")
+    agent.environment["LICENSE_AGENT_LOG"] = "console"
+    #expect(try agent.start() == false)
+    agent.process?.waitUntilExit()
+    #expect(agent.process?.terminationStatus == 78)
+    let log = try String(contentsOfFile: agent.logFile, encoding: .utf8)
+    #expect(
+      log.contains("\(agent.configurationDirectory)/agent.toml:3: warnings.before must be a duration"),
+      "\(log)")
+  }
+
+  @Test func T1_theClockChangeWatchIsArmedWithCancelOnSet() throws {
+    let agent = try AgentHarness()
+    #expect(try agent.start())
+    let fdDirectory = "/proc/\(agent.pid!)/fdinfo"
+    var flags: [String] = []
+    for name in try FileManager.default.contentsOfDirectory(atPath: fdDirectory) {
+      guard let info = try? String(contentsOfFile: "\(fdDirectory)/\(name)", encoding: .utf8),
+        info.contains("clockid: 0")
+      else { continue }
+      flags += info.split(separator: "\n").filter { $0.hasPrefix("settime flags:") }.map(String.init)
+    }
+    // TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET = 03: the clock-change watch. libdispatch's
+    // wall-clock timer is the other CLOCK_REALTIME timerfd (ABSTIME only).
+    #expect(flags.contains { $0.hasSuffix("03") }, "\(flags)")
+  }
+
+  @Test func agentctlStatusExitCodesFollowTheContract() throws {
+    let agent = try AgentHarness()
+    #expect(try agent.start())
+    let now = AgentHarness.now()
+    // A key expiring within the first threshold (30 days) with nothing to take over: 1.
+    let soon = try agent.keyFile("soon", agent.key("S", nbf: now - .days(1), exp: now + .seconds(2)))
+    #expect(try agent.agentctl(["add-key", soon]).status == 0)
+    let warned = try agent.agentctl(["status"])
+    #expect(warned.status == 1)
+    #expect(warned.stdout.contains("NOTHING takes over"))
+    // Expired: 2.
+    AgentHarness.sleep(until: now + .seconds(2), margin: TimeSpan(microseconds: 300_000))
+    _ = try agent.events(.licenseExpired, serial: agent.serial("S"))
+    let expired = try agent.agentctl(["status"])
+    #expect(expired.status == 2)
+    #expect(expired.stdout.contains("server: EXPIRED"))
+    // Unreachable: 3, with the state file shown.
+    #expect(agent.stop() == 0)
+    let down = try agent.agentctl(["status"])
+    #expect(down.status == 3)
+    #expect(down.stdout.contains("NOT RUNNING"))
+    #expect(down.stdout.contains(agent.serial("S")))
+    let addDown = try agent.agentctl(["add-key", soon])
+    #expect(addDown.status == 3)
+  }
+
+  @Test func theReferencePythonVarlinkClientCallsByIntrospection() throws {
+    let agent = try agentWithKeys(exp: AgentHarness.now() + .days(10))
+    let script =
+      URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/varlink_client.py"
+    let bad = try agent.keyFile(
+      "bad", agent.key("R5", nbf: AgentHarness.now(), exp: AgentHarness.now() + .days(5)))
+    let result = try runProcess(
+      python3(), [script, agent.socketPath, try String(contentsOfFile: bad, encoding: .utf8)])
+    #expect(result.status == 0, "\(result.stderr)")
+    let json = try #require(
+      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+    #expect(json["interfaces"] as? [String] == ["org.varlink.service", "io.licenseagent.Agent"])
+    #expect(json["activeSerial"] as? String == agent.serial("A"))
+    #expect(json["error"] as? String == "io.licenseagent.Agent.RuleViolation")
+    #expect(json["rule"] as? String == "R5")
+    #expect(json["code"] as? String == "expires_before_active")
+    #expect(json["checkSlot"] as? String == "server")
+  }
+}

@@ -1,0 +1,94 @@
+import AgentRuntime
+import LicenseCore
+import Testing
+
+@Suite struct ConfigurationTests {
+  @Test func everyKeyIsOptional() throws {
+    let config = try AgentConfiguration.parse("", file: "agent.toml")
+    #expect(config == AgentConfiguration())
+    #expect(config.product == "svm-protection")
+    #expect(config.warningThresholds == [.days(30), .days(7), .days(1), .hours(1)])
+    #expect(config.adminGroup == "license-admin")
+    #expect(config.activation.alertAfter == .minutes(30))
+  }
+
+  @Test func readsTheContractsExample() throws {
+    let text = """
+      product = "svm-protection"
+
+      [activation]
+      client = "https"            # "https" (the shipped client program) or "exec"
+      url = "https://activation.example.net"
+      proxy = "http://proxy.example.net:3128"
+      command = ["/usr/libexec/site-activate", "--profile", "svm"]
+      ca-file = "/etc/ssl/certs/ca-certificates.crt"
+      attempt-timeout = "30s"
+      retry-initial = "5s"
+      retry-max = "10m"
+      alert-after = "30m"
+
+      [warnings]
+      before = ["30d", "7d", "1d", "1h"]
+
+      [control]
+      admin-group = "license-admin"
+      """
+    let config = try AgentConfiguration.parse(text, file: "agent.toml")
+    #expect(config.activation.url == "https://activation.example.net")
+    #expect(config.activation.command == ["/usr/libexec/site-activate", "--profile", "svm"])
+    #expect(config.activation.retryMax == .minutes(10))
+    #expect(config.warningThresholds.map(\.description) == ["30d", "7d", "1d", "1h"])
+  }
+
+  @Test(arguments: [
+    ("product = 5\n", 1, "product", "must be a string"),
+    ("[warnings]\nbefore = [\"30d\", \"soon\"]\n", 2, "warnings.before", "duration"),
+    ("\n[activation]\nretry-max = \"1s\"\nretry-initial = \"5s\"\n", 3, "activation.retry-max", "shorter"),
+    ("[activation]\nurl = \"http://activation.example.net\"\n", 2, "activation.url", "loopback"),
+    ("[activation]\nclient = \"ftp\"\n", 2, "activation.client", "\"https\" or \"exec\""),
+    ("[activation]\nclient = \"exec\"\n", 2, "activation.client", "no command"),
+    ("[control]\nadmin-grup = \"x\"\n", 2, "control.admin-grup", "not a known setting"),
+    ("colour = \"blue\"\n", 1, "colour", "not a known setting"),
+    ("[activation]\nattempt-timeout = \"0s\"\n", 2, "activation.attempt-timeout", "positive"),
+  ])
+  func namesTheFileLineAndKeyOfAnError(text: String, line: Int, key: String, problem: String) {
+    do {
+      _ = try AgentConfiguration.parse(text, file: "/etc/license-agent/agent.toml")
+      Issue.record("expected an error")
+    } catch {
+      #expect(error.file == "/etc/license-agent/agent.toml")
+      #expect(error.line == line)
+      #expect(error.key == key)
+      #expect(error.problem.contains(problem), "\(error.problem)")
+      #expect(error.description.hasPrefix("/etc/license-agent/agent.toml:\(line): \(key) "))
+    }
+  }
+
+  @Test func reportsTOMLSyntaxErrorsWithTheirLine() {
+    do {
+      _ = try AgentConfiguration.parse("product = \"a\"\n[warnings\n", file: "agent.toml")
+      Issue.record("expected an error")
+    } catch {
+      #expect(error.line == 2)
+      #expect(error.problem.contains("not valid TOML"))
+    }
+  }
+
+  @Test func plainHTTPIsAllowedToLoopbackOnly() throws {
+    for url in ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:80"] {
+      #expect(
+        try AgentConfiguration.parse("[activation]\nurl = \"\(url)\"\n", file: "f").activation.url == url)
+    }
+  }
+
+  @Test func pathsFollowSystemdsVariables() {
+    let paths = AgentPaths.fromEnvironment([
+      "STATE_DIRECTORY": "/var/lib/a:/var/lib/b", "RUNTIME_DIRECTORY": "/run/x",
+      "CONFIGURATION_DIRECTORY": "/etc/y",
+    ])
+    #expect(paths.stateDirectory == "/var/lib/a")
+    #expect(paths.socketPath == "/run/x/io.licenseagent.Agent")
+    #expect(paths.trustDirectory == "/etc/y/trusted-issuers")
+    #expect(AgentPaths.fromEnvironment([:]).configurationFile == "/etc/license-agent/agent.toml")
+  }
+}

@@ -1,0 +1,178 @@
+import Dispatch
+import Foundation
+import Glibc
+import LicenseTestSupport
+import SimpleJSON
+import Testing
+import Varlink
+
+@Suite struct MessageTests {
+  @Test func framerSplitsOnNULAndKeepsPartialMessages() throws {
+    var framer = MessageFramer()
+    framer.append(Array("{\"a\":1}\0{\"b\"".utf8))
+    #expect(try framer.next() == Array("{\"a\":1}".utf8))
+    #expect(try framer.next() == nil)
+    #expect(framer.hasPartialMessage)
+    framer.append(Array(":2}\0".utf8))
+    #expect(try framer.next() == Array("{\"b\":2}".utf8))
+    #expect(!framer.hasPartialMessage)
+  }
+
+  @Test func framerRefusesAnOversizedMessage() {
+    var framer = MessageFramer(maximumMessageSize: 16)
+    framer.append(Array(repeating: UInt8(ascii: "x"), count: 17))
+    #expect(throws: VarlinkProtocolError.self) { try framer.next() }
+  }
+
+  @Test func parsesCallsAndIgnoresUnknownTopLevelFields() throws {
+    let call = try VarlinkCall.parse(
+      Array(#"{"method":"a.b.C","parameters":{"x":1},"more":true,"extra":5}"#.utf8))
+    #expect(call.interface == "a.b" && call.member == "C")
+    #expect(call.parameters == ["x": .number(1)])
+    #expect(call.more && !call.oneway && !call.upgrade)
+    #expect(try VarlinkCall.parse(Array(#"{"method":"a.B"}"#.utf8)).parameters.isEmpty)
+  }
+
+  @Test(arguments: [
+    #"[]"#, #"{}"#, #"{"method":5}"#, #"{"method":"a.B","parameters":[1]}"#,
+    #"{"method":"a.B","oneway":"yes"}"#, "not json",
+  ])
+  func refusesWhatIsNotACall(text: String) {
+    #expect(throws: VarlinkProtocolError.self) { try VarlinkCall.parse(Array(text.utf8)) }
+  }
+
+  @Test func serializesRepliesAndErrors() throws {
+    #expect(VarlinkReply.success([:]).serialized == #"{"parameters":{}}"#)
+    #expect(
+      VarlinkReply.failure(.invalidParameter("role")).serialized
+        == #"{"error":"org.varlink.service.InvalidParameter","parameters":{"parameter":"role"}}"#)
+    #expect(
+      try VarlinkReply.parse(Array(#"{"error":"x.Y","parameters":{"a":true}}"#.utf8))
+        == .failure(VarlinkError("x.Y", ["a": .bool(true)])))
+  }
+}
+
+/// A real server on a Unix socket in a temporary folder, with a test interface.
+@Suite(.serialized) struct ServerTests {
+  final class Fixture: @unchecked Sendable {
+    let dir = makeTemporaryDirectory()
+    let queue = DispatchQueue(label: "varlink-test")
+    let server: VarlinkServer
+    var path: String { server.path }
+
+    init() throws {
+      server = VarlinkServer(
+        path: dir + "/test.socket", queue: queue,
+        info: VarlinkServiceInfo(vendor: "v", product: "p", version: "1", url: "u"),
+        interfaces: [
+          VarlinkInterface(
+            name: "org.example.test",
+            description: "interface org.example.test\nmethod Echo(x: ?object) -> (x: ?object, uid: int)\n",
+            methods: ["Echo"]
+          ) { call, peer in
+            var reply = call.parameters
+            reply["uid"] = .number(Double(peer.uid))
+            return .success(reply)
+          }
+        ])
+      try server.start()
+    }
+
+    deinit {
+      queue.sync { server.stop() }
+      removeTemporaryDirectory(dir)
+    }
+  }
+
+  @Test func answersTheServiceInterface() throws {
+    let f = try Fixture()
+    let client = try VarlinkClient(path: f.path)
+    guard case .success(let info) = try client.call("org.varlink.service.GetInfo") else {
+      Issue.record("GetInfo failed")
+      return
+    }
+    #expect(info["interfaces"] == .array([.string("org.varlink.service"), .string("org.example.test")]))
+    #expect(info["product"] == .string("p"))
+    guard
+      case .success(let description) = try client.call(
+        "org.varlink.service.GetInterfaceDescription", ["interface": .string("org.example.test")])
+    else {
+      Issue.record("GetInterfaceDescription failed")
+      return
+    }
+    #expect(description["description"]?.stringValue?.hasPrefix("interface org.example.test") == true)
+    #expect(
+      try client.call("org.varlink.service.GetInterfaceDescription", ["interface": .string("nope")])
+        == .failure(.interfaceNotFound("nope")))
+    #expect(
+      try client.call("org.varlink.service.GetInterfaceDescription", [:])
+        == .failure(.invalidParameter("interface")))
+  }
+
+  @Test func routesCallsAndNamesWhatIsUnknown() throws {
+    let f = try Fixture()
+    let client = try VarlinkClient(path: f.path)
+    #expect(
+      try client.call("org.example.test.Echo", ["x": .object(["k": .string("v")])])
+        == .success(["x": .object(["k": .string("v")]), "uid": .number(Double(getuid()))]))
+    #expect(try client.call("org.example.test.Nope") == .failure(.methodNotFound("org.example.test.Nope")))
+    #expect(try client.call("org.example.other.Echo") == .failure(.interfaceNotFound("org.example.other")))
+  }
+
+  @Test func onewayCallsGetNoReplyAndOrderIsKept() throws {
+    let f = try Fixture()
+    let client = try VarlinkClient(path: f.path)
+    try client.send(
+      VarlinkCall(method: "org.example.test.Echo", parameters: ["x": .number(1)], oneway: true).serialized)
+    try client.send(VarlinkCall(method: "org.example.test.Echo", parameters: ["x": .number(2)]).serialized)
+    try client.send(VarlinkCall(method: "org.example.test.Echo", parameters: ["x": .number(3)]).serialized)
+    #expect(try client.receive() == .success(["x": .number(2), "uid": .number(Double(getuid()))]))
+    #expect(try client.receive() == .success(["x": .number(3), "uid": .number(Double(getuid()))]))
+  }
+
+  @Test func aMalformedMessageEndsOnlyItsConnection() throws {
+    let f = try Fixture()
+    let good = try VarlinkClient(path: f.path)
+    let bad = try VarlinkClient(path: f.path, timeoutSeconds: 5)
+    try bad.send("this is not json")
+    #expect(throws: VarlinkClientError.self) { try bad.receive() }
+    #expect(try good.call("org.example.test.Echo").isSuccess)
+    let late = try VarlinkClient(path: f.path)
+    #expect(try late.call("org.example.test.Echo").isSuccess)
+  }
+
+  @Test func servesManyClientsAtOnce() throws {
+    let f = try Fixture()
+    let results = DispatchQueue(label: "results")
+    nonisolated(unsafe) var successes = 0
+    DispatchQueue.concurrentPerform(iterations: 24) { index in
+      guard let client = try? VarlinkClient(path: f.path) else { return }
+      for round in 0..<10 {
+        if case .success(let reply)? = try? client.call(
+          "org.example.test.Echo", ["x": .object(["i": .number(Double(index * 100 + round))])]),
+          reply["x"] == .object(["i": .number(Double(index * 100 + round))])
+        {
+          results.sync { successes += 1 }
+        }
+      }
+    }
+    #expect(successes == 240)
+  }
+
+  @Test func theSocketIsConnectableByEveryLocalUserAndRemovedOnStop() throws {
+    let f = try Fixture()
+    var info = stat()
+    #expect(stat(f.path, &info) == 0)
+    #expect(info.st_mode & 0o777 == 0o666)
+    f.queue.sync { f.server.stop() }
+    #expect(access(f.path, F_OK) != 0)
+    #expect(throws: VarlinkClientError.self) { try VarlinkClient(path: f.path) }
+  }
+}
+
+extension VarlinkReply {
+  var isSuccess: Bool {
+    if case .success = self { return true }
+    return false
+  }
+}
