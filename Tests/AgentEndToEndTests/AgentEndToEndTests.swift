@@ -311,4 +311,38 @@ import Testing
     #expect(json["code"] as? String == "expires_before_active")
     #expect(json["checkSlot"] as? String == "server")
   }
+
+  /// packaging/license-agent.catalog covers every MESSAGE_ID, systemd's catalog tooling
+  /// accepts it, and `journalctl -x` shows its text under a real event of the agent.
+  @Test func theCatalogExplainsEveryEventUnderJournalctlX() throws {
+    let catalog = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().path + "/packaging/license-agent.catalog"
+    let scratch = makeTemporaryDirectory("catalog")
+    defer { removeTemporaryDirectory(scratch) }
+    try FileManager.default.createDirectory(atPath: scratch + "/usr/lib/systemd/catalog", withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(atPath: scratch + "/var/lib/systemd/catalog", withIntermediateDirectories: true)
+    try FileManager.default.copyItem(atPath: catalog, toPath: scratch + "/usr/lib/systemd/catalog/license-agent.catalog")
+    #expect(try runProcess("/bin/journalctl", ["--root=\(scratch)", "--update-catalog"]).status == 0)
+    let listed = try runProcess("/bin/journalctl", ["--root=\(scratch)", "--list-catalog"]).stdout
+    for kind in EventKind.allCases {
+      #expect(listed.contains(kind.messageID), "catalog entry for \(kind.rawValue)")
+    }
+    // A real event, explained by journalctl -x.
+    let agent = try AgentHarness()
+    #expect(try agent.start())
+    let key = try agent.keyFile("a", agent.key("A", nbf: AgentHarness.now() - .days(1), exp: AgentHarness.now() + .days(40)))
+    #expect(try agent.agentctl(["add-key", key]).status == 0)
+    _ = try agent.events(.activeAdded, serial: agent.serial("A"))
+    // journalctl -x reads the system's catalog database: run it in a private mount
+    // namespace where the scratch database is bind-mounted over it (the host is untouched).
+    let explained = try runProcess(
+      "/usr/bin/unshare",
+      [
+        "--mount", "--propagation", "private", "/bin/sh", "-c",
+        "mount --bind \"$1\" /var/lib/systemd/catalog && exec journalctl -x --no-pager \"$2\" \"$3\"", "sh",
+        scratch + "/var/lib/systemd/catalog", "MESSAGE_ID=\(EventKind.activeAdded.messageID)", "LICENSE_SERIAL=\(agent.serial("A"))",
+      ])
+    #expect(explained.stdout.contains("Subject: Licence key \(agent.serial("A")) is now the active key of slot server"), "\(explained.stdout)")
+    #expect(explained.stdout.contains("What to do: add a reserve key before"), "\(explained.stderr)")
+  }
 }
