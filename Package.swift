@@ -9,6 +9,7 @@ let package = Package(
     .executable(name: "license-agent", targets: ["license-agent"]),
     .executable(name: "agentctl", targets: ["agentctl"]),
     .executable(name: "license-keytool", targets: ["license-keytool"]),
+    .executable(name: "license-agent-bench", targets: ["license-agent-bench"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -71,6 +72,14 @@ let package = Package(
       name: "license-keytool",
       dependencies: [
         "LicenseCore", "LicenseStorage", "SimpleJSON",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+    // Benchmarks: figures, not assertions.
+    .executableTarget(
+      name: "license-agent-bench",
+      dependencies: [
+        "CLinux", "LicenseCore", "LicenseStorage", "SimpleJSON", "Varlink",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),

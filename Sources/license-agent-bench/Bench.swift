@@ -1,0 +1,299 @@
+import ArgumentParser
+import CLinux
+import Foundation
+import Glibc
+import LicenseCore
+import LicenseStorage
+import SimpleJSON
+import Varlink
+
+/// `license-agent-bench`: measures the agent against the machine's limit. Each subcommand
+/// prints a table, or one JSON object with `--json`. A benchmark, not a test: it asserts
+/// nothing, it prints figures.
+@main
+struct Bench: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "license-agent-bench",
+    abstract: "Benchmarks of license-agent on this machine.",
+    subcommands: [Promotion.self])
+}
+
+func now() -> Timestamp {
+  var spec = timespec()
+  clock_gettime(CLOCK_REALTIME, &spec)
+  return Timestamp(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
+}
+
+/// Nearest-rank percentile of sorted values.
+func percentile(_ sorted: [Int64], _ p: Double) -> Int64 {
+  guard !sorted.isEmpty else { return 0 }
+  let rank = Int((p / 100 * Double(sorted.count)).rounded(.up))
+  return sorted[min(max(rank, 1), sorted.count) - 1]
+}
+
+struct BenchError: Error, CustomStringConvertible {
+  var description: String
+}
+
+struct Promotion: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "N keys with staggered expiries promoted by the real agent; delay after exp, and the limit.",
+    discussion: """
+      Starts the license-agent found next to this program in a temporary folder, adds an \
+      active key and a reserve, and after each promotion the next reserve, so that N \
+      promotions happen SPACING apart through the real wall-clock timer, the real state \
+      store (fsync) and the real journal (when a journal socket exists; else the agent's \
+      console output). The delay of each promotion is its LICENSE_DELAY_USEC: from the \
+      expired key's exp to the promotion being durable. The limit is measured in the same \
+      run: N absolute CLOCK_REALTIME timerfd wake-ups, each followed by the same fsync'ed \
+      state write.
+      """)
+
+  @Option(help: "Number of promotions.")
+  var keys = 100
+  @Option(help: "Time between two expiries (at least 50ms).")
+  var spacing = "200ms"
+  @Flag(help: "Print one JSON object.")
+  var json = false
+  @Option(help: "The license-agent to run (default: next to this program).")
+  var agent: String?
+
+  func run() throws {
+    guard let step = TimeSpan(spacing), step.microseconds >= 50_000 else {
+      throw ValidationError("--spacing must be a duration of at least 50ms")
+    }
+    guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
+    let agentPath = agent ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+      .deletingLastPathComponent().path + "/license-agent"
+    let delays = try measureAgent(agentPath: agentPath, step: step).sorted()
+    let limit = try measureLimit(step: step).sorted()
+    let early = delays.filter { $0 < 0 }.count
+    let p99 = percentile(delays, 99)
+    let limitP99 = percentile(limit, 99)
+    let ratio = limitP99 > 0 ? Double(p99) / Double(limitP99) : 0
+    if json {
+      let object: [String: JSONValue] = [
+        "keys": .number(Double(delays.count)), "p50_usec": .number(Double(percentile(delays, 50))),
+        "p99_usec": .number(Double(p99)), "max_usec": .number(Double(delays.last ?? 0)), "early": .number(Double(early)),
+        "limit_p50_usec": .number(Double(percentile(limit, 50))), "limit_p99_usec": .number(Double(limitP99)),
+        "ratio_p99": .number((ratio * 100).rounded() / 100),
+      ]
+      print(JSONValue.object(object).serialized)
+    } else {
+      print("promotion: \(delays.count) promotions, \(step) apart (delay from exp to durable promotion)")
+      print("                                     p50        p99        max")
+      print("  agent (timer+decide+fsync)  \(pad(percentile(delays, 50))) \(pad(p99)) \(pad(delays.last ?? 0))")
+      print("  limit (timerfd+same fsync)  \(pad(percentile(limit, 50))) \(pad(limitP99)) \(pad(limit.last ?? 0))")
+      print("  early promotions: \(early);  p99 ratio agent/limit: \(String(format: "%.2f", ratio))")
+    }
+  }
+
+  private func pad(_ usec: Int64) -> String {
+    let text = "\(usec) µs"
+    return String(repeating: " ", count: max(0, 10 - text.count)) + text
+  }
+
+  // MARK: The agent
+
+  private func measureAgent(agentPath: String, step: TimeSpan) throws -> [Int64] {
+    let root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-\(getpid())"
+    try? FileManager.default.removeItem(atPath: root)
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    for dir in ["etc/trusted-issuers", "state", "run"] {
+      try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
+    }
+    let issuer = JWK.generate(kid: "bench")
+    try issuer.publicJSON.write(toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
+    let useJournal = access("/run/systemd/journal/socket", W_OK) == 0
+
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: agentPath)
+    var environment = ProcessInfo.processInfo.environment
+    environment["CONFIGURATION_DIRECTORY"] = root + "/etc"
+    environment["STATE_DIRECTORY"] = root + "/state"
+    environment["RUNTIME_DIRECTORY"] = root + "/run"
+    environment["LICENSE_AGENT_LOG"] = useJournal ? "journal" : "console"
+    environment.removeValue(forKey: "NOTIFY_SOCKET")
+    process.environment = environment
+    let agentErr = Pipe()
+    process.standardError = agentErr
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    defer {
+      if process.isRunning {
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+      }
+    }
+    let socket = root + "/run/io.licenseagent.Agent"
+    for _ in 0..<400 where access(socket, F_OK) != 0 { usleep(5000) }
+
+    // In console mode the agent's events are read from its standard error (which must be
+    // drained anyway); in journal mode they are read back from the journal at the end.
+    let events = PromotionEvents()
+    events.read(agentErr.fileHandleForReading) { line in
+      guard line.contains("KEY_PROMOTED:"), let serial = field("LICENSE_SERIAL", line),
+        let delay = field("LICENSE_DELAY_USEC", line).flatMap(Int64.init)
+      else { return nil }
+      return (serial, delay)
+    }
+
+    let client = try VarlinkClient(path: socket)
+    let run = String(getpid())
+    let start = now()
+    let first = start + .seconds(1)
+    func expiry(_ index: Int) -> Timestamp { first + TimeSpan(microseconds: step.microseconds * Int64(index)) }
+    func serial(_ index: Int) -> String { "BENCH-\(run)-\(index)" }
+    func key(_ index: Int) throws -> String {
+      let claims = LicenseClaims(
+        issuer: "bench", serial: serial(index), issuedAt: start, notBefore: start - .days(1), expiresAt: expiry(index),
+        product: EngineConfiguration.defaultProduct, edition: .enterprise, scheme: .vmCount, osType: .server,
+        licenseType: .commercial, units: 1)
+      return try KeyParser.sign(claims, with: issuer)
+    }
+    func add(_ index: Int, _ role: String) throws {
+      let reply = try client.call("io.licenseagent.Agent.AddKey", ["key": .string(try key(index)), "role": .string(role)])
+      if case .failure(let error) = reply { throw BenchError(description: "AddKey \(serial(index)): \(error)") }
+    }
+    func activeSerial() throws -> String? {
+      guard case .success(let status) = try client.call("io.licenseagent.Agent.GetStatus"),
+        case .array(let slots)? = status["slots"], let slot = slots.first?.objectValue
+      else { return nil }
+      return slot["active"]?.objectValue?["serial"]?.stringValue
+    }
+    try add(0, "active")
+    try add(1, "reserve")
+    for index in 1...keys {
+      // 20 ms after the expiry the promotion is long done: confirm it, then add the next
+      // reserve. Nothing touches the agent around the expiry instants themselves.
+      sleepUntil(expiry(index - 1) + .milliseconds(20))
+      var promoted = false
+      for _ in 0..<1000 {
+        if try activeSerial() == serial(index) {
+          promoted = true
+          break
+        }
+        usleep(2000)
+      }
+      guard promoted else { throw BenchError(description: "\(serial(index)) was not promoted") }
+      if index < keys { try add(index + 1, "reserve") }
+    }
+
+    var delays: [String: Int64] = [:]
+    for _ in 0..<100 {
+      if useJournal {
+        let query = Process()
+        query.executableURL = URL(fileURLWithPath: "/bin/journalctl")
+        query.arguments = ["-o", "json", "--no-pager", "LICENSE_EVENT=KEY_PROMOTED", "--since=@\(start.microseconds / 1_000_000)"]
+        let out = Pipe()
+        query.standardOutput = out
+        try query.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        query.waitUntilExit()
+        for line in data.split(separator: 10) {
+          guard let object = JSONValue.parse(line)?.objectValue, let name = object["LICENSE_SERIAL"]?.stringValue,
+            name.hasPrefix("BENCH-\(run)-"), let delay = object["LICENSE_DELAY_USEC"]?.stringValue.flatMap(Int64.init)
+          else { continue }
+          delays[name] = delay
+        }
+      } else {
+        delays = events.all
+      }
+      if delays.count >= keys { break }
+      usleep(50_000)
+    }
+    guard delays.count == keys else {
+      throw BenchError(description: "found \(delays.count) KEY_PROMOTED events of \(keys)")
+    }
+    return Array(delays.values)
+  }
+
+  // MARK: The limit
+
+  /// N absolute CLOCK_REALTIME timerfd wake-ups, each followed by the same fsync'ed state
+  /// write as the agent's (FileStateStore with a state holding two keys).
+  private func measureLimit(step: TimeSpan) throws -> [Int64] {
+    let root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-limit-\(getpid())"
+    try? FileManager.default.removeItem(atPath: root)
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    let store = try FileStateStore(directory: root)
+    let issuer = JWK.generate(kid: "bench")
+    let engine = LicenseEngine(trust: TrustStore([issuer]))
+    let t = now()
+    func key(_ serial: String, _ exp: Timestamp) throws -> String {
+      try KeyParser.sign(
+        LicenseClaims(
+          issuer: "bench", serial: serial, issuedAt: t, notBefore: t - .days(1), expiresAt: exp, product: "svm-protection",
+          edition: .enterprise, scheme: .vmCount, osType: .server, licenseType: .commercial, units: 1), with: issuer)
+    }
+    var state = engine.addKey(try key("L-1", t + .days(1)), role: .active, now: t, state: LicenseState()).state
+    state = engine.addKey(try key("L-2", t + .days(2)), role: .reserve, now: t, state: state).state
+    try store.save(state)
+
+    let fd = timerfd_create(CLOCK_REALTIME, Int32(TFD_CLOEXEC))
+    guard fd >= 0 else { throw BenchError(description: "timerfd_create failed") }
+    defer { close(fd) }
+    var delays: [Int64] = []
+    let first = now() + .milliseconds(200)
+    for index in 0..<keys {
+      let deadline = first + TimeSpan(microseconds: step.microseconds * Int64(index) / 2)
+      let (seconds, micros) = deadline.microseconds.quotientAndRemainder(dividingBy: 1_000_000)
+      var spec = itimerspec(it_interval: timespec(), it_value: timespec(tv_sec: Int(seconds), tv_nsec: Int(micros) * 1000))
+      timerfd_settime(fd, Int32(TFD_TIMER_ABSTIME), &spec, nil)
+      var expirations: UInt64 = 0
+      _ = read(fd, &expirations, 8)
+      try store.save(state)
+      delays.append(now().microseconds(since: deadline))
+    }
+    return delays
+  }
+}
+
+extension TimeSpan {
+  static func milliseconds(_ ms: Int64) -> TimeSpan { TimeSpan(microseconds: ms * 1000) }
+  var seconds: Double { Double(microseconds) / 1_000_000 }
+}
+
+func sleepUntil(_ instant: Timestamp) {
+  let remaining = instant.microseconds(since: now())
+  if remaining > 0 { usleep(useconds_t(remaining)) }
+}
+
+/// The value of `NAME=value` in a console event line.
+func field(_ name: String, _ line: String) -> String? {
+  guard let range = line.range(of: name + "=") else { return nil }
+  return String(line[range.upperBound...].prefix { $0 != " " && $0 != "]" })
+}
+
+/// Promotion events read from a stream of lines, by serial.
+final class PromotionEvents: @unchecked Sendable {
+  private let lock = NSCondition()
+  private var delays: [String: Int64] = [:]
+
+  func read(_ handle: FileHandle, parse: @escaping @Sendable (String) -> (String, Int64)?) {
+    Thread.detachNewThread { [self] in
+      var buffer = Data()
+      while true {
+        let chunk = handle.availableData
+        if chunk.isEmpty { return }
+        buffer.append(chunk)
+        while let newline = buffer.firstIndex(of: 10) {
+          let line = String(decoding: buffer[buffer.startIndex..<newline], as: UTF8.self)
+          buffer.removeSubrange(buffer.startIndex...newline)
+          if let (serial, delay) = parse(line) {
+            lock.lock()
+            delays[serial] = delay
+            lock.broadcast()
+            lock.unlock()
+          }
+        }
+      }
+    }
+  }
+
+  var all: [String: Int64] {
+    lock.lock()
+    defer { lock.unlock() }
+    return delays
+  }
+}
