@@ -88,6 +88,10 @@ let package = Package(
     .testTarget(name: "LicenseCoreTests", dependencies: ["LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "LicenseStorageTests", dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport"]),
+    .testTarget(
+      name: "SystemdTests",
+      dependencies: ["Systemd", "LicenseCore", .product(name: "Logging", package: "swift-log")]
+    ),
     .testTarget(name: "VarlinkTests", dependencies: ["Varlink", "SimpleJSON", "LicenseTestSupport"]),
     .testTarget(
       name: "AgentRuntimeTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),

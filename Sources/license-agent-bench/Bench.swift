@@ -63,7 +63,8 @@ struct Promotion: ParsableCommand {
       throw ValidationError("--spacing must be a duration of at least 50ms")
     }
     guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
-    let agentPath = agent ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+    let agentPath =
+      agent ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
       .deletingLastPathComponent().path + "/license-agent"
     let delays = try measureAgent(agentPath: agentPath, step: step).sorted()
     let limit = try measureLimit(step: step).sorted()
@@ -74,7 +75,8 @@ struct Promotion: ParsableCommand {
     if json {
       let object: [String: JSONValue] = [
         "keys": .number(Double(delays.count)), "p50_usec": .number(Double(percentile(delays, 50))),
-        "p99_usec": .number(Double(p99)), "max_usec": .number(Double(delays.last ?? 0)), "early": .number(Double(early)),
+        "p99_usec": .number(Double(p99)), "max_usec": .number(Double(delays.last ?? 0)),
+        "early": .number(Double(early)),
         "limit_p50_usec": .number(Double(percentile(limit, 50))), "limit_p99_usec": .number(Double(limitP99)),
         "ratio_p99": .number((ratio * 100).rounded() / 100),
       ]
@@ -82,8 +84,11 @@ struct Promotion: ParsableCommand {
     } else {
       print("promotion: \(delays.count) promotions, \(step) apart (delay from exp to durable promotion)")
       print("                                     p50        p99        max")
-      print("  agent (timer+decide+fsync)  \(pad(percentile(delays, 50))) \(pad(p99)) \(pad(delays.last ?? 0))")
-      print("  limit (timerfd+same fsync)  \(pad(percentile(limit, 50))) \(pad(limitP99)) \(pad(limit.last ?? 0))")
+      print(
+        "  agent (timer+decide+fsync)  \(pad(percentile(delays, 50))) \(pad(p99)) \(pad(delays.last ?? 0))")
+      print(
+        "  limit (timerfd+same fsync)  \(pad(percentile(limit, 50))) \(pad(limitP99)) \(pad(limit.last ?? 0))"
+      )
       print("  early promotions: \(early);  p99 ratio agent/limit: \(String(format: "%.2f", ratio))")
     }
   }
@@ -103,7 +108,8 @@ struct Promotion: ParsableCommand {
       try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
     }
     let issuer = JWK.generate(kid: "bench")
-    try issuer.publicJSON.write(toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
+    try issuer.publicJSON.write(
+      toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
     let useJournal = access("/run/systemd/journal/socket", W_OK) == 0
 
     let process = Process()
@@ -142,18 +148,24 @@ struct Promotion: ParsableCommand {
     let run = String(getpid())
     let start = now()
     let first = start + .seconds(1)
-    func expiry(_ index: Int) -> Timestamp { first + TimeSpan(microseconds: step.microseconds * Int64(index)) }
+    func expiry(_ index: Int) -> Timestamp {
+      first + TimeSpan(microseconds: step.microseconds * Int64(index))
+    }
     func serial(_ index: Int) -> String { "BENCH-\(run)-\(index)" }
     func key(_ index: Int) throws -> String {
       let claims = LicenseClaims(
-        issuer: "bench", serial: serial(index), issuedAt: start, notBefore: start - .days(1), expiresAt: expiry(index),
+        issuer: "bench", serial: serial(index), issuedAt: start, notBefore: start - .days(1),
+        expiresAt: expiry(index),
         product: EngineConfiguration.defaultProduct, edition: .enterprise, scheme: .vmCount, osType: .server,
         licenseType: .commercial, units: 1)
       return try KeyParser.sign(claims, with: issuer)
     }
     func add(_ index: Int, _ role: String) throws {
-      let reply = try client.call("io.licenseagent.Agent.AddKey", ["key": .string(try key(index)), "role": .string(role)])
-      if case .failure(let error) = reply { throw BenchError(description: "AddKey \(serial(index)): \(error)") }
+      let reply = try client.call(
+        "io.licenseagent.Agent.AddKey", ["key": .string(try key(index)), "role": .string(role)])
+      if case .failure(let error) = reply {
+        throw BenchError(description: "AddKey \(serial(index)): \(error)")
+      }
     }
     func activeSerial() throws -> String? {
       guard case .success(let status) = try client.call("io.licenseagent.Agent.GetStatus"),
@@ -184,15 +196,20 @@ struct Promotion: ParsableCommand {
       if useJournal {
         let query = Process()
         query.executableURL = URL(fileURLWithPath: "/bin/journalctl")
-        query.arguments = ["-o", "json", "--no-pager", "LICENSE_EVENT=KEY_PROMOTED", "--since=@\(start.microseconds / 1_000_000)"]
+        query.arguments = [
+          "-o", "json", "--no-pager", "LICENSE_EVENT=KEY_PROMOTED",
+          "--since=@\(start.microseconds / 1_000_000)",
+        ]
         let out = Pipe()
         query.standardOutput = out
         try query.run()
         let data = out.fileHandleForReading.readDataToEndOfFile()
         query.waitUntilExit()
         for line in data.split(separator: 10) {
-          guard let object = JSONValue.parse(line)?.objectValue, let name = object["LICENSE_SERIAL"]?.stringValue,
-            name.hasPrefix("BENCH-\(run)-"), let delay = object["LICENSE_DELAY_USEC"]?.stringValue.flatMap(Int64.init)
+          guard let object = JSONValue.parse(line)?.objectValue,
+            let name = object["LICENSE_SERIAL"]?.stringValue,
+            name.hasPrefix("BENCH-\(run)-"),
+            let delay = object["LICENSE_DELAY_USEC"]?.stringValue.flatMap(Int64.init)
           else { continue }
           delays[name] = delay
         }
@@ -223,10 +240,13 @@ struct Promotion: ParsableCommand {
     func key(_ serial: String, _ exp: Timestamp) throws -> String {
       try KeyParser.sign(
         LicenseClaims(
-          issuer: "bench", serial: serial, issuedAt: t, notBefore: t - .days(1), expiresAt: exp, product: "svm-protection",
-          edition: .enterprise, scheme: .vmCount, osType: .server, licenseType: .commercial, units: 1), with: issuer)
+          issuer: "bench", serial: serial, issuedAt: t, notBefore: t - .days(1), expiresAt: exp,
+          product: "svm-protection",
+          edition: .enterprise, scheme: .vmCount, osType: .server, licenseType: .commercial, units: 1),
+        with: issuer)
     }
-    var state = engine.addKey(try key("L-1", t + .days(1)), role: .active, now: t, state: LicenseState()).state
+    var state = engine.addKey(try key("L-1", t + .days(1)), role: .active, now: t, state: LicenseState())
+      .state
     state = engine.addKey(try key("L-2", t + .days(2)), role: .reserve, now: t, state: state).state
     try store.save(state)
 
@@ -238,7 +258,8 @@ struct Promotion: ParsableCommand {
     for index in 0..<keys {
       let deadline = first + TimeSpan(microseconds: step.microseconds * Int64(index) / 2)
       let (seconds, micros) = deadline.microseconds.quotientAndRemainder(dividingBy: 1_000_000)
-      var spec = itimerspec(it_interval: timespec(), it_value: timespec(tv_sec: Int(seconds), tv_nsec: Int(micros) * 1000))
+      var spec = itimerspec(
+        it_interval: timespec(), it_value: timespec(tv_sec: Int(seconds), tv_nsec: Int(micros) * 1000))
       timerfd_settime(fd, Int32(TFD_TIMER_ABSTIME), &spec, nil)
       var expirations: UInt64 = 0
       _ = read(fd, &expirations, 8)

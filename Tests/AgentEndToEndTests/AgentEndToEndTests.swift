@@ -315,13 +315,17 @@ import Testing
   /// packaging/license-agent.catalog covers every MESSAGE_ID, systemd's catalog tooling
   /// accepts it, and `journalctl -x` shows its text under a real event of the agent.
   @Test func theCatalogExplainsEveryEventUnderJournalctlX() throws {
-    let catalog = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    let catalog =
+      URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
       .deletingLastPathComponent().path + "/packaging/license-agent.catalog"
     let scratch = makeTemporaryDirectory("catalog")
     defer { removeTemporaryDirectory(scratch) }
-    try FileManager.default.createDirectory(atPath: scratch + "/usr/lib/systemd/catalog", withIntermediateDirectories: true)
-    try FileManager.default.createDirectory(atPath: scratch + "/var/lib/systemd/catalog", withIntermediateDirectories: true)
-    try FileManager.default.copyItem(atPath: catalog, toPath: scratch + "/usr/lib/systemd/catalog/license-agent.catalog")
+    try FileManager.default.createDirectory(
+      atPath: scratch + "/usr/lib/systemd/catalog", withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(
+      atPath: scratch + "/var/lib/systemd/catalog", withIntermediateDirectories: true)
+    try FileManager.default.copyItem(
+      atPath: catalog, toPath: scratch + "/usr/lib/systemd/catalog/license-agent.catalog")
     #expect(try runProcess("/bin/journalctl", ["--root=\(scratch)", "--update-catalog"]).status == 0)
     let listed = try runProcess("/bin/journalctl", ["--root=\(scratch)", "--list-catalog"]).stdout
     for kind in EventKind.allCases {
@@ -330,7 +334,8 @@ import Testing
     // A real event, explained by journalctl -x.
     let agent = try AgentHarness()
     #expect(try agent.start())
-    let key = try agent.keyFile("a", agent.key("A", nbf: AgentHarness.now() - .days(1), exp: AgentHarness.now() + .days(40)))
+    let key = try agent.keyFile(
+      "a", agent.key("A", nbf: AgentHarness.now() - .days(1), exp: AgentHarness.now() + .days(40)))
     #expect(try agent.agentctl(["add-key", key]).status == 0)
     _ = try agent.events(.activeAdded, serial: agent.serial("A"))
     // journalctl -x reads the system's catalog database: run it in a private mount
@@ -340,9 +345,47 @@ import Testing
       [
         "--mount", "--propagation", "private", "/bin/sh", "-c",
         "mount --bind \"$1\" /var/lib/systemd/catalog && exec journalctl -x --no-pager \"$2\" \"$3\"", "sh",
-        scratch + "/var/lib/systemd/catalog", "MESSAGE_ID=\(EventKind.activeAdded.messageID)", "LICENSE_SERIAL=\(agent.serial("A"))",
+        scratch + "/var/lib/systemd/catalog", "MESSAGE_ID=\(EventKind.activeAdded.messageID)",
+        "LICENSE_SERIAL=\(agent.serial("A"))",
       ])
-    #expect(explained.stdout.contains("Subject: Licence key \(agent.serial("A")) is now the active key of slot server"), "\(explained.stdout)")
+    #expect(
+      explained.stdout.contains(
+        "Subject: Licence key \(agent.serial("A")) is now the active key of slot server"),
+      "\(explained.stdout)")
     #expect(explained.stdout.contains("What to do: add a reserve key before"), "\(explained.stderr)")
+  }
+
+  @Test func aDamagedStateFileIsRecoveredFromItsLastGoodCopyAndLoggedAsSTATE_RECOVERED() throws {
+    let agent = try agentWithKeys(exp: AgentHarness.now() + .days(10))
+    #expect(agent.stop() == 0)
+    let good = try #require(FileManager.default.contents(atPath: agent.stateFile))
+    try Data(good.prefix(good.count / 3)).write(to: URL(fileURLWithPath: agent.stateFile))
+    #expect(try agent.start())
+    let recovered = try agent.waitForJournal([
+      "MESSAGE_ID=\(EventKind.stateRecovered.messageID)", "_PID=\(agent.pid!)",
+    ])
+    #expect(recovered.count == 1)
+    #expect(recovered.first?["PRIORITY"] == "4")
+    #expect(recovered.first?["LICENSE_ERROR"]?.contains("truncated or corrupt") == true)
+    // The last good copy held the active key (the reserve was the last change).
+    #expect(activeSerial(try status(agent)) == agent.serial("A"))
+    let kept = try FileManager.default.contentsOfDirectory(atPath: agent.stateDirectory).filter {
+      $0.hasPrefix("state.json.corrupt-")
+    }
+    #expect(kept.count == 1)
+  }
+
+  @Test func aDamagedStateFileWithNoGoodCopyStopsTheStartAndSaysWhatToDo() throws {
+    let agent = try AgentHarness()
+    agent.environment["LICENSE_AGENT_LOG"] = "console"
+    try FileManager.default.createDirectory(atPath: agent.stateDirectory, withIntermediateDirectories: true)
+    try Data("{\"schemaVersion\":1,\"slo".utf8).write(to: URL(fileURLWithPath: agent.stateFile))
+    #expect(try agent.start() == false)
+    agent.process?.waitUntilExit()
+    #expect(agent.process?.terminationStatus == 1)
+    let log = try String(contentsOfFile: agent.logFile, encoding: .utf8)
+    #expect(log.contains("\(agent.stateFile): is damaged"), "\(log)")
+    #expect(log.contains("Move the file aside"))
+    #expect(FileManager.default.contents(atPath: agent.stateFile) == Data("{\"schemaVersion\":1,\"slo".utf8))
   }
 }
