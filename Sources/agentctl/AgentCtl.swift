@@ -108,18 +108,9 @@ struct AddKey: ParsableCommand {
   var replaceScheme = false
 
   func run() throws {
-    let key = try readKey(file)
-    var parameters: [String: JSONValue] = [
-      "key": .string(key), "role": .string(reserve ? "reserve" : "active"),
-    ]
-    if replaceScheme { parameters["replaceScheme"] = .bool(true) }
-    switch try connection.call("AddKey", parameters) {
-    case .success(let reply):
-      let added = try decodeParameters(AddKeyReply.self, from: reply)
-      print(added.message)
-    case .failure(let error):
-      try fail(error)
-    }
+    let added = try sendKey(
+      "AddKey", file: file, reserve: reserve, replaceScheme: replaceScheme, connection: connection)
+    print(added.message)
   }
 }
 
@@ -137,18 +128,23 @@ struct CheckKey: ParsableCommand {
   var replaceScheme = false
 
   func run() throws {
-    let key = try readKey(file)
-    var parameters: [String: JSONValue] = [
-      "key": .string(key), "role": .string(reserve ? "reserve" : "active"),
-    ]
-    if replaceScheme { parameters["replaceScheme"] = .bool(true) }
-    switch try connection.call("CheckKey", parameters) {
-    case .success(let reply):
-      let checked = try decodeParameters(AddKeyReply.self, from: reply)
-      print("OK: \(checked.message)")
-    case .failure(let error):
-      try fail(error)
-    }
+    let checked = try sendKey(
+      "CheckKey", file: file, reserve: reserve, replaceScheme: replaceScheme, connection: connection)
+    print("OK: \(checked.message)")
+  }
+}
+
+/// AddKey or CheckKey with the key read from FILE; exits as the contract says on an error.
+func sendKey(
+  _ method: String, file: String, reserve: Bool, replaceScheme: Bool, connection: ConnectionOptions
+) throws -> AddKeyReply {
+  var parameters: [String: JSONValue] = [
+    "key": .string(try readKey(file)), "role": .string(reserve ? "reserve" : "active"),
+  ]
+  if replaceScheme { parameters["replaceScheme"] = .bool(true) }
+  switch try connection.call(method, parameters) {
+  case .success(let reply): return try decodeParameters(AddKeyReply.self, from: reply)
+  case .failure(let error): try fail(error)
   }
 }
 
