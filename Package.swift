@@ -92,6 +92,9 @@ let package = Package(
       name: "SystemdTests",
       dependencies: ["Systemd", "LicenseCore", .product(name: "Logging", package: "swift-log")]
     ),
+    .testTarget(
+      name: "ControlInterfaceTests",
+      dependencies: ["ControlInterface", "LicenseCore", "SimpleJSON", "LicenseTestSupport"]),
     .testTarget(name: "VarlinkTests", dependencies: ["Varlink", "SimpleJSON", "LicenseTestSupport"]),
     .testTarget(
       name: "AgentRuntimeTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),

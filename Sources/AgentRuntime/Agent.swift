@@ -140,6 +140,10 @@ public final class Agent: @unchecked Sendable {
     self.server = server
     startWatchdog()
     notifier.notify("READY=1\nSTATUS=\(statusLine())")
+    scheduleTrim()
+    // Once more when the rest of start-up (the service group, signal handlers) is done:
+    // a single deferred call, not a recurring timer.
+    queue.asyncAfter(deadline: .now() + 2) { MemoryTrim.releaseExecutablePages() }
     logger.info(
       "license-agent started",
       metadata: [
@@ -246,7 +250,22 @@ public final class Agent: @unchecked Sendable {
     }
     if persistRetry == nil { timer?.arm(at: engine.nextWake(state)?.at) }
     notifier.notify("STATUS=\(statusLine())")
+    scheduleTrim()
     return nil
+  }
+
+  private var trimPending = false
+
+  /// Once the queue has nothing else to do, releases the code pages this burst of work
+  /// touched (``MemoryTrim``), so that the idle agent stays small. Never delays a reply or
+  /// an announcement: it runs after them.
+  private func scheduleTrim() {
+    guard !trimPending else { return }
+    trimPending = true
+    queue.async { [weak self] in
+      self?.trimPending = false
+      MemoryTrim.releaseExecutablePages()
+    }
   }
 
   private func schedulePersistRetry() {

@@ -1,4 +1,5 @@
 import AgentRuntime
+import Dispatch
 import Foundation
 import Glibc
 import LicenseCore
@@ -103,10 +104,15 @@ struct LicenseAgentMain {
           .init(service: ReloadService(agent: agent)),
         ],
         gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-    do {
-      try await group.run()
-    } catch {
-      logger.error("Service group ended with an error: \(error)")
+    // The services' tasks run on a queue of their own, never on libdispatch's global queues
+    // (see QueueTaskExecutor: an idle agent must not wake up every second).
+    let executor = QueueTaskExecutor(queue: DispatchQueue(label: "license-agent.services"))
+    await withTaskExecutorPreference(executor) {
+      do {
+        try await group.run()
+      } catch {
+        logger.error("Service group ended with an error: \(error)")
+      }
     }
   }
 }
@@ -120,12 +126,21 @@ struct AgentService: Service {
   }
 }
 
-/// Rereads the configuration on each SIGHUP (`systemctl reload`).
+/// Rereads the configuration on each SIGHUP (`systemctl reload`), until graceful shutdown.
+///
+/// A Dispatch signal source on a serial queue rather than `UnixSignalsSequence` with
+/// `cancelOnGracefulShutdown()`: the latter runs unstructured tasks on the global executor,
+/// which starts libdispatch's 1-second workqueue monitor, and an idle agent must not wake up
+/// between events (T2; see QueueTaskExecutor).
 struct ReloadService: Service {
   let agent: Agent
   func run() async throws {
-    for await _ in await UnixSignalsSequence(trapping: .sighup).cancelOnGracefulShutdown() {
-      agent.reload()
-    }
+    signal(SIGHUP, SIG_IGN)
+    let source = DispatchSource.makeSignalSource(
+      signal: SIGHUP, queue: DispatchQueue(label: "license-agent.sighup"))
+    source.setEventHandler { [agent] in agent.reload() }
+    source.resume()
+    try? await gracefulShutdown()
+    source.cancel()
   }
 }
