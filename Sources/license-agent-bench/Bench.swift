@@ -15,7 +15,7 @@ struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "license-agent-bench",
     abstract: "Benchmarks of license-agent on this machine.",
-    subcommands: [Promotion.self])
+    subcommands: [Promotion.self, Idle.self])
 }
 
 func now() -> Timestamp {
@@ -51,8 +51,8 @@ struct Promotion: ParsableCommand {
 
   @Option(help: "Number of promotions.")
   var keys = 100
-  @Option(help: "Time between two expiries (at least 50ms).")
-  var spacing = "200ms"
+  @Option(help: "Time between two expiries (at least 50ms; a state write that stalls longer breaks the chain).")
+  var spacing = "500ms"
   @Flag(help: "Print one JSON object.")
   var json = false
   @Option(help: "The license-agent to run (default: next to this program).")
@@ -316,5 +316,118 @@ final class PromotionEvents: @unchecked Sendable {
     lock.lock()
     defer { lock.unlock() }
     return delays
+  }
+}
+
+/// The license-agent next to this program, or the one given.
+func agentExecutable(_ path: String?) -> String {
+  path ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    .path
+    + "/license-agent"
+}
+
+struct Idle: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Wake-ups and resident memory of an idle agent holding a key that expires in a day.",
+    discussion: """
+      Starts the agent (without a watchdog), adds a key that expires in a day, lets \
+      start-up settle (threads reaped), then counts the context switches of every thread \
+      of the agent during SECONDS, and reads its resident memory (VmRSS). Measure the \
+      binaries as shipped: swift build -c release --static-swift-stdlib.
+      """)
+
+  @Option(help: "How long to watch.")
+  var seconds = 60
+  @Option(help: "How long to let start-up settle first.")
+  var settle = 12
+  @Flag(help: "Print one JSON object.")
+  var json = false
+  @Option(help: "The license-agent to run (default: next to this program).")
+  var agent: String?
+
+  func run() throws {
+    let root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-idle-\(getpid())"
+    try? FileManager.default.removeItem(atPath: root)
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    for dir in ["etc/trusted-issuers", "state", "run"] {
+      try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
+    }
+    let issuer = JWK.generate(kid: "bench")
+    try issuer.publicJSON.write(
+      toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: agentExecutable(agent))
+    var environment = ProcessInfo.processInfo.environment
+    environment["CONFIGURATION_DIRECTORY"] = root + "/etc"
+    environment["STATE_DIRECTORY"] = root + "/state"
+    environment["RUNTIME_DIRECTORY"] = root + "/run"
+    for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] { environment.removeValue(forKey: name) }
+    process.environment = environment
+    process.standardError = FileHandle.nullDevice
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    defer {
+      kill(process.processIdentifier, SIGTERM)
+      process.waitUntilExit()
+    }
+    let socket = root + "/run/io.licenseagent.Agent"
+    for _ in 0..<400 where access(socket, F_OK) != 0 { usleep(5000) }
+    let t = now()
+    let key = try KeyParser.sign(
+      LicenseClaims(
+        issuer: "bench", serial: "IDLE-1", issuedAt: t, notBefore: t - .days(1), expiresAt: t + .days(1),
+        product: EngineConfiguration.defaultProduct, edition: .standard, scheme: .cores, osType: nil,
+        licenseType: .commercial, units: 8), with: issuer)
+    let reply = try VarlinkClient(path: socket).call(
+      "io.licenseagent.Agent.AddKey", ["key": .string(key), "role": .string("active")])
+    if case .failure(let error) = reply { throw BenchError(description: "AddKey: \(error)") }
+
+    sleep(UInt32(settle))
+    let pid = process.processIdentifier
+    let before = switchesByThread(pid)
+    sleep(UInt32(seconds))
+    let after = switchesByThread(pid)
+    // Threads alive at both ends; a thread that came or went is itself a wake-up.
+    var switches = 0
+    for (tid, count) in after { switches += count - (before[tid] ?? 0) }
+    switches += Set(before.keys).subtracting(after.keys).count
+    let rss = residentKiB(pid)
+    let perMinute = Double(switches) * 60 / Double(seconds)
+    if json {
+      print(
+        JSONValue.object([
+          "seconds": .number(Double(seconds)), "context_switches": .number(Double(switches)),
+          "switches_per_minute": .number((perMinute * 100).rounded() / 100),
+          "threads": .number(Double(after.count)),
+          "rss_kib": .number(Double(rss)),
+        ]).serialized)
+    } else {
+      print(
+        "idle: agent holding a key that expires in a day, watched \(seconds) s after \(settle) s of settling")
+      print(
+        "  context switches: \(switches) (\(String(format: "%.2f", perMinute)) per minute), threads: \(after.count)"
+      )
+      print("  resident memory:  \(rss) KiB (\(String(format: "%.1f", Double(rss) / 1024)) MiB)")
+    }
+  }
+
+  /// Voluntary plus involuntary context switches of each thread of `pid`.
+  private func switchesByThread(_ pid: pid_t) -> [String: Int] {
+    var result: [String: Int] = [:]
+    for tid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? [] {
+      guard let status = try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/status", encoding: .utf8)
+      else { continue }
+      result[tid] = status.split(separator: "\n").filter { $0.contains("ctxt_switches") }
+        .compactMap { $0.split(separator: ":").last.flatMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+        .reduce(0, +)
+    }
+    return result
+  }
+
+  private func residentKiB(_ pid: pid_t) -> Int {
+    guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+      let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
+    else { return 0 }
+    return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0
   }
 }
