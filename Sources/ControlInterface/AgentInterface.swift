@@ -11,11 +11,12 @@ public enum AgentInterface {
   /// The default socket path (`$RUNTIME_DIRECTORY/io.licenseagent.Agent`).
   public static let defaultSocketPath = "/run/license-agent/io.licenseagent.Agent"
 
-  public static let methods: Set<String> = ["GetStatus", "AddKey", "CheckKey", "RemoveReserve"]
+  public static let methods: Set<String> = ["GetStatus", "AddKey", "CheckKey", "RemoveReserve", "Activate"]
 
   public static let ruleViolation = "io.licenseagent.Agent.RuleViolation"
   public static let permissionDenied = "io.licenseagent.Agent.PermissionDenied"
   public static let storageFailure = "io.licenseagent.Agent.StorageFailure"
+  public static let activationFailed = "io.licenseagent.Agent.ActivationFailed"
 
   /// The version of the `GetStatus` reply and of `agentctl status --json`.
   public static let statusSchemaVersion = 1
@@ -38,10 +39,24 @@ public enum AgentInterface {
       units: int,
       notBefore: string,
       expiresAt: string,
-      # How the key arrived: "key" (added as a key file)
+      # How the key arrived: "key" (added as a key file) or "activation-code"
       source: string,
+      # The last 5 characters of the activation code the key keeps (never the code)
+      codeHint: ?string,
       addedAt: ?string,
       promotedAt: ?string
+    )
+
+    # The renewal of an expired key with its activation code.
+    type Renewal (
+      # retrying, or stopped after a permanent failure
+      state: (retrying, stopped),
+      attempts: int,
+      nextAttemptAt: ?string,
+      lastError: ?string,
+      # MANUAL_ACTIVATION_REQUIRED was raised and is pending
+      alert: bool,
+      codeHint: string
     )
 
     # The key a slot last had, when it expired with nothing to take over.
@@ -53,20 +68,22 @@ public enum AgentInterface {
     # One slot in use.
     type SlotStatus (
       slot: (server, workstation, processors, cores),
-      # active: an active key is valid; expired: the licence of this slot has lapsed
-      status: (active, expired),
+      # active: an active key is valid; expired: the licence of this slot has lapsed;
+      # renewing: expired, and being renewed with the activation code
+      status: (active, expired, renewing),
       active: ?Key,
       reserve: ?Key,
       expired: ?ExpiredKey,
       # What takes over when the active key expires: reserve, activation-code or none
       takeover: string,
-      secondsLeft: ?int
+      secondsLeft: ?int,
+      renewal: ?Renewal
     )
 
     # The next instant the agent will act.
     type NextAction (
       at: string,
-      # promotion, expiry or warning
+      # promotion, expiry, warning, renewal or alert
       action: string,
       slot: (server, workstation, processors, cores),
       serial: string,
@@ -76,7 +93,7 @@ public enum AgentInterface {
     # A warning about the configuration of keys, for a person.
     type Warning (
       slot: ?(server, workstation, processors, cores),
-      # no_reserve, reserve_missing_for_os_type, expiring_without_takeover, slot_expired
+      # no_reserve, reserve_missing_for_os_type, expiring_without_takeover, slot_expired, renewing
       code: string,
       message: string
     )
@@ -118,6 +135,19 @@ public enum AgentInterface {
       message: string
     )
 
+    # Manual activation: obtains the key for an activation code from the activation server
+    # and adds it (rules A or R); the key keeps the code and renews itself at expiry.
+    method Activate(code: string, role: (active, reserve)) -> (
+      slot: (server, workstation, processors, cores),
+      role: (active, reserve),
+      key: Key,
+      unchanged: bool,
+      replacedSerial: ?string,
+      droppedReserveSerial: ?string,
+      removedSerials: []string,
+      message: string
+    )
+
     # Removes the reserve key of a slot.
     method RemoveReserve(slot: (server, workstation, processors, cores)) -> (removed: Key)
 
@@ -129,6 +159,10 @@ public enum AgentInterface {
 
     # The state could not be written; nothing was changed.
     error StorageFailure (message: string)
+
+    # The activation server did not give a key for the code; nothing was changed.
+    # transient: a network or server problem (try again later); otherwise the code itself.
+    error ActivationFailed (error: string, message: string, transient: bool)
 
     """
 }
@@ -147,11 +181,13 @@ public struct KeyInfo: Codable, Sendable, Equatable {
   public var notBefore: String
   public var expiresAt: String
   public var source: String
+  public var codeHint: String?
   public var addedAt: String?
   public var promotedAt: String?
 
   public init(
-    _ key: LicenseKey, source: String = "key", addedAt: Timestamp? = nil, promotedAt: Timestamp? = nil
+    _ key: LicenseKey, source: String = "key", codeHint: String? = nil, addedAt: Timestamp? = nil,
+    promotedAt: Timestamp? = nil
   ) {
     let c = key.claims
     serial = c.serial
@@ -166,6 +202,7 @@ public struct KeyInfo: Codable, Sendable, Equatable {
     notBefore = c.notBefore.rfc3339
     expiresAt = c.expiresAt.rfc3339
     self.source = source
+    self.codeHint = codeHint
     self.addedAt = addedAt?.rfc3339
     self.promotedAt = promotedAt?.rfc3339
   }
@@ -193,6 +230,26 @@ public struct SlotStatus: Codable, Sendable, Equatable {
   public var expired: ExpiredKeyInfo?
   public var takeover: String
   public var secondsLeft: Int?
+  public var renewal: RenewalInfo?
+}
+
+/// The renewal state of a slot on the wire (never the code: its hint).
+public struct RenewalInfo: Codable, Sendable, Equatable {
+  public var state: String
+  public var attempts: Int
+  public var nextAttemptAt: String?
+  public var lastError: String?
+  public var alert: Bool
+  public var codeHint: String
+
+  public init(_ renewal: RenewalState) {
+    state = renewal.nextAttemptAt != nil || renewal.attemptStartedAt != nil ? "retrying" : "stopped"
+    attempts = renewal.attempts
+    nextAttemptAt = renewal.nextAttemptAt?.rfc3339
+    lastError = renewal.lastError
+    alert = renewal.alertRaised
+    codeHint = renewal.code.hint
+  }
 }
 
 public struct NextAction: Codable, Sendable, Equatable {

@@ -10,6 +10,7 @@ public enum StatusBuilder {
   ) -> StatusReply {
     var slots: [SlotStatus] = []
     var warnings: [StatusWarning] = []
+    var alerts = alerts
     let firstThreshold = engine.configuration.warningThresholds.max() ?? .days(30)
     for slot in state.slotsInUse {
       let slotState = state[slot]
@@ -20,7 +21,8 @@ public enum StatusBuilder {
           SlotStatus(
             slot: slot.rawValue, status: "active", active: KeyInfo(active),
             reserve: slotState.reserve.map(KeyInfo.init),
-            expired: nil, takeover: takeover.rawValue, secondsLeft: Int(max(left, 0) / 1_000_000)))
+            expired: nil, takeover: takeover.rawValue, secondsLeft: Int(max(left, 0) / 1_000_000),
+            renewal: nil))
         if takeover == .none {
           if left <= firstThreshold.microseconds {
             warnings.append(
@@ -39,18 +41,32 @@ public enum StatusBuilder {
           }
         }
       } else if let expired = slotState.expired {
+        let renewal = slotState.renewal.map(RenewalInfo.init)
         slots.append(
           SlotStatus(
-            slot: slot.rawValue, status: "expired", active: nil, reserve: nil,
+            slot: slot.rawValue, status: renewal == nil ? "expired" : "renewing", active: nil, reserve: nil,
             expired: ExpiredKeyInfo(serial: expired.serial, expiresAt: expired.expiresAt.rfc3339),
-            takeover: "none",
-            secondsLeft: nil))
-        warnings.append(
-          StatusWarning(
-            slot: slot.rawValue, code: "slot_expired",
-            message:
-              "\(slot.rawValue): the licence expired at \(expired.expiresAt) (key \(expired.serial)); add an active key (agentctl add-key FILE)."
-          ))
+            takeover: renewal == nil ? "none" : "activation-code", secondsLeft: nil, renewal: renewal))
+        if let renewal = slotState.renewal {
+          if renewal.alertRaised {
+            alerts.append(
+              "\(slot.rawValue): MANUAL ACTIVATION REQUIRED: \(expired.serial) expired at \(expired.expiresAt) and renewal with the code …\(renewal.code.hint) failed (\(renewal.lastError ?? "not renewed in time")); run agentctl activate --code-file FILE."
+            )
+          }
+          warnings.append(
+            StatusWarning(
+              slot: slot.rawValue, code: "renewing",
+              message:
+                "\(slot.rawValue): key \(expired.serial) expired at \(expired.expiresAt); renewing with the activation code …\(renewal.code.hint) (\(renewal.attempts) failed attempt\(renewal.attempts == 1 ? "" : "s")\(renewal.lastError.map { ", last: \($0)" } ?? ""))."
+            ))
+        } else {
+          warnings.append(
+            StatusWarning(
+              slot: slot.rawValue, code: "slot_expired",
+              message:
+                "\(slot.rawValue): the licence expired at \(expired.expiresAt) (key \(expired.serial)); add an active key (agentctl add-key FILE)."
+            ))
+        }
       }
     }
     // R2: an SVM protecting both OS types needs a reserve for each.
@@ -88,6 +104,14 @@ public enum StatusBuilder {
         at: wake.at.rfc3339, action: takeover == .reserve ? "promotion" : "expiry", slot: slot.rawValue,
         serial: serial,
         description: "\(slot.rawValue): \(what)")
+    case .renewal(let slot, let serial, let attempt):
+      return NextAction(
+        at: wake.at.rfc3339, action: "renewal", slot: slot.rawValue, serial: serial,
+        description: "\(slot.rawValue): renewal attempt \(attempt) with the activation code")
+    case .alert(let slot, let serial):
+      return NextAction(
+        at: wake.at.rfc3339, action: "alert", slot: slot.rawValue, serial: serial,
+        description: "\(slot.rawValue): MANUAL_ACTIVATION_REQUIRED unless renewed before then")
     case .warning(let slot, let serial, let threshold):
       return NextAction(
         at: wake.at.rfc3339, action: "warning", slot: slot.rawValue, serial: serial,
@@ -99,7 +123,7 @@ public enum StatusBuilder {
   /// pending, 1 when a key expires within the first warning threshold with nothing to take
   /// over, else 0.
   public static func exitCode(_ status: StatusReply) -> Int32 {
-    if !status.alerts.isEmpty || status.slots.contains(where: { $0.status == "expired" }) { return 2 }
+    if !status.alerts.isEmpty || status.slots.contains(where: { $0.status != "active" }) { return 2 }
     if status.warnings.contains(where: { $0.code == "expiring_without_takeover" }) { return 1 }
     return 0
   }

@@ -8,6 +8,35 @@ public enum Action: Sendable, Equatable {
   case emit(JournalEvent)
   /// Arm the wall-clock timer at this instant (nil: nothing to wait for).
   case wake(Wake?)
+  /// Ask the activation server, through the activation client, for the key that continues
+  /// the licence of a slot (C2). The result comes back as `activationSucceeded` or
+  /// `activationFailed`.
+  case activate(ActivationRequest)
+}
+
+/// One renewal attempt to make.
+public struct ActivationRequest: Sendable, Equatable {
+  public var slot: Slot
+  public var code: ActivationCode
+  /// The serial of the key to continue (`currentSerial` of the request).
+  public var currentSerial: String?
+  /// 1 for the attempt at the instant of expiry.
+  public var attempt: Int
+
+  public init(slot: Slot, code: ActivationCode, currentSerial: String?, attempt: Int) {
+    self.slot = slot
+    self.code = code
+    self.currentSerial = currentSerial
+    self.attempt = attempt
+  }
+}
+
+/// How a renewal attempt failed, as the contract's table classifies it.
+public enum ActivationFailure: Sendable, Equatable {
+  /// Network, timeout, 408/429/5xx, plugin exit 75: retried (C3), honouring `retryAfter`.
+  case transient(error: String, retryAfter: TimeSpan?)
+  /// Invalid, blocked, exhausted or expired code, or an unusable reply: not retried (C3), alert (C4).
+  case permanent(error: String)
 }
 
 /// The next instant the agent must act, and why (for `agentctl status` and the timer).
@@ -17,6 +46,10 @@ public struct Wake: Sendable, Equatable {
     case expiry(slot: Slot, serial: String, takeover: Takeover)
     /// An EXPIRING_SOON threshold of the active key of `slot` is reached.
     case warning(slot: Slot, serial: String, threshold: String)
+    /// The next renewal attempt of `slot` is due.
+    case renewal(slot: Slot, serial: String, attempt: Int)
+    /// The alert delay after the expiry of `serial` ends without a renewal (C4).
+    case alert(slot: Slot, serial: String)
   }
   public var at: Timestamp
   public var reason: Reason
@@ -81,13 +114,24 @@ public struct EngineConfiguration: Sendable, Equatable {
   public var product: String
   /// EXPIRING_SOON thresholds before `exp` (W1).
   public var warningThresholds: [TimeSpan]
+  /// Renewal backoff (C3) and alert delay (C4).
+  public var retryInitial: TimeSpan
+  public var retryMax: TimeSpan
+  public var alertAfter: TimeSpan
 
   public static let defaultProduct = "svm-protection"
   public static let defaultWarningThresholds: [TimeSpan] = [.days(30), .days(7), .days(1), .hours(1)]
 
-  public init(product: String = defaultProduct, warningThresholds: [TimeSpan] = defaultWarningThresholds) {
+  public init(
+    product: String = defaultProduct, warningThresholds: [TimeSpan] = defaultWarningThresholds,
+    retryInitial: TimeSpan = .seconds(5), retryMax: TimeSpan = .minutes(10),
+    alertAfter: TimeSpan = .minutes(30)
+  ) {
     self.product = product
     self.warningThresholds = warningThresholds
+    self.retryInitial = retryInitial
+    self.retryMax = retryMax
+    self.alertAfter = alertAfter
   }
 }
 
@@ -110,7 +154,7 @@ public struct LicenseEngine: Sendable {
   /// The activation task: adds `text` as the active key (A1–A5) or as the reserve (R1–R9).
   /// A refused reserve leaves the state untouched and logs RESERVE_REJECTED.
   public func addKey(
-    _ text: String, role: Role, replaceScheme: Bool = false, origin: KeyOrigin = .key, now: Timestamp,
+    _ text: String, role: Role, replaceScheme: Bool = false, code: ActivationCode? = nil, now: Timestamp,
     state: LicenseState
   ) -> Decision {
     switch plan(text, role: role, replaceScheme: replaceScheme, now: now, state: state) {
@@ -124,7 +168,7 @@ public struct LicenseEngine: Sendable {
       }
       var next = state
       var events: [JournalEvent] = []
-      apply(plan, origin: origin, now: now, to: &next, events: &events)
+      apply(plan, code: code, now: now, to: &next, events: &events)
       return commit(next, events: events, result: .success(.added(plan.added)))
     }
   }
@@ -167,6 +211,7 @@ public struct LicenseEngine: Sendable {
   public func timeReached(now: Timestamp, state: LicenseState) -> Decision {
     var next = state
     var events: [JournalEvent] = []
+    var requests: [ActivationRequest] = []
     for slot in state.slotsInUse {
       guard let active = next[slot].active, active.expiresAt <= now else { continue }
       let lateness = now.microseconds(since: active.expiresAt)
@@ -187,6 +232,16 @@ public struct LicenseEngine: Sendable {
             message:
               "Reserve key \(reserve.serial) is now the active \(slot.rawValue) key: \(active.serial) expired at \(active.expiresAt)\(late). The new key expires at \(reserve.expiresAt); add the next reserve before then.",
             fields: fields))
+      } else if let code = active.activationCode {
+        // C2: no reserve, but a code: renew at once, the first attempt at the instant of
+        // expiry (in this same decision: one durable write before the first request).
+        next[slot] = SlotState(
+          expired: ExpiredKey(
+            serial: active.serial, expiresAt: active.expiresAt, scheme: active.claims.scheme),
+          renewal: RenewalState(
+            code: code, expiredSerial: active.serial, expiredAt: active.expiresAt, nextAttemptAt: nil,
+            attemptStartedAt: now))
+        requests.append(ActivationRequest(slot: slot, code: code, currentSerial: active.serial, attempt: 1))
       } else {
         // P4 / P6: nothing valid takes over; the slot is expired.
         let reserveNote =
@@ -205,6 +260,24 @@ public struct LicenseEngine: Sendable {
       }
     }
     for slot in next.slotsInUse {
+      guard var renewal = next[slot].renewal else { continue }
+      // C4: not renewed within the alert delay: alert, once.
+      if !renewal.alertRaised && now >= renewal.expiredAt + configuration.alertAfter {
+        renewal.alertRaised = true
+        events.append(manualActivationRequired(slot: slot, renewal: renewal))
+      }
+      // A retry that is due.
+      if let due = renewal.nextAttemptAt, due <= now, renewal.attemptStartedAt == nil {
+        renewal.nextAttemptAt = nil
+        renewal.attemptStartedAt = now
+        requests.append(
+          ActivationRequest(
+            slot: slot, code: renewal.code, currentSerial: renewal.expiredSerial,
+            attempt: renewal.attempts + 1))
+      }
+      next[slot].renewal = renewal
+    }
+    for slot in next.slotsInUse {
       guard let active = next[slot].active else { continue }
       let due = configuration.warningThresholds
         .filter { active.expiresAt - $0 <= now && !next[slot].warned.contains($0.description) }
@@ -214,10 +287,132 @@ public struct LicenseEngine: Sendable {
       next[slot].warned.append(contentsOf: due.map(\.description))
       events.append(expiringSoon(slot: slot, active: active, threshold: mostUrgent, state: next, now: now))
     }
-    if events.isEmpty {
+    if next == state {
       return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(.timeProcessed))
     }
+    var decision = commit(next, events: events, result: .success(.timeProcessed))
+    decision.actions += requests.map(Action.activate)
+    return decision
+  }
+
+  /// Attempts that were under way when the agent stopped (a crash): to make again at start.
+  public func interruptedAttempts(_ state: LicenseState) -> [ActivationRequest] {
+    state.slotsInUse.compactMap { slot in
+      guard let renewal = state[slot].renewal, renewal.attemptStartedAt != nil else { return nil }
+      return ActivationRequest(
+        slot: slot, code: renewal.code, currentSerial: renewal.expiredSerial, attempt: renewal.attempts + 1)
+    }
+  }
+
+  /// The activation server gave `text` for the renewal of `slot` (C2): checked as A1 and
+  /// installed as the active key, keeping the code; ACTIVATION_RENEWED clears the alert.
+  /// A key that fails the checks is a permanent failure (`bad_key_from_server`).
+  public func activationSucceeded(slot: Slot, key text: String, now: Timestamp, state: LicenseState)
+    -> Decision
+  {
+    guard let renewal = state[slot].renewal, renewal.attemptStartedAt != nil else {
+      // The slot was resolved meanwhile (an operator added a key): nothing to do.
+      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(.timeProcessed))
+    }
+    let checked = plan(text, role: .active, replaceScheme: false, now: now, state: state)
+    guard case .success(let plan) = checked, plan.added.slot == slot, plan.clearSlots.isEmpty else {
+      let reason: String
+      switch checked {
+      case .failure(let violation): reason = "\(violation.rule) \(violation.code)"
+      case .success(let plan): reason = "a key for the \(plan.added.slot.rawValue) slot"
+      }
+      return activationFailed(
+        slot: slot, failure: .permanent(error: "bad_key_from_server (\(reason))"), jitter: 0, now: now,
+        state: state)
+    }
+    var next = state
+    let key = plan.added.key
+    next[slot] = SlotState(
+      active: InstalledKey(key: key, origin: .activationCode, addedAt: now, activationCode: renewal.code),
+      warned: passedThresholds(of: key.claims.expiresAt, at: now))
+    var fields = keyFields(slot: slot, key)
+    fields += [
+      .init("LICENSE_PREVIOUS_SERIAL", renewal.expiredSerial),
+      .init("LICENSE_ATTEMPT", String(renewal.attempts + 1)),
+      .init("LICENSE_CODE_HINT", renewal.code.hint),
+    ]
+    let cleared = renewal.alertRaised ? " The manual-activation alert is cleared." : ""
+    let event = JournalEvent(
+      .activationRenewed,
+      message:
+        "The \(slot.rawValue) licence was renewed with its activation code (…\(renewal.code.hint)): key \(key.serial) continues \(renewal.expiredSerial), until \(key.claims.expiresAt) (attempt \(renewal.attempts + 1)).\(cleared)",
+      fields: fields)
+    return commit(next, events: [event], result: .success(.timeProcessed))
+  }
+
+  /// A renewal attempt of `slot` failed (C3, C4). Transient: retried after the backoff delay
+  /// (`jitter` uniform in [0, 1), given by the caller so that the engine stays pure),
+  /// honouring `Retry-After`; permanent: no retry, MANUAL_ACTIVATION_REQUIRED at once.
+  public func activationFailed(
+    slot: Slot, failure: ActivationFailure, jitter: Double, now: Timestamp, state: LicenseState
+  ) -> Decision {
+    guard var renewal = state[slot].renewal, renewal.attemptStartedAt != nil else {
+      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(.timeProcessed))
+    }
+    renewal.attempts += 1
+    renewal.attemptStartedAt = nil
+    var events: [JournalEvent] = []
+    switch failure {
+    case .transient(let error, let retryAfter):
+      renewal.lastError = error
+      let delay = renewalRetryDelay(
+        failures: renewal.attempts, initial: configuration.retryInitial, maximum: configuration.retryMax,
+        jitter: jitter, retryAfter: retryAfter)
+      let nextAttempt = now + delay
+      renewal.nextAttemptAt = nextAttempt
+      if isLoggedAttempt(renewal.attempts) {
+        var fields: [JournalEvent.Field] = [
+          .init("LICENSE_SLOT", slot.rawValue), .init("LICENSE_SERIAL", renewal.expiredSerial),
+          .init("LICENSE_EXPIRES_AT", renewal.expiredAt.rfc3339),
+        ]
+        fields += [
+          .init("LICENSE_ATTEMPT", String(renewal.attempts)), .init("LICENSE_ERROR", error),
+          .init("LICENSE_NEXT_ATTEMPT_AT", nextAttempt.rfc3339),
+          .init("LICENSE_CODE_HINT", renewal.code.hint),
+        ]
+        events.append(
+          JournalEvent(
+            .activationAttemptFailed,
+            message:
+              "Renewing the \(slot.rawValue) licence failed (attempt \(renewal.attempts): \(error)); the next attempt is at \(nextAttempt). Check the network path to the activation server.",
+            fields: fields))
+      }
+      if !renewal.alertRaised && now >= renewal.expiredAt + configuration.alertAfter {
+        renewal.alertRaised = true
+        events.append(manualActivationRequired(slot: slot, renewal: renewal))
+      }
+    case .permanent(let error):
+      renewal.lastError = error
+      renewal.nextAttemptAt = nil
+      if !renewal.alertRaised {
+        renewal.alertRaised = true
+        events.append(manualActivationRequired(slot: slot, renewal: renewal))
+      }
+    }
+    var next = state
+    next[slot].renewal = renewal
     return commit(next, events: events, result: .success(.timeProcessed))
+  }
+
+  private func manualActivationRequired(slot: Slot, renewal: RenewalState) -> JournalEvent {
+    let error = renewal.lastError ?? "not renewed within \(configuration.alertAfter) of the expiry"
+    let fields: [JournalEvent.Field] = [
+      .init("LICENSE_SLOT", slot.rawValue), .init("LICENSE_SERIAL", renewal.expiredSerial),
+      .init("LICENSE_EXPIRES_AT", renewal.expiredAt.rfc3339), .init("LICENSE_ERROR", error),
+      .init("LICENSE_ATTEMPT", String(renewal.attempts)), .init("LICENSE_CODE_HINT", renewal.code.hint),
+    ]
+    let retrying =
+      renewal.nextAttemptAt != nil ? " The agent keeps retrying." : " The agent will not retry this code."
+    return JournalEvent(
+      .manualActivationRequired,
+      message:
+        "MANUAL ACTIVATION REQUIRED: the \(slot.rawValue) licence expired at \(renewal.expiredAt) (key \(renewal.expiredSerial)) and could not be renewed with the activation code …\(renewal.code.hint): \(error).\(retrying) Run `agentctl activate --code-file FILE` with a valid code, or add a key with `agentctl add-key FILE`.",
+      fields: fields)
   }
 
   /// The wall clock was stepped by `deltaMicroseconds` (T1): logs CLOCK_CHANGED and
@@ -241,6 +436,20 @@ public struct LicenseEngine: Sendable {
       if best == nil || wake.at < best!.at { best = wake }
     }
     for slot in state.slotsInUse {
+      if let renewal = state[slot].renewal {
+        if let due = renewal.nextAttemptAt {
+          consider(
+            Wake(
+              at: due,
+              reason: .renewal(slot: slot, serial: renewal.expiredSerial, attempt: renewal.attempts + 1)))
+        }
+        if !renewal.alertRaised {
+          consider(
+            Wake(
+              at: renewal.expiredAt + configuration.alertAfter,
+              reason: .alert(slot: slot, serial: renewal.expiredSerial)))
+        }
+      }
       guard let active = state[slot].active else { continue }
       consider(
         Wake(
@@ -259,7 +468,8 @@ public struct LicenseEngine: Sendable {
 
   /// What takes over when the slot's active key expires.
   public func takeover(_ slot: SlotState) -> Takeover {
-    slot.reserve != nil ? .reserve : .none
+    if slot.reserve != nil { return .reserve }
+    return slot.active?.activationCode != nil ? .activationCode : .none
   }
 
   // MARK: - Planning (the rules)
@@ -464,11 +674,12 @@ public struct LicenseEngine: Sendable {
   // MARK: - Applying
 
   private func apply(
-    _ plan: Plan, origin: KeyOrigin, now: Timestamp, to state: inout LicenseState,
+    _ plan: Plan, code: ActivationCode?, now: Timestamp, to state: inout LicenseState,
     events: inout [JournalEvent]
   ) {
     let added = plan.added
-    let installed = InstalledKey(key: added.key, origin: origin, addedAt: now)
+    let installed = InstalledKey(
+      key: added.key, origin: code == nil ? .key : .activationCode, addedAt: now, activationCode: code)
     var fields = keyFields(slot: added.slot, added.key)
     if let replaced = added.replacedSerial { fields.append(.init("LICENSE_REPLACED_SERIAL", replaced)) }
     switch added.role {

@@ -2,6 +2,9 @@
 public enum KeyOrigin: String, Sendable, Codable, Equatable {
   /// Added by an operator as a key (`agentctl add-key`, `AddKey`).
   case key
+  /// Obtained from the activation server with an activation code, which the key keeps
+  /// (rule C1) to renew itself at expiry (C2).
+  case activationCode = "activation-code"
 }
 
 /// A key held in a slot, with where it came from.
@@ -12,12 +15,18 @@ public struct InstalledKey: Sendable, Equatable, Codable {
   public var addedAt: Timestamp
   /// When a reserve key became active by promotion (P1).
   public var promotedAt: Timestamp?
+  /// The code a key obtained with an activation code keeps (a secret: see ``ActivationCode``).
+  public var activationCode: ActivationCode?
 
-  public init(key: LicenseKey, origin: KeyOrigin, addedAt: Timestamp, promotedAt: Timestamp? = nil) {
+  public init(
+    key: LicenseKey, origin: KeyOrigin, addedAt: Timestamp, promotedAt: Timestamp? = nil,
+    activationCode: ActivationCode? = nil
+  ) {
     self.key = key
     self.origin = origin
     self.addedAt = addedAt
     self.promotedAt = promotedAt
+    self.activationCode = activationCode
   }
 
   public var claims: LicenseClaims { key.claims }
@@ -32,6 +41,42 @@ public struct ExpiredKey: Sendable, Equatable, Codable {
   public var scheme: Scheme
 }
 
+/// The renewal of a slot whose code-mode key expired with no reserve (rules C2–C4): the
+/// retry schedule survives restarts because it is part of the state.
+public struct RenewalState: Sendable, Equatable, Codable {
+  /// The code to renew with (a secret).
+  public var code: ActivationCode
+  /// The key that expired, and when (the alert delay counts from this instant).
+  public var expiredSerial: String
+  public var expiredAt: Timestamp
+  /// Failed attempts so far.
+  public var attempts: Int
+  /// When the next attempt is due; nil once a permanent failure stopped the retries.
+  public var nextAttemptAt: Timestamp?
+  /// The last failure, as the client reported it (`code_blocked`, `connection refused`...).
+  public var lastError: String?
+  /// MANUAL_ACTIVATION_REQUIRED was raised (once) and is pending.
+  public var alertRaised: Bool
+  /// When the attempt under way started; set while the client runs. An attempt found under
+  /// way at start-up was interrupted by a crash and is made again.
+  public var attemptStartedAt: Timestamp?
+
+  public init(
+    code: ActivationCode, expiredSerial: String, expiredAt: Timestamp, attempts: Int = 0,
+    nextAttemptAt: Timestamp?,
+    lastError: String? = nil, alertRaised: Bool = false, attemptStartedAt: Timestamp? = nil
+  ) {
+    self.code = code
+    self.expiredSerial = expiredSerial
+    self.expiredAt = expiredAt
+    self.attempts = attempts
+    self.nextAttemptAt = nextAttemptAt
+    self.lastError = lastError
+    self.alertRaised = alertRaised
+    self.attemptStartedAt = attemptStartedAt
+  }
+}
+
 /// One slot: at most one active and one reserve key (rules A3, R9).
 public struct SlotState: Sendable, Equatable, Codable {
   public var active: InstalledKey?
@@ -41,19 +86,22 @@ public struct SlotState: Sendable, Equatable, Codable {
   /// The EXPIRING_SOON thresholds (`30d`, `7d`, ...) already logged, or already passed when
   /// the active key arrived, for the current active key (W1: never twice, never late).
   public var warned: [String]
+  /// Set while the expired code-mode key is being renewed (C2–C4).
+  public var renewal: RenewalState?
 
   public init(
     active: InstalledKey? = nil, reserve: InstalledKey? = nil, expired: ExpiredKey? = nil,
-    warned: [String] = []
+    warned: [String] = [], renewal: RenewalState? = nil
   ) {
     self.active = active
     self.reserve = reserve
     self.expired = expired
     self.warned = warned
+    self.renewal = renewal
   }
 
   /// True when the slot holds nothing worth keeping.
-  public var isEmpty: Bool { active == nil && reserve == nil && expired == nil }
+  public var isEmpty: Bool { active == nil && reserve == nil && expired == nil && renewal == nil }
 
   /// The scheme of whatever the slot holds (keys or the record of an expired one).
   var scheme: Scheme? { active?.claims.scheme ?? reserve?.claims.scheme ?? expired?.scheme }

@@ -51,7 +51,8 @@ struct Promotion: ParsableCommand {
 
   @Option(help: "Number of promotions.")
   var keys = 100
-  @Option(help: "Time between two expiries (at least 50ms; a state write that stalls longer breaks the chain).")
+  @Option(
+    help: "Time between two expiries (at least 50ms; a state write that stalls longer breaks the chain).")
   var spacing = "500ms"
   @Flag(help: "Print one JSON object.")
   var json = false
