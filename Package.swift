@@ -10,12 +10,15 @@ let package = Package(
     .executable(name: "agentctl", targets: ["agentctl"]),
     .executable(name: "license-keytool", targets: ["license-keytool"]),
     .executable(name: "license-agent-bench", targets: ["license-agent-bench"]),
+    .executable(name: "license-agent-activate-https", targets: ["license-agent-activate-https"]),
+    .executable(name: "activation-server", targets: ["activation-server"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
   ],
   targets: [
     // Debian's libsodium for Ed25519: no crypto compiled on every build (README, "Why libsodium").
@@ -74,6 +77,13 @@ let package = Package(
         "LicenseCore", "LicenseStorage", "SimpleJSON",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
+    ),
+    // The HTTPS activation client program (URLSession): the daemon never links HTTP or TLS.
+    .executableTarget(name: "license-agent-activate-https"),
+    // The reference activation server for labs and tests (FlyingFox: no NIO to build).
+    .executableTarget(
+      name: "activation-server",
+      dependencies: ["LicenseCore", .product(name: "FlyingFox", package: "FlyingFox")]
     ),
     // Benchmarks: figures, not assertions.
     .executableTarget(

@@ -46,13 +46,22 @@ public final class Agent: @unchecked Sendable {
   private var adminGroupID: gid_t?
   /// While the state cannot be written, time processing is retried with this delay.
   private var persistRetry: TimeSpan?
+  /// Activation attempts run here, one at a time, off the agent's queue (they block).
+  private let activationQueue = DispatchQueue(label: "license-agent.activation")
+  /// Slots whose renewal attempt is under way.
+  private var attemptsInFlight: Set<Slot> = []
+  /// Makes the activation client from the configuration (replaceable by tests).
+  private let makeActivationClient: @Sendable (AgentConfiguration, Logger) -> ActivationClient
   public private(set) var startedAt: Timestamp
 
   public init(
     paths: AgentPaths, configuration: AgentConfiguration, trust: TrustStore, store: StateStore,
     sink: EventSink,
-    clock: WallClock = SystemWallClock(), notifier: Notifier = ServiceNotifier(), logger: Logger
+    clock: WallClock = SystemWallClock(), notifier: Notifier = ServiceNotifier(), logger: Logger,
+    makeActivationClient: @escaping @Sendable (AgentConfiguration, Logger) -> ActivationClient = Agent
+      .execClient
   ) {
+    self.makeActivationClient = makeActivationClient
     self.paths = paths
     self.configuration = configuration
     self.engine = LicenseEngine(configuration: configuration.engine, trust: trust)
@@ -116,6 +125,8 @@ public final class Agent: @unchecked Sendable {
     // P3: promote or expire what passed while the agent was not running, then schedule.
     let now = clock.now()
     carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
+    // Renewal attempts a crash interrupted are made again.
+    for request in engine.interruptedAttempts(state) { startAttempt(request) }
 
     let server = VarlinkServer(
       path: paths.socketPath, queue: queue,
@@ -126,7 +137,7 @@ public final class Agent: @unchecked Sendable {
         VarlinkInterface(
           name: AgentInterface.name, description: AgentInterface.description, methods: AgentInterface.methods
         ) {
-          [unowned self] call, peer in self.handle(call, peer: peer)
+          [unowned self] call, peer, respond in self.handle(call, peer: peer, respond: respond)
         }
       ])
     do {
@@ -134,7 +145,7 @@ public final class Agent: @unchecked Sendable {
     } catch {
       throw AgentStartError(
         description:
-          "\(error.description); check that \(paths.runtimeDirectory) exists and is writable (RuntimeDirectory=)"
+          "\(error); check that \(paths.runtimeDirectory) exists and is writable (RuntimeDirectory=)"
       )
     }
     self.server = server
@@ -248,6 +259,7 @@ public final class Agent: @unchecked Sendable {
     } else {
       for event in decision.events { sink.send(event, transition: nil) }
     }
+    for case .activate(let request) in decision.actions { startAttempt(request) }
     if persistRetry == nil { timer?.arm(at: engine.nextWake(state)?.at) }
     notifier.notify("STATUS=\(statusLine())")
     scheduleTrim()
@@ -292,6 +304,100 @@ public final class Agent: @unchecked Sendable {
     if (try? store.save(acknowledged)) != nil { state = acknowledged }
   }
 
+  // MARK: - Renewal (C2–C4)
+
+  /// The default client: the shipped HTTPS client program or the site's command, run through
+  /// the exec protocol; its standard error goes to the journal.
+  public static func execClient(_ configuration: AgentConfiguration, _ logger: Logger) -> ActivationClient {
+    let activation = configuration.activation
+    let command =
+      activation.client == .exec ? activation.command : [ExecActivationClient.shippedHTTPSClient()]
+    return ExecActivationClient(
+      command: command, url: activation.url, proxy: activation.proxy, caFile: activation.caFile,
+      timeout: activation.attemptTimeout, product: configuration.product,
+      machineID: ExecActivationClient.machineID(),
+      logStderr: { text in logger.warning("Activation client: \(text)") })
+  }
+
+  /// Runs one renewal attempt off the queue; its outcome goes back through the engine.
+  private func startAttempt(_ request: ActivationRequest) {
+    guard !attemptsInFlight.contains(request.slot) else { return }
+    attemptsInFlight.insert(request.slot)
+    let client = makeActivationClient(configuration, logger)
+    logger.info(
+      "Renewal attempt",
+      metadata: [
+        "slot": "\(request.slot.rawValue)", "attempt": "\(request.attempt)",
+        "code_hint": "\(request.code.hint)",
+      ])
+    activationQueue.async { [weak self] in
+      let outcome = client.activate(code: request.code, currentSerial: request.currentSerial)
+      guard let self else { return }
+      self.queue.async { self.finishAttempt(request, outcome) }
+    }
+  }
+
+  private func finishAttempt(_ request: ActivationRequest, _ outcome: ActivationOutcome) {
+    attemptsInFlight.remove(request.slot)
+    let now = clock.now()
+    switch outcome {
+    case .key(let text):
+      carryOut(
+        engine.activationSucceeded(slot: request.slot, key: text, now: now, state: state), decidedAt: now)
+    case .failure(let failure):
+      carryOut(
+        engine.activationFailed(
+          slot: request.slot, failure: failure, jitter: Double.random(in: 0..<1), now: now, state: state),
+        decidedAt: now)
+    }
+  }
+
+  /// Manual activation (C5): obtains the key for `code` and adds it like AddKey, keeping the
+  /// code. Answers through `respond` once the activation server has answered.
+  private func activate(code: ActivationCode, role: Role, respond: VarlinkResponder) {
+    let client = makeActivationClient(configuration, logger)
+    logger.info("Manual activation", metadata: ["role": "\(role.rawValue)", "code_hint": "\(code.hint)"])
+    activationQueue.async { [weak self] in
+      let outcome = client.activate(code: code, currentSerial: nil)
+      guard let self else { return }
+      self.queue.async {
+        switch outcome {
+        case .failure(let failure):
+          let (error, transient): (String, Bool)
+          switch failure {
+          case .transient(let text, _): (error, transient) = (text, true)
+          case .permanent(let text): (error, transient) = (text, false)
+          }
+          let advice =
+            transient
+            ? "The activation server could not be reached or was busy; nothing was changed. Try again later."
+            : "The activation server refused the code …\(code.hint); nothing was changed. Check the code with the vendor."
+          respond(
+            .failure(
+              VarlinkError(
+                AgentInterface.activationFailed,
+                ["error": .string(error), "message": .string(advice), "transient": .bool(transient)])))
+        case .key(let text):
+          let now = self.clock.now()
+          let decision = self.engine.addKey(text, role: role, code: code, now: now, state: self.state)
+          switch decision.result {
+          case .failure(let violation):
+            self.carryOut(decision, decidedAt: now)
+            respond(.failure(Self.error(violation)))
+          case .success(.added(let added)):
+            if let failure = self.carryOut(decision, decidedAt: now) {
+              respond(.failure(Self.storageFailure(failure)))
+            } else {
+              respond(.success(varlinkParameters(AddKeyReply(added, checkOnly: false))))
+            }
+          case .success:
+            respond(.failure(.methodNotImplemented("Activate")))
+          }
+        }
+      }
+    }
+  }
+
   // MARK: - Status
 
   /// One line for systemd's STATUS=: `server: KS-1 until 2026-12-31 09:00 UTC, reserve ready; ...`.
@@ -330,9 +436,26 @@ public final class Agent: @unchecked Sendable {
     peer.uid == 0 || peer.uid == getuid() || (adminGroupID.map(peer.isMember) ?? false)
   }
 
-  /// Answers one call of `io.licenseagent.Agent` (on `queue`).
-  func handle(_ call: VarlinkCall, peer: PeerCredentials) -> VarlinkReply {
+  /// Answers one call of `io.licenseagent.Agent` (on `queue`); nil when `respond` will.
+  func handle(_ call: VarlinkCall, peer: PeerCredentials, respond: VarlinkResponder) -> VarlinkReply? {
     switch call.member {
+    case "Activate":
+      if let denied = deny(peer, call.member) { return denied }
+      if let extra = call.parameters.keys.sorted().first(where: { !["code", "role"].contains($0) }) {
+        return .failure(.invalidParameter(extra))
+      }
+      guard let text = call.parameters["code"]?.stringValue else {
+        return .failure(.invalidParameter("code"))
+      }
+      guard let role = call.parameters["role"]?.stringValue.flatMap(Role.init(rawValue:)) else {
+        return .failure(.invalidParameter("role"))
+      }
+      // Checked for shape here: a malformed code never reaches the network.
+      guard let code = ActivationCode(text) else {
+        return .failure(Self.error(ActivationCode.formatViolation()))
+      }
+      activate(code: code, role: role, respond: respond)
+      return nil
     case "GetStatus":
       if let extra = call.parameters.keys.sorted().first { return .failure(.invalidParameter(extra)) }
       return .success(varlinkParameters(status()))

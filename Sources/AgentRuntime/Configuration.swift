@@ -27,7 +27,9 @@ public struct AgentConfiguration: Sendable, Equatable {
 
   /// The rules engine's part of the configuration.
   public var engine: EngineConfiguration {
-    EngineConfiguration(product: product, warningThresholds: warningThresholds)
+    EngineConfiguration(
+      product: product, warningThresholds: warningThresholds, retryInitial: activation.retryInitial,
+      retryMax: activation.retryMax, alertAfter: activation.alertAfter)
   }
 
   /// Reads `path`; a missing file is the default configuration.

@@ -13,6 +13,7 @@
 #endif
 
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+extern int pipe2(int pipefd[2], int flags);
 
 /// Accepts a connection as a non-blocking, close-on-exec socket.
 static inline int clinux_accept_nonblocking(int fd) {

@@ -50,17 +50,25 @@ public struct VarlinkServiceInfo: Sendable {
   }
 }
 
+/// Answers a call later: for a handler that returned nil. Call it exactly once, from any
+/// thread; the connection's later calls wait until then, so replies stay in order.
+public struct VarlinkResponder: Sendable {
+  let deliver: @Sendable (VarlinkReply) -> Void
+  public func callAsFunction(_ reply: VarlinkReply) { deliver(reply) }
+}
+
 /// One interface a server serves: its IDL (served verbatim by GetInterfaceDescription), the
-/// methods it declares, and the handler for calls to them.
+/// methods it declares, and the handler for calls to them. The handler returns the reply,
+/// or nil when it will answer later through the responder.
 public struct VarlinkInterface: Sendable {
   public var name: String
   public var description: String
   public var methods: Set<String>
-  public var handler: @Sendable (VarlinkCall, PeerCredentials) -> VarlinkReply
+  public var handler: @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder) -> VarlinkReply?
 
   public init(
     name: String, description: String, methods: Set<String>,
-    handler: @escaping @Sendable (VarlinkCall, PeerCredentials) -> VarlinkReply
+    handler: @escaping @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder) -> VarlinkReply?
   ) {
     self.name = name
     self.description = description
@@ -160,8 +168,9 @@ public final class VarlinkServer: @unchecked Sendable {
         Glibc.close(fd)
         continue
       }
-      let connection = Connection(fd: fd, peer: peer, queue: queue) { [weak self] call, peer in
-        self?.answer(call, peer: peer) ?? .failure(.methodNotImplemented(call.method))
+      let connection = Connection(fd: fd, peer: peer, queue: queue) { [weak self] call, peer, responder in
+        guard let self else { return .failure(.methodNotImplemented(call.method)) }
+        return self.answer(call, peer: peer, responder: responder)
       } onClose: { [weak self] fd in
         self?.connections[fd] = nil
       }
@@ -171,7 +180,9 @@ public final class VarlinkServer: @unchecked Sendable {
   }
 
   /// Routes a call: `org.varlink.service` is answered here, the rest by its interface.
-  private func answer(_ call: VarlinkCall, peer: PeerCredentials) -> VarlinkReply {
+  private func answer(_ call: VarlinkCall, peer: PeerCredentials, responder: VarlinkResponder)
+    -> VarlinkReply?
+  {
     if call.upgrade { return .failure(.methodNotImplemented(call.method)) }
     if call.interface == "org.varlink.service" {
       switch call.member {
@@ -204,7 +215,7 @@ public final class VarlinkServer: @unchecked Sendable {
       return .failure(.interfaceNotFound(call.interface))
     }
     guard interface.methods.contains(call.member) else { return .failure(.methodNotFound(call.method)) }
-    return interface.handler(call, peer)
+    return interface.handler(call, peer, responder)
   }
 
   /// The IDL of `org.varlink.service`, as the reference implementations serve it.
@@ -254,8 +265,10 @@ private final class Connection: @unchecked Sendable {
   let fd: Int32
   let peer: PeerCredentials
   let queue: DispatchQueue
-  let handle: (VarlinkCall, PeerCredentials) -> VarlinkReply
+  let handle: (VarlinkCall, PeerCredentials, VarlinkResponder) -> VarlinkReply?
   let onClose: (Int32) -> Void
+  /// A deferred reply is awaited: later calls wait, so that replies stay in order.
+  var awaitingReply = false
   var framer = MessageFramer()
   var readSource: DispatchSourceRead?
   var writeSource: DispatchSourceWrite?
@@ -266,7 +279,8 @@ private final class Connection: @unchecked Sendable {
 
   init(
     fd: Int32, peer: PeerCredentials, queue: DispatchQueue,
-    handle: @escaping (VarlinkCall, PeerCredentials) -> VarlinkReply, onClose: @escaping (Int32) -> Void
+    handle: @escaping (VarlinkCall, PeerCredentials, VarlinkResponder) -> VarlinkReply?,
+    onClose: @escaping (Int32) -> Void
   ) {
     self.fd = fd
     self.peer = peer
@@ -302,14 +316,30 @@ private final class Connection: @unchecked Sendable {
 
   func processMessages() {
     do {
-      while !closed, let message = try framer.next() {
+      while !closed, !awaitingReply, let message = try framer.next() {
         let call = try VarlinkCall.parse(message)
-        let reply = handle(call, peer)
-        if !call.oneway { send(reply.serialized) }
+        let queue = self.queue
+        let oneway = call.oneway
+        let connection = WeakConnection(self)
+        let responder = VarlinkResponder { reply in
+          queue.async { connection.value?.finishDeferred(reply, oneway: oneway) }
+        }
+        if let reply = handle(call, peer, responder) {
+          if !call.oneway { send(reply.serialized) }
+        } else {
+          awaitingReply = true
+        }
       }
     } catch {
       close()
     }
+  }
+
+  func finishDeferred(_ reply: VarlinkReply, oneway: Bool) {
+    guard !closed else { return }
+    awaitingReply = false
+    if !oneway { send(reply.serialized) }
+    processMessages()
   }
 
   func send(_ text: String) {
@@ -355,6 +385,13 @@ private final class Connection: @unchecked Sendable {
     readSource = nil
     onClose(fd)
   }
+}
+
+/// A weak reference that can cross threads: the connection itself is confined to the
+/// server's queue, and only dereferenced there.
+private final class WeakConnection: @unchecked Sendable {
+  weak var value: Connection?
+  init(_ value: Connection) { self.value = value }
 }
 
 func errnoText() -> String { String(cString: strerror(errno)) }

@@ -22,7 +22,7 @@ struct AgentCtl: ParsableCommand {
       may not change keys (not root, not in the admin group).
       """,
     version: "0.1.0",
-    subcommands: [Status.self, AddKey.self, CheckKey.self, RemoveReserve.self]
+    subcommands: [Status.self, AddKey.self, CheckKey.self, RemoveReserve.self, Activate.self]
   )
 }
 
@@ -39,9 +39,11 @@ struct ConnectionOptions: ParsableArguments {
   }
 
   /// Calls a method of io.licenseagent.Agent; exits 3 when the agent cannot be reached.
-  func call(_ member: String, _ parameters: [String: JSONValue] = [:]) throws -> VarlinkReply {
+  func call(_ member: String, _ parameters: [String: JSONValue] = [:], timeoutSeconds: Int = 30) throws
+    -> VarlinkReply
+  {
     do {
-      let client = try VarlinkClient(path: socketPath, timeoutSeconds: 30)
+      let client = try VarlinkClient(path: socketPath, timeoutSeconds: timeoutSeconds)
       return try client.call("\(AgentInterface.name).\(member)", parameters)
     } catch {
       printError(
@@ -84,6 +86,10 @@ func fail(_ error: VarlinkError) throws -> Never {
   case AgentInterface.permissionDenied:
     printError("agentctl: permission denied: \(message)")
     throw ExitCode(77)
+  case AgentInterface.activationFailed:
+    let reason = error.parameters["error"]?.stringValue ?? "?"
+    printError("agentctl: activation failed (\(reason)): \(message)")
+    throw ExitCode(error.parameters["transient"]?.boolValue == true ? 75 : 1)
   case AgentInterface.storageFailure:
     printError("agentctl: the agent could not write its state: \(message)")
     throw ExitCode(74)
@@ -170,6 +176,68 @@ struct RemoveReserve: ParsableCommand {
       print(
         "Removed reserve key \(removed.removed.serial) from the \(slot) slot; nothing takes over at expiry now."
       )
+    case .failure(let error):
+      try fail(error)
+    }
+  }
+}
+
+struct Activate: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Manual activation: get the key for an activation code and add it; it renews itself at expiry.",
+    discussion: """
+      The code is read from a file (--code-file, keep it 0600) or standard input \
+      (--code-stdin), never echoed. --code puts it on the command line, where shell history \
+      and ps can see it: accepted, with a warning. A code is 4 groups of 5 letters or digits \
+      (ABCDE-12345-FGHIJ-67890); another shape is refused without contacting the server. \
+      Exit status: 0 added, 1 refused (code or rule), 75 the activation server was \
+      unreachable or busy (try again), 3 agent unreachable, 64 usage error, 77 not allowed.
+      """)
+
+  @OptionGroup var connection: ConnectionOptions
+  @Option(help: "A file holding the activation code.")
+  var codeFile: String?
+  @Flag(help: "Read the activation code from standard input.")
+  var codeStdin = false
+  @Option(help: "The activation code itself (visible to other users in ps; prefer --code-file).")
+  var code: String?
+  @Flag(help: "Add the key as the slot's reserve.")
+  var reserve = false
+
+  func validate() throws {
+    let sources = [codeFile != nil, codeStdin, code != nil].filter { $0 }.count
+    guard sources == 1 else {
+      throw ValidationError("give the code with exactly one of --code-file FILE, --code-stdin or --code")
+    }
+  }
+
+  func run() throws {
+    let text: String
+    if let codeFile {
+      guard let data = FileManager.default.contents(atPath: codeFile) else {
+        throw ValidationError("cannot read the code from \(codeFile)")
+      }
+      text = String(decoding: data, as: UTF8.self)
+    } else if codeStdin {
+      text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+    } else {
+      printError(
+        "agentctl: warning: a code on the command line is visible in ps and shell history; prefer --code-file or --code-stdin"
+      )
+      text = code ?? ""
+    }
+    // Checked here too, so that a mistyped code fails at once, without even the agent.
+    guard let activationCode = ActivationCode(text) else {
+      printError(
+        "agentctl: refused by rule C5 (invalid_code_format): \(ActivationCode.formatViolation().message)")
+      throw ExitCode(1)
+    }
+    let parameters: [String: JSONValue] = [
+      "code": .string(activationCode.value), "role": .string(reserve ? "reserve" : "active"),
+    ]
+    switch try connection.call("Activate", parameters, timeoutSeconds: 300) {
+    case .success(let reply):
+      print(try decodeParameters(AddKeyReply.self, from: reply).message)
     case .failure(let error):
       try fail(error)
     }

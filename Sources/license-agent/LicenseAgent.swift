@@ -36,6 +36,9 @@ struct LicenseAgentMain {
     """
 
   static func main() async {
+    // A client that disconnects mid-reply, or an activation client that exits before reading
+    // its input, must not kill the agent.
+    signal(SIGPIPE, SIG_IGN)
     let arguments = Array(CommandLine.arguments.dropFirst())
     if arguments == ["--version"] {
       print("license-agent \(Agent.version)")

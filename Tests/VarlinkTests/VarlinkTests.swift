@@ -67,9 +67,17 @@ import Varlink
         interfaces: [
           VarlinkInterface(
             name: "org.example.test",
-            description: "interface org.example.test\nmethod Echo(x: ?object) -> (x: ?object, uid: int)\n",
-            methods: ["Echo"]
-          ) { call, peer in
+            description:
+              "interface org.example.test\nmethod Echo(x: ?object) -> (x: ?object, uid: int)\nmethod Later() -> (later: bool)\n",
+            methods: ["Echo", "Later"]
+          ) { call, peer, respond in
+            if call.member == "Later" {
+              // Answered later, from another thread.
+              DispatchQueue(label: "later").asyncAfter(deadline: .now() + 0.2) {
+                respond(.success(["later": .bool(true)]))
+              }
+              return nil
+            }
             var reply = call.parameters
             reply["uid"] = .number(Double(peer.uid))
             return .success(reply)
@@ -128,6 +136,20 @@ import Varlink
     try client.send(VarlinkCall(method: "org.example.test.Echo", parameters: ["x": .number(3)]).serialized)
     #expect(try client.receive() == .success(["x": .number(2), "uid": .number(Double(getuid()))]))
     #expect(try client.receive() == .success(["x": .number(3), "uid": .number(Double(getuid()))]))
+  }
+
+  @Test func aDeferredReplyKeepsTheOrderOfReplies() throws {
+    let f = try Fixture()
+    let client = try VarlinkClient(path: f.path)
+    try client.send(VarlinkCall(method: "org.example.test.Later").serialized)
+    try client.send(VarlinkCall(method: "org.example.test.Echo", parameters: ["x": .number(7)]).serialized)
+    #expect(try client.receive() == .success(["later": .bool(true)]))
+    #expect(try client.receive() == .success(["x": .number(7), "uid": .number(Double(getuid()))]))
+    // Other connections are not held up meanwhile.
+    try client.send(VarlinkCall(method: "org.example.test.Later").serialized)
+    let other = try VarlinkClient(path: f.path)
+    #expect(try other.call("org.example.test.Echo").isSuccess)
+    #expect(try client.receive() == .success(["later": .bool(true)]))
   }
 
   @Test func aMalformedMessageEndsOnlyItsConnection() throws {

@@ -1,0 +1,134 @@
+import Foundation
+import LicenseCore
+import SimpleJSON
+
+/// What one activation attempt produced.
+public enum ActivationOutcome: Sendable, Equatable {
+  /// The server's key (not yet checked: the engine checks it as A1).
+  case key(String)
+  case failure(ActivationFailure)
+}
+
+/// Asks the activation server for a key. Blocking: called from the agent's activation queue.
+public protocol ActivationClient: Sendable {
+  func activate(code: ActivationCode, currentSerial: String?) -> ActivationOutcome
+}
+
+/// The exec activation client of contract §3: runs a program (no shell) per attempt, writes
+/// the request JSON of §2 on its standard input, passes the server's URL, proxy, CA file and
+/// attempt timeout in the environment, and reads its standard output: exit 0 and
+/// `{"key": ...}` is success; exit 75 is transient (with an optional `{"retryAfter": s}`);
+/// any other exit is permanent (`{"error", "message"}` read if present); a program running
+/// past the attempt timeout is killed and counts as transient. Its standard error goes to
+/// the journal through `logStderr`.
+///
+/// `client = "https"` runs the shipped `license-agent-activate-https` this way, so the daemon
+/// itself never links an HTTP or TLS stack; `client = "exec"` runs the site's command.
+public struct ExecActivationClient: ActivationClient {
+  public var command: [String]
+  public var url: String?
+  public var proxy: String?
+  public var caFile: String?
+  public var timeout: TimeSpan
+  public var product: String
+  public var machineID: String
+  public var logStderr: @Sendable (String) -> Void
+
+  public init(
+    command: [String], url: String?, proxy: String?, caFile: String?, timeout: TimeSpan, product: String,
+    machineID: String, logStderr: @escaping @Sendable (String) -> Void
+  ) {
+    self.command = command
+    self.url = url
+    self.proxy = proxy
+    self.caFile = caFile
+    self.timeout = timeout
+    self.product = product
+    self.machineID = machineID
+    self.logStderr = logStderr
+  }
+
+  /// The request body of contract §2.
+  public func requestBody(code: ActivationCode, currentSerial: String?) -> String {
+    JSONValue.object([
+      "activationCode": .string(code.value), "product": .string(product), "machineId": .string(machineID),
+      "currentSerial": currentSerial.map(JSONValue.string) ?? .null,
+    ]).serialized
+  }
+
+  /// The environment of the program: the agent's own (PATH, locale, proxies) plus the
+  /// contract's variables.
+  public func environment() -> [String: String] {
+    var env = ProcessInfo.processInfo.environment
+    for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"] {
+      env.removeValue(forKey: name)
+    }
+    env["LICENSE_AGENT_URL"] = url ?? ""
+    env["LICENSE_AGENT_PROXY"] = proxy ?? ""
+    env["LICENSE_AGENT_CA_FILE"] = caFile ?? ""
+    env["LICENSE_AGENT_TIMEOUT_SEC"] = String(max(timeout.microseconds / 1_000_000, 1))
+    return env
+  }
+
+  public func activate(code: ActivationCode, currentSerial: String?) -> ActivationOutcome {
+    let result = runChild(
+      command, environment: environment(),
+      input: Array(requestBody(code: code, currentSerial: currentSerial).utf8),
+      timeout: timeout)
+    let stderr = String(decoding: result.stderr, as: UTF8.self).trimmingCharacters(
+      in: .whitespacesAndNewlines)
+    if !stderr.isEmpty { logStderr(String(stderr.prefix(4000))) }
+    return Self.outcome(of: result, timeout: timeout)
+  }
+
+  /// Classifies a finished attempt (contract §3).
+  public static func outcome(of result: ChildResult, timeout: TimeSpan) -> ActivationOutcome {
+    if let spawnError = result.spawnError {
+      return .failure(.transient(error: spawnError, retryAfter: nil))
+    }
+    if result.timedOut {
+      return .failure(.transient(error: "timeout: no answer within \(timeout)", retryAfter: nil))
+    }
+    let reply = JSONValue.parse(result.stdout)?.objectValue ?? [:]
+    let error = reply["error"]?.stringValue
+    let message = reply["message"]?.stringValue
+    let described = [error, message].compactMap { $0 }.joined(separator: ": ")
+    switch result.exitStatus {
+    case 0?:
+      guard let key = reply["key"]?.stringValue, !key.isEmpty else {
+        return .failure(.permanent(error: "bad_key_from_server (the client's reply holds no key)"))
+      }
+      return .key(key)
+    case 75?:
+      var retryAfter: TimeSpan?
+      if case .number(let seconds)? = reply["retryAfter"], seconds.isFinite, seconds >= 0, seconds < 1e7 {
+        retryAfter = TimeSpan(microseconds: Int64(seconds * 1_000_000))
+      }
+      return .failure(
+        .transient(
+          error: described.isEmpty ? "temporary failure (exit 75)" : described, retryAfter: retryAfter))
+    case let status?:
+      return .failure(
+        .permanent(error: described.isEmpty ? "the activation client failed (exit \(status))" : described))
+    case nil:
+      return .failure(.transient(error: "the activation client was killed by a signal", retryAfter: nil))
+    }
+  }
+
+  /// The shipped HTTPS client program: next to the daemon's own executable, else in
+  /// /usr/libexec/license-agent/.
+  public static func shippedHTTPSClient() -> String {
+    let name = "license-agent-activate-https"
+    if let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
+      let sibling = (executable as NSString).deletingLastPathComponent + "/" + name
+      if FileManager.default.isExecutableFile(atPath: sibling) { return sibling }
+    }
+    return "/usr/libexec/license-agent/" + name
+  }
+
+  /// This machine's id (`/etc/machine-id`), or empty.
+  public static func machineID() -> String {
+    (try? String(contentsOfFile: "/etc/machine-id", encoding: .utf8))?.trimmingCharacters(
+      in: .whitespacesAndNewlines) ?? ""
+  }
+}

@@ -1,0 +1,143 @@
+import CLinux
+import Glibc
+import LicenseCore
+
+/// The result of running a program to completion (or to its deadline).
+public struct ChildResult: Sendable, Equatable {
+  /// The exit status, or nil when the program was killed by a signal or could not start.
+  public var exitStatus: Int32?
+  public var stdout: [UInt8]
+  public var stderr: [UInt8]
+  /// The deadline passed and the program was killed.
+  public var timedOut: Bool
+  /// Why the program could not be started, when it could not.
+  public var spawnError: String?
+}
+
+/// Runs a program without a shell (`posix_spawn`), feeds it `input` on standard input,
+/// collects its standard output and error (each capped at `maximumOutput` bytes), and kills
+/// it when `timeout` passes. Blocking: call it from a queue of its own.
+///
+/// Written with `posix_spawn` and `poll` rather than Foundation's `Process`, which waits
+/// for children on libdispatch's global queues: the first job there starts a 1-second timer
+/// that would wake the idle agent forever (see QueueTaskExecutor).
+public func runChild(
+  _ argv: [String], environment: [String: String], input: [UInt8], timeout: TimeSpan,
+  maximumOutput: Int = 1 << 20
+) -> ChildResult {
+  var result = ChildResult(exitStatus: nil, stdout: [], stderr: [], timedOut: false, spawnError: nil)
+  guard let program = argv.first else {
+    result.spawnError = "no program to run"
+    return result
+  }
+  var inPipe: [Int32] = [0, 0]
+  var outPipe: [Int32] = [0, 0]
+  var errPipe: [Int32] = [0, 0]
+  guard pipe2(&inPipe, O_CLOEXEC) == 0 else { return failed(&result, "pipe") }
+  guard pipe2(&outPipe, O_CLOEXEC) == 0 else {
+    close(inPipe[0])
+    close(inPipe[1])
+    return failed(&result, "pipe")
+  }
+  guard pipe2(&errPipe, O_CLOEXEC) == 0 else {
+    for fd in inPipe + outPipe { close(fd) }
+    return failed(&result, "pipe")
+  }
+  var actions = posix_spawn_file_actions_t()
+  posix_spawn_file_actions_init(&actions)
+  defer { posix_spawn_file_actions_destroy(&actions) }
+  posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
+  posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
+  posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+  var attributes = posix_spawnattr_t()
+  posix_spawnattr_init(&attributes)
+  defer { posix_spawnattr_destroy(&attributes) }
+  // The child starts with default signal handling (the agent ignores SIGPIPE).
+  var defaults = sigset_t()
+  sigemptyset(&defaults)
+  sigaddset(&defaults, SIGPIPE)
+  posix_spawnattr_setsigdefault(&attributes, &defaults)
+  var mask = sigset_t()
+  sigemptyset(&mask)
+  posix_spawnattr_setsigmask(&attributes, &mask)
+  posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+
+  let cArguments = argv.map { strdup($0) } + [nil]
+  let cEnvironment = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+  defer {
+    for pointer in cArguments { free(pointer) }
+    for pointer in cEnvironment { free(pointer) }
+  }
+  var pid: pid_t = 0
+  let spawned = posix_spawn(&pid, program, &actions, &attributes, cArguments, cEnvironment)
+  close(inPipe[0])
+  close(outPipe[1])
+  close(errPipe[1])
+  guard spawned == 0 else {
+    close(inPipe[1])
+    close(outPipe[0])
+    close(errPipe[0])
+    result.spawnError = "cannot run \(program): \(String(cString: strerror(spawned)))"
+    return result
+  }
+
+  var start = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &start)
+  let deadline = Int64(start.tv_sec) * 1000 + Int64(start.tv_nsec) / 1_000_000 + timeout.microseconds / 1000
+  for fd in [inPipe[1], outPipe[0], errPipe[0]] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+  var stdinFD: Int32 = input.isEmpty ? -1 : inPipe[1]
+  if input.isEmpty { close(inPipe[1]) }
+  var written = 0
+  var open: [Int32] = [outPipe[0], errPipe[0]]
+  var buffer = [UInt8](repeating: 0, count: 65_536)
+  while !open.isEmpty || stdinFD >= 0 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    let remaining = deadline - (Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000)
+    if remaining <= 0 {
+      result.timedOut = true
+      kill(pid, SIGKILL)
+      break
+    }
+    var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+    if stdinFD >= 0 { fds.append(pollfd(fd: stdinFD, events: Int16(POLLOUT), revents: 0)) }
+    let ready = poll(&fds, nfds_t(fds.count), Int32(min(remaining, 1_000_000)))
+    if ready < 0 && errno != EINTR { break }
+    for entry in fds where entry.revents != 0 {
+      if entry.fd == stdinFD {
+        let count = input[written...].withUnsafeBytes { write(stdinFD, $0.baseAddress, $0.count) }
+        if count > 0 { written += count }
+        if count < 0 && errno != EAGAIN && errno != EINTR || written >= input.count {
+          close(stdinFD)
+          stdinFD = -1
+        }
+        continue
+      }
+      let count = read(entry.fd, &buffer, buffer.count)
+      if count > 0 {
+        if entry.fd == outPipe[0] {
+          if result.stdout.count < maximumOutput {
+            result.stdout += buffer[0..<min(count, maximumOutput - result.stdout.count)]
+          }
+        } else if result.stderr.count < maximumOutput {
+          result.stderr += buffer[0..<min(count, maximumOutput - result.stderr.count)]
+        }
+      } else if count == 0 || (errno != EAGAIN && errno != EINTR) {
+        open.removeAll { $0 == entry.fd }
+        close(entry.fd)
+      }
+    }
+  }
+  if stdinFD >= 0 { close(stdinFD) }
+  for fd in open { close(fd) }
+  var status: Int32 = 0
+  while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+  // WIFEXITED / WEXITSTATUS, which Swift does not import.
+  if status & 0x7f == 0 { result.exitStatus = (status >> 8) & 0xff }
+  return result
+}
+
+private func failed(_ result: inout ChildResult, _ what: String) -> ChildResult {
+  result.spawnError = "\(what): \(String(cString: strerror(errno)))"
+  return result
+}
