@@ -209,8 +209,8 @@ public struct KeyInfo: Codable, Sendable, Equatable {
 
   public init(_ installed: InstalledKey) {
     self.init(
-      installed.key, source: installed.origin.rawValue, addedAt: installed.addedAt,
-      promotedAt: installed.promotedAt)
+      installed.key, source: installed.origin.rawValue, codeHint: installed.activationCode?.hint,
+      addedAt: installed.addedAt, promotedAt: installed.promotedAt)
   }
 
   /// `vm-count/server`, `cores`.

@@ -1,0 +1,290 @@
+import Foundation
+import Glibc
+import LicenseCore
+import LicenseTestSupport
+import Testing
+
+/// Activation-code mode end to end: the built daemon, the shipped HTTPS client program, the
+/// reference activation server (or an exec plugin script), and the real journal.
+@Suite(.serialized) struct ActivationEndToEndTests {
+  static let code = "ABCDE-12345-FGHIJ-67890"
+  /// Short delays so that the tests run in seconds.
+  static let fast = """
+    attempt-timeout = "2s"
+    retry-initial = "300ms"
+    retry-max = "1s"
+    alert-after = "3s"
+    """
+
+  init() throws {
+    try #require(AgentHarness.journalIsRunning, "no journal socket: start systemd-journald (.ci/run does)")
+  }
+
+  /// An agent configured for `lab`, with the code activated (its key valid `validity`).
+  func activated(lab: ActivationLab, agent: AgentHarness) throws -> String {
+    try "[activation]\nurl = \"\(lab.url)\"\n\(Self.fast)\n".write(
+      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    #expect(try agent.start())
+    let codeFile = agent.root + "/code"
+    try Self.code.write(toFile: codeFile, atomically: true, encoding: .utf8)
+    chmod(codeFile, 0o600)
+    let result = try agent.agentctl(["activate", "--code-file", codeFile])
+    #expect(result.status == 0, "\(result.stderr)")
+    let status = try statusJSON(agent)
+    let slot = try #require((status["slots"] as? [[String: Any]])?.first)
+    let active = try #require(slot["active"] as? [String: Any])
+    #expect(active["source"] as? String == "activation-code")
+    #expect(active["codeHint"] as? String == "67890")
+    return try #require(active["serial"] as? String)
+  }
+
+  func statusJSON(_ agent: AgentHarness) throws -> [String: Any] {
+    let result = try agent.agentctl(["status", "--json"])
+    return try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+  }
+
+  func events(_ agent: AgentHarness, _ kind: EventKind, count: Int = 1, seconds: Double = 15) throws
+    -> [[String: String]]
+  {
+    try agent.waitForJournal(
+      ["MESSAGE_ID=\(kind.messageID)", "_PID=\(agent.pid!)"], count: count, seconds: seconds)
+  }
+
+  @Test func C2_renewsAtExpiryThrough503And429WithRetryAfter() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "3s")])
+    let first = try activated(lab: lab, agent: agent)
+    try lab.faults(#"{"failNext": 1, "status": 503, "retryAfter": 2}"#)
+    let failed503 = try #require(try events(agent, .activationAttemptFailed).first)
+    #expect(failed503["LICENSE_ERROR"]?.hasPrefix("http_503") == true)
+    #expect(failed503["LICENSE_ATTEMPT"] == "1")
+    #expect(failed503["LICENSE_CODE_HINT"] == "67890")
+    try lab.faults(#"{"failNext": 1, "status": 429, "retryAfter": 1}"#)
+    let failures = try events(agent, .activationAttemptFailed, count: 2)
+    let failed429 = try #require(failures.last)
+    #expect(failed429["LICENSE_ERROR"]?.hasPrefix("http_429") == true)
+    // Retry-After honoured: the next attempt is at least 1 s after the failure.
+    let loggedAt = try #require(failed429["__REALTIME_TIMESTAMP"].flatMap(Int64.init))
+    let next = try #require(failed429["LICENSE_NEXT_ATTEMPT_AT"].flatMap(Timestamp.init(rfc3339:)))
+    #expect(next.microseconds - loggedAt >= 900_000)
+    let renewed = try #require(try events(agent, .activationRenewed).first)
+    #expect(renewed["PRIORITY"] == "5")
+    #expect(renewed["LICENSE_ATTEMPT"] == "3")
+    #expect(renewed["LICENSE_PREVIOUS_SERIAL"] == first)
+    #expect(renewed["LICENSE_CODE_HINT"] == "67890")
+    // The renewal requests name the key they continue, and came at or after its expiry.
+    let requests = try lab.requests()
+    #expect(requests.count == 4)
+    #expect(requests.dropFirst().allSatisfy { $0["currentSerial"] == first })
+    #expect(try StatusExit.of(agent) == 0)
+  }
+
+  @Test func C4_aServerThatStaysDownAlertsAfterTheDelayAndRenewsWhenItReturns() throws {
+    let agent = try AgentHarness()
+    var lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "2s")])
+    _ = try activated(lab: lab, agent: agent)
+    lab.stop()  // connection refused from now on
+    let alert = try #require(try events(agent, .manualActivationRequired).first)
+    #expect(alert["PRIORITY"] == "1")
+    #expect(alert["LICENSE_CODE_HINT"] == "67890")
+    #expect(alert["LICENSE_ERROR"]?.contains("network") == true)
+    let failedSoFar = try agent.journal([
+      "MESSAGE_ID=\(EventKind.activationAttemptFailed.messageID)", "_PID=\(agent.pid!)",
+    ])
+    #expect(failedSoFar.count >= 2)
+    let down = try agent.agentctl(["status"])
+    #expect(down.status == 2)
+    #expect(down.stdout.contains("MANUAL ACTIVATION REQUIRED"))
+    // The server returns (on another port: the configuration is reloaded).
+    lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "1d")])
+    try "[activation]\nurl = \"\(lab.url)\"\n\(Self.fast)\n".write(
+      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    kill(agent.pid!, SIGHUP)
+    let renewed = try #require(try events(agent, .activationRenewed).first)
+    #expect(renewed["MESSAGE"]?.contains("alert is cleared") == true)
+    #expect(try events(agent, .manualActivationRequired).count == 1, "alerted once")
+    #expect(try StatusExit.of(agent) == 0)
+  }
+
+  @Test func C3_aPermanentFailureAlertsAtOnceAndIsNotRetried() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "2s")])
+    _ = try activated(lab: lab, agent: agent)
+    try lab.faults(#"{"failNext": 100, "status": 403, "error": "code_blocked"}"#)
+    let alert = try #require(try events(agent, .manualActivationRequired).first)
+    #expect(alert["LICENSE_ERROR"]?.hasPrefix("code_blocked") == true)
+    #expect(alert["LICENSE_ATTEMPT"] == "1")
+    let requestsAtAlert = try lab.requests().count
+    usleep(1_500_000)
+    #expect(try lab.requests().count == requestsAtAlert, "no retry after a permanent failure")
+    let status = try statusJSON(agent)
+    let renewal = (status["slots"] as? [[String: Any]])?.first?["renewal"] as? [String: Any]
+    #expect(renewal?["state"] as? String == "stopped")
+    #expect(renewal?["alert"] as? Bool == true)
+  }
+
+  @Test func C3_aKeyFromTheServerThatFailsTheChecksIsPermanent() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "2s")])
+    _ = try activated(lab: lab, agent: agent)
+    try lab.faults(#"{"badSignature": true}"#)
+    let alert = try #require(try events(agent, .manualActivationRequired).first)
+    #expect(alert["LICENSE_ERROR"]?.contains("bad_key_from_server") == true)
+    #expect(
+      alert["LICENSE_ERROR"]?.contains("bad_signature") == true
+        || alert["LICENSE_ERROR"]?.contains("invalid_key") == true)
+  }
+
+  @Test func aRestartInTheMiddleOfRetriesContinuesTheSchedule() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "2s")])
+    _ = try activated(lab: lab, agent: agent)
+    try lab.faults(#"{"failNext": 100, "status": 503, "retryAfter": 1}"#)
+    _ = try events(agent, .activationAttemptFailed, count: 2)
+    #expect(agent.stop() == 0)
+    let saved = try statusJSON(agent)  // from the state file: the agent is down
+    let renewal = try #require((saved["slots"] as? [[String: Any]])?.first?["renewal"] as? [String: Any])
+    let attempts = try #require(renewal["attempts"] as? Int)
+    #expect(attempts >= 2)
+    #expect(renewal["nextAttemptAt"] as? String != nil)
+    #expect(try agent.start())
+    let next = try #require(try events(agent, .activationAttemptFailed).first)
+    #expect(next["LICENSE_ATTEMPT"] == String(attempts + 1), "the count continues")
+  }
+
+  @Test func C5_aMalformedCodeIsRefusedWithoutAnyRequest() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "1d")])
+    try "[activation]\nurl = \"\(lab.url)\"\n".write(
+      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    #expect(try agent.start())
+    let result = try agent.agentctl(["activate", "--code-stdin"], input: "ABCDE-12345-FGHIJ\n")
+    #expect(result.status == 1)
+    #expect(result.stderr.contains("invalid_code_format"))
+    let direct = try VarlinkCallHelper.call(
+      agent.socketPath, "io.licenseagent.Agent.Activate", ["code": "not-a-code", "role": "active"])
+    #expect(direct.contains("invalid_code_format"))
+    #expect(try lab.requests().isEmpty)
+  }
+
+  @Test func anExecPluginRenewsThroughTransientFailuresAndTimeouts() throws {
+    let agent = try AgentHarness()
+    let plugin = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/exec_plugin.sh"
+    let pluginDir = agent.root + "/plugin"
+    try FileManager.default.createDirectory(atPath: pluginDir, withIntermediateDirectories: true)
+    agent.environment["PLUGIN_DIR"] = pluginDir
+    let now = AgentHarness.now()
+    try agent.key("EXEC-1", nbf: now - .days(1), exp: now + .seconds(2)).write(
+      toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    try """
+    [activation]
+    client = "exec"
+    command = ["\(plugin)"]
+    url = "https://activation.example.net"
+    \(Self.fast)
+    """.write(toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    #expect(try agent.start())
+    try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
+    #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
+    // The renewal: one timeout, then two exit-75 answers with retryAfter, then the key.
+    try agent.key("EXEC-2", nbf: now - .days(1), exp: now + .days(1)).write(
+      toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    try "sleep".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
+    let timedOut = try #require(try events(agent, .activationAttemptFailed).first)
+    #expect(timedOut["LICENSE_ERROR"]?.contains("timeout") == true)
+    try "fail 2".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
+    let renewed = try #require(try events(agent, .activationRenewed).first)
+    #expect(renewed["LICENSE_SERIAL"] == agent.serial("EXEC-2"))
+    // One or more timeouts (attempts made while the plugin slept), then exactly two busy
+    // answers, then the key: the renewal's attempt number counts them all.
+    let failures = try agent.journal([
+      "MESSAGE_ID=\(EventKind.activationAttemptFailed.messageID)", "_PID=\(agent.pid!)",
+    ])
+    let timeouts = failures.filter { $0["LICENSE_ERROR"]?.contains("timeout") == true }.count
+    let busy = failures.filter { $0["LICENSE_ERROR"]?.hasPrefix("upstream_busy") == true }.count
+    #expect(timeouts >= 1 && busy == 2 && timeouts + busy == failures.count)
+    #expect(renewed["LICENSE_ATTEMPT"] == String(failures.count + 1))
+    // The plugin received the contract's request and environment.
+    let requests = try String(contentsOfFile: pluginDir + "/requests", encoding: .utf8)
+    #expect(requests.contains("\"currentSerial\":\"\(agent.serial("EXEC-1"))\""))
+    #expect(requests.contains("\"product\":\"svm-protection\""))
+    #expect(requests.contains("url=https://activation.example.net timeout=2"))
+    // Its standard error went to the journal.
+    let stderrLogged = try agent.waitForJournal(["_PID=\(agent.pid!)", "PRIORITY=4"])
+    #expect(stderrLogged.contains { $0["MESSAGE"]?.contains("upstream busy") == true })
+  }
+
+  @Test func anExecPluginsPermanentRefusalAlertsAtOnce() throws {
+    let agent = try AgentHarness()
+    let plugin = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/exec_plugin.sh"
+    let pluginDir = agent.root + "/plugin"
+    try FileManager.default.createDirectory(atPath: pluginDir, withIntermediateDirectories: true)
+    agent.environment["PLUGIN_DIR"] = pluginDir
+    let now = AgentHarness.now()
+    try agent.key("EXEC-1", nbf: now - .days(1), exp: now + .seconds(2)).write(
+      toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".write(
+      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    #expect(try agent.start())
+    #expect(try agent.agentctl(["activate", "--code-stdin"], input: Self.code).status == 0)
+    try "permanent".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
+    let alert = try #require(try events(agent, .manualActivationRequired).first)
+    #expect(alert["LICENSE_ERROR"] == "code_blocked: blocked by the vendor")
+    // Manual activation clears it (C5).
+    try "ok".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
+    try agent.key("EXEC-3", nbf: now - .days(1), exp: now + .days(1)).write(
+      toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    #expect(try agent.agentctl(["activate", "--code-stdin"], input: "ZZZZZ-11111-YYYYY-22222").status == 0)
+    #expect(try StatusExit.of(agent) == 0)
+  }
+
+  @Test func C1_noActivationCodeAppearsInTheJournalStatusOrReadableFiles() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "2s")])
+    _ = try activated(lab: lab, agent: agent)
+    try lab.faults(#"{"failNext": 1, "status": 503}"#)
+    _ = try events(agent, .activationRenewed)
+    let journal = try runProcess("/bin/journalctl", ["-o", "json", "--no-pager", "_PID=\(agent.pid!)"])
+    #expect(!journal.stdout.isEmpty)
+    #expect(!journal.stdout.contains(Self.code))
+    #expect(journal.stdout.contains("67890"))
+    for arguments in [["status"], ["status", "--json"]] {
+      let output = try agent.agentctl(arguments)
+      #expect(!output.stdout.contains(Self.code) && !output.stderr.contains(Self.code))
+    }
+    let direct = try VarlinkCallHelper.call(agent.socketPath, "io.licenseagent.Agent.GetStatus", [:])
+    #expect(!direct.contains(Self.code))
+    #expect(
+      try String(contentsOfFile: "/proc/\(agent.pid!)/cmdline", encoding: .utf8).contains(Self.code) == false)
+    // The state file holds it (to renew), readable by its owner only; no file readable by
+    // others holds it.
+    var info = stat()
+    #expect(stat(agent.stateFile, &info) == 0 && info.st_mode & 0o077 == 0)
+    #expect(stat(agent.stateDirectory, &info) == 0 && info.st_mode & 0o777 == 0o700)
+    let files = FileManager.default.enumerator(atPath: agent.root)?.allObjects as? [String] ?? []
+    for file in files {
+      let path = agent.root + "/" + file
+      guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o004 != 0 else {
+        continue
+      }
+      let text = String(decoding: FileManager.default.contents(atPath: path) ?? Data(), as: UTF8.self)
+      #expect(!text.contains(Self.code), "\(file) is readable by others and holds the code")
+    }
+  }
+}
+
+/// agentctl status's exit code.
+enum StatusExit {
+  static func of(_ agent: AgentHarness) throws -> Int32 { try agent.agentctl(["status"]).status }
+}
+
+/// A raw Varlink call through the python-free path: the built agentctl is not needed.
+enum VarlinkCallHelper {
+  static func call(_ socket: String, _ method: String, _ parameters: [String: String]) throws -> String {
+    let body = try JSONSerialization.data(withJSONObject: ["method": method, "parameters": parameters])
+    let script =
+      "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.stdin.buffer.read()+b'\\0'); print(s.recv(65536).rstrip(b'\\0').decode())"
+    return try runProcess(python3(), ["-c", script, socket], input: String(decoding: body, as: UTF8.self))
+      .stdout
+  }
+}

@@ -1,0 +1,27 @@
+#!/bin/sh
+# An exec activation client (contract §3) for the tests: a site's own activation proxy
+# written as nothing but a script. Its behaviour comes from files in $PLUGIN_DIR:
+#   mode      "ok" (default), "fail N" (exit 75 with retryAfter 1, N times), "permanent", "sleep"
+#   key       the key to answer with
+# Each request is appended to $PLUGIN_DIR/requests, with the environment it received.
+set -eu
+dir=${PLUGIN_DIR:?}
+request=$(cat)
+printf '%s url=%s timeout=%s\n' "$request" "$LICENSE_AGENT_URL" "$LICENSE_AGENT_TIMEOUT_SEC" >>"$dir/requests"
+mode=$(cat "$dir/mode" 2>/dev/null || echo ok)
+case "$mode" in
+  fail*)
+    left=${mode#fail }
+    if [ "$left" -gt 0 ]; then
+      echo "fail $((left - 1))" >"$dir/mode"
+      echo "upstream busy" >&2
+      echo '{"error": "upstream_busy", "message": "try later", "retryAfter": 1}'
+      exit 75
+    fi ;;
+  permanent)
+    echo '{"error": "code_blocked", "message": "blocked by the vendor"}'
+    exit 1 ;;
+  sleep)
+    exec sleep 30 ;;
+esac
+printf '{"key": "%s"}\n' "$(cat "$dir/key")"
