@@ -78,8 +78,9 @@ let package = Package(
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
-    // The HTTPS activation client program (URLSession): the daemon never links HTTP or TLS.
-    .executableTarget(name: "license-agent-activate-https"),
+    // The HTTPS activation client program (Debian's libcurl): the daemon never links HTTP or TLS.
+    .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+    .executableTarget(name: "license-agent-activate-https", dependencies: ["CCurl"]),
     // The reference activation server for labs and tests (FlyingFox: no NIO to build).
     .executableTarget(
       name: "activation-server",
@@ -111,6 +112,11 @@ let package = Package(
     .testTarget(
       name: "AgentEndToEndTests",
       dependencies: ["LicenseCore", "LicenseTestSupport"],
+      resources: [.copy("Fixtures")]
+    ),
+    .testTarget(
+      name: "ActivationClientTests",
+      dependencies: ["LicenseTestSupport"],
       resources: [.copy("Fixtures")]
     ),
     .testTarget(

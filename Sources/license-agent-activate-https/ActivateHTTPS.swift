@@ -1,8 +1,5 @@
+import CCurl
 import Foundation
-
-#if canImport(FoundationNetworking)
-  import FoundationNetworking
-#endif
 
 /// `license-agent-activate-https`: the activation client program for `client = "https"`
 /// (contract §2 and §3). The agent runs it once per attempt: the request JSON on standard
@@ -11,9 +8,11 @@ import Foundation
 /// object and exits 0 with `{"key"}`, 75 on a transient failure (`{"error","message",
 /// "retryAfter"?}`), 1 on a permanent one (`{"error","message"}`).
 ///
-/// HTTP through Foundation's URLSession, i.e. Debian's libcurl and OpenSSL: TLS is verified
-/// against the system CA store (or the CA file), `https_proxy`/`no_proxy` are honoured, and
-/// the code that parses what the network sends lives in this short-lived process.
+/// HTTP through Debian's libcurl and OpenSSL, called directly: TLS is verified against the
+/// system CA store or the CA file (CURLOPT_CAINFO, which Foundation's URLSession on Linux
+/// cannot set), `https_proxy`/`no_proxy` are honoured by libcurl, the `proxy` setting
+/// overrides them, redirects are not followed, and the code that parses what the network
+/// sends lives in this short-lived process.
 @main
 struct ActivateHTTPS {
   static let permanentStatuses: Set<Int> = [400, 403, 404, 409, 410, 422]
@@ -48,53 +47,22 @@ struct ActivateHTTPS {
           "message": "\(base) is not https://; plain http is allowed only to a loopback address",
         ])
     }
-    if let proxy = env["LICENSE_AGENT_PROXY"], !proxy.isEmpty {
-      for name in ["https_proxy", "HTTPS_PROXY", "http_proxy"] { setenv(name, proxy, 1) }
-    }
-    if let caFile = env["LICENSE_AGENT_CA_FILE"], !caFile.isEmpty {
-      // swift-corelibs-foundation passes this to libcurl as CURLOPT_CAINFO.
-      setenv("URLSessionCertificateAuthorityInfoFile", caFile, 1)
-    }
     let body = FileHandle.standardInput.readDataToEndOfFile()
-
-    var request = URLRequest(url: url, cachePolicy: .reloadIgnoringLocalCacheData, timeoutInterval: timeout)
-    request.httpMethod = "POST"
-    request.setValue("application/json", forHTTPHeaderField: "Content-Type")
-    request.setValue("application/json", forHTTPHeaderField: "Accept")
-    request.setValue("license-agent-activate-https/0.1", forHTTPHeaderField: "User-Agent")
-    request.httpBody = body
-    let configuration = URLSessionConfiguration.ephemeral
-    configuration.timeoutIntervalForRequest = timeout
-    configuration.timeoutIntervalForResource = timeout
-    configuration.urlCache = nil
-    let session = URLSession(configuration: configuration, delegate: NoRedirects(), delegateQueue: nil)
-    let done = DispatchSemaphore(value: 0)
-    nonisolated(unsafe) var reply: (Data?, URLResponse?, Error?) = (nil, nil, nil)
-    session.dataTask(with: request) { data, response, error in
-      reply = (data, response, error)
-      done.signal()
-    }.resume()
-    if done.wait(timeout: .now() + timeout + 2) == .timedOut {
-      finish(75, ["error": "timeout", "message": "no reply from \(base) within \(Int(timeout)) s"])
-    }
-    let (data, response, error) = reply
-    if let error {
-      finish(75, ["error": "network", "message": "\(base): \(error.localizedDescription)"])
-    }
-    guard let http = response as? HTTPURLResponse else {
-      finish(75, ["error": "network", "message": "\(base): no HTTP reply"])
-    }
-    let payload = data ?? Data()
-    let status = http.statusCode
-    let json =
-      payload.count <= maximumBody
-      ? (try? JSONSerialization.jsonObject(with: payload)) as? [String: Any] : nil
-    if status == 200 {
-      guard payload.count <= maximumBody else {
+    let reply = post(
+      url.absoluteString, body: body, timeout: timeout, proxy: env["LICENSE_AGENT_PROXY"] ?? "",
+      caFile: env["LICENSE_AGENT_CA_FILE"] ?? "")
+    if let error = reply.error {
+      if reply.tooLarge {
         finish(
           1, ["error": "bad_key_from_server", "message": "the reply is larger than \(maximumBody) bytes"])
       }
-      let contentType = http.value(forHTTPHeaderField: "Content-Type") ?? ""
+      finish(75, ["error": "network", "message": "\(base): \(error)"])
+    }
+    let payload = reply.body
+    let status = reply.status
+    let json = (try? JSONSerialization.jsonObject(with: payload)) as? [String: Any]
+    if status == 200 {
+      let contentType = reply.headers["content-type"] ?? ""
       guard contentType.lowercased().contains("json") else {
         finish(
           1,
@@ -119,7 +87,7 @@ struct ActivateHTTPS {
       var object: [String: Any] = [
         "error": "http_\(status)", "message": serverMessage ?? "HTTP \(status) from \(base)",
       ]
-      if let retryAfter = http.value(forHTTPHeaderField: "Retry-After").flatMap(parseRetryAfter) {
+      if let retryAfter = reply.headers["retry-after"].flatMap(parseRetryAfter) {
         object["retryAfter"] = retryAfter
       }
       finish(75, object)
@@ -128,6 +96,81 @@ struct ActivateHTTPS {
       1, ["error": "http_\(status)", "message": serverMessage ?? "unexpected HTTP \(status) from \(base)"])
   }
 
+  /// What libcurl received.
+  final class Reply {
+    var status = 0
+    var body = Data()
+    var headers: [String: String] = [:]
+    var error: String?
+    var tooLarge = false
+  }
+
+  /// One POST with libcurl; blocking, bounded by `timeout`.
+  static func post(_ url: String, body: Data, timeout: Double, proxy: String, caFile: String) -> Reply {
+    let reply = Reply()
+    guard curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK, let curl = curl_easy_init() else {
+      reply.error = "cannot initialise libcurl"
+      return reply
+    }
+    defer { curl_easy_cleanup(curl) }
+    let context = Unmanaged.passUnretained(reply).toOpaque()
+    var headers: UnsafeMutablePointer<curl_slist>?
+    for header in ["Content-Type: application/json", "Accept: application/json", "Expect:"] {
+      headers = curl_slist_append(headers, header)
+    }
+    defer { curl_slist_free_all(headers) }
+    let bytes = [UInt8](body)
+    lac_setopt_string(curl, CURLOPT_URL, url)
+    lac_setopt_string(curl, CURLOPT_PROTOCOLS_STR, "http,https")
+    lac_setopt_long(curl, CURLOPT_POST, 1)
+    lac_setopt_long(curl, CURLOPT_POSTFIELDSIZE, bytes.count)
+    lac_setopt_long(curl, CURLOPT_FOLLOWLOCATION, 0)
+    lac_setopt_long(curl, CURLOPT_NOSIGNAL, 1)
+    lac_setopt_long(curl, CURLOPT_TIMEOUT_MS, Int(timeout * 1000))
+    lac_setopt_string(curl, CURLOPT_USERAGENT, "license-agent-activate-https/0.1")
+    lac_setopt_pointer(curl, CURLOPT_HTTPHEADER, headers)
+    if !proxy.isEmpty { lac_setopt_string(curl, CURLOPT_PROXY, proxy) }
+    if !caFile.isEmpty { lac_setopt_string(curl, CURLOPT_CAINFO, caFile) }
+    lac_setopt_pointer(curl, CURLOPT_WRITEDATA, context)
+    lac_setopt_callback(curl, CURLOPT_WRITEFUNCTION) { data, size, count, context in
+      let reply = Unmanaged<Reply>.fromOpaque(context!).takeUnretainedValue()
+      let length = size * count
+      guard reply.body.count + length <= ActivateHTTPS.maximumBody else {
+        reply.tooLarge = true
+        return 0  // aborts the transfer
+      }
+      if let data {
+        reply.body.append(UnsafeRawPointer(data).assumingMemoryBound(to: UInt8.self), count: length)
+      }
+      return length
+    }
+    lac_setopt_pointer(curl, CURLOPT_HEADERDATA, context)
+    lac_setopt_callback(curl, CURLOPT_HEADERFUNCTION) { data, size, count, context in
+      let reply = Unmanaged<Reply>.fromOpaque(context!).takeUnretainedValue()
+      let length = size * count
+      if let data {
+        let line = String(decoding: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
+        if line.hasPrefix("HTTP/") { reply.headers = [:] }  // a new response (e.g. after 100 Continue)
+        if let colon = line.firstIndex(of: ":") {
+          reply.headers[line[..<colon].lowercased()] = line[line.index(after: colon)...]
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+      }
+      return length
+    }
+    let code = bytes.withUnsafeBufferPointer { buffer -> CURLcode in
+      lac_setopt_pointer(curl, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: buffer.baseAddress))
+      return curl_easy_perform(curl)
+    }
+    if code != CURLE_OK {
+      reply.error = String(cString: curl_easy_strerror(code))
+      return reply
+    }
+    var status = 0
+    lac_getinfo_long(curl, CURLINFO_RESPONSE_CODE, &status)
+    reply.status = status
+    return reply
+  }
   /// `Retry-After` as seconds: a number of seconds, or an HTTP date.
   static func parseRetryAfter(_ value: String) -> Int? {
     let trimmed = value.trimmingCharacters(in: .whitespaces)
@@ -150,16 +193,5 @@ struct ActivateHTTPS {
       FileHandle.standardOutput.write(data + Data("\n".utf8))
     }
     exit(status)
-  }
-}
-
-/// Redirects are not followed: an activation server answers itself, and a redirect could
-/// lead to plain http or another host.
-final class NoRedirects: NSObject, URLSessionTaskDelegate, @unchecked Sendable {
-  func urlSession(
-    _ session: URLSession, task: URLSessionTask, willPerformHTTPRedirection response: HTTPURLResponse,
-    newRequest request: URLRequest, completionHandler: @escaping (URLRequest?) -> Void
-  ) {
-    completionHandler(nil)
   }
 }

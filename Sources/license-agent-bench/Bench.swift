@@ -15,7 +15,7 @@ struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "license-agent-bench",
     abstract: "Benchmarks of license-agent on this machine.",
-    subcommands: [Promotion.self, Idle.self])
+    subcommands: [Promotion.self, Idle.self, Renewal.self])
 }
 
 func now() -> Timestamp {
@@ -430,5 +430,130 @@ struct Idle: ParsableCommand {
       let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") })
     else { return 0 }
     return Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0
+  }
+}
+
+struct Renewal: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Delay from a code-mode key's exp to the first renewal request at a local activation server.",
+    discussion: """
+      Starts the reference activation-server and the agent (both next to this program) on \
+      loopback, activates a code whose keys last --validity, and after each expiry reads \
+      the time the server received the renewal request. The path measured is the real one: \
+      wall-clock timer, durable state write, the shipped HTTPS client program started per \
+      attempt, and its HTTP request.
+      """)
+
+  @Option(help: "How many renewals to measure.")
+  var count = 10
+  @Option(help: "The validity of each key the server gives (each renewal waits this long).")
+  var validity = "2s"
+  @Flag(help: "Print one JSON object.")
+  var json = false
+
+  func run() throws {
+    let directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+      .deletingLastPathComponent().path
+    let root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-renewal-\(getpid())"
+    try? FileManager.default.removeItem(atPath: root)
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    for dir in ["etc/trusted-issuers", "state", "run"] {
+      try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
+    }
+    let issuer = JWK.generate(kid: "bench")
+    try issuer.publicJSON.write(
+      toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
+    try issuer.privateJSON.write(toFile: root + "/issuer.private.jwk", atomically: true, encoding: .utf8)
+    let code = "BENCH-12345-RENEW-00000"
+    try """
+    {"codes": {"\(code)": {"state": "valid", "serial": "RENEW", "edition": "standard", "scheme": "cores",
+      "licenseType": "subscription", "units": 4, "validity": "\(validity)"}}}
+    """.write(toFile: root + "/codes.json", atomically: true, encoding: .utf8)
+
+    let server = Process()
+    server.executableURL = URL(fileURLWithPath: directory + "/activation-server")
+    server.arguments = ["--signer", root + "/issuer.private.jwk", "--catalog", root + "/codes.json"]
+    let out = Pipe()
+    server.standardOutput = out
+    try server.run()
+    defer {
+      server.terminate()
+      server.waitUntilExit()
+    }
+    let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+    guard let range = line.range(of: "http://") else {
+      throw BenchError(description: "activation-server: \(line)")
+    }
+    let url = String(line[range.lowerBound...].prefix { !$0.isWhitespace })
+    try "[activation]\nurl = \"\(url)\"\n".write(
+      toFile: root + "/etc/agent.toml", atomically: true, encoding: .utf8)
+
+    let agent = Process()
+    agent.executableURL = URL(fileURLWithPath: directory + "/license-agent")
+    var environment = ProcessInfo.processInfo.environment
+    environment["CONFIGURATION_DIRECTORY"] = root + "/etc"
+    environment["STATE_DIRECTORY"] = root + "/state"
+    environment["RUNTIME_DIRECTORY"] = root + "/run"
+    environment.removeValue(forKey: "NOTIFY_SOCKET")
+    agent.environment = environment
+    agent.standardError = FileHandle.nullDevice
+    try agent.run()
+    defer {
+      kill(agent.processIdentifier, SIGTERM)
+      agent.waitUntilExit()
+    }
+    let socket = root + "/run/io.licenseagent.Agent"
+    for _ in 0..<400 where access(socket, F_OK) != 0 { usleep(5000) }
+    let client = try VarlinkClient(path: socket, timeoutSeconds: 60)
+    guard
+      case .success(let added) = try client.call(
+        "io.licenseagent.Agent.Activate", ["code": .string(code), "role": .string("active")]),
+      case .object(let key)? = added["key"],
+      var expiry = key["expiresAt"]?.stringValue.flatMap(Timestamp.init(rfc3339:))
+    else { throw BenchError(description: "activation failed") }
+
+    var delays: [Int64] = []
+    for index in 1...count {
+      sleepUntil(expiry + .milliseconds(500))
+      // The server's log: the request that continued the previous key.
+      let requests = try serverRequests(url)
+      guard requests.count > index, let at = requests[index]["at"].flatMap(Timestamp.init(rfc3339:)) else {
+        throw BenchError(description: "no renewal request \(index)")
+      }
+      delays.append(at.microseconds(since: expiry))
+      guard case .success(let status) = try client.call("io.licenseagent.Agent.GetStatus"),
+        case .array(let slots)? = status["slots"],
+        let active = slots.first?.objectValue?["active"]?.objectValue,
+        let next = active["expiresAt"]?.stringValue.flatMap(Timestamp.init(rfc3339:))
+      else { throw BenchError(description: "renewal \(index) did not install a key") }
+      expiry = next
+    }
+    let sorted = delays.sorted()
+    if json {
+      print(
+        JSONValue.object([
+          "renewals": .number(Double(sorted.count)), "p50_usec": .number(Double(percentile(sorted, 50))),
+          "max_usec": .number(Double(sorted.last ?? 0)),
+          "early": .number(Double(sorted.filter { $0 < 0 }.count)),
+        ]).serialized)
+    } else {
+      print("renewal: \(sorted.count) renewals; delay from exp to the request at the server")
+      print(
+        "  p50 \(percentile(sorted, 50)) µs, max \(sorted.last ?? 0) µs, early: \(sorted.filter { $0 < 0 }.count)"
+      )
+    }
+  }
+
+  private func serverRequests(_ url: String) throws -> [[String: String]] {
+    let result = Process()
+    result.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+    result.arguments = ["-s", url + "/admin/requests"]
+    let out = Pipe()
+    result.standardOutput = out
+    try result.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    result.waitUntilExit()
+    guard case .array(let items)? = JSONValue.parse(data)?.objectValue?["requests"] else { return [] }
+    return items.compactMap { item in item.objectValue?.compactMapValues(\.stringValue) }
   }
 }

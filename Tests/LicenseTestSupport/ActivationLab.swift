@@ -58,7 +58,8 @@ public final class ActivationLab: @unchecked Sendable {
   /// Stops the server (then connections are refused).
   public func stop() {
     if process.isRunning {
-      process.terminate()
+      // SIGKILL: children of the test runner inherit its blocked signals, SIGTERM included.
+      kill(process.processIdentifier, SIGKILL)
       process.waitUntilExit()
     }
   }
@@ -93,4 +94,5 @@ public final class ActivationLab: @unchecked Sendable {
 
 public struct ProcessError: Error, CustomStringConvertible {
   public var description: String
+  public init(description: String) { self.description = description }
 }
