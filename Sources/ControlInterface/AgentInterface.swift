@@ -93,7 +93,8 @@ public enum AgentInterface {
     # A warning about the configuration of keys, for a person.
     type Warning (
       slot: ?(server, workstation, processors, cores),
-      # no_reserve, reserve_missing_for_os_type, expiring_without_takeover, slot_expired, renewing
+      # no_reserve, reserve_missing_for_os_type, expiring_without_takeover, slot_expired,
+      # renewing, renewal_stopped
       code: string,
       message: string
     )

@@ -53,11 +53,12 @@ public enum StatusBuilder {
               "\(slot.rawValue): MANUAL ACTIVATION REQUIRED: \(expired.serial) expired at \(expired.expiresAt) and renewal with the code …\(renewal.code.hint) failed (\(renewal.lastError ?? "not renewed in time")); run agentctl activate --code-file FILE."
             )
           }
+          let stopped = renewal.nextAttemptAt == nil && renewal.attemptStartedAt == nil
           warnings.append(
             StatusWarning(
-              slot: slot.rawValue, code: "renewing",
+              slot: slot.rawValue, code: stopped ? "renewal_stopped" : "renewing",
               message:
-                "\(slot.rawValue): key \(expired.serial) expired at \(expired.expiresAt); renewing with the activation code …\(renewal.code.hint) (\(renewal.attempts) failed attempt\(renewal.attempts == 1 ? "" : "s")\(renewal.lastError.map { ", last: \($0)" } ?? ""))."
+                "\(slot.rawValue): key \(expired.serial) expired at \(expired.expiresAt); \(stopped ? "renewal stopped" : "renewing") with the activation code …\(renewal.code.hint) (\(renewal.attempts) failed attempt\(renewal.attempts == 1 ? "" : "s")\(renewal.lastError.map { ", last: \($0)" } ?? ""))."
             ))
         } else {
           warnings.append(

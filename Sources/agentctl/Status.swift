@@ -96,6 +96,19 @@ struct Status: ParsableCommand {
     if status.slots.isEmpty { lines.append("\nNo licence key. Add one with: agentctl add-key FILE") }
     for slot in status.slots {
       lines.append("")
+      if slot.status == "renewing", let expired = slot.expired, let renewal = slot.renewal {
+        lines.append("\(slot.slot): RENEWING with the activation code …\(renewal.codeHint)")
+        lines.append("  key \(expired.serial) expired at \(expired.expiresAt) (\(left(expired.expiresAt)))")
+        lines.append(
+          "  failed attempts: \(renewal.attempts)\(renewal.lastError.map { ", last error: \($0)" } ?? "")")
+        if let next = renewal.nextAttemptAt {
+          lines.append("  next attempt: \(next) (\(left(next)))")
+        } else if renewal.state == "stopped" {
+          lines.append(
+            "  no more attempts: the server refused the code; run agentctl activate with a valid code")
+        }
+        continue
+      }
       if slot.status == "expired", let expired = slot.expired {
         lines.append("\(slot.slot): EXPIRED")
         lines.append(

@@ -546,8 +546,12 @@ struct Renewal: ParsableCommand {
 
   private func serverRequests(_ url: String) throws -> [[String: String]] {
     let result = Process()
-    result.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-    result.arguments = ["-s", url + "/admin/requests"]
+    result.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    result.arguments = [
+      "python3", "-c",
+      "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())",
+      url + "/admin/requests",
+    ]
     let out = Pipe()
     result.standardOutput = out
     try result.run()
