@@ -84,7 +84,10 @@ let package = Package(
     // The reference activation server for labs and tests (FlyingFox: no NIO to build).
     .executableTarget(
       name: "activation-server",
-      dependencies: ["LicenseCore", .product(name: "FlyingFox", package: "FlyingFox")]
+      dependencies: [
+        "LicenseCore", .product(name: "FlyingFox", package: "FlyingFox"),
+        .product(name: "FlyingSocks", package: "FlyingFox"),
+      ]
     ),
     // Benchmarks: figures, not assertions.
     .executableTarget(

@@ -1,4 +1,5 @@
 import FlyingFox
+import FlyingSocks
 import Foundation
 import LicenseCore
 
@@ -31,6 +32,7 @@ struct ActivationServerMain {
       {"malformed": true}                               200 with a body that is not JSON
       {"wrongContentType": true}                        200 with text/html
       {"badSignature": true}                            keys signed by another issuer
+      {"drop": true}                                    headers, then the connection drops
       {"reset": true}                                   back to normal
     GET /admin/requests lists the requests received (time, code hint, currentSerial).
     """
@@ -109,6 +111,7 @@ struct Faults: Decodable {
   var malformed: Bool?
   var wrongContentType: Bool?
   var badSignature: Bool?
+  var drop: Bool?
   var reset: Bool?
 }
 
@@ -124,6 +127,7 @@ actor ServerState {
   var malformed = false
   var wrongContentType = false
   var badSignature = false
+  var drop = false
   var issued: [String: Int] = [:]
   var log: [[String: String]] = []
 
@@ -172,6 +176,12 @@ actor ServerState {
       return json(410, ["error": "code_expired", "message": "this activation code has expired"])
     default: break
     }
+    if drop {
+      // A Content-Length of 64 bytes, then the connection closes: a dropped connection.
+      return HTTPResponse(
+        statusCode: .ok, headers: HTTPHeaders([.contentType: "application/json"]),
+        body: HTTPBodySequence(from: DroppedBytes(), count: 64))
+    }
     if malformed {
       return HTTPResponse(
         statusCode: .ok, headers: HTTPHeaders([.contentType: "application/json"]),
@@ -216,6 +226,7 @@ actor ServerState {
         0, 503, nil, 0, false, false, false
       )
       failError = "injected_fault"
+      drop = false
     }
     if let value = faults.failNext { failNext = value }
     if let value = faults.status { failStatus = value }
@@ -225,6 +236,7 @@ actor ServerState {
     if let value = faults.malformed { malformed = value }
     if let value = faults.wrongContentType { wrongContentType = value }
     if let value = faults.badSignature { badSignature = value }
+    if let value = faults.drop { drop = value }
     return json(200, ["ok": true])
   }
 
@@ -239,4 +251,15 @@ extension Timestamp {
     clock_gettime(CLOCK_REALTIME, &spec)
     return Timestamp(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
   }
+}
+
+/// A body that fails before its first byte: the server closes the connection mid-reply.
+struct DroppedBytes: AsyncBufferedSequence {
+  typealias Element = UInt8
+  struct Dropped: Error {}
+  struct AsyncIterator: AsyncBufferedIteratorProtocol {
+    mutating func next() async throws -> UInt8? { throw Dropped() }
+    mutating func nextBuffer(suggested count: Int) async throws -> [UInt8]? { throw Dropped() }
+  }
+  func makeAsyncIterator() -> AsyncIterator { AsyncIterator() }
 }

@@ -106,6 +106,18 @@ import Testing
     #expect(try StatusExit.of(agent) == 0)
   }
 
+  @Test func C3_aDroppedConnectionOrAMalformedReplyIsHandledAndRenewalFollows() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "2s")])
+    _ = try activated(lab: lab, agent: agent)
+    try lab.faults(#"{"drop": true}"#)
+    let dropped = try #require(try events(agent, .activationAttemptFailed).first)
+    #expect(dropped["LICENSE_ERROR"]?.hasPrefix("network") == true, "\(dropped["LICENSE_ERROR"] ?? "")")
+    try lab.faults(#"{"reset": true}"#)
+    #expect(try events(agent, .activationRenewed).count == 1)
+    #expect(try StatusExit.of(agent) == 0)
+  }
+
   @Test func C3_aPermanentFailureAlertsAtOnceAndIsNotRetried() throws {
     let agent = try AgentHarness()
     let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "2s")])
