@@ -77,10 +77,12 @@ public final class Agent: @unchecked Sendable {
 
   /// Loads the state, catches up on what passed while the agent was down (P3), starts the
   /// timer, the clock watch, the control socket and the watchdog, then sends READY=1.
-  public func start() throws(AgentStartError) {
+  /// `announceReady: false` leaves READY=1 to the caller (``announceReady()``), for when
+  /// the process must finish installing its signal handlers first.
+  public func start(announceReady: Bool = true) throws(AgentStartError) {
     let result: Result<Void, AgentStartError> = queue.sync {
       do {
-        try startOnQueue()
+        try startOnQueue(announceReady: announceReady)
         return .success(())
       } catch let error as AgentStartError {
         return .failure(error)
@@ -91,7 +93,12 @@ public final class Agent: @unchecked Sendable {
     try result.get()
   }
 
-  private func startOnQueue() throws {
+  /// READY=1 with the current STATUS=.
+  public func announceReady() {
+    queue.sync { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
+  }
+
+  private func startOnQueue(announceReady: Bool) throws {
     startedAt = clock.now()
     let loaded: LoadedState
     do {
@@ -150,7 +157,7 @@ public final class Agent: @unchecked Sendable {
     }
     self.server = server
     startWatchdog()
-    notifier.notify("READY=1\nSTATUS=\(statusLine())")
+    if announceReady { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
     scheduleTrim()
     // Once more when the rest of start-up (the service group, signal handlers) is done:
     // a single deferred call, not a recurring timer.

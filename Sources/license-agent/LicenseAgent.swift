@@ -93,8 +93,11 @@ struct LicenseAgentMain {
     let sink: EventSink = useJournal ? JournalEventSink() : ConsoleEventSink()
     let agent = Agent(
       paths: paths, configuration: configuration, trust: trust, store: store, sink: sink, logger: logger)
+    // SIGHUP is handled from before READY=1: systemd may reload as soon as it sees READY.
+    let reload = installReloadHandler(agent)
     do {
-      try agent.start()
+      // READY=1 comes from AgentService, once the service group handles SIGTERM.
+      try agent.start(announceReady: false)
     } catch {
       logger.critical("Cannot start: \(error)")
       exit(1)
@@ -104,7 +107,7 @@ struct LicenseAgentMain {
       configuration: ServiceGroupConfiguration(
         services: [
           .init(service: AgentService(agent: agent)),
-          .init(service: ReloadService(agent: agent)),
+          .init(service: ReloadService(source: reload)),
         ],
         gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     // The services' tasks run on a queue of their own, never on libdispatch's global queues
@@ -120,29 +123,38 @@ struct LicenseAgentMain {
   }
 }
 
-/// Runs until graceful shutdown (SIGTERM, SIGINT), then stops the agent (STOPPING=1).
+/// Rereads the configuration on each SIGHUP. Made outside `main`: a closure written there
+/// would be main-actor isolated and trap when it fires on the signal queue.
+func installReloadHandler(_ agent: Agent) -> DispatchSourceSignal {
+  signal(SIGHUP, SIG_IGN)
+  let source = DispatchSource.makeSignalSource(
+    signal: SIGHUP, queue: DispatchQueue(label: "license-agent.sighup"))
+  source.setEventHandler { @Sendable in agent.reload() }
+  source.resume()
+  return source
+}
+
+/// Announces READY=1 (the group now handles SIGTERM and SIGINT), runs until graceful
+/// shutdown, then stops the agent (STOPPING=1).
 struct AgentService: Service {
   let agent: Agent
   func run() async throws {
+    agent.announceReady()
     try? await gracefulShutdown()
     agent.stop()
   }
 }
 
-/// Rereads the configuration on each SIGHUP (`systemctl reload`), until graceful shutdown.
+/// Keeps the SIGHUP source (installed before start) until graceful shutdown.
 ///
 /// A Dispatch signal source on a serial queue rather than `UnixSignalsSequence` with
 /// `cancelOnGracefulShutdown()`: the latter runs unstructured tasks on the global executor,
 /// which starts libdispatch's 1-second workqueue monitor, and an idle agent must not wake up
 /// between events (T2; see QueueTaskExecutor).
 struct ReloadService: Service {
-  let agent: Agent
+  // DispatchSource is thread-safe; cancel() may be called from any thread.
+  nonisolated(unsafe) let source: DispatchSourceSignal
   func run() async throws {
-    signal(SIGHUP, SIG_IGN)
-    let source = DispatchSource.makeSignalSource(
-      signal: SIGHUP, queue: DispatchQueue(label: "license-agent.sighup"))
-    source.setEventHandler { [agent] in agent.reload() }
-    source.resume()
     try? await gracefulShutdown()
     source.cancel()
   }
