@@ -21,6 +21,19 @@ public enum AgentInterface {
   /// The version of the `GetStatus` reply and of `agentctl status --json`.
   public static let statusSchemaVersion = 1
 
+  /// The reply of AddKey, CheckKey and Activate (one shape, written once).
+  static let addedKeyFields = """
+      slot: (server, workstation, processors, cores),
+      role: (active, reserve),
+      key: Key,
+      unchanged: bool,
+      replacedSerial: ?string,
+      droppedReserveSerial: ?string,
+      removedSerials: []string,
+      message: string
+    )
+    """
+
   public static let description = """
     # license-agent: the licence keys of this SVM, and what the agent will do next.
     interface io.licenseagent.Agent
@@ -114,40 +127,16 @@ public enum AgentInterface {
 
     # The activation task: adds a key as the slot's active key or as its reserve.
     method AddKey(key: string, role: (active, reserve), replaceScheme: ?bool) -> (
-      slot: (server, workstation, processors, cores),
-      role: (active, reserve),
-      key: Key,
-      unchanged: bool,
-      replacedSerial: ?string,
-      droppedReserveSerial: ?string,
-      removedSerials: []string,
-      message: string
-    )
+    \(addedKeyFields)
 
     # The checks of AddKey, changing nothing.
     method CheckKey(key: string, role: (active, reserve), replaceScheme: ?bool) -> (
-      slot: (server, workstation, processors, cores),
-      role: (active, reserve),
-      key: Key,
-      unchanged: bool,
-      replacedSerial: ?string,
-      droppedReserveSerial: ?string,
-      removedSerials: []string,
-      message: string
-    )
+    \(addedKeyFields)
 
     # Manual activation: obtains the key for an activation code from the activation server
     # and adds it (rules A or R); the key keeps the code and renews itself at expiry.
     method Activate(code: string, role: (active, reserve)) -> (
-      slot: (server, workstation, processors, cores),
-      role: (active, reserve),
-      key: Key,
-      unchanged: bool,
-      replacedSerial: ?string,
-      droppedReserveSerial: ?string,
-      removedSerials: []string,
-      message: string
-    )
+    \(addedKeyFields)
 
     # Removes the reserve key of a slot.
     method RemoveReserve(slot: (server, workstation, processors, cores)) -> (removed: Key)

@@ -102,38 +102,14 @@ struct Promotion: ParsableCommand {
   // MARK: The agent
 
   private func measureAgent(agentPath: String, step: TimeSpan) throws -> [Int64] {
-    let root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-\(getpid())"
-    try? FileManager.default.removeItem(atPath: root)
-    defer { try? FileManager.default.removeItem(atPath: root) }
-    for dir in ["etc/trusted-issuers", "state", "run"] {
-      try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
-    }
-    let issuer = JWK.generate(kid: "bench")
-    try issuer.publicJSON.write(
-      toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
+    let folder = try BenchFolder("promotion")
+    let issuer = folder.issuer
     let useJournal = access("/run/systemd/journal/socket", W_OK) == 0
-
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: agentPath)
-    var environment = ProcessInfo.processInfo.environment
-    environment["CONFIGURATION_DIRECTORY"] = root + "/etc"
-    environment["STATE_DIRECTORY"] = root + "/state"
-    environment["RUNTIME_DIRECTORY"] = root + "/run"
-    environment["LICENSE_AGENT_LOG"] = useJournal ? "journal" : "console"
-    environment.removeValue(forKey: "NOTIFY_SOCKET")
-    process.environment = environment
     let agentErr = Pipe()
-    process.standardError = agentErr
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    defer {
-      if process.isRunning {
-        kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
-      }
-    }
-    let socket = root + "/run/io.licenseagent.Agent"
-    for _ in 0..<400 where access(socket, F_OK) != 0 { usleep(5000) }
+    let process = try folder.startAgent(
+      agentPath, log: useJournal ? "journal" : "console", standardError: agentErr)
+    defer { stopAgent(process) }
+    let socket = folder.socket
 
     // In console mode the agent's events are read from its standard error (which must be
     // drained anyway); in journal mode they are read back from the journal at the end.
@@ -281,6 +257,55 @@ func sleepUntil(_ instant: Timestamp) {
   if remaining > 0 { usleep(useconds_t(remaining)) }
 }
 
+/// A throwaway agent installation for one benchmark: configuration with one trusted issuer,
+/// state and runtime folders under a temporary root, removed at the end.
+final class BenchFolder {
+  let root: String
+  let issuer = JWK.generate(kid: "bench")
+  var socket: String { root + "/run/io.licenseagent.Agent" }
+
+  init(_ name: String) throws {
+    root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-\(name)-\(getpid())"
+    try? FileManager.default.removeItem(atPath: root)
+    for dir in ["etc/trusted-issuers", "state", "run"] {
+      try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
+    }
+    try issuer.publicJSON.write(
+      toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
+  }
+
+  deinit { try? FileManager.default.removeItem(atPath: root) }
+
+  /// Starts the agent on this folder (no notify socket, no watchdog) and waits for its
+  /// control socket.
+  func startAgent(_ path: String, log: String = "auto", standardError: Any = FileHandle.nullDevice) throws
+    -> Process
+  {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    var environment = ProcessInfo.processInfo.environment
+    environment["CONFIGURATION_DIRECTORY"] = root + "/etc"
+    environment["STATE_DIRECTORY"] = root + "/state"
+    environment["RUNTIME_DIRECTORY"] = root + "/run"
+    environment["LICENSE_AGENT_LOG"] = log
+    for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] { environment.removeValue(forKey: name) }
+    process.environment = environment
+    process.standardError = standardError
+    process.standardOutput = FileHandle.nullDevice
+    try process.run()
+    for _ in 0..<400 where access(socket, F_OK) != 0 { usleep(5000) }
+    return process
+  }
+}
+
+/// Stops an agent started by a benchmark.
+func stopAgent(_ process: Process) {
+  if process.isRunning {
+    kill(process.processIdentifier, SIGTERM)
+    process.waitUntilExit()
+  }
+}
+
 /// The value of `NAME=value` in a console event line.
 func field(_ name: String, _ line: String) -> String? {
   guard let range = line.range(of: name + "=") else { return nil }
@@ -347,32 +372,11 @@ struct Idle: ParsableCommand {
   var agent: String?
 
   func run() throws {
-    let root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-idle-\(getpid())"
-    try? FileManager.default.removeItem(atPath: root)
-    defer { try? FileManager.default.removeItem(atPath: root) }
-    for dir in ["etc/trusted-issuers", "state", "run"] {
-      try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
-    }
-    let issuer = JWK.generate(kid: "bench")
-    try issuer.publicJSON.write(
-      toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: agentExecutable(agent))
-    var environment = ProcessInfo.processInfo.environment
-    environment["CONFIGURATION_DIRECTORY"] = root + "/etc"
-    environment["STATE_DIRECTORY"] = root + "/state"
-    environment["RUNTIME_DIRECTORY"] = root + "/run"
-    for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] { environment.removeValue(forKey: name) }
-    process.environment = environment
-    process.standardError = FileHandle.nullDevice
-    process.standardOutput = FileHandle.nullDevice
-    try process.run()
-    defer {
-      kill(process.processIdentifier, SIGTERM)
-      process.waitUntilExit()
-    }
-    let socket = root + "/run/io.licenseagent.Agent"
-    for _ in 0..<400 where access(socket, F_OK) != 0 { usleep(5000) }
+    let folder = try BenchFolder("idle")
+    let issuer = folder.issuer
+    let process = try folder.startAgent(agentExecutable(agent))
+    defer { stopAgent(process) }
+    let socket = folder.socket
     let t = now()
     let key = try KeyParser.sign(
       LicenseClaims(
@@ -454,15 +458,9 @@ struct Renewal: ParsableCommand {
   func run() throws {
     let directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
       .deletingLastPathComponent().path
-    let root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-renewal-\(getpid())"
-    try? FileManager.default.removeItem(atPath: root)
-    defer { try? FileManager.default.removeItem(atPath: root) }
-    for dir in ["etc/trusted-issuers", "state", "run"] {
-      try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
-    }
-    let issuer = JWK.generate(kid: "bench")
-    try issuer.publicJSON.write(
-      toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
+    let folder = try BenchFolder("renewal")
+    let root = folder.root
+    let issuer = folder.issuer
     try issuer.privateJSON.write(toFile: root + "/issuer.private.jwk", atomically: true, encoding: .utf8)
     let code = "BENCH-12345-RENEW-00000"
     try """
@@ -488,22 +486,9 @@ struct Renewal: ParsableCommand {
     try "[activation]\nurl = \"\(url)\"\n".write(
       toFile: root + "/etc/agent.toml", atomically: true, encoding: .utf8)
 
-    let agent = Process()
-    agent.executableURL = URL(fileURLWithPath: directory + "/license-agent")
-    var environment = ProcessInfo.processInfo.environment
-    environment["CONFIGURATION_DIRECTORY"] = root + "/etc"
-    environment["STATE_DIRECTORY"] = root + "/state"
-    environment["RUNTIME_DIRECTORY"] = root + "/run"
-    environment.removeValue(forKey: "NOTIFY_SOCKET")
-    agent.environment = environment
-    agent.standardError = FileHandle.nullDevice
-    try agent.run()
-    defer {
-      kill(agent.processIdentifier, SIGTERM)
-      agent.waitUntilExit()
-    }
-    let socket = root + "/run/io.licenseagent.Agent"
-    for _ in 0..<400 where access(socket, F_OK) != 0 { usleep(5000) }
+    let agent = try folder.startAgent(directory + "/license-agent")
+    defer { stopAgent(agent) }
+    let socket = folder.socket
     let client = try VarlinkClient(path: socket, timeoutSeconds: 60)
     guard
       case .success(let added) = try client.call(

@@ -179,7 +179,9 @@ import Testing
     #expect(try lab.requests().isEmpty)
   }
 
-  @Test func anExecPluginRenewsThroughTransientFailuresAndTimeouts() throws {
+  /// An agent whose exec plugin (Fixtures/exec_plugin.sh) answers from `pluginDir`, first
+  /// with a key that expires 2 s from `now`.
+  func execPluginAgent() throws -> (AgentHarness, pluginDir: String, plugin: String, now: Timestamp) {
     let agent = try AgentHarness()
     let plugin = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/exec_plugin.sh"
     let pluginDir = agent.root + "/plugin"
@@ -188,6 +190,11 @@ import Testing
     let now = AgentHarness.now()
     try agent.key("EXEC-1", nbf: now - .days(1), exp: now + .seconds(2)).write(
       toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    return (agent, pluginDir, plugin, now)
+  }
+
+  @Test func anExecPluginRenewsThroughTransientFailuresAndTimeouts() throws {
+    let (agent, pluginDir, plugin, now) = try execPluginAgent()
     try """
     [activation]
     client = "exec"
@@ -227,14 +234,7 @@ import Testing
   }
 
   @Test func anExecPluginsPermanentRefusalAlertsAtOnce() throws {
-    let agent = try AgentHarness()
-    let plugin = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/exec_plugin.sh"
-    let pluginDir = agent.root + "/plugin"
-    try FileManager.default.createDirectory(atPath: pluginDir, withIntermediateDirectories: true)
-    agent.environment["PLUGIN_DIR"] = pluginDir
-    let now = AgentHarness.now()
-    try agent.key("EXEC-1", nbf: now - .days(1), exp: now + .seconds(2)).write(
-      toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    let (agent, pluginDir, plugin, now) = try execPluginAgent()
     try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".write(
       toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
     #expect(try agent.start())
