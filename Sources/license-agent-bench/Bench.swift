@@ -141,7 +141,10 @@ struct Promotion: ParsableCommand {
       let reply = try client.call(
         "io.licenseagent.Agent.AddKey", ["key": .string(try key(index)), "role": .string(role)])
       if case .failure(let error) = reply {
-        throw BenchError(description: "AddKey \(serial(index)): \(error)")
+        throw BenchError(
+          description:
+            "AddKey \(serial(index)) was refused (\(error.parameters["code"]?.stringValue ?? error.name)): the previous key expired before the next reserve could be added, so a promotion or state write took longer than --spacing \(step) (a disk stall). Retry, or use a larger --spacing."
+        )
       }
     }
     func activeSerial() throws -> String? {
