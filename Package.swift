@@ -122,6 +122,7 @@ let package = Package(
       dependencies: ["LicenseTestSupport"],
       resources: [.copy("Fixtures")]
     ),
+    .testTarget(name: "PackagingTests", dependencies: ["LicenseTestSupport"]),
     .testTarget(
       name: "KeytoolTests",
       dependencies: ["LicenseCore", "LicenseTestSupport"],
