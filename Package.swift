@@ -34,6 +34,8 @@ let package = Package(
     // libsystemd (journal, notify, watchdog) and Linux calls Glibc lacks (timerfd, SO_PEERCRED).
     .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
     .systemLibrary(name: "CLinux"),
+    // Edge: the one reader of the wall clock (the core never reads a clock).
+    .target(name: "SystemClock", dependencies: ["LicenseCore"]),
     // Edge: the only target that talks to systemd (imports CSystemd).
     .target(
       name: "Systemd",
@@ -49,7 +51,8 @@ let package = Package(
     .target(
       name: "AgentRuntime",
       dependencies: [
-        "CLinux", "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "Systemd", "Varlink",
+        "CLinux", "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "SystemClock", "Systemd",
+        "Varlink",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "TOMLKit", package: "TOMLKit"),
       ]
@@ -67,14 +70,14 @@ let package = Package(
     .executableTarget(
       name: "agentctl",
       dependencies: [
-        "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "Varlink",
+        "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "SystemClock", "Varlink",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
     .executableTarget(
       name: "license-keytool",
       dependencies: [
-        "LicenseCore", "LicenseStorage", "SimpleJSON",
+        "LicenseCore", "LicenseStorage", "SimpleJSON", "SystemClock",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -85,7 +88,7 @@ let package = Package(
     .executableTarget(
       name: "activation-server",
       dependencies: [
-        "LicenseCore", .product(name: "FlyingFox", package: "FlyingFox"),
+        "LicenseCore", "SystemClock", .product(name: "FlyingFox", package: "FlyingFox"),
         .product(name: "FlyingSocks", package: "FlyingFox"),
       ]
     ),
@@ -93,12 +96,14 @@ let package = Package(
     .executableTarget(
       name: "license-agent-bench",
       dependencies: [
-        "CLinux", "LicenseCore", "LicenseStorage", "SimpleJSON", "Varlink",
+        "CLinux", "LicenseCore", "LicenseStorage", "SimpleJSON", "SystemClock", "Varlink",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
     // Test twins and fixtures shared by the test targets.
-    .target(name: "LicenseTestSupport", dependencies: ["LicenseCore"], path: "Tests/LicenseTestSupport"),
+    .target(
+      name: "LicenseTestSupport", dependencies: ["LicenseCore", "SystemClock"],
+      path: "Tests/LicenseTestSupport"),
     .testTarget(name: "LicenseCoreTests", dependencies: ["LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "LicenseStorageTests", dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport"]),

@@ -6,6 +6,7 @@ import LicenseCore
 import LicenseStorage
 import Logging
 import SimpleJSON
+import SystemClock
 import Systemd
 import Varlink
 
@@ -39,7 +40,7 @@ public final class Agent: @unchecked Sendable {
   private let clock: WallClock
   private let notifier: Notifier
   private var logger: Logger
-  private var timer: DispatchWallClockTimer?
+  private var timer: (any WallClockTimer)?
   private var clockMonitor: ClockChangeMonitor?
   private var watchdog: DispatchSourceTimer?
   private var server: VarlinkServer?
@@ -448,9 +449,7 @@ public final class Agent: @unchecked Sendable {
     switch call.member {
     case "Activate":
       if let denied = deny(peer, call.member) { return denied }
-      if let extra = call.parameters.keys.sorted().first(where: { !["code", "role"].contains($0) }) {
-        return .failure(.invalidParameter(extra))
-      }
+      if let error = call.unexpectedParameter(allowed: ["code", "role"]) { return .failure(error) }
       guard let text = call.parameters["code"]?.stringValue else {
         return .failure(.invalidParameter("code"))
       }
@@ -464,15 +463,13 @@ public final class Agent: @unchecked Sendable {
       activate(code: code, role: role, respond: respond)
       return nil
     case "GetStatus":
-      if let extra = call.parameters.keys.sorted().first { return .failure(.invalidParameter(extra)) }
+      if let error = call.unexpectedParameter() { return .failure(error) }
       return .success(varlinkParameters(status()))
     case "AddKey", "CheckKey":
       let changes = call.member == "AddKey"
       if changes, let denied = deny(peer, call.member) { return denied }
-      if let extra = call.parameters.keys.sorted().first(where: {
-        !["key", "role", "replaceScheme"].contains($0)
-      }) {
-        return .failure(.invalidParameter(extra))
+      if let error = call.unexpectedParameter(allowed: ["key", "role", "replaceScheme"]) {
+        return .failure(error)
       }
       guard let key = call.parameters["key"]?.stringValue else { return .failure(.invalidParameter("key")) }
       guard let role = call.parameters["role"]?.stringValue.flatMap(Role.init(rawValue:)) else {
@@ -512,9 +509,7 @@ public final class Agent: @unchecked Sendable {
       }
     case "RemoveReserve":
       if let denied = deny(peer, call.member) { return denied }
-      if let extra = call.parameters.keys.sorted().first(where: { $0 != "slot" }) {
-        return .failure(.invalidParameter(extra))
-      }
+      if let error = call.unexpectedParameter(allowed: ["slot"]) { return .failure(error) }
       guard let slot = call.parameters["slot"]?.stringValue.flatMap(Slot.init(rawValue:)) else {
         return .failure(.invalidParameter("slot"))
       }

@@ -3,21 +3,6 @@ import Dispatch
 import Glibc
 import LicenseCore
 
-/// The wall clock, injected so that tests never depend on the machine's time.
-public protocol WallClock: Sendable {
-  func now() -> Timestamp
-}
-
-/// `CLOCK_REALTIME`, to the microsecond.
-public struct SystemWallClock: WallClock {
-  public init() {}
-  public func now() -> Timestamp {
-    var spec = timespec()
-    clock_gettime(CLOCK_REALTIME, &spec)
-    return Timestamp(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
-  }
-}
-
 /// Fires once at a wall-clock instant. Re-arming replaces the previous deadline.
 public protocol WallClockTimer: AnyObject, Sendable {
   /// Arms the timer at `instant` (nil: disarm). The handler runs on the timer's queue.

@@ -62,6 +62,12 @@ public struct VarlinkCall: Sendable, Equatable {
       upgrade: try flag("upgrade"))
   }
 
+  /// `InvalidParameter` naming the first parameter (in name order) that is not in `allowed`:
+  /// in Varlink an unknown parameter is an error, not something to ignore.
+  public func unexpectedParameter(allowed: Set<String> = []) -> VarlinkError? {
+    parameters.keys.sorted().first { !allowed.contains($0) }.map(VarlinkError.invalidParameter)
+  }
+
   /// The call as one message (without the NUL terminator).
   public var serialized: String {
     var object: [String: JSONValue] = ["method": .string(method)]

@@ -187,18 +187,14 @@ public final class VarlinkServer: @unchecked Sendable {
     if call.interface == "org.varlink.service" {
       switch call.member {
       case "GetInfo":
-        guard call.parameters.isEmpty else {
-          return .failure(.invalidParameter(call.parameters.keys.sorted()[0]))
-        }
+        if let error = call.unexpectedParameter() { return .failure(error) }
         return .success([
           "vendor": .string(info.vendor), "product": .string(info.product), "version": .string(info.version),
           "url": .string(info.url),
           "interfaces": .array((["org.varlink.service"] + interfaces.keys.sorted()).map(JSONValue.string)),
         ])
       case "GetInterfaceDescription":
-        if let extra = call.parameters.keys.first(where: { $0 != "interface" }) {
-          return .failure(.invalidParameter(extra))
-        }
+        if let error = call.unexpectedParameter(allowed: ["interface"]) { return .failure(error) }
         guard let name = call.parameters["interface"]?.stringValue else {
           return .failure(.invalidParameter("interface"))
         }

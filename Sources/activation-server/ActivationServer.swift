@@ -2,6 +2,7 @@ import FlyingFox
 import FlyingSocks
 import Foundation
 import LicenseCore
+import SystemClock
 
 /// `activation-server`: a reference activation server (contract §2) for integration labs,
 /// demos and tests. It exchanges activation codes for keys signed with an issuer's private
@@ -246,11 +247,7 @@ actor ServerState {
 }
 
 extension Timestamp {
-  static var now: Timestamp {
-    var spec = timespec()
-    clock_gettime(CLOCK_REALTIME, &spec)
-    return Timestamp(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
-  }
+  static var now: Timestamp { SystemWallClock().now() }
 }
 
 /// A body that fails before its first byte: the server closes the connection mid-reply.

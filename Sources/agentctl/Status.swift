@@ -4,6 +4,7 @@ import Foundation
 import LicenseCore
 import LicenseStorage
 import SimpleJSON
+import SystemClock
 import Varlink
 
 struct Status: ParsableCommand {
@@ -65,9 +66,7 @@ struct Status: ParsableCommand {
         "agentctl: cannot read \(directory)/state.json either (run as root, or pass --state-directory).")
       return nil
     }
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    let timestamp = Timestamp(microseconds: Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000)
+    let timestamp = SystemWallClock().now()
     return StatusBuilder.build(
       state: state, engine: LicenseEngine(trust: TrustStore()), now: timestamp,
       version: "unknown (agent not running)",

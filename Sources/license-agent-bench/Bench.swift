@@ -5,6 +5,7 @@ import Glibc
 import LicenseCore
 import LicenseStorage
 import SimpleJSON
+import SystemClock
 import Varlink
 
 /// `license-agent-bench`: measures the agent against the machine's limit. Each subcommand
@@ -18,11 +19,7 @@ struct Bench: ParsableCommand {
     subcommands: [Promotion.self, Idle.self, Renewal.self])
 }
 
-func now() -> Timestamp {
-  var spec = timespec()
-  clock_gettime(CLOCK_REALTIME, &spec)
-  return Timestamp(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
-}
+func now() -> Timestamp { SystemWallClock().now() }
 
 /// Nearest-rank percentile of sorted values.
 func percentile(_ sorted: [Int64], _ p: Double) -> Int64 {
@@ -64,9 +61,7 @@ struct Promotion: ParsableCommand {
       throw ValidationError("--spacing must be a duration of at least 50ms")
     }
     guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
-    let agentPath =
-      agent ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-      .deletingLastPathComponent().path + "/license-agent"
+    let agentPath = agentExecutable(agent)
     let delays = try measureAgent(agentPath: agentPath, step: step).sorted()
     let limit = try measureLimit(step: step).sorted()
     let early = delays.filter { $0 < 0 }.count
@@ -348,12 +343,13 @@ final class PromotionEvents: @unchecked Sendable {
   }
 }
 
-/// The license-agent next to this program, or the one given.
-func agentExecutable(_ path: String?) -> String {
-  path ?? URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-    .path
-    + "/license-agent"
+/// The folder of this program, where the other built programs are.
+func benchDirectory() -> String {
+  URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().path
 }
+
+/// The license-agent next to this program, or the one given.
+func agentExecutable(_ path: String?) -> String { path ?? benchDirectory() + "/license-agent" }
 
 struct Idle: ParsableCommand {
   static let configuration = CommandConfiguration(
@@ -459,8 +455,7 @@ struct Renewal: ParsableCommand {
   var json = false
 
   func run() throws {
-    let directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-      .deletingLastPathComponent().path
+    let directory = benchDirectory()
     let folder = try BenchFolder("renewal")
     let root = folder.root
     let issuer = folder.issuer

@@ -3,6 +3,7 @@ import Foundation
 import LicenseCore
 import LicenseStorage
 import SimpleJSON
+import SystemClock
 
 /// `license-keytool`: makes issuer keys and licence keys for labs, tests and demos, and
 /// inspects any key. The agent never needs it; operators use it to check a key by hand.
@@ -25,11 +26,7 @@ struct Keytool: ParsableCommand {
 }
 
 /// The moment the command runs, to the microsecond.
-func currentTime() -> Timestamp {
-  var spec = timespec()
-  clock_gettime(CLOCK_REALTIME, &spec)
-  return Timestamp(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
-}
+func currentTime() -> Timestamp { SystemWallClock().now() }
 
 /// Prints to standard error and exits with `code`.
 func fail(_ message: String, code: Int32) -> Never {

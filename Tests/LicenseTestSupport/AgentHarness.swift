@@ -2,6 +2,7 @@ import Dispatch
 import Foundation
 import Glibc
 import LicenseCore
+import SystemClock
 
 /// Receives sd_notify datagrams on a `NOTIFY_SOCKET` of its own, as systemd would.
 public final class NotifyListener: @unchecked Sendable {
@@ -234,11 +235,7 @@ public final class AgentHarness: @unchecked Sendable {
   }
 
   /// The current wall-clock time.
-  public static func now() -> Timestamp {
-    var spec = timespec()
-    clock_gettime(CLOCK_REALTIME, &spec)
-    return Timestamp(microseconds: Int64(spec.tv_sec) * 1_000_000 + Int64(spec.tv_nsec) / 1000)
-  }
+  public static func now() -> Timestamp { SystemWallClock().now() }
 
   /// Sleeps until the wall clock passes `instant`, plus `margin`.
   public static func sleep(until instant: Timestamp, margin: TimeSpan = .seconds(0)) {
