@@ -207,6 +207,9 @@ public final class AgentHarness: @unchecked Sendable {
   public func journal(_ matches: [String]) throws -> [[String: String]] {
     let result = try runProcess(
       "/bin/journalctl", ["-o", "json", "--no-pager", "-a", "SYSLOG_IDENTIFIER=license-agent"] + matches)
+    if result.status != 0 {
+      throw ProcessError(description: "journalctl exited with \(result.status): \(result.stderr)")
+    }
     return result.stdout.split(separator: "\n").compactMap { line in
       guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
         return nil
