@@ -28,7 +28,7 @@ public struct AgentStartError: Error, Sendable, CustomStringConvertible {
 /// acknowledge the outbox, re-arm the timer, update STATUS=.
 public final class Agent: @unchecked Sendable {
   // @unchecked: every mutable property is touched only on `queue`.
-  public static let version = "0.1.0"
+  public static let version = ProductVersion.current
 
   public let queue = DispatchQueue(label: "license-agent", qos: .userInteractive)
   public let paths: AgentPaths

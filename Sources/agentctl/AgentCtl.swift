@@ -21,7 +21,7 @@ struct AgentCtl: ParsableCommand {
       64 on a usage error, 74 when the agent could not write its state, 77 when the caller \
       may not change keys (not root, not in the admin group).
       """,
-    version: "0.1.0",
+    version: ProductVersion.current,
     subcommands: [Status.self, AddKey.self, CheckKey.self, RemoveReserve.self, Activate.self]
   )
 }

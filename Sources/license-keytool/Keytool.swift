@@ -20,7 +20,7 @@ struct Keytool: ParsableCommand {
       Exit status: 0 success (inspect: the key is valid), 1 the key is invalid (inspect), \
       64 usage error, 74 a file could not be read or written.
       """,
-    version: "0.1.0",
+    version: ProductVersion.current,
     subcommands: [Keygen.self, Issue.self, Inspect.self]
   )
 }
@@ -118,7 +118,7 @@ struct Issue: ParsableCommand {
   var licenseType: String
   @Option(help: "Licensed VMs, processors or cores (at least 1).")
   var units: Int
-  @Option(name: .customLong("not-before"), help: "Valid from (default: now).")
+  @Option(name: .customLong("not-before"), help: "Valid from.")
   var notBefore: String = "now"
   @Option(help: "Expiry instant (exp).")
   var expires: String

@@ -1,0 +1,176 @@
+import Foundation
+import LicenseCore
+import LicenseTestSupport
+import Testing
+
+/// The Debian package under a real systemd: a Debian 12 machine booted with systemd as
+/// PID 1 (systemd-nspawn), the package installed with dpkg, then everything an operator
+/// does with it, through to an upgrade and a purge.
+///
+/// Needs root, systemd-nspawn, the package (`packaging/build-deb`) and the machine's root
+/// (`packaging/make-test-root`); `scripts/test` makes both before running the tests.
+@Suite(.serialized) struct SystemdEndToEndTests {
+  static let promotionID = EventKind.keyPromoted.messageID
+
+  /// The package `packaging/build-deb` wrote (revision 1).
+  static func builtPackage() throws -> String {
+    let dist = BootedContainer.repository + "/dist"
+    let names = (try? FileManager.default.contentsOfDirectory(atPath: dist)) ?? []
+    let name = try #require(
+      names.filter { $0.hasPrefix("license-agent_\(ProductVersion.current)-1_") && $0.hasSuffix(".deb") }
+        .first,
+      "no dist/license-agent_\(ProductVersion.current)-1_*.deb: run packaging/build-deb (scripts/test does)")
+    return dist + "/" + name
+  }
+
+  @Test func installedPackageRunsPromotesReloadsSurvivesTheWatchdogUpgradesAndPurges() throws {
+    if let reason = BootedContainer.unavailableReason {
+      Issue.record(Comment(rawValue: reason))
+      return
+    }
+    let package = try Self.builtPackage()
+    let made = try runProcess(BootedContainer.repository + "/packaging/make-test-root", [])
+    try #require(made.status == 0, "packaging/make-test-root: \(made.stderr)")
+    let root = made.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+
+    // The newer build of the upgrade: the same release binaries as revision 2.
+    let lab = makeTemporaryDirectory("e2e-lab")
+    defer { removeTemporaryDirectory(lab) }
+    let newer = try runProcess(
+      BootedContainer.repository + "/packaging/build-deb", ["--no-build", "--revision", "2", "--out", lab])
+    try #require(newer.status == 0, "build-deb --revision 2: \(newer.stderr)")
+
+    // Keys and an issuer made here, handed to the machine through a read-only folder.
+    let issuer = TestIssuer(kid: "e2e-issuer")
+    let now = AgentHarness.now()
+    let expiry = now + .seconds(25)
+    try issuer.jwk.publicJSON.write(toFile: lab + "/e2e-issuer.jwk", atomically: true, encoding: .utf8)
+    try issuer.key("E2E-A", nbf: now - .days(1), exp: expiry).write(
+      toFile: lab + "/active.jws", atomically: true, encoding: .utf8)
+    try issuer.key("E2E-R", nbf: now - .days(1), exp: now + .days(90)).write(
+      toFile: lab + "/reserve.jws", atomically: true, encoding: .utf8)
+    let code = "ABCDE-12345-FGHIJ-67890"
+    let server = try ActivationLab(issuer: issuer, root: lab, codes: [code: ("valid", "90d")])
+    try code.write(toFile: lab + "/code", atomically: true, encoding: .utf8)
+    chmod(lab, 0o755)
+    for file in ["e2e-issuer.jwk", "active.jws", "reserve.jws"] { chmod(lab + "/" + file, 0o644) }
+    chmod(lab + "/code", 0o600)
+
+    let machine = try BootedContainer(
+      root: root, bindReadOnly: ["\(package):/mnt/license-agent.deb", "\(lab):/mnt/lab"])
+    defer {
+      machine.shutdown()
+      #expect(!BootedContainer.anyExists(machine.cgroupPaths), "the test's cgroups are gone")
+    }
+
+    // Install: the user and group exist, the unit is enabled and running, READY=1 was sent.
+    let install = try machine.run("dpkg -i /mnt/license-agent.deb")
+    try #require(install.status == 0, "dpkg -i: \(install.stdout) \(install.stderr)")
+    #expect(try machine.run("systemctl is-active license-agent").stdout == "active\n")
+    #expect(try machine.run("systemctl is-enabled license-agent").stdout == "enabled\n")
+    #expect(try machine.run("getent passwd license-agent && getent group license-admin").status == 0)
+    let fresh = try machine.run("systemctl status license-agent --no-pager").stdout
+    #expect(fresh.contains("Status: \"No licence key; add one with agentctl add-key\""), "\(fresh)")
+
+    // A trusted issuer, then a reload: it must keep running and read the trust directory.
+    let pidBeforeReload = try machine.run("systemctl show -p MainPID --value license-agent").stdout
+    let reload = try machine.run(
+      "cp /mnt/lab/e2e-issuer.jwk /etc/license-agent/trusted-issuers/ && systemctl reload license-agent")
+    #expect(reload.status == 0, "systemctl reload: \(reload.stderr)")
+    #expect(try machine.run("systemctl show -p MainPID --value license-agent").stdout == pidBeforeReload)
+    #expect(try machine.run("systemctl is-active license-agent").stdout == "active\n")
+
+    // agentctl: refused to an unprivileged user (77, naming the group), allowed to root.
+    try machine.run("useradd --create-home svmop")
+    let refused = try machine.run("runuser -u svmop -- agentctl add-key /mnt/lab/active.jws")
+    #expect(refused.status == 77, "\(refused.stdout) \(refused.stderr)")
+    #expect(refused.stderr.contains("license-admin"), "\(refused.stderr)")
+    #expect(try machine.run("runuser -u svmop -- agentctl status").status == 0, "readable by anyone")
+    let active = try machine.run("agentctl add-key /mnt/lab/active.jws")
+    #expect(active.status == 0, "\(active.stderr)")
+    let reserve = try machine.run("agentctl add-key --reserve /mnt/lab/reserve.jws")
+    #expect(reserve.status == 0, "\(reserve.stderr)")
+    let ready = try machine.run("systemctl status license-agent --no-pager").stdout
+    #expect(ready.contains("Status: \"server: E2E-A until") && ready.contains("reserve ready"), "\(ready)")
+
+    // The promotion at expiry, in the unit's journal, explained by the catalog.
+    AgentHarness.sleep(until: expiry, margin: .seconds(1))
+    var promoted = ""
+    for _ in 0..<100 {
+      promoted = try machine.run(
+        "journalctl -u license-agent -o json --no-pager MESSAGE_ID=\(Self.promotionID)"
+      ).stdout
+      if !promoted.isEmpty { break }
+      usleep(100_000)
+    }
+    #expect(promoted.contains("\"LICENSE_SERIAL\":\"E2E-R\""), "\(promoted)")
+    #expect(promoted.contains("\"LICENSE_PREVIOUS_SERIAL\":\"E2E-A\""), "\(promoted)")
+    let explained = try machine.run(
+      "journalctl -x -u license-agent --no-pager MESSAGE_ID=\(Self.promotionID)"
+    ).stdout
+    #expect(explained.contains("Subject: Reserve licence key E2E-R promoted in slot server"), "\(explained)")
+    #expect(explained.contains("Support: man:license-agent(8)"), "\(explained)")
+    let after = try machine.run("systemctl status license-agent --no-pager").stdout
+    #expect(after.contains("Status: \"server: E2E-R until"), "\(after)")
+
+    // A daemon that stops answering is restarted by the watchdog, with its state intact.
+    let stateBefore = try machine.run("md5sum /var/lib/license-agent/state.json").stdout
+    let stoppedPID = try machine.run("systemctl show -p MainPID --value license-agent").stdout
+      .trimmingCharacters(in: .whitespacesAndNewlines)
+    try machine.run("kill -STOP \(stoppedPID)")
+    var restartedPID = stoppedPID
+    for _ in 0..<90 where restartedPID == stoppedPID || restartedPID == "0" {
+      sleep(1)
+      let state = try machine.run("systemctl is-active license-agent").stdout
+      let pid = try machine.run("systemctl show -p MainPID --value license-agent").stdout
+        .trimmingCharacters(in: .whitespacesAndNewlines)
+      if state == "active\n" { restartedPID = pid }
+    }
+    #expect(restartedPID != stoppedPID, "restarted by the watchdog within 90 s")
+    let watchdog = try machine.run("journalctl -u license-agent --no-pager -o cat").stdout
+    #expect(watchdog.contains("Watchdog timeout"), "\(watchdog)")
+    #expect(try machine.run("md5sum /var/lib/license-agent/state.json").stdout == stateBefore)
+    let status = try machine.run("agentctl status --json").stdout
+    #expect(status.contains("\"serial\":\"E2E-R\""), "\(status)")
+
+    // An upgrade to a newer build restarts the agent and keeps the state.
+    let upgrade = try machine.run("dpkg -i /mnt/lab/license-agent_\(ProductVersion.current)-2_*.deb")
+    #expect(upgrade.status == 0, "upgrade: \(upgrade.stdout) \(upgrade.stderr)")
+    #expect(
+      try machine.run("dpkg-query -W -f '${Version}' license-agent").stdout == "\(ProductVersion.current)-2")
+    let upgradedPID = try machine.run("systemctl show -p MainPID --value license-agent").stdout
+      .trimmingCharacters(in: .whitespacesAndNewlines)
+    #expect(upgradedPID != restartedPID && upgradedPID != "0", "restarted on upgrade")
+    #expect(try machine.run("systemctl is-active license-agent").stdout == "active\n")
+    #expect(try machine.run("md5sum /var/lib/license-agent/state.json").stdout == stateBefore)
+
+    // HTTPS activation's client program runs under the hardened unit: a code activated
+    // against the reference server on loopback (the machine shares the host's network).
+    try machine.run(
+      "printf '[activation]\\nurl = \"\(server.url)\"\\n' >/etc/license-agent/agent.toml && systemctl reload license-agent"
+    )
+    let activated = try machine.run("agentctl activate --code-file /mnt/lab/code")
+    #expect(activated.status == 0, "agentctl activate: \(activated.stdout) \(activated.stderr)")
+    let renewable = try machine.run("agentctl status --json").stdout
+    #expect(renewable.contains("\"codeHint\":\"67890\""), "\(renewable)")
+    // The code is in no journal entry and in no file others may read.
+    #expect(try machine.run("journalctl -o export | grep -c \(code)").stdout == "0\n")
+    let readable = try machine.run(
+      "find /var/lib/license-agent /etc/license-agent /run/license-agent -type f -perm /044 -exec grep -l \(code) {} +"
+    )
+    #expect(readable.stdout.isEmpty, "\(readable.stdout)")
+
+    // Nothing in the unit's journal from a refused system call.
+    #expect(!watchdog.contains("Failed to set thread priority"), "libdispatch's renice is allowed")
+
+    // Removal stops the agent and keeps the state; purge removes it.
+    let remove = try machine.run("dpkg --remove license-agent")
+    #expect(remove.status == 0, "\(remove.stderr)")
+    #expect(try machine.run("systemctl is-active license-agent").stdout != "active\n")
+    #expect(try machine.run("test -f /var/lib/license-agent/state.json").status == 0, "state kept on remove")
+    let purge = try machine.run("dpkg --purge license-agent")
+    #expect(purge.status == 0, "\(purge.stderr)")
+    #expect(try machine.run("test -e /var/lib/license-agent").status != 0, "state removed on purge")
+    #expect(try machine.run("test -e /etc/license-agent").status != 0, "configuration removed on purge")
+  }
+}
