@@ -127,7 +127,7 @@ let package = Package(
       dependencies: ["LicenseTestSupport"],
       resources: [.copy("Fixtures")]
     ),
-    .testTarget(name: "PackagingTests", dependencies: ["LicenseTestSupport"]),
+    .testTarget(name: "PackagingTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "KeytoolTests",
       dependencies: ["LicenseCore", "LicenseTestSupport"],

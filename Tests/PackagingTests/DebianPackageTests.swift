@@ -1,0 +1,113 @@
+import AgentRuntime
+import Foundation
+import LicenseCore
+import LicenseTestSupport
+import Testing
+
+/// The package's contents and documentation, without booting anything: lintian, the man
+/// pages against `--help`, and the shipped configuration.
+@Suite struct DebianPackageTests {
+  static let repository = BootedContainer.repository
+
+  @Test func lintianReportsNoErrorAndOnlyTheWarningsPackagingREADMEJustifies() throws {
+    let package = try SystemdEndToEndTests.builtPackage()
+    try #require(
+      FileManager.default.isExecutableFile(atPath: "/usr/bin/lintian"),
+      "lintian is missing: apt-get install lintian (scripts/ensure-deps does)")
+    let result = try runProcess("/usr/bin/lintian", ["--pedantic", "--no-tag-display-limit", package])
+    let tags = result.stdout.split(separator: "\n").filter { $0.hasPrefix("E:") || $0.hasPrefix("W:") }
+    #expect(!tags.contains { $0.hasPrefix("E:") }, "\(tags)")
+    let readme = try String(contentsOfFile: Self.repository + "/packaging/README.md", encoding: .utf8)
+    let justified = readme.components(separatedBy: "## Lintian").last ?? ""
+    for warning in tags where warning.hasPrefix("W:") {
+      // "W: license-agent: TAG [context]"
+      let tag = warning.split(separator: " ").dropFirst(2).first.map(String.init) ?? String(warning)
+      #expect(
+        justified.contains("`\(tag)`"), "lintian warning not justified in packaging/README.md: \(warning)")
+    }
+  }
+
+  @Test func theDefaultConfigurationIsTheBuiltInOneAndNamesEveryKey() throws {
+    // The agent accepts the shipped file and it changes nothing: every key is commented
+    // out at its default.
+    let path = Self.repository + "/packaging/agent.toml"
+    let text = try String(contentsOfFile: path, encoding: .utf8)
+    #expect(try AgentConfiguration.parse(text, file: path) == AgentConfiguration())
+    for key in [
+      "product", "[activation]", "client", "url", "proxy", "command", "ca-file", "attempt-timeout",
+      "retry-initial",
+      "retry-max", "alert-after", "[warnings]", "before", "[control]", "admin-group",
+    ] {
+      #expect(text.contains(key), "packaging/agent.toml does not mention \(key)")
+    }
+    // Uncommented, the defaults it shows are the agent's defaults (examples such as url
+    // stay commented).
+    let defaultKeys = [
+      "product", "client", "attempt-timeout", "retry-initial", "retry-max", "alert-after", "before",
+      "admin-group",
+    ]
+    let uncommented = text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+      defaultKeys.contains { line.hasPrefix("#\($0) = ") } ? String(line.dropFirst()) : String(line)
+    }.joined(separator: "\n")
+    #expect(uncommented != text)
+    #expect(try AgentConfiguration.parse(uncommented, file: path) == AgentConfiguration())
+  }
+}
+
+/// The man pages stay in step with the programs: every subcommand and long option that
+/// `--help` knows (from argument-parser's `--experimental-dump-help`) is in the page, and
+/// groff reads the pages without a warning.
+@Suite struct ManPageTests {
+  static let pages = BootedContainer.repository + "/packaging/man/"
+
+  @Test(arguments: [("agentctl", "agentctl.8"), ("license-keytool", "license-keytool.1")])
+  func everySubcommandAndOptionIsInTheManPage(program: String, page: String) throws {
+    let dump = try runProcess(productsDirectory() + "/" + program, ["--experimental-dump-help"])
+    let root = try #require(
+      try JSONSerialization.jsonObject(with: Data(dump.stdout.utf8)) as? [String: Any])
+    // The page escapes dashes for groff: "\-\-code\-file".
+    let text = try String(contentsOfFile: Self.pages + page, encoding: .utf8)
+      .replacingOccurrences(of: "\\-", with: "-")
+    var commands = [try #require(root["command"] as? [String: Any])]
+    var checked = 0
+    while let command = commands.popLast() {
+      let name = command["commandName"] as? String ?? ""
+      if name != program && name != "help" {
+        #expect(
+          text.contains(".B \(name)") || text.contains(".BI \"\(name)"), "\(page) lacks the command \(name)")
+      }
+      for argument in command["arguments"] as? [[String: Any]] ?? [] {
+        for long in (argument["names"] as? [[String: Any]] ?? []) where long["kind"] as? String == "long" {
+          let option = "--" + (long["name"] as? String ?? "")
+          #expect(text.contains(option), "\(page) lacks \(option) (\(name))")
+          checked += 1
+        }
+      }
+      commands += command["subcommands"] as? [[String: Any]] ?? []
+    }
+    #expect(checked > 10)
+  }
+
+  @Test func theDaemonsPageNamesItsOptionsFilesSignalsAndEveryEvent() throws {
+    let text = try String(contentsOfFile: Self.pages + "license-agent.8", encoding: .utf8)
+      .replacingOccurrences(of: "\\-", with: "-")
+    for item in [
+      "--version", "--help", "/etc/license-agent/agent.toml", "trusted-issuers", "/var/lib/license-agent",
+      "/run/license-agent/io.licenseagent.Agent", "SIGHUP", "SIGTERM", "LICENSE_AGENT_LOG", "78",
+    ] {
+      #expect(text.contains(item), "license-agent.8 lacks \(item)")
+    }
+    for kind in EventKind.allCases {
+      #expect(text.contains(kind.rawValue) && text.contains(kind.messageID), "license-agent.8 lacks \(kind)")
+    }
+  }
+
+  @Test(arguments: ["license-agent.8", "agentctl.8", "license-keytool.1"])
+  func groffReadsThePageWithoutWarnings(page: String) throws {
+    let result = try runProcess(
+      "/usr/bin/man", ["--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", Self.pages + page],
+      environment: ["LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"])
+    #expect(result.status == 0)
+    #expect(result.stderr.isEmpty, "\(result.stderr)")
+  }
+}
