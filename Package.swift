@@ -29,6 +29,8 @@ let package = Package(
     ),
     // A JSON value with a stable serialization, shared by the core and Varlink.
     .target(name: "SimpleJSON"),
+    // Standard streams and trimming without Foundation's full module (packaging/README.md).
+    .target(name: "StandardIO"),
     // The pure core: keys, rules, state machine. No I/O, no clock.
     .target(name: "LicenseCore", dependencies: ["CSodium", "SimpleJSON"]),
     // libsystemd (journal, notify, watchdog) and Linux calls Glibc lacks (timerfd, SO_PEERCRED).
@@ -51,8 +53,9 @@ let package = Package(
     .target(
       name: "AgentRuntime",
       dependencies: [
-        "CLinux", "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "SystemClock", "Systemd",
-        "Varlink",
+        "CLinux", "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "StandardIO",
+        "SystemClock",
+        "Systemd", "Varlink",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "TOMLKit", package: "TOMLKit"),
       ]
@@ -60,7 +63,7 @@ let package = Package(
     .executableTarget(
       name: "license-agent",
       dependencies: [
-        "AgentRuntime", "LicenseCore", "LicenseStorage", "Systemd",
+        "AgentRuntime", "LicenseCore", "LicenseStorage", "StandardIO", "Systemd",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -70,20 +73,22 @@ let package = Package(
     .executableTarget(
       name: "agentctl",
       dependencies: [
-        "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "SystemClock", "Varlink",
+        "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "StandardIO", "SystemClock",
+        "Varlink",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
     .executableTarget(
       name: "license-keytool",
       dependencies: [
-        "LicenseCore", "LicenseStorage", "SimpleJSON", "SystemClock",
+        "LicenseCore", "LicenseStorage", "SimpleJSON", "StandardIO", "SystemClock",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
     // The HTTPS activation client program (Debian's libcurl): the daemon never links HTTP or TLS.
     .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
-    .executableTarget(name: "license-agent-activate-https", dependencies: ["CCurl"]),
+    .executableTarget(
+      name: "license-agent-activate-https", dependencies: ["CCurl", "SimpleJSON", "StandardIO"]),
     // The reference activation server for labs and tests (FlyingFox: no NIO to build).
     .executableTarget(
       name: "activation-server",
@@ -127,6 +132,7 @@ let package = Package(
       dependencies: ["LicenseTestSupport"],
       resources: [.copy("Fixtures")]
     ),
+    .testTarget(name: "StandardIOTests", dependencies: ["StandardIO"]),
     .testTarget(name: "PackagingTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "KeytoolTests",

@@ -1,6 +1,7 @@
-import Foundation
+import FoundationEssentials
 import LicenseCore
 import SimpleJSON
+import StandardIO
 
 /// What one activation attempt produced.
 public enum ActivationOutcome: Sendable, Equatable {
@@ -75,8 +76,7 @@ public struct ExecActivationClient: ActivationClient {
       command, environment: environment(),
       input: Array(requestBody(code: code, currentSerial: currentSerial).utf8),
       timeout: timeout)
-    let stderr = String(decoding: result.stderr, as: UTF8.self).trimmingCharacters(
-      in: .whitespacesAndNewlines)
+    let stderr = String(decoding: result.stderr, as: UTF8.self).trimmingWhitespace()
     if !stderr.isEmpty { logStderr(String(stderr.prefix(4000))) }
     return Self.outcome(of: result, timeout: timeout)
   }
@@ -120,7 +120,9 @@ public struct ExecActivationClient: ActivationClient {
   public static func shippedHTTPSClient() -> String {
     let name = "license-agent-activate-https"
     if let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") {
-      let sibling = (executable as NSString).deletingLastPathComponent + "/" + name
+      let sibling =
+        executable.split(separator: "/", omittingEmptySubsequences: false).dropLast()
+        .joined(separator: "/") + "/" + name
       if FileManager.default.isExecutableFile(atPath: sibling) { return sibling }
     }
     return "/usr/libexec/license-agent/" + name
@@ -128,7 +130,6 @@ public struct ExecActivationClient: ActivationClient {
 
   /// This machine's id (`/etc/machine-id`), or empty.
   public static func machineID() -> String {
-    (try? String(contentsOfFile: "/etc/machine-id", encoding: .utf8))?.trimmingCharacters(
-      in: .whitespacesAndNewlines) ?? ""
+    (try? String(contentsOfFile: "/etc/machine-id", encoding: .utf8))?.trimmingWhitespace() ?? ""
   }
 }

@@ -1,6 +1,6 @@
 import ControlInterface
 import Dispatch
-import Foundation
+import FoundationEssentials
 import Glibc
 import LicenseCore
 import LicenseStorage
@@ -414,7 +414,7 @@ public final class Agent: @unchecked Sendable {
     let parts = state.slotsInUse.map { slot -> String in
       let slotState = state[slot]
       if let active = slotState.active {
-        let until = active.expiresAt.rfc3339.prefix(16).replacingOccurrences(of: "T", with: " ") + " UTC"
+        let until = String(active.expiresAt.rfc3339.prefix(16).map { $0 == "T" ? " " : $0 }) + " UTC"
         return "\(slot.rawValue): \(active.serial) until \(until), "
           + (slotState.reserve != nil ? "reserve ready" : "no reserve")
       }

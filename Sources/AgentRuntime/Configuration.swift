@@ -1,5 +1,6 @@
-import Foundation
+import FoundationEssentials
 import LicenseCore
+import StandardIO
 import TOMLKit
 
 /// The agent's configuration (`agent.toml`, contract §6). Every key is optional.
@@ -159,7 +160,7 @@ public struct AgentConfiguration: Sendable, Equatable {
   }
 
   static func isLoopback(_ host: String) -> Bool {
-    let bare = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+    let bare = host.trimming(["[", "]"])
     return bare == "localhost" || bare == "::1" || bare.hasPrefix("127.")
   }
 }
@@ -193,18 +194,17 @@ private struct Reader {
   func line(of key: String, section: String?) -> Int? {
     var current: String?
     for (index, raw) in lines.enumerated() {
-      let line = raw.trimmingCharacters(in: .whitespaces)
+      let line = raw.trimmingWhitespace()
       if line.hasPrefix("[") {
-        current = line.trimmingCharacters(in: CharacterSet(charactersIn: "[] "))
+        current = line.trimming(["[", "]", " "])
         continue
       }
       guard current == section else { continue }
-      let name = line.split(separator: "=", maxSplits: 1).first?.trimmingCharacters(in: .whitespaces)
-        .trimmingCharacters(in: CharacterSet(charactersIn: "\"'"))
+      let name = line.split(separator: "=", maxSplits: 1).first?.trimmingWhitespace().trimming(["\"", "'"])
       if name == key { return index + 1 }
     }
     if section != nil, key == section {
-      return lines.firstIndex { $0.trimmingCharacters(in: .whitespaces) == "[\(key)]" }.map { $0 + 1 }
+      return lines.firstIndex { $0.trimmingWhitespace() == "[\(key)]" }.map { $0 + 1 }
     }
     return nil
   }

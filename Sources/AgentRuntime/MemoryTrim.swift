@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import Glibc
 
 /// Releases the executable's code pages that start-up touched, so that an idle agent holds

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import SimpleJSON
 
 /// An Ed25519 JSON Web Key (RFC 8037: `kty` `OKP`, `crv` `Ed25519`), public or private.
@@ -32,23 +32,23 @@ public struct JWK: Sendable, Equatable {
 
   /// Parses a JWK document. A private JWK's `x` must match its `d`.
   public init(json: Data) throws(Problem) {
-    guard let object = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else {
+    guard let object = JSONValue.parse(json)?.objectValue else {
       throw Problem("not a JSON object")
     }
-    guard object["kty"] as? String == "OKP" else { throw Problem("\"kty\" must be \"OKP\"") }
-    guard object["crv"] as? String == "Ed25519" else { throw Problem("\"crv\" must be \"Ed25519\"") }
-    guard let kid = object["kid"] as? String, !kid.isEmpty else {
+    guard object["kty"]?.stringValue == "OKP" else { throw Problem("\"kty\" must be \"OKP\"") }
+    guard object["crv"]?.stringValue == "Ed25519" else { throw Problem("\"crv\" must be \"Ed25519\"") }
+    guard let kid = object["kid"]?.stringValue, !kid.isEmpty else {
       throw Problem("\"kid\" is missing or empty")
     }
-    guard let x = object["x"] as? String, let publicKey = Base64URL.decode(x),
+    guard let x = object["x"]?.stringValue, let publicKey = Base64URL.decode(x),
       publicKey.count == Ed25519.publicKeyLength
     else { throw Problem("\"x\" must be a 32-byte base64url public key") }
-    if let alg = object["alg"] as? String, alg != "EdDSA", alg != "Ed25519" {
+    if let alg = object["alg"]?.stringValue, alg != "EdDSA", alg != "Ed25519" {
       throw Problem("\"alg\" is \"\(alg)\"; an issuer key must be EdDSA or Ed25519")
     }
     var seed: [UInt8]?
     if let d = object["d"] {
-      guard let text = d as? String, let bytes = Base64URL.decode(text), bytes.count == Ed25519.seedLength
+      guard let text = d.stringValue, let bytes = Base64URL.decode(text), bytes.count == Ed25519.seedLength
       else { throw Problem("\"d\" must be a 32-byte base64url private key") }
       guard Ed25519.publicKey(seed: bytes) == publicKey else {
         throw Problem("\"x\" is not the public key of \"d\"")

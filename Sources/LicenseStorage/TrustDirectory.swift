@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 import LicenseCore
 
 /// Reads the trusted issuers: one public JWK per `*.jwk` file in the trust directory

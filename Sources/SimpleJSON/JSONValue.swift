@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A JSON value, for documents whose every field must be checked by hand (key headers and
 /// claims, so that each defect gets its own reason; Varlink messages, whose parameters are

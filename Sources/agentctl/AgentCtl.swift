@@ -1,9 +1,10 @@
 import ArgumentParser
 import ControlInterface
-import Foundation
+import FoundationEssentials
 import LicenseCore
 import LicenseStorage
 import SimpleJSON
+import StandardIO
 import Varlink
 
 /// `agentctl`: the operator's tool. It speaks only Varlink to the agent's control socket.
@@ -55,14 +56,14 @@ struct ConnectionOptions: ParsableArguments {
 }
 
 func printError(_ text: String) {
-  FileHandle.standardError.write(Data((text + "\n").utf8))
+  StandardStream.error(text + "\n")
 }
 
 /// Reads a key from FILE, or standard input for "-".
 func readKey(_ path: String) throws -> String {
   let data: Data?
   if path == "-" {
-    data = FileHandle.standardInput.readDataToEndOfFile()
+    data = Data(StandardStream.readAll())
   } else {
     data = FileManager.default.contents(atPath: path)
   }
@@ -219,7 +220,7 @@ struct Activate: ParsableCommand {
       }
       text = String(decoding: data, as: UTF8.self)
     } else if codeStdin {
-      text = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+      text = String(decoding: StandardStream.readAll(), as: UTF8.self)
     } else {
       printError(
         "agentctl: warning: a code on the command line is visible in ps and shell history; prefer --code-file or --code-stdin"

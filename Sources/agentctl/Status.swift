@@ -1,6 +1,6 @@
 import ArgumentParser
 import ControlInterface
-import Foundation
+import FoundationEssentials
 import LicenseCore
 import LicenseStorage
 import SimpleJSON

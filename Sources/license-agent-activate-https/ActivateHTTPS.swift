@@ -1,5 +1,8 @@
 import CCurl
-import Foundation
+import FoundationEssentials
+import Glibc
+import SimpleJSON
+import StandardIO
 
 /// `license-agent-activate-https`: the activation client program for `client = "https"`
 /// (contract §2 and §3). The agent runs it once per attempt: the request JSON on standard
@@ -47,7 +50,7 @@ struct ActivateHTTPS {
           "message": "\(base) is not https://; plain http is allowed only to a loopback address",
         ])
     }
-    let body = FileHandle.standardInput.readDataToEndOfFile()
+    let body = Data(StandardStream.readAll())
     let reply = post(
       url.absoluteString, body: body, timeout: timeout, proxy: env["LICENSE_AGENT_PROXY"] ?? "",
       caFile: env["LICENSE_AGENT_CA_FILE"] ?? "")
@@ -60,7 +63,7 @@ struct ActivateHTTPS {
     }
     let payload = reply.body
     let status = reply.status
-    let json = (try? JSONSerialization.jsonObject(with: payload)) as? [String: Any]
+    let json = JSONValue.parse(payload)?.objectValue
     if status == 200 {
       let contentType = reply.headers["content-type"] ?? ""
       guard contentType.lowercased().contains("json") else {
@@ -71,26 +74,22 @@ struct ActivateHTTPS {
             "message": "the reply is \(contentType.isEmpty ? "untyped" : contentType), not JSON",
           ])
       }
-      guard let key = json?["key"] as? String, !key.isEmpty else {
+      guard let key = json?["key"]?.stringValue, !key.isEmpty else {
         finish(1, ["error": "bad_key_from_server", "message": "the reply holds no \"key\""])
       }
       finish(0, ["key": key])
     }
-    let serverError = json?["error"] as? String
-    let serverMessage = json?["message"] as? String
+    let serverError = json?["error"]?.stringValue
+    let serverMessage = json?["message"]?.stringValue
     if permanentStatuses.contains(status) {
       finish(
         1,
         ["error": serverError ?? "http_\(status)", "message": serverMessage ?? "HTTP \(status) from \(base)"])
     }
     if transientStatuses.contains(status) {
-      var object: [String: Any] = [
-        "error": "http_\(status)", "message": serverMessage ?? "HTTP \(status) from \(base)",
-      ]
-      if let retryAfter = reply.headers["retry-after"].flatMap(parseRetryAfter) {
-        object["retryAfter"] = retryAfter
-      }
-      finish(75, object)
+      finish(
+        75, ["error": "http_\(status)", "message": serverMessage ?? "HTTP \(status) from \(base)"],
+        retryAfter: reply.headers["retry-after"].flatMap(parseRetryAfter))
     }
     finish(
       1, ["error": "http_\(status)", "message": serverMessage ?? "unexpected HTTP \(status) from \(base)"])
@@ -152,8 +151,7 @@ struct ActivateHTTPS {
         let line = String(decoding: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
         if line.hasPrefix("HTTP/") { reply.headers = [:] }  // a new response (e.g. after 100 Continue)
         if let colon = line.firstIndex(of: ":") {
-          reply.headers[line[..<colon].lowercased()] = line[line.index(after: colon)...]
-            .trimmingCharacters(in: .whitespacesAndNewlines)
+          reply.headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingWhitespace()
         }
       }
       return length
@@ -171,27 +169,46 @@ struct ActivateHTTPS {
     reply.status = status
     return reply
   }
-  /// `Retry-After` as seconds: a number of seconds, or an HTTP date.
+  /// `Retry-After` as seconds: a number of seconds, or an HTTP date in the IMF-fixdate form
+  /// every server sends (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110 §5.6.7).
   static func parseRetryAfter(_ value: String) -> Int? {
-    let trimmed = value.trimmingCharacters(in: .whitespaces)
+    parseRetryAfter(value, now: Date().timeIntervalSince1970)
+  }
+
+  static func parseRetryAfter(_ value: String, now: Double) -> Int? {
+    let trimmed = value.trimmingWhitespace()
     if let seconds = Int(trimmed), seconds >= 0 { return seconds }
-    let formatter = DateFormatter()
-    formatter.locale = Locale(identifier: "en_US_POSIX")
-    formatter.timeZone = TimeZone(identifier: "GMT")
-    formatter.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
-    guard let date = formatter.date(from: trimmed) else { return nil }
-    return max(0, Int(date.timeIntervalSinceNow.rounded(.up)))
+    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    let parts = trimmed.split(separator: " ")
+    guard parts.count == 6, parts[0].count == 4, parts[0].hasSuffix(","), parts[5] == "GMT",
+      let day = Int(parts[1]), let month = months.firstIndex(of: String(parts[2])), let year = Int(parts[3])
+    else { return nil }
+    let clock = parts[4].split(separator: ":").compactMap { Int($0) }
+    guard clock.count == 3, (1...31).contains(day), (0...23).contains(clock[0]), (0...59).contains(clock[1]),
+      (0...60).contains(clock[2])
+    else { return nil }
+    var fields = tm()
+    fields.tm_year = Int32(year - 1900)
+    fields.tm_mon = Int32(month)
+    fields.tm_mday = Int32(day)
+    fields.tm_hour = Int32(clock[0])
+    fields.tm_min = Int32(clock[1])
+    fields.tm_sec = Int32(clock[2])
+    let instant = timegm(&fields)
+    guard instant != -1 else { return nil }
+    return max(0, Int((Double(instant) - now).rounded(.up)))
   }
 
   static func isLoopback(_ host: String) -> Bool {
-    let bare = host.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+    let bare = host.trimming(["[", "]"])
     return bare == "localhost" || bare == "::1" || bare.hasPrefix("127.")
   }
 
-  static func finish(_ status: Int32, _ object: [String: Any]) -> Never {
-    if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) {
-      FileHandle.standardOutput.write(data + Data("\n".utf8))
-    }
+  /// Prints the reply object (contract §3) and exits with `status`.
+  static func finish(_ status: Int32, _ fields: [String: String], retryAfter: Int? = nil) -> Never {
+    var object = fields.mapValues { JSONValue.string($0) }
+    if let retryAfter { object["retryAfter"] = .number(Double(retryAfter)) }
+    StandardStream.output(JSONValue.object(object).serialized + "\n")
     exit(status)
   }
 }

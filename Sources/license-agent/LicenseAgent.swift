@@ -1,11 +1,12 @@
 import AgentRuntime
 import Dispatch
-import Foundation
+import FoundationEssentials
 import Glibc
 import LicenseCore
 import LicenseStorage
 import Logging
 import ServiceLifecycle
+import StandardIO
 import Systemd
 import UnixSignals
 
@@ -49,8 +50,7 @@ struct LicenseAgentMain {
       return
     }
     guard arguments.isEmpty else {
-      FileHandle.standardError.write(
-        Data("license-agent: unknown argument '\(arguments[0])'\n\n\(usage)\n".utf8))
+      StandardStream.error("license-agent: unknown argument '\(arguments[0])'\n\n\(usage)\n")
       exit(64)
     }
 

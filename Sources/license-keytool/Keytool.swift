@@ -1,8 +1,10 @@
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import Glibc
 import LicenseCore
 import LicenseStorage
 import SimpleJSON
+import StandardIO
 import SystemClock
 
 /// `license-keytool`: makes issuer keys and licence keys for labs, tests and demos, and
@@ -30,7 +32,7 @@ func currentTime() -> Timestamp { SystemWallClock().now() }
 
 /// Prints to standard error and exits with `code`.
 func fail(_ message: String, code: Int32) -> Never {
-  FileHandle.standardError.write(Data("license-keytool: \(message)\n".utf8))
+  StandardStream.error("license-keytool: \(message)\n")
   exit(code)
 }
 
@@ -42,14 +44,15 @@ func writeFile(_ path: String, _ text: String, mode: mode_t, force: Bool) {
   let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
   guard fd >= 0 else { fail("cannot write \(path): \(String(cString: strerror(errno)))", code: 74) }
   fchmod(fd, mode)
-  let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-  handle.write(Data(text.utf8))
-  guard fsync(fd) == 0 else { fail("cannot write \(path): \(String(cString: strerror(errno)))", code: 74) }
+  defer { close(fd) }
+  guard StandardStream.write(Array(text.utf8), to: fd), fsync(fd) == 0 else {
+    fail("cannot write \(path): \(String(cString: strerror(errno)))", code: 74)
+  }
 }
 
 /// Reads a key or JWK file; `-` is standard input.
 func readInput(_ path: String) -> Data {
-  if path == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
+  if path == "-" { return Data(StandardStream.readAll()) }
   guard let data = FileManager.default.contents(atPath: path) else {
     fail("cannot read \(path): no such file, or not readable", code: 74)
   }
@@ -82,7 +85,7 @@ struct Keygen: ParsableCommand {
     do {
       try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
     } catch {
-      fail("cannot create \(out): \(error.localizedDescription)", code: 74)
+      fail("cannot create \(out): \(error)", code: 74)
     }
     let jwk = JWK.generate(kid: kid)
     let privatePath = out + "/" + kid + ".private.jwk"
@@ -204,9 +207,8 @@ struct Inspect: ParsableCommand {
     var trustProblems: [TrustDirectory.Problem] = []
     do {
       if let trust {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: trust, isDirectory: &isDirectory), isDirectory.boolValue
-        else {
+        var info = stat()
+        guard stat(trust, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
           fail("--trust \(trust) is not a directory", code: 74)
         }
         let loaded = TrustDirectory.load(trust)
@@ -233,7 +235,7 @@ struct Inspect: ParsableCommand {
       }
     }
     for problem in trustProblems {
-      FileHandle.standardError.write(Data("license-keytool: warning: ignored \(problem)\n".utf8))
+      StandardStream.error("license-keytool: warning: ignored \(problem)\n")
     }
     if json {
       print(jsonReport(key: key, code: code, reason: reason, message: message, now: now))

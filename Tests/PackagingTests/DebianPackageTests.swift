@@ -111,3 +111,33 @@ import Testing
     #expect(result.stderr.isEmpty, "\(result.stderr)")
   }
 }
+
+/// The shipped programs link Foundation's essentials only (README, "Building"): whole
+/// Foundation, linked statically, brings ICU's data and quadruples every binary.
+@Suite struct PackagedCodeTests {
+  static let packagedTargets = [
+    "SimpleJSON", "StandardIO", "LicenseCore", "LicenseStorage", "SystemClock", "Systemd", "Varlink",
+    "ControlInterface", "AgentRuntime", "license-agent", "agentctl", "license-keytool",
+    "license-agent-activate-https",
+  ]
+
+  @Test func noPackagedTargetImportsWholeFoundation() throws {
+    var checked = 0
+    for target in Self.packagedTargets {
+      let dir = BootedContainer.repository + "/Sources/" + target
+      for file in try FileManager.default.contentsOfDirectory(atPath: dir) where file.hasSuffix(".swift") {
+        let text = try String(contentsOfFile: dir + "/" + file, encoding: .utf8)
+        let imports = text.split(separator: "\n").filter {
+          $0.hasPrefix("import ") || $0.contains(" import ")
+        }
+        #expect(
+          !imports.contains {
+            $0.split(separator: " ").last == "Foundation" || $0.contains("FoundationNetworking")
+          },
+          "Sources/\(target)/\(file) imports Foundation: use FoundationEssentials (and StandardIO)")
+        checked += 1
+      }
+    }
+    #expect(checked >= 20)
+  }
+}
