@@ -124,7 +124,7 @@ let package = Package(
       name: "AgentRuntimeTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "AgentEndToEndTests",
-      dependencies: ["LicenseCore", "LicenseTestSupport"],
+      dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport"],
       resources: [.copy("Fixtures")]
     ),
     .testTarget(

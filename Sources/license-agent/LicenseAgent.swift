@@ -7,6 +7,7 @@ import LicenseStorage
 import Logging
 import ServiceLifecycle
 import StandardIO
+import Synchronization
 import Systemd
 import UnixSignals
 
@@ -85,7 +86,7 @@ struct LicenseAgentMain {
     }
     let store: FileStateStore
     do {
-      store = try FileStateStore(directory: paths.stateDirectory)
+      store = try FileStateStore(directory: paths.stateDirectory, crashPoint: testCrashPoint(environment))
     } catch {
       logger.critical("Cannot open the state directory, not starting: \(error)")
       exit(1)
@@ -157,5 +158,39 @@ struct ReloadService: Service {
   func run() async throws {
     try? await gracefulShutdown()
     source.cancel()
+  }
+}
+
+/// The crash harness's hook (`license-agent-bench crash`), compiled into debug builds only:
+/// `LICENSE_AGENT_CRASH_AT=STEP:N` kills the agent with SIGKILL when the N-th state write
+/// reaches STEP (a ``WriteStep`` name), exactly where a power cut could stop it. Release
+/// builds, which the package ships, ignore the variable.
+func testCrashPoint(_ environment: [String: String]) -> (@Sendable (WriteStep) throws -> Void)? {
+  #if DEBUG
+    guard let spec = environment["LICENSE_AGENT_CRASH_AT"] else { return nil }
+    let parts = spec.split(separator: ":")
+    guard parts.count == 2, let step = WriteStep(rawValue: String(parts[0])), let target = Int(parts[1])
+    else {
+      StandardStream.error("license-agent: LICENSE_AGENT_CRASH_AT must be STEP:N, e.g. renamed:2\n")
+      exit(64)
+    }
+    let counter = CrashCounter()
+    return { reached in
+      guard reached == step, counter.next() == target else { return }
+      kill(getpid(), SIGKILL)
+    }
+  #else
+    return nil
+  #endif
+}
+
+/// Counts the writes reaching the crash step.
+final class CrashCounter: Sendable {
+  private let count = Mutex(0)
+  func next() -> Int {
+    count.withLock { value in
+      value += 1
+      return value
+    }
   }
 }

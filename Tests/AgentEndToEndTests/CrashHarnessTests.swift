@@ -1,0 +1,32 @@
+import Foundation
+import LicenseCore
+import LicenseStorage
+import LicenseTestSupport
+import Testing
+
+/// The crash-consistency harness (`license-agent-bench crash`, docs/RELIABILITY.md) in its
+/// short form: 50 trials, half of them killed at each step of each of the first five state
+/// writes, half at random instants; no invariant may break.
+@Suite struct CrashHarnessTests {
+  @Test func fiftyCrashTrialsBreakNoInvariant() throws {
+    try #require(AgentHarness.journalIsRunning, "no journal socket: start systemd-journald (.ci/run does)")
+    let result = try runProcess(
+      productsDirectory() + "/license-agent-bench", ["crash", "--trials", "50", "--parallel", "2", "--json"])
+    let summary = try #require(
+      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
+      "\(result.stdout) \(result.stderr)")
+    #expect(summary["trials"] as? Int == 50)
+    #expect(summary["violations"] as? Int == 0, "\(summary["invariants"] ?? [:])")
+    #expect(result.status == 0)
+    let kinds = try #require(summary["kinds"] as? [String: Int])
+    for step in WriteStep.allCases {
+      for write in 1...5 {
+        #expect(
+          kinds["step \(step.rawValue) of write \(write)"] == 1,
+          "a trial crashed at \(step) of write \(write)")
+      }
+    }
+    #expect(kinds["SIGKILL at a random instant"] == 25)
+    #expect((summary["restarts"] as? Int ?? 0) >= 50, "every trial was killed and restarted")
+  }
+}
