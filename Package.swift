@@ -109,6 +109,13 @@ let package = Package(
     .target(
       name: "LicenseTestSupport", dependencies: ["LicenseCore", "SystemClock"],
       path: "Tests/LicenseTestSupport"),
+    // Fuzzing (Fuzz/README.md): libFuzzer targets when built with -DFUZZING and
+    // -sanitize=fuzzer; built normally, each replays its corpus (the test suite does).
+    .target(name: "FuzzSupport", path: "Fuzz/Support"),
+    .executableTarget(name: "fuzz-key-parser", dependencies: ["FuzzSupport", "LicenseCore"], path: "Fuzz/KeyParser"),
+    .executableTarget(name: "fuzz-varlink", dependencies: ["FuzzSupport", "Varlink"], path: "Fuzz/VarlinkMessages"),
+    .executableTarget(
+      name: "fuzz-configuration", dependencies: ["AgentRuntime", "FuzzSupport"], path: "Fuzz/Configuration"),
     .testTarget(name: "LicenseCoreTests", dependencies: ["LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "LicenseStorageTests", dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport"]),
@@ -124,7 +131,7 @@ let package = Package(
       name: "AgentRuntimeTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "AgentEndToEndTests",
-      dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport"],
+      dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport", "SimpleJSON", "Varlink"],
       resources: [.copy("Fixtures")]
     ),
     .testTarget(
@@ -133,6 +140,7 @@ let package = Package(
       resources: [.copy("Fixtures")]
     ),
     .testTarget(name: "StandardIOTests", dependencies: ["StandardIO"]),
+    .testTarget(name: "FuzzCorpusTests", dependencies: ["LicenseTestSupport"]),
     .testTarget(name: "PackagingTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "KeytoolTests",

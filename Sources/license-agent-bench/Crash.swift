@@ -284,8 +284,14 @@ struct CrashTrial {
     if acknowledged.contains(serials.r2), active != serials.r2 {
       violation("lost", "R2 was acknowledged but the active key is \(active ?? "none")")
     }
-    if acknowledged.contains(serials.a), active == nil {
-      violation("lost", "A was acknowledged but the slot holds nothing")
+    if acknowledged.contains(serials.r), !acknowledged.contains(serials.r2), active != serials.r,
+      active != serials.r2
+    {
+      violation("lost", "R was acknowledged but the active key is \(active ?? "none")")
+    }
+    let reserveAdded = acknowledged.contains(serials.r) || acknowledged.contains(serials.r2)
+    if acknowledged.contains(serials.a), active == nil, reserveAdded {
+      violation("lost", "A and a reserve were acknowledged but the slot holds nothing")
     }
     if reserve != nil { violation("missing", "a reserve \(reserve!) is still waiting after the expiry") }
 
