@@ -111,7 +111,8 @@ let package = Package(
       path: "Tests/LicenseTestSupport"),
     // Fuzzing (Fuzz/README.md): libFuzzer targets when built with -DFUZZING and
     // -sanitize=fuzzer; built normally, each replays its corpus (the test suite does).
-    .target(name: "FuzzSupport", path: "Fuzz/Support"),
+    .systemLibrary(name: "CFuzzer", path: "Fuzz/CFuzzer"),
+    .target(name: "FuzzSupport", dependencies: ["CFuzzer"], path: "Fuzz/Support"),
     .executableTarget(name: "fuzz-key-parser", dependencies: ["FuzzSupport", "LicenseCore"], path: "Fuzz/KeyParser"),
     .executableTarget(name: "fuzz-varlink", dependencies: ["FuzzSupport", "Varlink"], path: "Fuzz/VarlinkMessages"),
     .executableTarget(

@@ -20,14 +20,6 @@ func exercise(_ bytes: [UInt8]) {
   }
 }
 
-#if FUZZING
-  @_cdecl("LLVMFuzzerTestOneInput")
-  public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
-    exercise(Array(UnsafeBufferPointer(start: data, count: size)))
-    return 0
-  }
-#else
-  @main struct Replay {
-    static func main() { replayCorpus(exercise) }
-  }
-#endif
+@main struct FuzzTarget {
+  static func main() { fuzzMain(exercise) }
+}

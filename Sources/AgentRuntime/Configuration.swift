@@ -44,6 +44,7 @@ public struct AgentConfiguration: Sendable, Equatable {
 
   /// Parses TOML text; errors name `file`, the line and the key.
   public static func parse(_ text: String, file: String) throws(ConfigurationError) -> AgentConfiguration {
+    try checkStructure(text, file: file)
     let table: TOMLTable
     do {
       table = try TOMLTable(string: text)
@@ -157,6 +158,22 @@ public struct AgentConfiguration: Sendable, Equatable {
       config.activation = a
     }
     return config
+  }
+
+  /// Checks the shape of every line before TOMLKit sees the text: toml++ (inside TOMLKit
+  /// 0.6.0) aborts the whole process, by an assertion in its key parser, on some malformed
+  /// table headers and keys (`[activación]`, a control character in a name, `[[[`; found
+  /// by fuzzing, Fuzz/README.md), and a configuration error must never stop the agent
+  /// other than by saying what is wrong. Outside strings and comments, a line holds
+  /// nothing, a table header `[name]` / `[[name]]`, or `name = value`, where a name is
+  /// dotted parts of ASCII letters, digits, `-` and `_`, or quoted; a value may span lines
+  /// inside brackets. TOMLKit then parses what passed.
+  static func checkStructure(_ text: String, file: String) throws(ConfigurationError) {
+    var scanner = TOMLLineScanner(text: text)
+    do { try scanner.scanDocument() } catch {
+      throw ConfigurationError(
+        file: file, line: scanner.line, key: nil, problem: "is not valid TOML: \(error.text)")
+    }
   }
 
   static func isLoopback(_ host: String) -> Bool {

@@ -64,6 +64,36 @@ import Testing
     }
   }
 
+  /// toml++ (in TOMLKit) aborts on a non-ASCII character in a table name; the agent must
+  /// refuse such a file with a message instead (found by fuzzing: Fuzz/Corpus/configuration).
+  @Test(arguments: [
+    ("[activación]\nurl = \"https://a.example\"\n", 1), ("product = \"x\"\n[warnings.é]\n", 2),
+    ("é = 1\n", 1), ("[a\u{89}]\n", 1),
+  ])
+  func aNonASCIINameIsRefusedWithItsLine(text: String, line: Int) {
+    do {
+      _ = try AgentConfiguration.parse(text, file: "agent.toml")
+      Issue.record("expected an error")
+    } catch {
+      #expect(error.line == line)
+      #expect(error.problem.contains("not valid TOML") && error.problem.contains("ASCII"), "\(error.problem)")
+    }
+  }
+
+  @Test func nonASCIIInStringsAndCommentsIsFine() throws {
+    let text = #"""
+      # Configuración: café
+      product = "prodüct-ñ" # commentaire é
+      [control]
+      admin-group = 'grüppe'
+      [warnings]
+      before = ["1d"] # """ é '''
+      """#
+    let config = try AgentConfiguration.parse(text, file: "agent.toml")
+    #expect(config.product == "prodüct-ñ")
+    #expect(config.adminGroup == "grüppe")
+  }
+
   @Test func reportsTOMLSyntaxErrorsWithTheirLine() {
     do {
       _ = try AgentConfiguration.parse("product = \"a\"\n[warnings\n", file: "agent.toml")
