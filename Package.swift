@@ -113,8 +113,10 @@ let package = Package(
     // -sanitize=fuzzer; built normally, each replays its corpus (the test suite does).
     .systemLibrary(name: "CFuzzer", path: "Fuzz/CFuzzer"),
     .target(name: "FuzzSupport", dependencies: ["CFuzzer"], path: "Fuzz/Support"),
-    .executableTarget(name: "fuzz-key-parser", dependencies: ["FuzzSupport", "LicenseCore"], path: "Fuzz/KeyParser"),
-    .executableTarget(name: "fuzz-varlink", dependencies: ["FuzzSupport", "Varlink"], path: "Fuzz/VarlinkMessages"),
+    .executableTarget(
+      name: "fuzz-key-parser", dependencies: ["FuzzSupport", "LicenseCore"], path: "Fuzz/KeyParser"),
+    .executableTarget(
+      name: "fuzz-varlink", dependencies: ["FuzzSupport", "Varlink"], path: "Fuzz/VarlinkMessages"),
     .executableTarget(
       name: "fuzz-configuration", dependencies: ["AgentRuntime", "FuzzSupport"], path: "Fuzz/Configuration"),
     .testTarget(name: "LicenseCoreTests", dependencies: ["LicenseCore", "LicenseTestSupport"]),

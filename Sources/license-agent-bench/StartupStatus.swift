@@ -22,7 +22,7 @@ func spawn(_ path: String, _ arguments: [String], environment: [String: String])
   posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
   let argv = ([path] + arguments).map { strdup($0) } + [nil]
   let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-  defer { (argv + envp).forEach { free($0) } }
+  defer { for pointer in argv + envp { free(pointer) } }
   var pid: pid_t = 0
   let result = posix_spawn(&pid, path, &actions, nil, argv, envp)
   guard result == 0 else {
