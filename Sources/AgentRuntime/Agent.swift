@@ -249,6 +249,7 @@ public final class Agent: @unchecked Sendable {
           "Cannot write the state: the change is not made and will be retried",
           metadata: ["error": "\(error)"])
         schedulePersistRetry()
+        notifier.notify("STATUS=\(statusLine())")
         return error
       }
       let durableAt = clock.now()
@@ -265,6 +266,9 @@ public final class Agent: @unchecked Sendable {
       let acknowledged = state.acknowledging(through: transition)
       if (try? store.save(acknowledged)) != nil { state = acknowledged }
     } else {
+      // Nothing to write: no change waits for the disk any more (a failed operator request
+      // was refused to its caller), so the timer goes back to the next instant that matters.
+      persistRetry = nil
       for event in decision.events { sink.send(event, transition: nil) }
     }
     for case .activate(let request) in decision.actions { startAttempt(request) }

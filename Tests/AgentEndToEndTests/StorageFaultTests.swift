@@ -1,0 +1,143 @@
+import Foundation
+import LicenseCore
+import LicenseTestSupport
+import Testing
+
+/// The state directory full or read-only (a small tmpfs mounted on it; needs root): the
+/// built agent refuses what it cannot make durable, announces nothing it did not write,
+/// keeps the state file intact, and catches up once the disk is usable again.
+@Suite(.serialized) struct StorageFaultTests {
+  /// An agent whose state directory is a tmpfs of 64 KiB.
+  final class SmallDisk {
+    let agent: AgentHarness
+    var directory: String { agent.stateDirectory }
+    var filler: String { directory + "/filler" }
+
+    init() throws {
+      agent = try AgentHarness()
+      try FileManager.default.createDirectory(atPath: agent.stateDirectory, withIntermediateDirectories: true)
+      let mounted = try runProcess(
+        "/bin/mount", ["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", agent.stateDirectory])
+      try #require(mounted.status == 0, "mount a tmpfs (needs root): \(mounted.stderr)")
+    }
+
+    deinit {
+      agent.stop()
+      _ = try? runProcess("/bin/umount", [directory])
+    }
+
+    /// Fills the file system to its last block.
+    func fill() throws {
+      _ = try runProcess("/bin/dd", ["if=/dev/zero", "of=\(filler)", "bs=4096"])
+      let free = try runProcess("/bin/df", ["--output=avail", directory]).stdout
+      #expect(free.split(separator: "\n").last?.trimmingCharacters(in: .whitespaces) == "0", "full: \(free)")
+    }
+
+    func free() { unlink(filler) }
+
+    var stateBytes: Data? { try? Data(contentsOf: URL(fileURLWithPath: agent.stateFile)) }
+  }
+
+  @Test func aFullDiskRefusesAnAddAndKeepsTheState() throws {
+    let disk = try SmallDisk()
+    let agent = disk.agent
+    try #require(try agent.start())
+    let now = AgentHarness.now()
+    let active = try agent.keyFile("A", agent.key("A", nbf: now - .days(1), exp: now + .days(30)))
+    let reserve = try agent.keyFile("R", agent.key("R", nbf: now, exp: now + .days(90)))
+    #expect(try agent.agentctl(["add-key", active]).status == 0)
+    let before = try #require(disk.stateBytes)
+
+    try disk.fill()
+    let refused = try agent.agentctl(["add-key", "--reserve", reserve])
+    #expect(refused.status == 74, "\(refused.stdout) \(refused.stderr)")
+    #expect(refused.stderr.contains(agent.stateDirectory), "names the directory: \(refused.stderr)")
+    #expect(disk.stateBytes == before, "the state file is untouched")
+    let status = try agent.agentctl(["status", "--json"])
+    #expect(status.stdout.contains(agent.serial("A")) && !status.stdout.contains(agent.serial("R")))
+    #expect(
+      try agent.journal(["MESSAGE_ID=\(EventKind.reserveAdded.messageID)"]).filter {
+        $0["LICENSE_SERIAL"] == agent.serial("R")
+      }.isEmpty, "nothing announced that was not written")
+
+    disk.free()
+    #expect(try agent.agentctl(["add-key", "--reserve", reserve]).status == 0, "accepted once there is room")
+  }
+
+  @Test func aFullDiskDelaysThePromotionUntilThereIsRoomAndNothingIsLost() throws {
+    let disk = try SmallDisk()
+    let agent = disk.agent
+    try #require(try agent.start())
+    let now = AgentHarness.now()
+    let exp = now + .seconds(2)
+    let active = try agent.keyFile("A", agent.key("A", nbf: now - .days(1), exp: exp))
+    let reserve = try agent.keyFile("R", agent.key("R", nbf: now, exp: now + .days(90)))
+    #expect(try agent.agentctl(["add-key", active]).status == 0)
+    #expect(try agent.agentctl(["add-key", "--reserve", reserve]).status == 0)
+    let before = try #require(disk.stateBytes)
+
+    try disk.fill()
+    AgentHarness.sleep(until: exp, margin: TimeSpan(microseconds: 1_500_000))
+    #expect(disk.stateBytes == before, "nothing written while the disk is full")
+    let promoted = ["MESSAGE_ID=\(EventKind.keyPromoted.messageID)", "LICENSE_SERIAL=\(agent.serial("R"))"]
+    #expect(try agent.journal(promoted).isEmpty, "no promotion announced before it is durable")
+    #expect(
+      agent.notify.messages.contains { $0.contains("cannot write the state") },
+      "the STATUS line says so: \(agent.notify.messages)")
+
+    disk.free()
+    let events = try agent.waitForJournal(promoted, count: 1, seconds: 10)
+    #expect(events.count == 1, "promoted once the disk has room")
+    let delay = try #require(events.first?["LICENSE_DELAY_USEC"].flatMap { Int64($0) })
+    #expect(delay >= 1_500_000, "late, and says how late: \(delay) µs")
+    let status = try agent.agentctl(["status", "--json"])
+    #expect(status.stdout.contains("\"serial\":\"\(agent.serial("R"))\""), "\(status.stdout)")
+    usleep(500_000)
+    #expect(try agent.journal(promoted).count == 1, "announced exactly once")
+  }
+
+  @Test func aReadOnlyStateDirectoryRefusesAnAddAndKeepsTheState() throws {
+    let disk = try SmallDisk()
+    let agent = disk.agent
+    try #require(try agent.start())
+    let now = AgentHarness.now()
+    let active = try agent.keyFile("A", agent.key("A", nbf: now - .days(1), exp: now + .days(30)))
+    let reserve = try agent.keyFile("R", agent.key("R", nbf: now, exp: now + .days(90)))
+    #expect(try agent.agentctl(["add-key", active]).status == 0)
+    let before = try #require(disk.stateBytes)
+
+    try #require(try runProcess("/bin/mount", ["-o", "remount,ro", disk.directory]).status == 0)
+    let refused = try agent.agentctl(["add-key", "--reserve", reserve])
+    #expect(refused.status == 74, "\(refused.stdout) \(refused.stderr)")
+    #expect(disk.stateBytes == before)
+    try #require(try runProcess("/bin/mount", ["-o", "remount,rw", disk.directory]).status == 0)
+    #expect(try agent.agentctl(["add-key", "--reserve", reserve]).status == 0)
+  }
+}
+
+extension StorageFaultTests {
+  /// A refused add on a full disk must not leave the agent waiting for the disk instead
+  /// of the expiry: once a retry finds nothing to write, the timer is armed at the expiry
+  /// again and the promotion happens on time.
+  @Test func aRefusedAddOnAFullDiskDoesNotDisarmThePromotion() throws {
+    let disk = try SmallDisk()
+    let agent = disk.agent
+    try #require(try agent.start())
+    let now = AgentHarness.now()
+    let exp = now + .seconds(4)
+    let active = try agent.keyFile("A", agent.key("A", nbf: now - .days(1), exp: exp))
+    let reserve = try agent.keyFile("R", agent.key("R", nbf: now, exp: now + .days(90)))
+    let other = try agent.keyFile("R2", agent.key("R2", nbf: now, exp: now + .days(91)))
+    #expect(try agent.agentctl(["add-key", active]).status == 0)
+    #expect(try agent.agentctl(["add-key", "--reserve", reserve]).status == 0)
+    try disk.fill()
+    #expect(try agent.agentctl(["add-key", "--reserve", other]).status == 74)
+    disk.free()
+    AgentHarness.sleep(until: exp, margin: .seconds(1))
+    let promoted = try agent.waitForJournal(
+      ["MESSAGE_ID=\(EventKind.keyPromoted.messageID)", "LICENSE_SERIAL=\(agent.serial("R"))"], count: 1,
+      seconds: 5)
+    let delay = try #require(promoted.first?["LICENSE_DELAY_USEC"].flatMap { Int64($0) }, "promoted")
+    #expect(delay < 500_000, "on time, not at some later wake-up: \(delay) µs")
+  }
+}
