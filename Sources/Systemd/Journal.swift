@@ -13,10 +13,14 @@ public enum Journal {
   /// Sends one entry with `sd_journal_sendv`. Field names must be valid
   /// (``JournalEvent/isValidFieldName(_:)``): journald drops others silently, so invalid
   /// names are refused here. Values may hold any bytes, newlines included.
-  /// Returns 0, or a negative errno (`-ENOENT` when there is no journal).
+  /// Returns 0, or a negative errno (`-ENOENT` when there is no journal). libsystemd itself
+  /// reports success when the socket does not exist ("fail silently"), which would lose
+  /// every event of an agent told to use the journal where none runs: the socket is
+  /// checked first, so that callers fall back to standard error.
   @discardableResult
   public static func send(_ fields: [(name: String, value: String)]) -> Int32 {
     precondition(fields.allSatisfy { JournalEvent.isValidFieldName($0.name) }, "invalid journal field name")
+    guard isAvailable else { return -ENOENT }
     let buffers = fields.map { field -> UnsafeMutableRawBufferPointer in
       let bytes = Array("\(field.name)=\(field.value)".utf8)
       let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(bytes.count, 1), alignment: 1)

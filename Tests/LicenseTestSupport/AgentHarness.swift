@@ -77,6 +77,9 @@ public final class AgentHarness: @unchecked Sendable {
   public let tag: String
   public private(set) var process: Process?
   public var environment: [String: String] = [:]
+  /// A program and arguments that start the daemon, which they receive as their last
+  /// argument and must exec (keeping the pid), e.g. to run it in a namespace of its own.
+  public var launcher: [String] = []
 
   public var configurationDirectory: String { root + "/etc" }
   public var stateDirectory: String { root + "/state" }
@@ -134,7 +137,12 @@ public final class AgentHarness: @unchecked Sendable {
   public func start() throws -> Bool {
     let skip = notify.messages.count
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: bin + "/license-agent")
+    if let program = launcher.first {
+      process.executableURL = URL(fileURLWithPath: program)
+      process.arguments = Array(launcher.dropFirst()) + [bin + "/license-agent"]
+    } else {
+      process.executableURL = URL(fileURLWithPath: bin + "/license-agent")
+    }
     process.environment = daemonEnvironment
     if !FileManager.default.fileExists(atPath: logFile) {
       _ = FileManager.default.createFile(atPath: logFile, contents: nil)
