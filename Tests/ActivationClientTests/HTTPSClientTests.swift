@@ -142,3 +142,28 @@ import Testing
     #expect(none.status == 1 && none.reply["error"] as? String == "bad_configuration")
   }
 }
+
+extension HTTPSClientTests {
+  /// A server slower than the attempt's deadline: the attempt ends at the deadline, as a
+  /// transient failure to retry.
+  @Test func aSlowServerIsCutOffAtTheDeadlineAsTransient() throws {
+    let f = try Fixture()
+    let start = Date()
+    let (status, reply) = try client(url: "http://127.0.0.1:\(f.port)/slow", timeout: "1")
+    let elapsed = Date().timeIntervalSince(start)
+    #expect(status == 75, "\(reply)")
+    #expect(reply["error"] as? String == "network")
+    #expect((reply["message"] as? String)?.lowercased().contains("timeout") == true, "\(reply)")
+    #expect(elapsed < 3.5, "cut off at the deadline, not after the server's 4 s: \(elapsed) s")
+  }
+
+  /// A reply cut short (fewer bytes than Content-Length announced) is never taken for a
+  /// key: a transient network failure.
+  @Test func aTruncatedReplyIsTransientAndNeverAKey() throws {
+    let f = try Fixture()
+    let (status, reply) = try client(url: "http://127.0.0.1:\(f.port)/truncated")
+    #expect(status == 75, "\(reply)")
+    #expect(reply["key"] == nil)
+    #expect(reply["error"] as? String == "network", "\(reply)")
+  }
+}

@@ -300,3 +300,28 @@ enum VarlinkCallHelper {
       .stdout
   }
 }
+
+extension ActivationEndToEndTests {
+  /// The code reaches the client program on its standard input only: never in its
+  /// arguments or environment, which other users can read in /proc and ps.
+  @Test func C1_theCodeReachesTheClientProgramOnStandardInputOnly() throws {
+    let (agent, pluginDir, plugin, _) = try execPluginAgent()
+    try """
+    [activation]
+    client = "exec"
+    command = ["\(plugin)", "--profile", "svm"]
+    url = "https://activation.example.net"
+    \(Self.fast)
+    """.write(toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    #expect(try agent.start())
+    try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
+    #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
+    let request = try String(contentsOfFile: pluginDir + "/requests", encoding: .utf8)
+    #expect(request.contains(Self.code), "the request on standard input carries the code")
+    let argv = try String(contentsOfFile: pluginDir + "/argv", encoding: .utf8)
+    #expect(argv.contains("--profile") && !argv.contains(Self.code), "\(argv)")
+    let env = try String(contentsOfFile: pluginDir + "/env", encoding: .utf8)
+    #expect(env.contains("LICENSE_AGENT_URL=") && !env.contains(Self.code))
+    #expect(!env.contains("67890"), "not even the hint")
+  }
+}

@@ -11,6 +11,8 @@ The first path segment picks the reply to POST /<mode>/v1/activations:
   html         200 text/html
   huge         200 JSON of 2 MiB
   redirect     302 to /ok/v1/activations
+  slow         200 {"key": "SLOW-KEY"} after 4 s
+  truncated    200 announcing 200 bytes, then 20 and the connection closed
 A request in absolute form (through a proxy) gets 200 {"key": "VIA-PROXY"}.
 Every request line is appended to PORTFILE.log. The chosen port is written to PORTFILE.
 """
@@ -58,6 +60,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.reply(200, b"<html>login</html>", content_type="text/html")
         elif mode == "huge":
             self.reply(200, {"key": "x" * (2 << 20)})
+        elif mode == "slow":
+            time.sleep(4)
+            self.reply(200, {"key": "SLOW-KEY"})
+        elif mode == "truncated":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "200")
+            self.end_headers()
+            self.wfile.write(b'{"key": "TRUNCATED-K')
+            self.wfile.flush()
+            self.close_connection = True
         elif mode == "redirect":
             self.reply(302, b"", headers=[("Location", "/ok/v1/activations")])
         else:

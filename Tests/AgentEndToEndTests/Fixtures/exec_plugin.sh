@@ -3,10 +3,14 @@
 # written as nothing but a script. Its behaviour comes from files in $PLUGIN_DIR:
 #   mode      "ok" (default), "fail N" (exit 75 with retryAfter 1, N times), "permanent", "sleep"
 #   key       the key to answer with
-# Each request is appended to $PLUGIN_DIR/requests, with the environment it received.
+# Each request is appended to $PLUGIN_DIR/requests, with the environment it received;
+# the last attempt's arguments and environment are in $PLUGIN_DIR/argv and env.
 set -eu
 dir=${PLUGIN_DIR:?}
 request=$(cat)
+# What a process listing or /proc would show of this client: its arguments and environment.
+printf '%s\n' "$0" "$@" >"$dir/argv"
+env >"$dir/env"
 printf '%s url=%s timeout=%s\n' "$request" "$LICENSE_AGENT_URL" "$LICENSE_AGENT_TIMEOUT_SEC" >>"$dir/requests"
 mode=$(cat "$dir/mode" 2>/dev/null || echo ok)
 case "$mode" in
