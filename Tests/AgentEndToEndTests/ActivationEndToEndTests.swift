@@ -325,3 +325,18 @@ extension ActivationEndToEndTests {
     #expect(!env.contains("67890"), "not even the hint")
   }
 }
+
+extension ActivationEndToEndTests {
+  /// A code on the command line is accepted with a warning (ps and shell history see it).
+  @Test func C1_aCodeOnTheCommandLineIsAcceptedWithAWarning() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "90d")])
+    try "[activation]\nurl = \"\(lab.url)\"\n".write(
+      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    #expect(try agent.start())
+    let result = try agent.agentctl(["activate", "--code", Self.code])
+    #expect(result.status == 0, "\(result.stderr)")
+    #expect(result.stderr.contains("warning: a code on the command line is visible in ps and shell history"))
+    #expect(!result.stdout.contains(Self.code) && result.stderr.components(separatedBy: Self.code).count == 1)
+  }
+}
