@@ -21,13 +21,7 @@ import Testing
       ready,
       "the agent did not become ready: \((try? String(contentsOfFile: agent.logFile, encoding: .utf8)) ?? "")"
     )
-    let now = AgentHarness.now()
-    let active = try agent.keyFile("active", agent.key("A", nbf: now - .days(1), exp: exp))
-    let reserve = try agent.keyFile("reserve", agent.key("R", nbf: exp, exp: exp + .days(90)))
-    let addActive = try agent.agentctl(["add-key", active])
-    #expect(addActive.status == 0, "\(addActive.stderr)")
-    let addReserve = try agent.agentctl(["add-key", "--reserve", reserve])
-    #expect(addReserve.status == 0, "\(addReserve.stderr)")
+    try agent.keyPair(activeUntil: exp, reserveFrom: exp)
     return agent
   }
 

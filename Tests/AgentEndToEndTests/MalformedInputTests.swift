@@ -19,10 +19,7 @@ import Varlink
       agent = try AgentHarness()
       try #require(try agent.start())
       now = AgentHarness.now()
-      let active = try agent.keyFile("A", agent.key("A", nbf: now - .days(1), exp: now + .days(30)))
-      let reserve = try agent.keyFile("R", agent.key("R", nbf: now, exp: now + .days(120)))
-      try #require(try agent.agentctl(["add-key", active]).status == 0)
-      try #require(try agent.agentctl(["add-key", "--reserve", reserve]).status == 0)
+      try agent.keyPair(activeUntil: now + .days(30))
       original = try Data(contentsOf: URL(fileURLWithPath: agent.stateDirectory + "/state.json"))
     }
 

@@ -42,10 +42,7 @@ import Testing
     let disk = try SmallDisk()
     let agent = disk.agent
     try #require(try agent.start())
-    let now = AgentHarness.now()
-    let active = try agent.keyFile("A", agent.key("A", nbf: now - .days(1), exp: now + .days(30)))
-    let reserve = try agent.keyFile("R", agent.key("R", nbf: now, exp: now + .days(90)))
-    #expect(try agent.agentctl(["add-key", active]).status == 0)
+    let reserve = try agent.keyPair(activeUntil: AgentHarness.now() + .days(30), addReserve: false).reserve
     let before = try #require(disk.stateBytes)
 
     try disk.fill()
@@ -68,12 +65,8 @@ import Testing
     let disk = try SmallDisk()
     let agent = disk.agent
     try #require(try agent.start())
-    let now = AgentHarness.now()
-    let exp = now + .seconds(2)
-    let active = try agent.keyFile("A", agent.key("A", nbf: now - .days(1), exp: exp))
-    let reserve = try agent.keyFile("R", agent.key("R", nbf: now, exp: now + .days(90)))
-    #expect(try agent.agentctl(["add-key", active]).status == 0)
-    #expect(try agent.agentctl(["add-key", "--reserve", reserve]).status == 0)
+    let exp = AgentHarness.now() + .seconds(2)
+    try agent.keyPair(activeUntil: exp)
     let before = try #require(disk.stateBytes)
 
     try disk.fill()
@@ -100,10 +93,7 @@ import Testing
     let disk = try SmallDisk()
     let agent = disk.agent
     try #require(try agent.start())
-    let now = AgentHarness.now()
-    let active = try agent.keyFile("A", agent.key("A", nbf: now - .days(1), exp: now + .days(30)))
-    let reserve = try agent.keyFile("R", agent.key("R", nbf: now, exp: now + .days(90)))
-    #expect(try agent.agentctl(["add-key", active]).status == 0)
+    let reserve = try agent.keyPair(activeUntil: AgentHarness.now() + .days(30), addReserve: false).reserve
     let before = try #require(disk.stateBytes)
 
     try #require(try runProcess("/bin/mount", ["-o", "remount,ro", disk.directory]).status == 0)
@@ -125,11 +115,8 @@ extension StorageFaultTests {
     try #require(try agent.start())
     let now = AgentHarness.now()
     let exp = now + .seconds(4)
-    let active = try agent.keyFile("A", agent.key("A", nbf: now - .days(1), exp: exp))
-    let reserve = try agent.keyFile("R", agent.key("R", nbf: now, exp: now + .days(90)))
+    try agent.keyPair(activeUntil: exp)
     let other = try agent.keyFile("R2", agent.key("R2", nbf: now, exp: now + .days(91)))
-    #expect(try agent.agentctl(["add-key", active]).status == 0)
-    #expect(try agent.agentctl(["add-key", "--reserve", reserve]).status == 0)
     try disk.fill()
     #expect(try agent.agentctl(["add-key", "--reserve", other]).status == 74)
     disk.free()

@@ -194,6 +194,26 @@ public final class AgentHarness: @unchecked Sendable {
         serial: serial(name), slot: slot, edition: edition, type: type, nbf: nbf, exp: exp, product: product))
   }
 
+  /// Key files "A" (valid from a day ago until `exp`) and "R" (from `reserveFrom`, now by
+  /// default, for 90 days), each added with agentctl (A as active, R as reserve) when
+  /// `addActive` / `addReserve` say so; an add that fails throws with agentctl's message.
+  @discardableResult
+  public func keyPair(
+    activeUntil exp: Timestamp, reserveFrom: Timestamp? = nil, addActive: Bool = true, addReserve: Bool = true
+  ) throws -> (active: String, reserve: String) {
+    let now = Self.now()
+    let from = reserveFrom ?? now
+    let active = try keyFile("A", key("A", nbf: now - .days(1), exp: exp))
+    let reserve = try keyFile("R", key("R", nbf: from, exp: from + .days(90)))
+    for (file, role, wanted) in [(active, [], addActive), (reserve, ["--reserve"], addReserve)] where wanted {
+      let result = try agentctl(["add-key"] + role + [file])
+      guard result.status == 0 else {
+        throw ProcessError(description: "agentctl add-key \(role) \(file): \(result.stderr)")
+      }
+    }
+    return (active, reserve)
+  }
+
   /// Runs `agentctl --socket <this agent's socket> ARGS`, optionally as an unprivileged user.
   public func agentctl(_ arguments: [String], input: String? = nil, asUser uid: uid_t? = nil) throws
     -> ProcessResult
