@@ -66,8 +66,13 @@ struct Crash: ParsableCommand {
     DispatchQueue.concurrentPerform(iterations: workers) { worker in
       var index = worker
       while index < trials {
-        let trial = CrashTrial(index: index, seed: baseSeed &+ UInt64(index), executable: executable)
-        results.add(trial.run())
+        let seed = baseSeed &+ UInt64(index)
+        // A quarter of the trials renew a code's key; the rest add, replace and promote.
+        if index % 4 == 3 {
+          results.add(RenewalTrial(index: index, seed: seed, executable: executable).run())
+        } else {
+          results.add(CrashTrial(index: index, seed: seed, executable: executable).run())
+        }
         index += workers
       }
     }
@@ -297,7 +302,7 @@ struct CrashTrial {
 
     // The journal.
     _ = try? runCommand("/bin/journalctl", ["--sync"])
-    let entries = journalEntries(serials: [serials.a, serials.r, serials.r2])
+    let entries = Self.journalEntries(serials: [serials.a, serials.r, serials.r2])
     let promoted = entries.filter { $0["MESSAGE_ID"] == EventKind.keyPromoted.messageID }
     if promoted.count > 1 { violation("twice", "\(promoted.count) KEY_PROMOTED") }
     if r2Added && active == serials.r2 && promoted.isEmpty {
@@ -335,7 +340,7 @@ struct CrashTrial {
   }
 
   /// The agent's journal entries about these serials.
-  func journalEntries(serials: [String]) -> [[String: String]] {
+  static func journalEntries(serials: [String]) -> [[String: String]] {
     guard
       let output = try? runCommand(
         "/bin/journalctl",
