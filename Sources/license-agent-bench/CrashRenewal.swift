@@ -129,7 +129,13 @@ struct RenewalTrial {
         lastError = "\(error)"
       }
     }
-    guard ensureRunning(), let first = active() else {
+    // The kill may land between two calls of this harness: ask again after a restart.
+    var found: (serial: String, expires: Timestamp)?
+    for _ in 0..<5 where found == nil {
+      guard ensureRunning() else { break }
+      found = active()
+    }
+    guard let first = found else {
       killer.cancel()
       kill(pid, SIGKILL)
       waitForExit(pid)
