@@ -89,7 +89,7 @@ struct Crash: ParsableCommand {
     } else {
       print("crash: \(summary.trials) trials (seed \(baseSeed)), \(summary.restarts) restarts after SIGKILL")
       for (kind, count) in summary.kinds.sorted(by: { $0.key < $1.key }) {
-        print("  \(kind.padding(toLength: 34, withPad: " ", startingAt: 0)) \(count)")
+        print("  \(kind.padding(toLength: 40, withPad: " ", startingAt: 0)) \(count)")
       }
       print("  invariant violations: \(summary.violations.count)")
       for (invariant, count) in summary.byInvariant.sorted(by: { $0.key < $1.key }) {
