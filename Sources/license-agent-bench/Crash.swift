@@ -199,30 +199,9 @@ struct CrashTrial {
     var acknowledged: Set<String> = []
     /// Restarts the agent (without the crash hook) when it died, and says whether it answers.
     func ensureRunning() -> Bool {
-      var status: Int32 = 0
-      var dead = waitpid(pid, &status, WNOHANG) == pid
-      for _ in 0..<5 {
-        if dead {
-          guard let restarted = try? spawn(executable, [], environment: environment) else { return false }
-          pid = restarted
-          restarts += 1
-          dead = false
-        }
-        for _ in 0..<400 {
-          if let client = try? VarlinkClient(path: folder.socket, timeoutSeconds: 5),
-            case .success? = try? client.call("io.licenseagent.Agent.GetStatus")
-          {
-            return true
-          }
-          if waitpid(pid, &status, WNOHANG) == pid {
-            dead = true
-            break
-          }
-          usleep(5000)
-        }
-        if !dead { return false }
-      }
-      return false
+      ensureAgentRunning(
+        pid: &pid, restarts: &restarts, executable: executable, environment: environment,
+        socket: folder.socket)
     }
     /// The serials of the server slot's active and reserve key, as the agent reports them.
     func slotSerials() -> (active: String?, reserve: String?) {
@@ -378,4 +357,35 @@ struct SplitMix64 {
     z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
     return z ^ (z >> 31)
   }
+}
+
+/// Restarts a trial's agent (without the crash hook) when it died, until it answers
+/// GetStatus; false when it does not come up.
+func ensureAgentRunning(
+  pid: inout pid_t, restarts: inout Int, executable: String, environment: [String: String], socket: String
+) -> Bool {
+  var status: Int32 = 0
+  var dead = waitpid(pid, &status, WNOHANG) == pid
+  for _ in 0..<5 {
+    if dead {
+      guard let restarted = try? spawn(executable, [], environment: environment) else { return false }
+      pid = restarted
+      restarts += 1
+      dead = false
+    }
+    for _ in 0..<400 {
+      if let client = try? VarlinkClient(path: socket, timeoutSeconds: 5),
+        case .success? = try? client.call("io.licenseagent.Agent.GetStatus")
+      {
+        return true
+      }
+      if waitpid(pid, &status, WNOHANG) == pid {
+        dead = true
+        break
+      }
+      usleep(5000)
+    }
+    if !dead { return false }
+  }
+  return false
 }

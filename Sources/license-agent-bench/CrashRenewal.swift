@@ -76,30 +76,9 @@ struct RenewalTrial {
     var restarts = 0
 
     func ensureRunning() -> Bool {
-      var status: Int32 = 0
-      var dead = waitpid(pid, &status, WNOHANG) == pid
-      for _ in 0..<5 {
-        if dead {
-          guard let restarted = try? spawn(executable, [], environment: environment) else { return false }
-          pid = restarted
-          restarts += 1
-          dead = false
-        }
-        for _ in 0..<400 {
-          if let client = try? VarlinkClient(path: folder.socket, timeoutSeconds: 5),
-            case .success? = try? client.call("io.licenseagent.Agent.GetStatus")
-          {
-            return true
-          }
-          if waitpid(pid, &status, WNOHANG) == pid {
-            dead = true
-            break
-          }
-          usleep(5000)
-        }
-        if !dead { return false }
-      }
-      return false
+      ensureAgentRunning(
+        pid: &pid, restarts: &restarts, executable: executable, environment: environment,
+        socket: folder.socket)
     }
     /// The active key's serial and expiry, as the agent reports them.
     func active() -> (serial: String, expires: Timestamp)? {
