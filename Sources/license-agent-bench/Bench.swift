@@ -281,13 +281,7 @@ final class BenchFolder {
   {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: path)
-    var environment = ProcessInfo.processInfo.environment
-    environment["CONFIGURATION_DIRECTORY"] = root + "/etc"
-    environment["STATE_DIRECTORY"] = root + "/state"
-    environment["RUNTIME_DIRECTORY"] = root + "/run"
-    environment["LICENSE_AGENT_LOG"] = log
-    for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] { environment.removeValue(forKey: name) }
-    process.environment = environment
+    process.environment = agentEnvironment(self, extra: ["LICENSE_AGENT_LOG": log])
     process.standardError = standardError
     process.standardOutput = FileHandle.nullDevice
     try process.run()

@@ -39,7 +39,8 @@ func waitForExit(_ pid: pid_t) -> Int32 {
   return (status & 0x7f) == 0 ? (status >> 8) & 0xff : -1
 }
 
-/// The environment that points the agent (and agentctl) at a bench folder.
+/// The environment that points the agent (and agentctl) at a bench folder, without the
+/// caller's notify socket or watchdog.
 func agentEnvironment(_ folder: BenchFolder, extra: [String: String] = [:]) -> [String: String] {
   var environment = ProcessInfo.processInfo.environment
   for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] { environment.removeValue(forKey: name) }

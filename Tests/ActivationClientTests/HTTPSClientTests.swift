@@ -148,13 +148,13 @@ extension HTTPSClientTests {
   /// transient failure to retry.
   @Test func aSlowServerIsCutOffAtTheDeadlineAsTransient() throws {
     let f = try Fixture()
-    let start = Date()
+    // The server would answer 200 after 4 s: a timeout error (not its key) shows the attempt
+    // ended at its 1 s deadline.
     let (status, reply) = try client(url: "http://127.0.0.1:\(f.port)/slow", timeout: "1")
-    let elapsed = Date().timeIntervalSince(start)
     #expect(status == 75, "\(reply)")
+    #expect(reply["key"] == nil)
     #expect(reply["error"] as? String == "network")
     #expect((reply["message"] as? String)?.lowercased().contains("timeout") == true, "\(reply)")
-    #expect(elapsed < 3.5, "cut off at the deadline, not after the server's 4 s: \(elapsed) s")
   }
 
   /// A reply cut short (fewer bytes than Content-Length announced) is never taken for a

@@ -80,6 +80,9 @@ public final class AgentHarness: @unchecked Sendable {
   /// A program and arguments that start the daemon, which they receive as their last
   /// argument and must exec (keeping the pid), e.g. to run it in a namespace of its own.
   public var launcher: [String] = []
+  /// When this harness first started its daemon: journal queries look no earlier, so that
+  /// entries of an older process that had the same pid (`_PID=` matches) never count.
+  public private(set) var firstStart: Timestamp?
 
   public var configurationDirectory: String { root + "/etc" }
   public var stateDirectory: String { root + "/state" }
@@ -151,6 +154,7 @@ public final class AgentHarness: @unchecked Sendable {
     log.seekToEndOfFile()
     process.standardOutput = log
     process.standardError = log
+    if firstStart == nil { firstStart = Self.now() }
     try process.run()
     self.process = process
     return notify.wait(for: "READY=1", after: skip, while: { process.isRunning }) != nil && process.isRunning
@@ -234,7 +238,10 @@ public final class AgentHarness: @unchecked Sendable {
   /// The journal entries of license-agent matching `FIELD=value` filters, oldest first.
   public func journal(_ matches: [String]) throws -> [[String: String]] {
     let result = try runProcess(
-      "/bin/journalctl", ["-o", "json", "--no-pager", "-a", "SYSLOG_IDENTIFIER=license-agent"] + matches)
+      "/bin/journalctl",
+      ["-o", "json", "--no-pager", "-a"]
+        + (firstStart.map { ["--since", "@\($0.microseconds / 1_000_000 - 1)"] } ?? [])
+        + ["SYSLOG_IDENTIFIER=license-agent"] + matches)
     if result.status != 0 {
       throw ProcessError(description: "journalctl exited with \(result.status): \(result.stderr)")
     }
