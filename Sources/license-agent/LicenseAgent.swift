@@ -15,7 +15,7 @@ import UnixSignals
 @main
 struct LicenseAgentMain {
   static let usage = """
-    Usage: license-agent [--version | --help]
+    Usage: license-agent [--version | --help | --check-config FILE]
 
     Runs the licence agent in the foreground (as systemd's license-agent.service does). It keeps
     the SVM's licence from lapsing: it promotes the reserve key at the instant the active key
@@ -27,6 +27,11 @@ struct LicenseAgentMain {
       $STATE_DIRECTORY/state.json                 (/var/lib/license-agent/)
       $RUNTIME_DIRECTORY/io.licenseagent.Agent    (/run/license-agent/, the control socket)
 
+    --check-config FILE  checks FILE as agent.toml (every key, type and duration, exactly as the
+                         daemon reads it at start and on SIGHUP), prints what is wrong, and exits:
+                         0 valid, 78 invalid, 66 unreadable. Changes nothing; tools check a new
+                         configuration with it before they install it (e.g. Ansible's validate).
+
     Signals: SIGTERM/SIGINT stop gracefully; SIGHUP rereads the configuration and the trust
     directory (an invalid configuration keeps the old one).
     Environment: LICENSE_AGENT_LOG=journal|console|auto (default auto: the journal when its
@@ -36,6 +41,24 @@ struct LicenseAgentMain {
 
     Operators use agentctl(8); see license-agent(8).
     """
+
+  /// `--check-config FILE`: the daemon's own parser on FILE, nothing else touched. Unlike the
+  /// daemon, a missing file is an error here: the caller names a file it means to install.
+  static func checkConfiguration(file: String) -> Int32 {
+    guard let data = FileManager.default.contents(atPath: file) else {
+      StandardStream.error(
+        "license-agent: \(file): cannot be read (missing, or no permission): nothing was checked\n")
+      return 66
+    }
+    do {
+      _ = try AgentConfiguration.parse(String(decoding: data, as: UTF8.self), file: file)
+    } catch {
+      StandardStream.error("license-agent: invalid configuration: \(error)\n")
+      return 78
+    }
+    print("\(file): valid configuration")
+    return 0
+  }
 
   static func main() async {
     // A client that disconnects mid-reply, or an activation client that exits before reading
@@ -49,6 +72,13 @@ struct LicenseAgentMain {
     if arguments == ["--help"] || arguments == ["-h"] {
       print(usage)
       return
+    }
+    if arguments.first == "--check-config" {
+      guard arguments.count == 2 else {
+        StandardStream.error("license-agent: --check-config takes one FILE\n\n\(usage)\n")
+        exit(64)
+      }
+      exit(checkConfiguration(file: arguments[1]))
     }
     guard arguments.isEmpty else {
       StandardStream.error("license-agent: unknown argument '\(arguments[0])'\n\n\(usage)\n")

@@ -246,9 +246,8 @@ import Varlink
     }
   }
 
-  @Test func everyMalformedConfigurationIsRefusedOnReloadAndTheStateIsUntouched() throws {
-    let fixture = try Fixture()
-    let configurations: [(String, String)] = [
+  /// Malformed configurations, each with what its error must name.
+  static let malformedConfigurations: [(String, String)] = [
       ("produkt = \"x\"\n", "produkt"), ("[activation]\nretry-max = \"10 minutes\"\n", "retry-max"),
       ("[activation]\nretry-initial = \"0s\"\n", "retry-initial"),
       ("[activation]\nurl = \"http://example.net\"\n", "url"), ("[warnings]\nbefore = [\"-1d\"]\n", "before"),
@@ -256,8 +255,11 @@ import Varlink
       ("[activation]\nclient = \"ftp\"\n", "client"), ("[control]\nadmin-group = 5\n", "admin-group"),
       ("product = \"a\"\nproduct = \"b\"\n", "not valid TOML"),
     ]
+
+  @Test func everyMalformedConfigurationIsRefusedOnReloadAndTheStateIsUntouched() throws {
+    let fixture = try Fixture()
     let file = fixture.agent.configurationDirectory + "/agent.toml"
-    for (index, (text, named)) in configurations.enumerated() {
+    for (index, (text, named)) in Self.malformedConfigurations.enumerated() {
       try text.write(toFile: file, atomically: true, encoding: .utf8)
       kill(fixture.agent.pid!, SIGHUP)
       let logged = try fixture.agent.waitForJournal(
@@ -270,5 +272,32 @@ import Varlink
       let status = try fixture.call("io.licenseagent.Agent.GetStatus", [:])
       if case .failure = status { Issue.record("the agent stopped answering after \(text)") }
     }
+  }
+
+  /// `license-agent --check-config FILE` (what Ansible's `validate` runs before a new
+  /// agent.toml replaces the running one) refuses the same configurations with the same
+  /// message, accepts the shipped default, and says so for a missing file.
+  @Test func checkConfigRefusesEveryMalformedConfigurationAndAcceptsTheShippedOne() throws {
+    let dir = makeTemporaryDirectory("check-config")
+    defer { removeTemporaryDirectory(dir) }
+    let agent = productsDirectory() + "/license-agent"
+    let file = dir + "/agent.toml"
+    for (text, named) in Self.malformedConfigurations {
+      try text.write(toFile: file, atomically: true, encoding: .utf8)
+      let result = try runProcess(agent, ["--check-config", file])
+      #expect(result.status == 78, "\(text): exit \(result.status)")
+      #expect(result.stderr.contains(file + ":") && result.stderr.contains(named), "\(text): \(result.stderr)")
+      #expect(result.stdout.isEmpty)
+    }
+    let shipped =
+      URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().path + "/packaging/agent.toml"
+    let good = try runProcess(agent, ["--check-config", shipped])
+    #expect(good.status == 0, "\(good.stderr)")
+    #expect(good.stdout == "\(shipped): valid configuration\n")
+    let missing = try runProcess(agent, ["--check-config", dir + "/none.toml"])
+    #expect(missing.status == 66 && missing.stderr.contains("none.toml: cannot be read"))
+    let usage = try runProcess(agent, ["--check-config"])
+    #expect(usage.status == 64)
   }
 }

@@ -1,0 +1,122 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: license-agent authors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: license_status
+short_description: Read an SVM's licence status as structured data
+version_added: "0.1.0"
+description:
+  - Reads the license agent's status through its Varlink control interface
+    (C(io.licenseagent.Agent.GetStatus)): every slot in use with its active and reserve key,
+    what takes over at expiry, the renewal of an activation code's key, warnings, pending
+    alerts and the next instant the agent will act.
+  - Any local user may read the status; no privilege is needed.
+  - Changes nothing; runs on the SVM with Python's standard library only.
+author:
+  - license-agent authors
+options:
+  socket:
+    description:
+      - The agent's control socket.
+    type: path
+    default: /run/license-agent/io.licenseagent.Agent
+  timeout:
+    description:
+      - Seconds to wait for the agent's reply.
+    type: float
+    default: 30
+attributes:
+  check_mode:
+    support: full
+    description: Reads only; runs the same in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to show.
+seealso:
+  - module: licenseagent.svm.license_key
+"""
+
+EXAMPLES = r"""
+- name: Read the licence status
+  licenseagent.svm.license_status:
+  register: licence
+
+- name: Fail where a slot has lapsed
+  ansible.builtin.assert:
+    that: licence.slots | selectattr('status', 'ne', 'active') | list | length == 0
+"""
+
+RETURN = r"""
+status:
+  description: The whole reply of C(GetStatus) (schemaVersion 1), as C(agentctl status --json) prints it.
+  returned: always
+  type: dict
+slots:
+  description:
+    - Every slot in use. Each has C(slot), C(status) (C(active), C(expired), C(renewing)),
+      C(active) and C(reserve) keys (serial, issuer, edition, licenseType, units, notBefore,
+      expiresAt, source, codeHint), C(takeover) (C(reserve), C(activation-code), C(none)),
+      C(secondsLeft) and C(renewal).
+  returned: always
+  type: list
+  elements: dict
+warnings:
+  description: Warnings for a person (no reserve, a slot expiring with nothing to take over...).
+  returned: always
+  type: list
+  elements: dict
+alerts:
+  description: Pending alerts (C(manual_activation_required)).
+  returned: always
+  type: list
+  elements: str
+next_action:
+  description: The next instant the agent will act, what it will do, on which slot and key.
+  returned: when the agent has something planned
+  type: dict
+version:
+  description: The agent's version.
+  returned: always
+  type: str
+  sample: 0.1.0
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.licenseagent.svm.plugins.module_utils.varlink import (
+    Client,
+    ConnectionFailed,
+    VarlinkError,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            socket=dict(type="path", default="/run/license-agent/io.licenseagent.Agent"),
+            timeout=dict(type="float", default=30.0),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        with Client(module.params["socket"], module.params["timeout"]) as client:
+            status = client.agent("GetStatus")
+    except (ConnectionFailed, VarlinkError) as error:
+        module.fail_json(msg=str(error))
+    module.exit_json(
+        changed=False,
+        status=status,
+        slots=status.get("slots", []),
+        warnings=status.get("warnings", []),
+        alerts=status.get("alerts", []),
+        next_action=status.get("nextAction"),
+        version=status.get("version"),
+    )
+
+
+if __name__ == "__main__":
+    main()
