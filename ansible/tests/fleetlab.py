@@ -119,12 +119,10 @@ class SVM:
             "--register=no --keep-unit --console=passive --machine=%s --network-bridge=br0 %s\n"
             % (self.lab.netns, root, self.name, " ".join("--bind-ro=%s" % b for b in binds))
         )
-        self.process = subprocess.Popen(
-            ["/bin/sh", "-c", script],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(os.path.join(self.lab.directory, self.name + ".nspawn.log"), "w"),
-        )
+        with open(os.path.join(self.lab.directory, self.name + ".nspawn.log"), "w") as log:
+            self.process = subprocess.Popen(
+                ["/bin/sh", "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
+            )
 
     def find_leader(self, deadline):
         while time.time() < deadline and self.process.poll() is None:

@@ -114,7 +114,7 @@ def normalize_code(code):
     if not CODE_PATTERN.match(text):
         raise ValueError(
             "the activation code is not 4 groups of 5 letters or digits joined by '-' "
-            "(e.g. ABCDE-12345-FGHIJ-67890); check it and run the task again"
+            "(XXXXX-XXXXX-XXXXX-XXXXX); check it and run the task again"
         )
     return text
 

@@ -180,10 +180,11 @@ from ansible_collections.licenseagent.svm.plugins.module_utils.varlink import (
 )
 
 
-def fail(module, result, message, **fields):
-    result.update(fields)
-    result["message"] = message
-    module.fail_json(msg=message, **result)
+def fail(module, values, message, **fields):
+    """Fails the task; `fields` (e.g. result="failed") go into the returned values."""
+    values.update(fields)
+    values["message"] = message
+    module.fail_json(msg=message, **values)
 
 
 def refused(module, result, error):

@@ -65,8 +65,11 @@ slots:
   returned: always
   type: list
   elements: dict
-warnings:
-  description: Warnings for a person (no reserve, a slot expiring with nothing to take over...).
+agent_warnings:
+  description:
+    - The agent's warnings for a person (no reserve, a slot expiring with nothing to take
+      over...), each with C(slot), C(code) and C(message). (Not C(warnings), which Ansible
+      keeps for its own.)
   returned: always
   type: list
   elements: dict
@@ -111,7 +114,7 @@ def main():
         changed=False,
         status=status,
         slots=status.get("slots", []),
-        warnings=status.get("warnings", []),
+        agent_warnings=status.get("warnings", []),
         alerts=status.get("alerts", []),
         next_action=status.get("nextAction"),
         version=status.get("version"),

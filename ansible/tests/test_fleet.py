@@ -1,0 +1,352 @@
+"""The fleet layer end to end: real ansible-core over real OpenSSH to Debian 12 SVMs booted
+with systemd (fleetlab.py), each running the project's .deb installed by the collection's
+role, plus an inventory host that is down.
+
+One lab for the whole class (booting is the expensive part); the tests run in order and
+each builds on the fleet the previous ones left, as an administrator's day would.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fleetlab  # noqa: E402
+
+BIN = os.environ.get("LICENSE_AGENT_BIN_DIR") or os.path.join(fleetlab.REPOSITORY, ".build", "debug")
+CODE = "QWERT-12345-ASDFG-67890"
+SVMS = ["svm-a1", "svm-a2", "svm-b1", "svm-b2"]
+
+
+def keytool(*args):
+    return fleetlab.run([os.path.join(BIN, "license-keytool")] + list(args)).stdout.strip()
+
+
+@unittest.skipIf(fleetlab.unavailable_reason() is not None, fleetlab.unavailable_reason() or "")
+class FleetTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.package = fleetlab.built_package()
+        cls.keys = tempfile.mkdtemp(prefix="fleet-keys-")
+        cls.make_keys()
+        cls.lab = fleetlab.FleetLab(SVMS, down=["svm-down"])
+        cls.lab.groups = {"cluster_a": ["svm-a1", "svm-a2"], "cluster_b": ["svm-b1", "svm-b2", "svm-down"]}
+        try:
+            cls.lab.up()
+            # The activation server for svm-a1 runs on the host, inside svm-a1's network
+            # namespace: the agent reaches it on its own loopback.
+            cls.server = cls.start_activation_server(cls.lab.svm("svm-a1"))
+            cls.lab.host_vars = {
+                "svm-a1": {"license_agent_activation": {"url": cls.server_url, "retry-initial": "1s"}}
+            }
+            cls.lab.write_inventory()
+        except Exception:
+            cls.lab.down()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        server = getattr(cls, "server", None)
+        if server is not None:
+            server.terminate()
+            server.wait()
+        cls.lab.down()
+        subprocess.run(["rm", "-rf", cls.keys])
+
+    @classmethod
+    def make_keys(cls):
+        k = cls.keys
+        keytool("keygen", "--kid", "fleet-issuer", "--out", k)
+        cls.signer = os.path.join(k, "fleet-issuer.private.jwk")
+        cls.jwk = os.path.join(k, "fleet-issuer.jwk")
+        cls.key_files = {}
+
+        def issue(name, serial, expires, os_type="server"):
+            args = [
+                "issue", "--signer", cls.signer, "--serial", serial, "--edition", "enterprise",
+                "--scheme", "vm-count", "--os-type", os_type, "--license-type", "commercial",
+                "--units", "50", "--not-before=-1d", "--expires=" + expires,
+            ]
+            path = os.path.join(k, name + ".jws")
+            with open(path, "w") as f:
+                f.write(keytool(*args) + "\n")
+            cls.key_files[name] = path
+
+        issue("active", "KS-1", "+90d")
+        issue("reserve", "KS-2", "+180d")
+        issue("long", "KS-LONG", "+200d")  # svm-b1: the reserve KS-2 would end before it (R5)
+        cls.issue = staticmethod(issue)
+
+    @classmethod
+    def start_activation_server(cls, svm):
+        catalog = os.path.join(cls.keys, "codes.json")
+        with open(catalog, "w") as f:
+            json.dump(
+                {
+                    "codes": {
+                        CODE: {
+                            "state": "valid", "serial": "KS-CODE", "edition": "enterprise",
+                            "scheme": "vm-count", "osType": "server", "licenseType": "commercial",
+                            "units": 50, "validity": "365d",
+                        }
+                    }
+                },
+                f,
+            )
+        process = subprocess.Popen(
+            ["nsenter", "--target", str(svm.leader), "--net", os.path.join(BIN, "activation-server"),
+             "--signer", cls.signer, "--catalog", catalog, "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        line = process.stdout.readline()
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+        if not match:
+            process.kill()
+            raise RuntimeError("activation-server did not start: %r" % line)
+        cls.server_url = match.group(1)
+        return process
+
+    # Helpers
+
+    def playbook(self, *args, expect=0):
+        result = self.lab.ansible_playbook(*args)
+        if expect is not None:
+            self.assertEqual(
+                result.returncode, expect,
+                "ansible-playbook %s exited %d\n%s\n%s" % (" ".join(args), result.returncode, result.stdout[-6000:], result.stderr[-3000:]),
+            )
+        return result
+
+    def activation_task(self, key, reserve, *extra, expect=0):
+        report = os.path.join(self.lab.directory, "report.json")
+        if os.path.exists(report):
+            os.unlink(report)
+        result = self.playbook(
+            "playbooks/activation_task.yml", "-e", "key_file=%s" % self.key_files[key],
+            "-e", "reserve=%s" % str(reserve).lower(), "-e", "report=%s" % report, *extra, expect=expect,
+        )
+        with open(report) as f:
+            return json.load(f), result
+
+    def results(self, report):
+        return {svm["host"]: svm["result"] for svm in report["svms"]}
+
+    def state(self, name):
+        return self.lab.svm(name).sh("cat /var/lib/license-agent/state.json").stdout
+
+    def recap(self, output):
+        """PLAY RECAP counters by host."""
+        counters = {}
+        for line in output.splitlines():
+            match = re.match(r"^(\S+)\s+:\s+(.*)$", line)
+            if match and "ok=" in match.group(2):
+                counters[match.group(1)] = dict(
+                    (k, int(v)) for k, v in re.findall(r"(\w+)=(\d+)", match.group(2))
+                )
+        return counters
+
+    # The tests, in order
+
+    def test_01_the_role_installs_the_agent_everywhere_and_is_idempotent(self):
+        args = (
+            "playbooks/install.yml", "-e", "license_agent_deb=%s" % self.package,
+            "-e", json.dumps({"license_agent_trusted_issuers": [self.jwk]}), "--limit", "!svm-down",
+        )
+        first = self.playbook(*args)
+        for name in SVMS:
+            svm = self.lab.svm(name)
+            self.assertEqual(svm.sh("systemctl is-active license-agent").stdout, "active\n")
+            self.assertEqual(svm.sh("ls /etc/license-agent/trusted-issuers/").stdout.split(), ["README", "fleet-issuer.jwk"])
+        self.assertIn('url = "%s"' % self.server_url, self.lab.svm("svm-a1").sh("cat /etc/license-agent/agent.toml").stdout)
+        second = self.playbook(*args)
+        for name, counters in self.recap(second.stdout).items():
+            self.assertEqual(counters["changed"], 0, "%s changed on the second run:\n%s" % (name, second.stdout))
+        self.assertIn("svm-a1", first.stdout)
+
+    def test_02_a_bad_configuration_fails_and_leaves_the_agent_as_it_was(self):
+        svm = self.lab.svm("svm-b1")
+        before = svm.sh("cat /etc/license-agent/agent.toml").stdout
+        pid = svm.sh("systemctl show -p MainPID --value license-agent").stdout
+        result = self.playbook(
+            "playbooks/install.yml", "-e", "license_agent_deb=%s" % self.package,
+            "-e", json.dumps({"license_agent_warnings_before": ["-1d"]}), "--limit", "svm-b1", expect=2,
+        )
+        self.assertIn("failed to validate", result.stdout)
+        self.assertIn("warnings.before must be a duration string", result.stdout)
+        self.assertEqual(svm.sh("cat /etc/license-agent/agent.toml").stdout, before)
+        self.assertEqual(svm.sh("systemctl show -p MainPID --value license-agent").stdout, pid)
+        self.assertEqual(svm.sh("systemctl is-active license-agent").stdout, "active\n")
+
+    def test_03_active_keys_on_a_group_on_one_host_and_with_limit(self):
+        report, _ = self.activation_task("active", False, "-e", "target=cluster_a")
+        self.assertEqual(self.results(report), {"svm-a1": "added", "svm-a2": "added"})
+        self.assertEqual(report["role"], "active")
+        self.assertEqual(report["serial"], "KS-1")
+        report, _ = self.activation_task("long", False, "-e", "target=svm-b1")
+        self.assertEqual(self.results(report), {"svm-b1": "added"})
+        # svm-b2's workstation key lapses during the tests (the fleet status shows it).
+        self.issue("workstation", "WS-1", "+25s", os_type="workstation")
+        report, _ = self.activation_task("workstation", False, "--limit", "svm-b2")
+        self.assertEqual(self.results(report), {"svm-b2": "added"})
+        self.assertEqual(report["svms"][0]["slot"], "workstation")
+
+    def test_04_a_reserve_on_one_host_in_diff_mode(self):
+        report, result = self.activation_task("reserve", True, "-e", "target=svm-a2", "--diff")
+        self.assertEqual(self.results(report), {"svm-a2": "added"})
+        # The slot before and after, as Ansible's diff shows it.
+        self.assertRegex(result.stdout, r"-reserve: none")
+        self.assertRegex(result.stdout, r"\+reserve: KS-2 \(commercial enterprise")
+
+    def test_05_check_mode_changes_nothing_anywhere(self):
+        before = {name: self.state(name) for name in SVMS}
+        report, _ = self.activation_task("reserve", True, "--check", expect=2)
+        self.assertEqual(
+            self.results(report),
+            {"svm-a1": "would-add", "svm-a2": "unchanged", "svm-b1": "refused", "svm-b2": "skipped",
+             "svm-down": "unreachable"},
+        )
+        self.assertTrue(report.get("checkMode"))
+        for name in SVMS:
+            self.assertEqual(self.state(name), before[name], "check mode changed %s's state.json" % name)
+
+    def test_06_the_activation_task_on_the_whole_fleet_reports_every_svm(self):
+        report, result = self.activation_task("reserve", True, expect=2)
+        self.assertEqual(report["task"], "activation")
+        self.assertEqual(report["role"], "reserve")
+        self.assertEqual(report["serial"], "KS-2")
+        self.assertRegex(report["startedAt"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertGreaterEqual(report["finishedAt"], report["startedAt"])
+        by_host = {svm["host"]: svm for svm in report["svms"]}
+        self.assertEqual(by_host["svm-a1"], {"host": "svm-a1", "result": "added", "slot": "server"})
+        self.assertEqual(by_host["svm-a2"], {"host": "svm-a2", "result": "unchanged", "slot": "server"})
+        refused = by_host["svm-b1"]
+        self.assertEqual(
+            (refused["result"], refused["slot"], refused["rule"], refused["code"]),
+            ("refused", "server", "R5", "expires_before_active"),
+        )
+        self.assertIn("KS-2", refused["message"])
+        skipped = by_host["svm-b2"]
+        self.assertEqual(
+            (skipped["result"], skipped["slot"], skipped["rule"], skipped["code"]),
+            ("skipped", "server", "R1", "no_active_key"),
+        )
+        self.assertEqual(by_host["svm-down"]["result"], "unreachable")
+        self.assertIn("10.231.0.250", by_host["svm-down"]["message"])
+        self.assertEqual(set(by_host["svm-down"]), {"host", "result", "message"})
+        self.assertEqual(
+            report["summary"],
+            {"added": 1, "unchanged": 1, "refused": 1, "skipped": 1, "unreachable": 1, "failed": 0},
+        )
+        self.assertEqual(list(report), ["task", "role", "serial", "startedAt", "finishedAt", "svms", "summary"])
+        # The table on standard output, and the agents' own journal on the SVMs.
+        self.assertRegex(result.stdout, r"svm-b1\s+refused\s+server\s+R5 expires_before_active")
+        self.assertIn("1 added, 1 unchanged, 1 refused, 1 skipped, 1 unreachable, 0 failed", result.stdout)
+        held = json.loads(self.lab.svm("svm-a1").sh("agentctl status --json").stdout)
+        self.assertEqual(held["slots"][0]["reserve"]["serial"], "KS-2")
+        rejected = self.lab.svm("svm-b1").sh(
+            "journalctl -o json MESSAGE_ID=13a9558c214c43cc829f75e2e8da0fea --no-pager").stdout
+        self.assertIn("R5 expires_before_active", rejected)
+
+    def test_07_a_second_run_changes_nothing(self):
+        report, result = self.activation_task("reserve", True, "--limit", "cluster_a")
+        self.assertEqual(self.results(report), {"svm-a1": "unchanged", "svm-a2": "unchanged"})
+        for name in ("svm-a1", "svm-a2"):
+            self.assertEqual(self.recap(result.stdout)[name]["changed"], 0, result.stdout)
+
+    def test_08_removing_a_reserve(self):
+        first = self.lab.ansible("svm-a2", "-m", "licenseagent.svm.license_key", "-a", "slot=server state=absent")
+        self.assertEqual(first.returncode, 0, first.stdout + first.stderr)
+        self.assertIn("CHANGED", first.stdout)
+        self.assertIn("result: removed", first.stdout)
+        again = self.lab.ansible("svm-a2", "-m", "licenseagent.svm.license_key", "-a", "slot=server state=absent")
+        self.assertEqual(again.returncode, 0, again.stdout + again.stderr)
+        self.assertIn("SUCCESS", again.stdout)
+        self.assertIn("result: absent", again.stdout)
+        held = json.loads(self.lab.svm("svm-a2").sh("agentctl status --json").stdout)
+        self.assertIsNone(held["slots"][0].get("reserve"))
+
+    def test_09_the_fleet_status_puts_what_needs_a_person_first(self):
+        # svm-b2's workstation key (25 s) lapses with nothing to take over.
+        status = self.lab.svm("svm-b2").sh("agentctl status --json", check=False)
+        deadline = time.time() + 60
+        while '"expired"' not in status.stdout and time.time() < deadline:
+            time.sleep(1)
+            status = self.lab.svm("svm-b2").sh("agentctl status --json", check=False)
+        path = os.path.join(self.lab.directory, "fleet.json")
+        result = self.playbook("playbooks/fleet_status.yml", "-e", "report=%s" % path)
+        with open(path) as f:
+            fleet = json.load(f)
+        order = [svm["host"] for svm in fleet["svms"]]
+        # Expired first; then what cannot be read; then by the soonest lapse with nothing to
+        # take over: svm-a2 (KS-1, 90 d, no reserve), svm-a1 (KS-2 after KS-1: 180 d),
+        # svm-b1 (KS-LONG, 200 d).
+        self.assertEqual(order, ["svm-b2", "svm-down", "svm-a2", "svm-a1", "svm-b1"], json.dumps(fleet, indent=1))
+        by_host = {svm["host"]: svm for svm in fleet["svms"]}
+        self.assertEqual(by_host["svm-b2"]["state"], "expired")
+        self.assertEqual(by_host["svm-a1"]["slots"][0]["takeover"], "reserve")
+        self.assertEqual(by_host["svm-a1"]["slots"][0]["reserve"]["serial"], "KS-2")
+        self.assertEqual(by_host["svm-a1"]["soonestLapse"], by_host["svm-a1"]["slots"][0]["reserve"]["expiresAt"])
+        self.assertEqual(by_host["svm-down"]["state"], "unreachable")
+        self.assertRegex(result.stdout, r"svm-b2\s+expired\s+workstation \(expired\)\s+WS-1")
+        self.assertEqual(result.returncode, 0)
+
+    def test_10_an_activation_code_never_shows(self):
+        code_file = os.path.join(self.lab.directory, "code.txt")
+        with open(code_file, "w") as f:
+            f.write(CODE.lower() + "\n")
+        os.chmod(code_file, 0o600)
+        seen = []
+        stop = threading.Event()
+
+        def watch_command_lines():
+            while not stop.is_set():
+                for path in glob.glob("/proc/[0-9]*/cmdline"):
+                    try:
+                        with open(path, "rb") as f:
+                            text = f.read().replace(b"\0", b" ").decode("utf-8", "replace").upper()
+                    except OSError:
+                        continue
+                    if CODE in text:
+                        seen.append(text)
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch_command_lines)
+        watcher.start()
+        try:
+            result = self.playbook("playbooks/activate.yml", "-e", "code_file=%s" % code_file, "-e", "target=svm-a1", "-vvv")
+        finally:
+            stop.set()
+            watcher.join()
+        output = result.stdout + result.stderr
+        self.assertIn("activated: server KS-CODE-1 (code ...67890)", output)
+        self.assertNotIn(CODE, output.upper())
+        self.assertEqual(seen, [], "the code was on a command line")
+        # The controller's files (Ansible's home, the lab) hold it only in the code file.
+        for root, _, files in os.walk(self.lab.directory):
+            for name in files:
+                path = os.path.join(root, name)
+                if path == code_file or not os.path.isfile(path):
+                    continue
+                with open(path, "rb") as f:
+                    self.assertNotIn(CODE.encode(), f.read().upper(), path)
+        svm = self.lab.svm("svm-a1")
+        self.assertEqual(svm.sh("journalctl -o export --no-pager | grep -aic %s" % CODE, check=False).stdout.strip(), "0")
+        self.assertEqual(svm.sh("grep -rIlis %s /root /tmp /var/tmp /etc" % CODE, check=False).stdout, "")
+        status = json.loads(svm.sh("agentctl status --json").stdout)
+        self.assertEqual(status["slots"][0]["active"]["codeHint"], "67890")
+        # Idempotent: the key from this code is held; the server is not asked again.
+        again = self.playbook("playbooks/activate.yml", "-e", "code_file=%s" % code_file, "-e", "target=svm-a1")
+        self.assertIn("unchanged: server KS-CODE-1", again.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
