@@ -11,13 +11,13 @@ module: license_activation
 short_description: Activate an SVM's licence with an activation code
 version_added: "0.1.0"
 description:
-  - Manual activation (rule C5): the license agent exchanges the activation code for a key at
+  - Manual activation (rule C5). The license agent exchanges the activation code for a key at
     the activation server configured in C(agent.toml) (C([activation] url)), adds the key as
     the slot's active or reserve key, and keeps the code to renew the key at its expiry.
     It also clears a pending MANUAL_ACTIVATION_REQUIRED alert.
-  - Goes through the agent's Varlink control interface (C(io.licenseagent.Agent.Activate)):
-    the code travels on the agent's Unix socket only, never on a command line, and is never
-    returned, logged or written by this module (its parameter is C(no_log)); results show
+  - Goes through the agent's Varlink control interface (C(io.licenseagent.Agent.Activate)).
+    The code travels on the agent's Unix socket only, never on a command line, and is never
+    returned, logged or written by this module (its parameter is C(no_log)). Results show
     only its last 5 characters.
   - Idempotent. When a key the SVM holds in that role already came from a code ending in the
     same 5 characters, the result is C(unchanged) and the server is not asked (O(force)
@@ -57,7 +57,7 @@ options:
 attributes:
   check_mode:
     support: partial
-    description: Checks the code's format and that the agent answers; the activation server
+    description: Checks the code's format and that the agent answers. The activation server
       is not asked, so a refusal by the server shows only in a real run.
   diff_mode:
     support: none

@@ -12,7 +12,7 @@ short_description: Read an SVM's licence status as structured data
 version_added: "0.1.0"
 description:
   - Reads the license agent's status through its Varlink control interface
-    (C(io.licenseagent.Agent.GetStatus)): every slot in use with its active and reserve key,
+    (C(io.licenseagent.Agent.GetStatus)), that is every slot in use with its active and reserve key,
     what takes over at expiry, the renewal of an activation code's key, warnings, pending
     alerts and the next instant the agent will act.
   - Any local user may read the status; no privilege is needed.
