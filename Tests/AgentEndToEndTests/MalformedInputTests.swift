@@ -248,13 +248,13 @@ import Varlink
 
   /// Malformed configurations, each with what its error must name.
   static let malformedConfigurations: [(String, String)] = [
-      ("produkt = \"x\"\n", "produkt"), ("[activation]\nretry-max = \"10 minutes\"\n", "retry-max"),
-      ("[activation]\nretry-initial = \"0s\"\n", "retry-initial"),
-      ("[activation]\nurl = \"http://example.net\"\n", "url"), ("[warnings]\nbefore = [\"-1d\"]\n", "before"),
-      ("[warnings]\nbefore = \"30d\"\n", "before"), ("[activation\nurl =\n", "not valid TOML"),
-      ("[activation]\nclient = \"ftp\"\n", "client"), ("[control]\nadmin-group = 5\n", "admin-group"),
-      ("product = \"a\"\nproduct = \"b\"\n", "not valid TOML"),
-    ]
+    ("produkt = \"x\"\n", "produkt"), ("[activation]\nretry-max = \"10 minutes\"\n", "retry-max"),
+    ("[activation]\nretry-initial = \"0s\"\n", "retry-initial"),
+    ("[activation]\nurl = \"http://example.net\"\n", "url"), ("[warnings]\nbefore = [\"-1d\"]\n", "before"),
+    ("[warnings]\nbefore = \"30d\"\n", "before"), ("[activation\nurl =\n", "not valid TOML"),
+    ("[activation]\nclient = \"ftp\"\n", "client"), ("[control]\nadmin-group = 5\n", "admin-group"),
+    ("product = \"a\"\nproduct = \"b\"\n", "not valid TOML"),
+  ]
 
   @Test func everyMalformedConfigurationIsRefusedOnReloadAndTheStateIsUntouched() throws {
     let fixture = try Fixture()
@@ -286,7 +286,8 @@ import Varlink
       try text.write(toFile: file, atomically: true, encoding: .utf8)
       let result = try runProcess(agent, ["--check-config", file])
       #expect(result.status == 78, "\(text): exit \(result.status)")
-      #expect(result.stderr.contains(file + ":") && result.stderr.contains(named), "\(text): \(result.stderr)")
+      #expect(
+        result.stderr.contains(file + ":") && result.stderr.contains(named), "\(text): \(result.stderr)")
       #expect(result.stdout.isEmpty)
     }
     let shipped =

@@ -1,0 +1,112 @@
+"""Benchmark: the activation task over fleets of booted SVMs (fleetlab.py).
+
+    python3 ansible/tests/bench_fleet.py [--sizes 5,10,20] [--json]
+
+For each fleet size: boots the SVMs, installs the .deb with the collection's role, adds an
+active key everywhere, then times the activation task (a reserve key on every SVM) with
+forks 5 and forks 20, each with pipelining on (the shipped ansible.cfg) and off. Prints
+wall time and per-SVM cost; figures, not assertions. Needs root (as the fleet tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fleetlab  # noqa: E402
+
+BIN = os.environ.get("LICENSE_AGENT_BIN_DIR") or os.path.join(fleetlab.REPOSITORY, ".build", "debug")
+
+
+def keytool(*args):
+    return fleetlab.run([os.path.join(BIN, "license-keytool")] + list(args)).stdout.strip()
+
+
+def make_keys(directory):
+    keytool("keygen", "--kid", "bench-issuer", "--out", directory)
+    paths = {}
+    for name, serial, expires in (("active", "B-1", "+90d"), ("reserve", "B-2", "+180d")):
+        text = keytool(
+            "issue", "--signer", os.path.join(directory, "bench-issuer.private.jwk"), "--serial", serial,
+            "--edition", "standard", "--scheme", "vm-count", "--os-type", "server", "--license-type",
+            "commercial", "--units", "10", "--not-before=-1d", "--expires=" + expires,
+        )
+        paths[name] = os.path.join(directory, name + ".jws")
+        with open(paths[name], "w") as f:
+            f.write(text + "\n")
+    return paths
+
+
+def timed(lab, *args, env=None):
+    start = time.monotonic()
+    result = lab.ansible_playbook(*args, extra_env=env)
+    elapsed = time.monotonic() - start
+    if result.returncode != 0:
+        raise RuntimeError("ansible-playbook %s exited %d\n%s" % (" ".join(args), result.returncode, result.stdout[-4000:]))
+    return elapsed
+
+
+def bench(size, keys):
+    lab = fleetlab.FleetLab(["svm-%02d" % (i + 1) for i in range(size)])
+    rows = []
+    try:
+        start = time.monotonic()
+        lab.up(timeout=600)
+        boot = time.monotonic() - start
+        install = timed(
+            lab, "playbooks/install.yml", "-e", "license_agent_deb=%s" % fleetlab.built_package(),
+            "-e", json.dumps({"license_agent_trusted_issuers": [keys["jwk"]]}), "-f", "20",
+        )
+        timed(lab, "playbooks/activation_task.yml", "-e", "key_file=%s" % keys["active"], "-f", "20")
+        for forks in (5, 20):
+            for pipelining in (True, False):
+                # A reserve added, then removed again, so that every run does the same work.
+                env = {"ANSIBLE_PIPELINING": "1" if pipelining else "0"}
+                elapsed = timed(
+                    lab, "playbooks/activation_task.yml", "-e", "key_file=%s" % keys["reserve"],
+                    "-e", "reserve=true", "-f", str(forks), env=env,
+                )
+                result = lab.ansible("all", "-m", "licenseagent.svm.license_key", "-a", "slot=server state=absent", "-f", "20")
+                if result.returncode != 0:
+                    raise RuntimeError(result.stdout[-2000:])
+                rows.append({"svms": size, "forks": forks, "pipelining": pipelining, "seconds": round(elapsed, 2),
+                             "perSvmSeconds": round(elapsed / size, 3), "bootSeconds": round(boot, 1),
+                             "installSeconds": round(install, 1)})
+    finally:
+        lab.down()
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="5,10,20")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    reason = fleetlab.unavailable_reason()
+    if reason:
+        print("bench_fleet: " + reason, file=sys.stderr)
+        return 1
+    directory = tempfile.mkdtemp(prefix="fleet-bench-")
+    keys = make_keys(directory)
+    keys["jwk"] = os.path.join(directory, "bench-issuer.jwk")
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        rows += bench(size, keys)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("%5s %6s %11s %9s %11s %8s %10s" % ("SVMs", "forks", "pipelining", "task s", "per SVM s", "boot s", "install s"))
+    for r in rows:
+        print("%5d %6d %11s %9.2f %11.3f %8.1f %10.1f" % (
+            r["svms"], r["forks"], "on" if r["pipelining"] else "off", r["seconds"], r["perSvmSeconds"],
+            r["bootSeconds"], r["installSeconds"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
