@@ -3,9 +3,12 @@
     python3 ansible/tests/bench_fleet.py [--sizes 5,10,20] [--json]
 
 For each fleet size: boots the SVMs, installs the .deb with the collection's role, adds an
-active key everywhere, then times the activation task (a reserve key on every SVM) with
-forks 5 and forks 20, each with pipelining on (the shipped ansible.cfg) and off. Prints
-wall time and per-SVM cost; figures, not assertions. Needs root (as the fleet tests).
+active key everywhere, then times the activation task (a reserve key on every SVM, removed
+again after each run) with forks 5 and forks 20, each with pipelining on (the shipped
+ansible.cfg) and off, every SSH connection new (as when an operator runs the task once);
+then once more with forks 20 and pipelining over the SSH connections the previous run left
+open (ControlPersist). Prints wall time and per-SVM cost; figures, not assertions. Needs
+root (as the fleet tests).
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ def make_keys(directory):
     return paths
 
 
-def timed(lab, *args, env=None):
+def timed(lab, *args, env=None, cold=True):
+    env = dict(env or {})
+    if cold:
+        # A control path folder of its own: every SSH connection of this run is new.
+        env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = tempfile.mkdtemp(prefix="cp-", dir=lab.directory)
     start = time.monotonic()
     result = lab.ansible_playbook(*args, extra_env=env)
     elapsed = time.monotonic() - start
@@ -63,20 +70,27 @@ def bench(size, keys):
             "-e", json.dumps({"license_agent_trusted_issuers": [keys["jwk"]]}), "-f", "20",
         )
         timed(lab, "playbooks/activation_task.yml", "-e", "key_file=%s" % keys["active"], "-f", "20")
-        for forks in (5, 20):
-            for pipelining in (True, False):
-                # A reserve added, then removed again, so that every run does the same work.
-                env = {"ANSIBLE_PIPELINING": "1" if pipelining else "0"}
-                elapsed = timed(
-                    lab, "playbooks/activation_task.yml", "-e", "key_file=%s" % keys["reserve"],
-                    "-e", "reserve=true", "-f", str(forks), env=env,
-                )
-                result = lab.ansible("all", "-m", "licenseagent.svm.license_key", "-a", "slot=server state=absent", "-f", "20")
-                if result.returncode != 0:
-                    raise RuntimeError(result.stdout[-2000:])
-                rows.append({"svms": size, "forks": forks, "pipelining": pipelining, "seconds": round(elapsed, 2),
-                             "perSvmSeconds": round(elapsed / size, 3), "bootSeconds": round(boot, 1),
-                             "installSeconds": round(install, 1)})
+        warm_dir = tempfile.mkdtemp(prefix="cp-warm-", dir=lab.directory)
+        runs = [(5, True, True), (5, False, True), (20, True, True), (20, False, True), (20, True, False), (20, True, False)]
+        for index, (forks, pipelining, cold) in enumerate(runs):
+            # A reserve added, then removed again, so that every run does the same work.
+            env = {"ANSIBLE_PIPELINING": "1" if pipelining else "0"}
+            if not cold:
+                env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = warm_dir
+            elapsed = timed(
+                lab, "playbooks/activation_task.yml", "-e", "key_file=%s" % keys["reserve"],
+                "-e", "reserve=true", "-f", str(forks), env=env, cold=cold,
+            )
+            removed = lab.ansible("all", "-m", "licenseagent.svm.license_key", "-a", "slot=server state=absent", "-f", "20")
+            if removed.returncode != 0:
+                raise RuntimeError(removed.stdout[-2000:])
+            if index == len(runs) - 2:
+                continue  # the run that opens the connections the last one reuses
+            rows.append({
+                "svms": size, "forks": forks, "pipelining": pipelining, "connections": "new" if cold else "reused",
+                "seconds": round(elapsed, 2), "perSvmSeconds": round(elapsed / size, 3),
+                "bootSeconds": round(boot, 1), "installSeconds": round(install, 1),
+            })
     finally:
         lab.down()
     return rows
@@ -100,10 +114,11 @@ def main():
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("%5s %6s %11s %9s %11s %8s %10s" % ("SVMs", "forks", "pipelining", "task s", "per SVM s", "boot s", "install s"))
+    print("%5s %6s %11s %12s %9s %11s %8s %10s" % ("SVMs", "forks", "pipelining", "connections", "task s", "per SVM s",
+                                                  "boot s", "install s"))
     for r in rows:
-        print("%5d %6d %11s %9.2f %11.3f %8.1f %10.1f" % (
-            r["svms"], r["forks"], "on" if r["pipelining"] else "off", r["seconds"], r["perSvmSeconds"],
+        print("%5d %6d %11s %12s %9.2f %11.3f %8.1f %10.1f" % (
+            r["svms"], r["forks"], "on" if r["pipelining"] else "off", r["connections"], r["seconds"], r["perSvmSeconds"],
             r["bootSeconds"], r["installSeconds"]))
     return 0
 
