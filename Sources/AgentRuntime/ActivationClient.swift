@@ -20,7 +20,8 @@ public protocol ActivationClient: Sendable {
 /// attempt timeout in the environment, and reads its standard output: exit 0 and
 /// `{"key": ...}` is success; exit 75 is transient (with an optional `{"retryAfter": s}`);
 /// any other exit is permanent (`{"error", "message"}` read if present); a program running
-/// past the attempt timeout is killed and counts as transient. Its standard error goes to
+/// past the attempt timeout is killed with its whole process group and counts as transient
+/// (also when it closed its output but hangs, or exited while a child holds its pipes). Its standard error goes to
 /// the journal through `logStderr`.
 ///
 /// `client = "https"` runs the shipped `license-agent-activate-https` this way, so the daemon
@@ -78,6 +79,9 @@ public struct ExecActivationClient: ActivationClient {
       timeout: timeout)
     let stderr = String(decoding: result.stderr, as: UTF8.self).trimmingWhitespace()
     if !stderr.isEmpty { logStderr(String(stderr.prefix(4000))) }
+    if result.leftoverProcesses && !result.timedOut {
+      logStderr("the program exited leaving processes behind in its group; they were killed")
+    }
     return Self.outcome(of: result, timeout: timeout)
   }
 
@@ -87,7 +91,16 @@ public struct ExecActivationClient: ActivationClient {
       return .failure(.transient(error: spawnError, retryAfter: nil))
     }
     if result.timedOut {
-      return .failure(.transient(error: "timeout: no answer within \(timeout)", retryAfter: nil))
+      let what =
+        result.outputClosedButRunning
+        ? "the activation client closed its output but had not exited"
+        : result.leftoverProcesses
+          ? "the activation client exited, but a process it started kept its output open"
+          : "the activation client had not answered"
+      return .failure(
+        .transient(
+          error: "timeout: \(what) after \(timeout); it was killed with its whole process group",
+          retryAfter: nil))
     }
     let reply = JSONValue.parse(result.stdout)?.objectValue ?? [:]
     let error = reply["error"]?.stringValue

@@ -147,7 +147,10 @@ public final class Agent: @unchecked Sendable {
         ) {
           [unowned self] call, peer, respond in self.handle(call, peer: peer, respond: respond)
         }
-      ])
+      ],
+      // Root and the admin group keep capacity of their own and have no per-UID limit.
+      isPrivileged: { [unowned self] peer in self.isAdmin(peer) },
+      onDrop: { [unowned self] reason, peer in self.connectionDropped(reason, peer: peer) })
     do {
       try server.start()
     } catch {
@@ -529,6 +532,34 @@ public final class Agent: @unchecked Sendable {
     default:
       return .failure(.methodNotFound(call.method))
     }
+  }
+
+  private var dropLog = RateLimiter<VarlinkDropReason>(intervalMilliseconds: 60_000)
+
+  /// A connection the control server refused or closed: logged once a minute per reason at
+  /// most, with how many were not logged, so that a flood never floods the journal.
+  private func connectionDropped(_ reason: VarlinkDropReason, peer: PeerCredentials) {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    guard
+      let unlogged = dropLog.admit(
+        reason, nowMilliseconds: Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000)
+    else { return }
+    let what: String
+    switch reason {
+    case .serverFull: what = "Control connection refused: every connection open to unprivileged users is in use"
+    case .userLimit: what = "Control connection refused: this user has too many connections open"
+    case .stalled: what = "Control connection closed: a message was begun and not finished in time"
+    case .bufferLimit: what = "Control connection closed: unprivileged clients held too much unfinished input"
+    case .protocolError: what = "Control connection closed: the client did not speak Varlink, or sent an oversized message"
+    case .unreadReplies: what = "Control connection closed: the client left too many replies unread"
+    }
+    logger.warning(
+      "\(what)",
+      metadata: [
+        "reason": "\(reason.rawValue)", "peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)",
+        "not_logged_since_last": "\(unlogged)",
+      ])
   }
 
   private func deny(_ peer: PeerCredentials, _ method: String) -> VarlinkReply? {

@@ -12,11 +12,22 @@ public struct ChildResult: Sendable, Equatable {
   public var timedOut: Bool
   /// Why the program could not be started, when it could not.
   public var spawnError: String?
+  /// Processes of the program's group were still there once it had exited, or at the
+  /// deadline (a background child): they were killed.
+  public var leftoverProcesses = false
+  /// The program closed its standard output and error but had not exited by the deadline.
+  public var outputClosedButRunning = false
 }
 
 /// Runs a program without a shell (`posix_spawn`), feeds it `input` on standard input,
 /// collects its standard output and error (each capped at `maximumOutput` bytes), and kills
 /// it when `timeout` passes. Blocking: call it from a queue of its own.
+///
+/// The program runs in a process group of its own. Nothing here waits past the deadline:
+/// at the deadline the whole group is killed (SIGKILL) and reaped, whether the program
+/// still writes, has closed its output and hangs, or exited while a background child holds
+/// its pipes; once it has exited, whatever it left in its group is killed and reaped too.
+/// The calling process is made a child subreaper, so that those orphans are reaped here.
 ///
 /// Written with `posix_spawn` and `poll` rather than Foundation's `Process`, which waits
 /// for children on libdispatch's global queues: the first job there starts a 1-second timer
@@ -60,7 +71,11 @@ public func runChild(
   var mask = sigset_t()
   sigemptyset(&mask)
   posix_spawnattr_setsigmask(&attributes, &mask)
-  posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+  // A process group of its own (pgid = its pid): at the deadline the whole group is killed.
+  posix_spawnattr_setpgroup(&attributes, 0)
+  posix_spawnattr_setflags(
+    &attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
+  _ = clinux_set_child_subreaper()
 
   let cArguments = argv.map { strdup($0) } + [nil]
   let cEnvironment = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -81,9 +96,7 @@ public func runChild(
     return result
   }
 
-  var start = timespec()
-  clock_gettime(CLOCK_MONOTONIC, &start)
-  let deadline = Int64(start.tv_sec) * 1000 + Int64(start.tv_nsec) / 1_000_000 + timeout.microseconds / 1000
+  let deadline = monotonicMilliseconds() + timeout.microseconds / 1000
   for fd in [inPipe[1], outPipe[0], errPipe[0]] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
   var stdinFD: Int32 = input.isEmpty ? -1 : inPipe[1]
   if input.isEmpty { close(inPipe[1]) }
@@ -91,12 +104,9 @@ public func runChild(
   var open: [Int32] = [outPipe[0], errPipe[0]]
   var buffer = [UInt8](repeating: 0, count: 65_536)
   while !open.isEmpty || stdinFD >= 0 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    let remaining = deadline - (Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000)
+    let remaining = deadline - monotonicMilliseconds()
     if remaining <= 0 {
       result.timedOut = true
-      kill(pid, SIGKILL)
       break
     }
     var fds = open.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
@@ -130,11 +140,54 @@ public func runChild(
   }
   if stdinFD >= 0 { close(stdinFD) }
   for fd in open { close(fd) }
+
+  // The program's output is closed (or the deadline passed): wait for it, never past the
+  // deadline. Polling is fine here: it only runs while a program is running.
   var status: Int32 = 0
-  while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+  var exited = false
+  while true {
+    let reaped = waitpid(pid, &status, WNOHANG)
+    if reaped == pid {
+      exited = true
+      break
+    }
+    if reaped < 0 && errno != EINTR { break }
+    if result.timedOut || monotonicMilliseconds() >= deadline {
+      result.outputClosedButRunning = !result.timedOut
+      result.timedOut = true
+      break
+    }
+    usleep(5_000)
+  }
+  // Whatever is left in the program's group is killed: the program itself at the deadline,
+  // a background child that holds its pipes, or one it left behind when it exited.
+  if kill(-pid, SIGKILL) == 0 && exited { result.leftoverProcesses = true }
+  if !exited {
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+  }
+  reapGroup(pid)
   // WIFEXITED / WEXITSTATUS, which Swift does not import.
-  if status & 0x7f == 0 { result.exitStatus = (status >> 8) & 0xff }
+  if !result.timedOut && status & 0x7f == 0 { result.exitStatus = (status >> 8) & 0xff }
   return result
+}
+
+/// Reaps the members of process group `group` that were killed (they are this process's
+/// children, or its orphans as their subreaper), for at most a second.
+private func reapGroup(_ group: pid_t) {
+  let until = monotonicMilliseconds() + 1000
+  var status: Int32 = 0
+  while monotonicMilliseconds() < until {
+    let reaped = waitpid(-group, &status, WNOHANG)
+    if reaped < 0 && errno == EINTR { continue }
+    if reaped < 0 { return }  // ECHILD: none left
+    if reaped == 0 { usleep(2_000) }
+  }
+}
+
+private func monotonicMilliseconds() -> Int64 {
+  var now = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &now)
+  return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
 }
 
 private func failed(_ result: inout ChildResult, _ what: String) -> ChildResult {

@@ -44,3 +44,11 @@ static inline int clinux_peer_groups(int fd, gid_t *groups, int capacity) {
   if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) != 0) return -1;
   return (int)(len / sizeof(gid_t));
 }
+
+#include <sys/prctl.h>
+
+/// Makes this process the reaper of its orphaned descendants (PR_SET_CHILD_SUBREAPER), so
+/// that what an activation client leaves behind is reaped here; 0 on success.
+static inline int clinux_set_child_subreaper(void) {
+  return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}

@@ -173,4 +173,11 @@ public struct MessageFramer: Sendable {
 
   /// True when bytes of an unfinished message are waiting.
   public var hasPartialMessage: Bool { !buffer.isEmpty }
+
+  /// The bytes received and not yet taken as messages.
+  public var bufferedCount: Int { buffer.count }
+
+  /// Whether the buffer already holds more than one message may be, complete or not (a
+  /// client that keeps sending while its earlier call waits for a deferred reply).
+  public var exceedsLimit: Bool { buffer.count > maximumMessageSize + 1 }
 }

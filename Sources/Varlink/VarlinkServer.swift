@@ -77,6 +77,42 @@ public struct VarlinkInterface: Sendable {
   }
 }
 
+/// What keeps one local user from taking the control socket away from the others, as
+/// systemd's own Varlink servers do: a limit per UID below the total, capacity only
+/// privileged peers may use, a deadline for a message that was begun, and a bound on what
+/// is buffered for unprivileged peers in all.
+public struct VarlinkConnectionLimits: Sendable, Equatable {
+  /// Connections in all; beyond, a new one is closed at once.
+  public var maximumConnections = 128
+  /// Connections of one unprivileged UID.
+  public var maximumPerUser = 16
+  /// Of `maximumConnections`, how many only privileged peers may use.
+  public var reservedForPrivileged = 32
+  /// A message begun and not finished within this many milliseconds closes its connection.
+  public var stallTimeoutMilliseconds = 10_000
+  /// Bytes held for unprivileged peers in all (what they sent and have not finished, and
+  /// replies they have not read); past it, the connection that holds the most is closed.
+  public var maximumUnprivilegedBuffered = 4 << 20
+
+  public init() {}
+}
+
+/// Why the server refused or closed a connection (other than the client closing it).
+public enum VarlinkDropReason: String, Sendable, CaseIterable {
+  /// Every connection not reserved for privileged peers is in use.
+  case serverFull = "server_full"
+  /// The peer's UID has `maximumPerUser` connections.
+  case userLimit = "user_limit"
+  /// A message was begun and not finished in time.
+  case stalled
+  /// What unprivileged peers have buffered went past the bound; this one held the most.
+  case bufferLimit = "buffer_limit"
+  /// A message that is not Varlink, or larger than a message may be.
+  case protocolError = "protocol_error"
+  /// The client left too much of its replies unread.
+  case unreadReplies = "unread_replies"
+}
+
 /// Why the server could not start.
 public struct VarlinkServerError: Error, Sendable, CustomStringConvertible {
   public var description: String
@@ -96,18 +132,25 @@ public final class VarlinkServer: @unchecked Sendable {
   private let interfaces: [String: VarlinkInterface]
   private var listenSource: DispatchSourceRead?
   private var connections: [Int32: Connection] = [:]
-  /// Connections beyond this are accepted and closed at once.
-  public let maximumConnections: Int
+  public let limits: VarlinkConnectionLimits
+  /// Peers that may use the reserved capacity and have no per-UID limit (root, admins).
+  private let isPrivileged: @Sendable (PeerCredentials) -> Bool
+  /// Told of every connection refused or closed by the server (on `queue`).
+  private let onDrop: @Sendable (VarlinkDropReason, PeerCredentials) -> Void
 
   public init(
     path: String, queue: DispatchQueue, info: VarlinkServiceInfo, interfaces: [VarlinkInterface],
-    maximumConnections: Int = 128
+    limits: VarlinkConnectionLimits = VarlinkConnectionLimits(),
+    isPrivileged: @escaping @Sendable (PeerCredentials) -> Bool = { $0.uid == 0 },
+    onDrop: @escaping @Sendable (VarlinkDropReason, PeerCredentials) -> Void = { _, _ in }
   ) {
     self.path = path
     self.queue = queue
     self.info = info
     self.interfaces = Dictionary(interfaces.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-    self.maximumConnections = maximumConnections
+    self.limits = limits
+    self.isPrivileged = isPrivileged
+    self.onDrop = onDrop
   }
 
   /// Binds the socket (replacing a stale one), makes it connectable by every local user
@@ -152,8 +195,9 @@ public final class VarlinkServer: @unchecked Sendable {
   public func stop() {
     listenSource?.cancel()
     listenSource = nil
-    for connection in connections.values { connection.close() }
+    let open = connections.values
     connections.removeAll()
+    for connection in open { connection.close(reason: nil) }
     unlink(path)
   }
 
@@ -164,19 +208,60 @@ public final class VarlinkServer: @unchecked Sendable {
     while true {
       let fd = clinux_accept_nonblocking(listener)
       guard fd >= 0 else { return }
-      guard connections.count < maximumConnections, let peer = PeerCredentials.of(socket: fd) else {
+      guard let peer = PeerCredentials.of(socket: fd) else {
         Glibc.close(fd)
         continue
       }
-      let connection = Connection(fd: fd, peer: peer, queue: queue) { [weak self] call, peer, responder in
+      let privileged = isPrivileged(peer)
+      if let refusal = refusal(of: peer, privileged: privileged) {
+        Glibc.close(fd)
+        onDrop(refusal, peer)
+        continue
+      }
+      let connection = Connection(
+        fd: fd, peer: peer, privileged: privileged, queue: queue,
+        stallTimeoutMilliseconds: limits.stallTimeoutMilliseconds
+      ) { [weak self] call, peer, responder in
         guard let self else { return .failure(.methodNotImplemented(call.method)) }
         return self.answer(call, peer: peer, responder: responder)
-      } onClose: { [weak self] fd in
-        self?.connections[fd] = nil
+      } onReceive: { [weak self] in
+        self?.enforceBufferBound()
+      } onClose: { [weak self] fd, reason in
+        guard let self, let connection = self.connections.removeValue(forKey: fd) else { return }
+        if let reason { self.onDrop(reason, connection.peer) }
       }
       connections[fd] = connection
       connection.start()
     }
+  }
+
+  /// Why a new connection of `peer` is refused, or nil when it may stay.
+  private func refusal(of peer: PeerCredentials, privileged: Bool) -> VarlinkDropReason? {
+    if connections.count >= limits.maximumConnections { return .serverFull }
+    if privileged { return nil }
+    let unprivileged = connections.values.filter { !$0.privileged }
+    if unprivileged.count >= limits.maximumConnections - limits.reservedForPrivileged { return .serverFull }
+    if unprivileged.count(where: { $0.peer.uid == peer.uid }) >= limits.maximumPerUser { return .userLimit }
+    return nil
+  }
+
+  /// Past the bound on what unprivileged peers hold in all, closes the connection that
+  /// holds the most (never the privileged ones: their messages are bounded one by one).
+  private func enforceBufferBound() {
+    var held = connections.values.filter { !$0.privileged && !$0.closed }
+    var total = held.reduce(0) { $0 + $1.bufferedBytes }
+    while total > limits.maximumUnprivilegedBuffered,
+      let largest = held.max(by: { $0.bufferedBytes < $1.bufferedBytes })
+    {
+      total -= largest.bufferedBytes
+      held.removeAll { $0 === largest }
+      largest.close(reason: .bufferLimit)
+    }
+  }
+
+  /// Bytes held for unprivileged peers in all (for tests and benchmarks). Call on `queue`.
+  public var unprivilegedBufferedBytes: Int {
+    connections.values.filter { !$0.privileged }.reduce(0) { $0 + $1.bufferedBytes }
   }
 
   /// Routes a call: `org.varlink.service` is answered here, the rest by its interface.
@@ -260,9 +345,14 @@ private final class Connection: @unchecked Sendable {
   // @unchecked: confined to the server's queue.
   let fd: Int32
   let peer: PeerCredentials
+  let privileged: Bool
   let queue: DispatchQueue
+  let stallTimeoutMilliseconds: Int
   let handle: (VarlinkCall, PeerCredentials, VarlinkResponder) -> VarlinkReply?
-  let onClose: (Int32) -> Void
+  let onReceive: () -> Void
+  let onClose: (Int32, VarlinkDropReason?) -> Void
+  /// Armed while a message is begun and not finished: its deadline runs from its first byte.
+  var stallTimer: DispatchSourceTimer?
   /// A deferred reply is awaited: later calls wait, so that replies stay in order.
   var awaitingReply = false
   var framer = MessageFramer()
@@ -274,16 +364,23 @@ private final class Connection: @unchecked Sendable {
   static let maximumPending = 4 << 20
 
   init(
-    fd: Int32, peer: PeerCredentials, queue: DispatchQueue,
+    fd: Int32, peer: PeerCredentials, privileged: Bool, queue: DispatchQueue, stallTimeoutMilliseconds: Int,
     handle: @escaping (VarlinkCall, PeerCredentials, VarlinkResponder) -> VarlinkReply?,
-    onClose: @escaping (Int32) -> Void
+    onReceive: @escaping () -> Void,
+    onClose: @escaping (Int32, VarlinkDropReason?) -> Void
   ) {
     self.fd = fd
     self.peer = peer
+    self.privileged = privileged
     self.queue = queue
+    self.stallTimeoutMilliseconds = stallTimeoutMilliseconds
     self.handle = handle
+    self.onReceive = onReceive
     self.onClose = onClose
   }
+
+  /// What this connection holds: received bytes not yet taken, replies not yet sent.
+  var bufferedBytes: Int { framer.bufferedCount + pending.count }
 
   func start() {
     let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
@@ -300,12 +397,18 @@ private final class Connection: @unchecked Sendable {
       let count = read(fd, &buffer, buffer.count)
       if count > 0 {
         framer.append(buffer[0..<count])
+        if framer.exceedsLimit {
+          close(reason: .protocolError)
+          return
+        }
         processMessages()
+        if closed { return }
+        onReceive()
         continue
       }
       if count < 0 && (errno == EAGAIN || errno == EINTR) { return }
       // End of stream or a read error: the client is gone.
-      close()
+      close(reason: nil)
       return
     }
   }
@@ -327,8 +430,26 @@ private final class Connection: @unchecked Sendable {
         }
       }
     } catch {
-      close()
+      close(reason: .protocolError)
+      return
     }
+    watchForStall()
+  }
+
+  /// A begun message must be finished in time; while calls wait for a deferred reply the
+  /// client is not the one stalling.
+  func watchForStall() {
+    guard !closed, framer.hasPartialMessage, !awaitingReply else {
+      stallTimer?.cancel()
+      stallTimer = nil
+      return
+    }
+    guard stallTimer == nil else { return }
+    let timer = DispatchSource.makeTimerSource(queue: queue)
+    timer.setEventHandler { [weak self] in self?.close(reason: .stalled) }
+    timer.schedule(deadline: .now() + .milliseconds(stallTimeoutMilliseconds))
+    stallTimer = timer
+    timer.resume()
   }
 
   func finishDeferred(_ reply: VarlinkReply, oneway: Bool) {
@@ -342,7 +463,7 @@ private final class Connection: @unchecked Sendable {
     pending.append(contentsOf: text.utf8)
     pending.append(0)
     guard pending.count <= Self.maximumPending else {
-      close()
+      close(reason: .unreadReplies)
       return
     }
     flush()
@@ -364,7 +485,7 @@ private final class Connection: @unchecked Sendable {
         }
         return
       } else {
-        close()
+        close(reason: nil)
         return
       }
     }
@@ -372,14 +493,17 @@ private final class Connection: @unchecked Sendable {
     writeSource = nil
   }
 
-  func close() {
+  /// Closes the connection; `reason` when the server ends it (nil: the client left).
+  func close(reason: VarlinkDropReason?) {
     guard !closed else { return }
     closed = true
+    stallTimer?.cancel()
+    stallTimer = nil
     writeSource?.cancel()
     writeSource = nil
     readSource?.cancel()
     readSource = nil
-    onClose(fd)
+    onClose(fd, reason)
   }
 }
 

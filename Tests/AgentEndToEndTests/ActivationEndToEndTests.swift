@@ -233,6 +233,53 @@ import Testing
     #expect(stderrLogged.contains { $0["MESSAGE"]?.contains("upstream busy") == true })
   }
 
+  /// Activation clients that misbehave (issue: hostile and careless client programs): one
+  /// that closes its output and hangs, one whose background child keeps its pipes, one that
+  /// exits leaving a child behind. Each attempt ends at its deadline at the latest, the
+  /// whole process group is killed and reaped (no process left, not even a zombie), and
+  /// the next activation works.
+  @Test func misbehavingClientProgramsEndAtTheDeadlineAndLeaveNoProcessBehind() throws {
+    let (agent, pluginDir, plugin, now) = try execPluginAgent()
+    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".write(
+      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    try agent.key("EXEC-9", nbf: now - .days(1), exp: now + .days(1)).write(
+      toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    #expect(try agent.start())
+    let cases: [(mode: String, error: String)] = [
+      ("closed-hang", "closed its output but had not exited after 2s"),
+      ("background", "exited, but a process it started kept its output open after 2s"),
+    ]
+    for (mode, error) in cases {
+      try mode.write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
+      let result = try agent.agentctl(["activate", "--code-stdin"], input: Self.code)
+      #expect(result.status == 75, "\(mode): \(result.stderr)")
+      #expect(result.stderr.contains("timeout: the activation client \(error)"), "\(mode): \(result.stderr)")
+      #expect(result.stderr.contains("killed with its whole process group"), "\(mode)")
+      try expectGone(pluginDir, mode)
+    }
+    // A child left behind that holds nothing: the answer counts, the child is killed.
+    try "orphan".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
+    let orphan = try agent.agentctl(["activate", "--code-stdin"], input: Self.code)
+    #expect(orphan.status == 0, "\(orphan.stderr)")
+    try expectGone(pluginDir, "orphan")
+    let warned = try agent.waitForJournal(["_PID=\(agent.pid!)", "PRIORITY=4"])
+    #expect(warned.contains { $0["MESSAGE"]?.contains("leaving processes behind") == true })
+    #expect(try StatusExit.of(agent) == 0)
+  }
+
+  /// The processes an exec plugin mode recorded in `pids` no longer exist (no /proc entry:
+  /// killed and reaped, not even a zombie).
+  func expectGone(_ pluginDir: String, _ mode: String) throws {
+    let pids = try String(contentsOfFile: pluginDir + "/pids", encoding: .utf8).split(separator: " ")
+      .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+    #expect(!pids.isEmpty)
+    // The agent replies once the attempt is over: by then the group is killed and reaped.
+    for pid in pids {
+      #expect(!FileManager.default.fileExists(atPath: "/proc/\(pid)"), "\(mode): process \(pid) is still there")
+    }
+    try FileManager.default.removeItem(atPath: pluginDir + "/pids")
+  }
+
   @Test func anExecPluginsPermanentRefusalAlertsAtOnce() throws {
     let (agent, pluginDir, plugin, now) = try execPluginAgent()
     try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".write(

@@ -1,7 +1,10 @@
 #!/bin/sh
 # An exec activation client (contract §3) for the tests: a site's own activation proxy
 # written as nothing but a script. Its behaviour comes from files in $PLUGIN_DIR:
-#   mode      "ok" (default), "fail N" (exit 75 with retryAfter 1, N times), "permanent", "sleep"
+#   mode      "ok" (default), "fail N" (exit 75 with retryAfter 1, N times), "permanent", "sleep",
+#             and clients that misbehave: "closed-hang" (closes its output, keeps running),
+#             "background" (answers, exits, a background child keeps its output open),
+#             "orphan" (answers, exits, leaves a child that holds nothing of it)
 #   key       the key to answer with
 # Each request is appended to $PLUGIN_DIR/requests, with the environment it received;
 # the last attempt's arguments and environment are in $PLUGIN_DIR/argv and env.
@@ -27,5 +30,15 @@ case "$mode" in
     exit 1 ;;
   sleep)
     exec sleep 30 ;;
+  closed-hang)
+    echo $$ >"$dir/pids"
+    exec >&- 2>&-
+    exec sleep 30 ;;
+  background)
+    sleep 30 &
+    echo "$$ $!" >"$dir/pids" ;;
+  orphan)
+    sleep 30 </dev/null >/dev/null 2>&1 &
+    echo "$$ $!" >"$dir/pids" ;;
 esac
 printf '{"key": "%s"}\n' "$(cat "$dir/key")"
