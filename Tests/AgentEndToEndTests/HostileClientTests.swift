@@ -1,0 +1,116 @@
+import Foundation
+import Glibc
+import LicenseCore
+import LicenseTestSupport
+import Testing
+
+/// The control socket under hostile unprivileged users (docs/RELIABILITY.md, "Hostile local
+/// users and client programs"): the real daemon, its real socket, and clients run as other
+/// users (Fixtures/hostile_client.py under setpriv, with Debian's python3).
+@Suite(.serialized) struct HostileClientTests {
+  static let helper =
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/hostile_client.py"
+
+  /// A hostile client running as `uid`: the first line it printed, and the process, which
+  /// holds its connections until ``release()``.
+  final class HostileClient {
+    let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+    private var buffered = Data()
+
+    init(socket: String, uid: uid_t, _ arguments: [String]) throws {
+      process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+      process.arguments =
+        ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--", "/usr/bin/python3", HostileClientTests.helper,
+        socket] + arguments
+      process.standardInput = input
+      process.standardOutput = output
+      try process.run()
+    }
+
+    /// The next line the client prints (it prints each after doing what it says).
+    func line() -> String {
+      while !buffered.contains(UInt8(ascii: "\n")) {
+        let chunk = output.fileHandleForReading.availableData
+        if chunk.isEmpty { break }
+        buffered += chunk
+      }
+      guard let end = buffered.firstIndex(of: UInt8(ascii: "\n")) else { return "" }
+      let text = String(decoding: buffered[..<end], as: UTF8.self)
+      buffered.removeSubrange(...end)
+      return text
+    }
+
+    /// Closes its standard input: it closes its connections and exits.
+    func release() {
+      try? input.fileHandleForWriting.close()
+      process.waitUntilExit()
+    }
+  }
+
+  func agent() throws -> AgentHarness {
+    let agent = try AgentHarness()
+    #expect(try agent.start())
+    let key = try agent.keyFile(
+      "a", agent.key("A", nbf: AgentHarness.now() - .days(1), exp: AgentHarness.now() + .days(40)))
+    #expect(try agent.agentctl(["add-key", key]).status == 0)
+    // The harness's socket folder is the test's: let other users reach the socket.
+    chmod(agent.runtimeDirectory, 0o755)
+    return agent
+  }
+
+  @Test func oneUserHoldingManyConnectionsLocksOutNeitherRootNorOtherUsers() throws {
+    let agent = try agent()
+    let hog = try HostileClient(socket: agent.socketPath, uid: 65501, ["hold", "40"])
+    defer { hog.release() }
+    // The per-UID limit: 16 answered, the rest closed at once.
+    #expect(hog.line() == "accepted 16 refused 24")
+    // Root, and another unprivileged user, are still answered.
+    let root = try agent.agentctl(["status"])
+    #expect(root.status == 0 && root.stdout.contains(agent.serial("A")), "\(root.stderr)")
+    let other = try agent.agentctl(["status"], asUser: 65502)
+    #expect(other.status == 0, "\(other.stderr)")
+    // 24 refusals, one line in the journal (rate-limited), naming the user.
+    let logged = try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=user_limit"])
+    #expect(logged.count == 1)
+    #expect(logged.first?["PEER_UID"] == "65501")
+  }
+
+  @Test func capacityIsReservedForRootWhenManyUsersFillTheRest() throws {
+    let agent = try agent()
+    // Six users with 16 connections each fill the 96 connections unprivileged users may
+    // have (128, less 32 reserved); a seventh user gets none; root is still answered.
+    var hogs: [HostileClient] = []
+    defer { for hog in hogs { hog.release() } }
+    for uid in uid_t(65510)..<65516 {
+      let hog = try HostileClient(socket: agent.socketPath, uid: uid, ["hold", "16"])
+      hogs.append(hog)
+      #expect(hog.line() == "accepted 16 refused 0", "uid \(uid)")
+    }
+    let seventh = try HostileClient(socket: agent.socketPath, uid: 65516, ["hold", "4"])
+    hogs.append(seventh)
+    #expect(seventh.line() == "accepted 0 refused 4")
+    for _ in 0..<3 {
+      let root = try agent.agentctl(["status"])
+      #expect(root.status == 0, "\(root.stderr)")
+    }
+    #expect(try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=server_full"]).count == 1)
+  }
+
+  @Test func halfSentMessagesAreBoundedInAllAndCutOffAtTheirDeadline() throws {
+    let agent = try agent()
+    // 16 connections each begin a 900,000-byte message and never finish it: past 4 MiB in
+    // all, the agent closes the connections that hold the most, so 4 stay (3.6 MB)...
+    let hog = try HostileClient(socket: agent.socketPath, uid: 65520, ["half", "16", "900000"])
+    defer { hog.release() }
+    #expect(hog.line() == "open 4")
+    let root = try agent.agentctl(["status"])
+    #expect(root.status == 0, "\(root.stderr)")
+    // ... and those 4 are closed when their message's deadline (10 s) passes.
+    #expect(hog.line() == "closed 16")
+    #expect(try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=buffer_limit"]).count == 1)
+    #expect(try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=stalled"]).count == 1)
+    #expect(try agent.agentctl(["status"], asUser: 65520).status == 0)
+  }
+}
