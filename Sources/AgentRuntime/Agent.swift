@@ -547,11 +547,13 @@ public final class Agent: @unchecked Sendable {
     else { return }
     let what: String
     switch reason {
-    case .serverFull: what = "Control connection refused: every connection open to unprivileged users is in use"
+    case .serverFull:
+      what = "Control connection refused: every connection open to unprivileged users is in use"
     case .userLimit: what = "Control connection refused: this user has too many connections open"
     case .stalled: what = "Control connection closed: a message was begun and not finished in time"
     case .bufferLimit: what = "Control connection closed: unprivileged clients held too much unfinished input"
-    case .protocolError: what = "Control connection closed: the client did not speak Varlink, or sent an oversized message"
+    case .protocolError:
+      what = "Control connection closed: the client did not speak Varlink, or sent an oversized message"
     case .unreadReplies: what = "Control connection closed: the client left too many replies unread"
     }
     logger.warning(

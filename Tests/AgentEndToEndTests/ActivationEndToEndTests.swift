@@ -275,7 +275,8 @@ import Testing
     #expect(!pids.isEmpty)
     // The agent replies once the attempt is over: by then the group is killed and reaped.
     for pid in pids {
-      #expect(!FileManager.default.fileExists(atPath: "/proc/\(pid)"), "\(mode): process \(pid) is still there")
+      #expect(
+        !FileManager.default.fileExists(atPath: "/proc/\(pid)"), "\(mode): process \(pid) is still there")
     }
     try FileManager.default.removeItem(atPath: pluginDir + "/pids")
   }

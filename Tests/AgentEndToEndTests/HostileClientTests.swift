@@ -22,8 +22,11 @@ import Testing
     init(socket: String, uid: uid_t, _ arguments: [String]) throws {
       process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
       process.arguments =
-        ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--", "/usr/bin/python3", HostileClientTests.helper,
-        socket] + arguments
+        [
+          "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--", "/usr/bin/python3",
+          HostileClientTests.helper,
+          socket,
+        ] + arguments
       process.standardInput = input
       process.standardOutput = output
       try process.run()
