@@ -109,9 +109,7 @@ public final class Agent: @unchecked Sendable {
     }
     state = loaded.state
     if let recovery = loaded.recovery {
-      sink.send(
-        JournalEvent.stateRecovered(error: recovery.error, file: paths.stateDirectory + "/state.json"),
-        transition: nil)
+      announce(JournalEvent.stateRecovered(error: recovery.error, file: paths.stateDirectory + "/state.json"))
       logger.warning(
         "State file recovered from its last good copy",
         metadata: ["damaged_copy": "\(recovery.quarantinedFile)"])
@@ -240,11 +238,27 @@ public final class Agent: @unchecked Sendable {
 
   // MARK: - Carrying out decisions
 
-  /// Persists, announces, acknowledges, re-arms. Returns the storage error when the state
-  /// could not be written: then nothing was announced and the in-memory state is unchanged.
+  /// The one funnel for the engine's decisions: every action is taken apart by an
+  /// exhaustive switch (an action the engine adds does not compile until it is handled
+  /// here), then carried out in one order: persist (durable), announce (the outbox, exactly
+  /// once), start renewal attempts, re-arm the timer, update STATUS=. Returns the storage
+  /// error when the state could not be written: then nothing was announced or started and
+  /// the in-memory state is unchanged.
   @discardableResult
   private func carryOut(_ decision: Decision, decidedAt: Timestamp) -> StateStoreError? {
-    if let transition = decision.persistedTransition {
+    var transition: UInt64?
+    var events: [JournalEvent] = []
+    var activations: [ActivationRequest] = []
+    var wake: Wake??
+    for action in decision.actions {
+      switch action {
+      case .persist(let id): transition = id
+      case .emit(let event): events.append(event)
+      case .wake(let next): wake = .some(next)
+      case .activate(let request): activations.append(request)
+      }
+    }
+    if let transition {
       do {
         try store.save(decision.state)
       } catch {
@@ -258,24 +272,18 @@ public final class Agent: @unchecked Sendable {
       let durableAt = clock.now()
       persistRetry = nil
       state = decision.state
-      for event in decision.events {
-        var event = event
-        if event.kind == .keyPromoted, let core = event[field: "LICENSE_DELAY_USEC"].flatMap(Int64.init) {
-          // From the expired key's exp to the moment the promotion became durable.
-          event.set("LICENSE_DELAY_USEC", String(core + durableAt.microseconds(since: decidedAt)))
-        }
-        sink.send(event, transition: event.transitionID.map(state.transitionName))
-      }
-      let acknowledged = state.acknowledging(through: transition)
-      if (try? store.save(acknowledged)) != nil { state = acknowledged }
+      // The events of a persisted decision are in its outbox, and go out from there.
+      recordPromotionDelays(transition: transition, durableAt: durableAt, decidedAt: decidedAt)
+      deliverOutbox()
     } else {
       // Nothing to write: no change waits for the disk any more (a failed operator request
       // was refused to its caller), so the timer goes back to the next instant that matters.
       persistRetry = nil
-      for event in decision.events { sink.send(event, transition: nil) }
+      for event in events { announce(event) }
     }
-    for case .activate(let request) in decision.actions { startAttempt(request) }
-    if persistRetry == nil { timer?.arm(at: engine.nextWake(state)?.at) }
+    for request in activations { startAttempt(request) }
+    // The decision's own next instant, or (a refusal names none) the plan of the state.
+    if persistRetry == nil { timer?.arm(at: (wake ?? engine.nextWake(state))?.at) }
     notifier.notify("STATUS=\(statusLine())")
     scheduleTrim()
     return nil
@@ -303,20 +311,108 @@ public final class Agent: @unchecked Sendable {
     timer?.arm(at: clock.now() + delay)
   }
 
-  /// Events of transitions persisted but not acknowledged before a crash: sent now, unless
-  /// the journal shows they were sent already (exactly once).
-  private func redeliverOutbox() {
-    guard let last = state.outbox.compactMap(\.transitionID).max() else { return }
-    var replayed = 0
-    for event in state.outbox {
-      let name = event.transitionID.map(state.transitionName)
-      if let name, sink.wasDelivered(transition: name) == true { continue }
-      sink.send(event, transition: name)
-      replayed += 1
+  /// KEY_PROMOTED says how late the promotion became durable, which is known only once it
+  /// is: the measured delay is written into the outbox (a second durable write) before
+  /// anything is announced, so that the journal receives exactly what the outbox holds,
+  /// whether the event is sent now or replayed after a crash. If that write fails, the
+  /// outbox keeps the delay measured to the decision, and that is what is sent.
+  private func recordPromotionDelays(transition: UInt64, durableAt: Timestamp, decidedAt: Timestamp) {
+    var measured = state
+    var changed = false
+    for index in measured.outbox.indices {
+      let event = measured.outbox[index]
+      guard event.transitionID == transition, event.kind == .keyPromoted,
+        let core = event[field: "LICENSE_DELAY_USEC"].flatMap(Int64.init)
+      else { continue }
+      // From the expired key's exp to the moment the promotion became durable.
+      measured.outbox[index].set(
+        "LICENSE_DELAY_USEC", String(core + durableAt.microseconds(since: decidedAt)))
+      changed = true
     }
-    logger.notice("Events of an interrupted change were replayed", metadata: ["replayed": "\(replayed)"])
-    let acknowledged = state.acknowledging(through: last)
-    if (try? store.save(acknowledged)) != nil { state = acknowledged }
+    if changed, (try? store.save(measured)) != nil { state = measured }
+  }
+
+  /// Retries of the outbox while the journal refuses events: at most this many, 250 ms
+  /// doubling (about 8 s in all), then the events go to standard error.
+  static let maximumDeliveryRetries = 5
+  private var deliveryRetries = 0
+  private var deliveryRetryScheduled = false
+  private let console = ConsoleEventSink()
+
+  /// Sends the outbox in order, each event exactly as it is stored, and acknowledges
+  /// (removes, then writes the state) only what the journal took. An event the journal
+  /// refuses stops the round and is retried later (bounded); nothing taken is sent again.
+  /// Where there is no journal at all, or once the retries are spent, events go to
+  /// standard error instead (systemd puts that in the journal, without the fields).
+  private func deliverOutbox() {
+    var remaining = state.outbox[...]
+    var refused: Int32?
+    while let event = remaining.first {
+      let name = event.transitionID.map(state.transitionName)
+      switch sink.send(event, transition: name) {
+      case .delivered:
+        remaining.removeFirst()
+      case .unavailable:
+        console.send(event, transition: name)
+        remaining.removeFirst()
+      case .refused(let errno):
+        if deliveryRetries < Self.maximumDeliveryRetries {
+          refused = errno
+        } else {
+          logger.critical(
+            "The journal keeps refusing an event: it is written to standard error instead",
+            metadata: ["event": "\(event.kind.rawValue)", "errno": "\(errno)"])
+          console.send(event, transition: name)
+          remaining.removeFirst()
+        }
+      }
+      if refused != nil { break }
+    }
+    if remaining.count != state.outbox.count {
+      // In memory at once, so that this process never sends an event twice; on disk as the
+      // acknowledgement (if that write fails, a restart's replay finds them in the journal).
+      state.outbox = Array(remaining)
+      try? store.save(state)
+    }
+    guard let refused else {
+      deliveryRetries = 0
+      return
+    }
+    guard !deliveryRetryScheduled else { return }
+    deliveryRetryScheduled = true
+    let delay = 250 << deliveryRetries
+    deliveryRetries += 1
+    logger.warning(
+      "The journal refused an event; it stays in the outbox and is sent again",
+      metadata: ["errno": "\(refused)", "retry_in_ms": "\(delay)", "retry": "\(deliveryRetries)"])
+    queue.asyncAfter(deadline: .now() + .milliseconds(delay)) { [weak self] in
+      guard let self else { return }
+      self.deliveryRetryScheduled = false
+      self.deliverOutbox()
+    }
+  }
+
+  /// An event of no state change (a refusal, a clock change, a recovery): sent at once;
+  /// standard error when the journal does not take it.
+  private func announce(_ event: JournalEvent) {
+    if sink.send(event, transition: nil) != .delivered { console.send(event, transition: nil) }
+  }
+
+  /// At start: the events of transitions persisted but not acknowledged before a crash are
+  /// sent, except those the journal shows were sent already (exactly once).
+  private func redeliverOutbox() {
+    guard !state.outbox.isEmpty else { return }
+    let before = state.outbox.count
+    let loaded = state
+    state.outbox.removeAll { event in
+      guard let name = event.transitionID.map(loaded.transitionName) else { return false }
+      return sink.wasDelivered(event.kind, transition: name) == true
+    }
+    logger.notice(
+      "Events of an interrupted change are replayed",
+      metadata: ["replayed": "\(state.outbox.count)", "already_delivered": "\(before - state.outbox.count)"])
+    if state.outbox.count != before { try? store.save(state) }
+    deliverOutbox()
   }
 
   // MARK: - Renewal (C2–C4)

@@ -2,15 +2,25 @@ import FoundationEssentials
 import Glibc
 import LicenseCore
 
+/// What became of an event that was sent.
+public enum EventDelivery: Sendable, Equatable {
+  /// The journal (or standard error, for the console sink) took it.
+  case delivered
+  /// The journal refused it for now (journald busy or restarting: `errno`); worth retrying.
+  case refused(errno: Int32)
+  /// There is no journal at all here: retrying is pointless.
+  case unavailable
+}
+
 /// Where the agent's journal events go. `JournalEventSink` writes them to the journal;
 /// `ConsoleEventSink` to standard error, when there is no journal (and for the demo).
 public protocol EventSink: Sendable {
-  /// Sends one event; `transition` (`<state id>:<transition id>`) marks the events of a
-  /// state change. False when it could not be delivered.
-  @discardableResult func send(_ event: JournalEvent, transition: String?) -> Bool
-  /// Whether an event carrying `transition` (``JournalEventSink/transitionField``) was
+  /// Sends one event as it is, every field unchanged; `transition` (`<state id>:<transition
+  /// id>`) marks the events of a state change.
+  @discardableResult func send(_ event: JournalEvent, transition: String?) -> EventDelivery
+  /// Whether the event `kind` of `transition` (``JournalEventSink/transitionField``) was
   /// already delivered, for exactly-once replay after a crash; nil when it cannot tell.
-  func wasDelivered(transition: String) -> Bool?
+  func wasDelivered(_ kind: EventKind, transition: String) -> Bool?
 }
 
 /// The journal fields of an event: the contract's, plus the transition for deduplication.
@@ -24,23 +34,25 @@ public func journalFields(of event: JournalEvent, transition: String?) -> [(name
   return fields
 }
 
-/// Sends events to the journal with their MESSAGE_ID, PRIORITY and `LICENSE_*` fields; falls
-/// back to standard error for an event the journal refuses (journald stopped, no socket).
+/// Sends events to the journal with their MESSAGE_ID, PRIORITY and `LICENSE_*` fields. It
+/// never falls back by itself: the agent retries a refused event (bounded) before it writes
+/// it to standard error, so that an event is acknowledged only once the journal took it.
 public struct JournalEventSink: EventSink {
   /// `<state id>:<transition id>`: identifies the transition an event belongs to across
   /// restarts, so that an event replayed from the outbox is not logged twice.
   public static let transitionField = "LICENSE_TRANSITION"
-  private let fallback = ConsoleEventSink()
 
   public init() {}
 
-  public func send(_ event: JournalEvent, transition: String?) -> Bool {
-    if Journal.send(journalFields(of: event, transition: transition)) >= 0 { return true }
-    return fallback.send(event, transition: transition)
+  @discardableResult
+  public func send(_ event: JournalEvent, transition: String?) -> EventDelivery {
+    let result = Journal.send(journalFields(of: event, transition: transition))
+    if result >= 0 { return .delivered }
+    return result == -ENOENT ? .unavailable : .refused(errno: -result)
   }
 
-  public func wasDelivered(transition: String) -> Bool? {
-    Journal.contains(field: Self.transitionField, value: transition)
+  public func wasDelivered(_ kind: EventKind, transition: String) -> Bool? {
+    Journal.contains([(Self.transitionField, transition), ("MESSAGE_ID", kind.messageID)])
   }
 }
 
@@ -49,11 +61,13 @@ public struct JournalEventSink: EventSink {
 public struct ConsoleEventSink: EventSink {
   public init() {}
 
-  public func send(_ event: JournalEvent, transition: String?) -> Bool {
+  @discardableResult
+  public func send(_ event: JournalEvent, transition: String?) -> EventDelivery {
     let fields = event.fields.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
     let line = "<\(event.priority)>\(event.kind.rawValue): \(event.message) [\(fields)]\n"
-    return line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) } >= 0
+    let written = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
+    return written >= 0 ? .delivered : .unavailable
   }
 
-  public func wasDelivered(transition: String) -> Bool? { nil }
+  public func wasDelivered(_ kind: EventKind, transition: String) -> Bool? { nil }
 }

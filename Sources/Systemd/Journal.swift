@@ -32,15 +32,18 @@ public enum Journal {
     return sd_journal_sendv(&vectors, Int32(vectors.count))
   }
 
-  /// Whether the local journal holds an entry with the field `name=value`; nil when the
-  /// journal cannot be read (no permission, no journal).
-  public static func contains(field name: String, value: String) -> Bool? {
+  /// Whether the local journal holds an entry with every field `name=value` of `fields`;
+  /// nil when the journal cannot be read (no permission, no journal).
+  public static func contains(_ fields: [(name: String, value: String)]) -> Bool? {
     var journal: OpaquePointer?
     guard sd_journal_open(&journal, Int32(SD_JOURNAL_LOCAL_ONLY)) >= 0, let journal else { return nil }
     defer { sd_journal_close(journal) }
-    let match = Array("\(name)=\(value)".utf8)
-    guard match.withUnsafeBytes({ sd_journal_add_match(journal, $0.baseAddress, match.count) }) >= 0 else {
-      return nil
+    for (name, value) in fields {
+      // Matches on different fields are ANDed.
+      let match = Array("\(name)=\(value)".utf8)
+      guard match.withUnsafeBytes({ sd_journal_add_match(journal, $0.baseAddress, match.count) }) >= 0 else {
+        return nil
+      }
     }
     let next = sd_journal_next(journal)
     return next < 0 ? nil : next > 0

@@ -354,7 +354,7 @@ import Testing
     #expect(agent.stop() == 0)
     let good = try #require(FileManager.default.contents(atPath: agent.stateFile))
     try Data(good.prefix(good.count / 3)).write(to: URL(fileURLWithPath: agent.stateFile))
-    #expect(try agent.start())
+    #expect(try agent.start(), "\((try? String(contentsOfFile: agent.logFile, encoding: .utf8)) ?? "")")
     let recovered = try agent.waitForJournal([
       "MESSAGE_ID=\(EventKind.stateRecovered.messageID)", "_PID=\(agent.pid!)",
     ])
