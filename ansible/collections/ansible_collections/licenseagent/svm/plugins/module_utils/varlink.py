@@ -21,6 +21,14 @@ INTERFACE = "io.licenseagent.Agent"
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 
 
+def agent_options(timeout=30.0):
+    """The argument spec every module has (doc fragment licenseagent.svm.agent)."""
+    return dict(
+        socket=dict(type="path", default=DEFAULT_SOCKET),
+        timeout=dict(type="float", default=timeout),
+    )
+
+
 class VarlinkError(Exception):
     """The server answered the call with a Varlink error (its name and parameters)."""
 

@@ -25,6 +25,8 @@ description:
   - Runs on the SVM with Python's standard library only.
 author:
   - license-agent authors
+extends_documentation_fragment:
+  - licenseagent.svm.agent
 options:
   code:
     description:
@@ -43,11 +45,6 @@ options:
       - Ask the activation server even when a key from the same code is already held.
     type: bool
     default: false
-  socket:
-    description:
-      - The agent's control socket.
-    type: path
-    default: /run/license-agent/io.licenseagent.Agent
   timeout:
     description:
       - Seconds to wait for the agent's reply (the agent waits for the activation server
@@ -118,6 +115,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.licenseagent.svm.plugins.module_utils import agent as la
 from ansible_collections.licenseagent.svm.plugins.module_utils.varlink import (
     Client,
+    agent_options,
     ConnectionFailed,
     VarlinkError,
 )
@@ -137,8 +135,7 @@ def main():
             code=dict(type="str", required=True, no_log=True),
             role=dict(type="str", choices=["active", "reserve"], default="active"),
             force=dict(type="bool", default=False),
-            socket=dict(type="path", default="/run/license-agent/io.licenseagent.Agent"),
-            timeout=dict(type="float", default=120.0),
+            **agent_options(timeout=120.0)
         ),
         supports_check_mode=True,
     )

@@ -24,6 +24,8 @@ description:
   - Runs on the SVM with Python's standard library only.
 author:
   - license-agent authors
+extends_documentation_fragment:
+  - licenseagent.svm.agent
 options:
   key:
     description:
@@ -64,16 +66,6 @@ options:
         added only where the active key already is); the task then neither fails nor changes.
     type: bool
     default: false
-  socket:
-    description:
-      - The agent's control socket.
-    type: path
-    default: /run/license-agent/io.licenseagent.Agent
-  timeout:
-    description:
-      - Seconds to wait for the agent's reply.
-    type: float
-    default: 30
 attributes:
   check_mode:
     support: full
@@ -175,6 +167,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.licenseagent.svm.plugins.module_utils import agent as la
 from ansible_collections.licenseagent.svm.plugins.module_utils.varlink import (
     Client,
+    agent_options,
     ConnectionFailed,
     VarlinkError,
 )
@@ -300,8 +293,7 @@ def main():
             slot=dict(type="str", choices=list(la.SLOTS)),
             replace_scheme=dict(type="bool", default=False),
             only_where_active=dict(type="bool", default=False),
-            socket=dict(type="path", default="/run/license-agent/io.licenseagent.Agent"),
-            timeout=dict(type="float", default=30.0),
+            **agent_options()
         ),
         required_if=[("state", "present", ("key",))],
         supports_check_mode=True,

@@ -19,17 +19,8 @@ description:
   - Changes nothing; runs on the SVM with Python's standard library only.
 author:
   - license-agent authors
-options:
-  socket:
-    description:
-      - The agent's control socket.
-    type: path
-    default: /run/license-agent/io.licenseagent.Agent
-  timeout:
-    description:
-      - Seconds to wait for the agent's reply.
-    type: float
-    default: 30
+extends_documentation_fragment:
+  - licenseagent.svm.agent
 attributes:
   check_mode:
     support: full
@@ -92,6 +83,7 @@ version:
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.licenseagent.svm.plugins.module_utils.varlink import (
     Client,
+    agent_options,
     ConnectionFailed,
     VarlinkError,
 )
@@ -100,8 +92,7 @@ from ansible_collections.licenseagent.svm.plugins.module_utils.varlink import (
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            socket=dict(type="path", default="/run/license-agent/io.licenseagent.Agent"),
-            timeout=dict(type="float", default=30.0),
+            **agent_options()
         ),
         supports_check_mode=True,
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -76,45 +77,45 @@ class ClientTests(unittest.TestCase):
         self.assertIn("systemctl status license-agent", str(raised.exception))
 
     def test_a_server_that_closes_before_replying_is_reported(self):
-        directory = tempfile.mkdtemp()
-        path = os.path.join(directory, "s")
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(path)
-        server.listen(1)
+        with listening_socket() as (server, path):
 
-        def accept_and_close():
-            connection, _ = server.accept()
-            connection.recv(100)
-            connection.close()
+            def accept_and_close():
+                connection, _ = server.accept()
+                connection.recv(100)
+                connection.close()
 
-        thread = threading.Thread(target=accept_and_close)
-        thread.start()
-        try:
-            with self.assertRaises(varlink.ConnectionFailed) as raised:
-                with varlink.Client(path, timeout=5) as client:
-                    client.agent("GetStatus")
-            self.assertIn("closed the connection", str(raised.exception))
-        finally:
-            thread.join()
-            server.close()
-            os.unlink(path)
-            os.rmdir(directory)
+            thread = threading.Thread(target=accept_and_close)
+            thread.start()
+            try:
+                with self.assertRaises(varlink.ConnectionFailed) as raised:
+                    with varlink.Client(path, timeout=5) as client:
+                        client.agent("GetStatus")
+                self.assertIn("closed the connection", str(raised.exception))
+            finally:
+                thread.join()
 
     def test_a_silent_server_times_out(self):
-        directory = tempfile.mkdtemp()
-        path = os.path.join(directory, "s")
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(path)
-        server.listen(1)
-        try:
+        with listening_socket() as (_, path):
             with self.assertRaises(varlink.ConnectionFailed) as raised:
                 with varlink.Client(path, timeout=0.2) as client:
                     client.agent("GetStatus")
             self.assertIn("did not reply", str(raised.exception))
-        finally:
-            server.close()
-            os.unlink(path)
-            os.rmdir(directory)
+
+
+@contextlib.contextmanager
+def listening_socket():
+    """A Unix stream socket listening in a folder of its own, and its path."""
+    directory = tempfile.mkdtemp()
+    path = os.path.join(directory, "s")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    try:
+        yield server, path
+    finally:
+        server.close()
+        os.unlink(path)
+        os.rmdir(directory)
 
 
 if __name__ == "__main__":
