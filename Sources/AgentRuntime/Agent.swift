@@ -291,10 +291,17 @@ public final class Agent: @unchecked Sendable {
 
   private var trimPending = false
 
+  /// Code pages are kept while the agent acts again within this span.
+  static let trimQuietPeriod = TimeSpan.seconds(60)
+
   /// Once the queue has nothing else to do, releases the code pages this burst of work
   /// touched (``MemoryTrim``), so that the idle agent stays small. Never delays a reply or
-  /// an announcement: it runs after them.
+  /// an announcement: it runs after them. Not while the agent acts again soon (promotions a
+  /// moment apart, a renewal retrying): the next burst would fault every page back in, and
+  /// those minor faults were the tail of the promotion delay (docs/PERFORMANCE.md); the
+  /// pages are released after the last burst of the series.
   private func scheduleTrim() {
+    if let next = engine.nextWake(state)?.at, next < clock.now() + Self.trimQuietPeriod { return }
     guard !trimPending else { return }
     trimPending = true
     queue.async { [weak self] in
