@@ -62,7 +62,8 @@ struct Promotion: ParsableCommand {
     }
     guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
     let agentPath = agentExecutable(agent)
-    let delays = try measureAgent(agentPath: agentPath, step: step).sorted()
+    let (measured, faults) = try measureAgent(agentPath: agentPath, step: step)
+    let delays = measured.sorted()
     let limit = try measureLimit(step: step).sorted()
     let early = delays.filter { $0 < 0 }.count
     let p99 = percentile(delays, 99)
@@ -75,6 +76,7 @@ struct Promotion: ParsableCommand {
         "early": .number(Double(early)),
         "limit_p50_usec": .number(Double(percentile(limit, 50))), "limit_p99_usec": .number(Double(limitP99)),
         "ratio_p99": .number((ratio * 100).rounded() / 100),
+        "agent_minor_faults_per_promotion": .number((faults * 10).rounded() / 10),
       ]
       print(JSONValue.object(object).serialized)
     } else {
@@ -86,7 +88,20 @@ struct Promotion: ParsableCommand {
         "  limit (timerfd+same fsync)  \(pad(percentile(limit, 50))) \(pad(limitP99)) \(pad(limit.last ?? 0))"
       )
       print("  early promotions: \(early);  p99 ratio agent/limit: \(String(format: "%.2f", ratio))")
+      print(
+        "  agent's minor page faults per promotion (with the bench's AddKey and GetStatus): "
+          + String(format: "%.1f", faults))
     }
+  }
+
+  /// A process's minor page faults so far (`minflt`, the 10th field of /proc/PID/stat).
+  private func minorFaults(_ pid: Int32) -> Int {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+      let end = stat.lastIndex(of: ")")
+    else { return 0 }
+    let fields = stat[stat.index(after: end)...].split(separator: " ")
+    // After the command: state is field 3, so minflt (field 10) is the 8th here.
+    return fields.count > 7 ? Int(fields[7]) ?? 0 : 0
   }
 
   private func pad(_ usec: Int64) -> String {
@@ -96,7 +111,8 @@ struct Promotion: ParsableCommand {
 
   // MARK: The agent
 
-  private func measureAgent(agentPath: String, step: TimeSpan) throws -> [Int64] {
+  /// The promotion delays, and the agent's minor page faults per promotion over the run.
+  private func measureAgent(agentPath: String, step: TimeSpan) throws -> ([Int64], Double) {
     let folder = try BenchFolder("promotion")
     let issuer = folder.issuer
     let useJournal = access("/run/systemd/journal/socket", W_OK) == 0
@@ -150,6 +166,7 @@ struct Promotion: ParsableCommand {
     }
     try add(0, "active")
     try add(1, "reserve")
+    let faultsBefore = minorFaults(process.processIdentifier)
     for index in 1...keys {
       // 20 ms after the expiry the promotion is long done: confirm it, then add the next
       // reserve. Nothing touches the agent around the expiry instants themselves.
@@ -165,6 +182,7 @@ struct Promotion: ParsableCommand {
       guard promoted else { throw BenchError(description: "\(serial(index)) was not promoted") }
       if index < keys { try add(index + 1, "reserve") }
     }
+    let faults = Double(minorFaults(process.processIdentifier) - faultsBefore) / Double(keys)
 
     var delays: [String: Int64] = [:]
     for _ in 0..<100 {
@@ -197,7 +215,7 @@ struct Promotion: ParsableCommand {
     guard delays.count == keys else {
       throw BenchError(description: "found \(delays.count) KEY_PROMOTED events of \(keys)")
     }
-    return Array(delays.values)
+    return (Array(delays.values), faults)
   }
 
   // MARK: The limit
