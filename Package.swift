@@ -131,7 +131,11 @@ let package = Package(
       dependencies: ["ControlInterface", "LicenseCore", "SimpleJSON", "LicenseTestSupport"]),
     .testTarget(name: "VarlinkTests", dependencies: ["Varlink", "SimpleJSON", "LicenseTestSupport"]),
     .testTarget(
-      name: "AgentRuntimeTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),
+      name: "AgentRuntimeTests",
+      dependencies: [
+        "AgentRuntime", "LicenseCore", "LicenseStorage", "LicenseTestSupport", "SimpleJSON", "SystemClock",
+        "Systemd", "Varlink", .product(name: "Logging", package: "swift-log"),
+      ]),
     .testTarget(
       name: "AgentEndToEndTests",
       dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport", "SimpleJSON", "Varlink"],

@@ -53,6 +53,8 @@ public final class Agent: @unchecked Sendable {
   private var attemptsInFlight: Set<Slot> = []
   /// Makes the activation client from the configuration (replaceable by tests).
   private let makeActivationClient: @Sendable (AgentConfiguration, Logger) -> ActivationClient
+  /// Makes the wall-clock timer on the agent's queue (a manual twin in the runtime's tests).
+  private let makeTimer: @Sendable (DispatchQueue, @escaping @Sendable () -> Void) -> any WallClockTimer
   public private(set) var startedAt: Timestamp
 
   public init(
@@ -60,9 +62,13 @@ public final class Agent: @unchecked Sendable {
     sink: EventSink,
     clock: WallClock = SystemWallClock(), notifier: Notifier = ServiceNotifier(), logger: Logger,
     makeActivationClient: @escaping @Sendable (AgentConfiguration, Logger) -> ActivationClient = Agent
-      .execClient
+      .execClient,
+    makeTimer: @escaping @Sendable (DispatchQueue, @escaping @Sendable () -> Void) -> any WallClockTimer = {
+      DispatchWallClockTimer(queue: $0, handler: $1)
+    }
   ) {
     self.makeActivationClient = makeActivationClient
+    self.makeTimer = makeTimer
     self.paths = paths
     self.configuration = configuration
     self.engine = LicenseEngine(configuration: configuration.engine, trust: trust)
@@ -121,7 +127,7 @@ public final class Agent: @unchecked Sendable {
     redeliverOutbox()
     resolveAdminGroup()
 
-    let timer = DispatchWallClockTimer(queue: queue) { [weak self] in self?.timerFired() }
+    let timer = makeTimer(queue) { [weak self] in self?.timerFired() }
     self.timer = timer
     clockMonitor = ClockChangeMonitor(queue: queue) { [weak self] delta in self?.clockStepped(by: delta) }
     if clockMonitor == nil {

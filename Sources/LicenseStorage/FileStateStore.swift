@@ -36,6 +36,12 @@ public struct StateStoreError: Error, Equatable, Sendable, CustomStringConvertib
   public var problem: String
   public var remedy: String
 
+  public init(file: String, problem: String, remedy: String) {
+    self.file = file
+    self.problem = problem
+    self.remedy = remedy
+  }
+
   public var description: String { "\(file): \(problem). \(remedy)" }
 }
 

@@ -1,0 +1,238 @@
+import Dispatch
+import Foundation
+import LicenseCore
+import LicenseStorage
+import LicenseTestSupport
+import Logging
+import SimpleJSON
+import Synchronization
+import SystemClock
+import Systemd
+import Testing
+
+@testable import AgentRuntime
+@testable import Varlink
+
+/// The agent's runtime with in-memory twins (store, clock, timer, journal sink, notifier):
+/// the order in which a decision is carried out, the storage-retry path, the outbox replay
+/// after a crash between steps, and the promotion at the timer. No real time: the clock is
+/// set by the test and the timer is fired by the test.
+@Suite struct AgentRuntimeTests {
+  /// Everything the twins saw, in order: `save[KINDS IN THE OUTBOX]`, `send KIND`.
+  final class Log: Sendable {
+    private let entries = Mutex<[String]>([])
+    func append(_ entry: String) { entries.withLock { $0.append(entry) } }
+    var all: [String] { entries.withLock { $0 } }
+    func clear() { entries.withLock { $0.removeAll() } }
+  }
+
+  final class MemoryStore: StateStore {
+    let log: Log
+    private let stored: Mutex<(state: LicenseState, failures: Int)>
+    init(log: Log, state: LicenseState = LicenseState()) {
+      self.log = log
+      stored = Mutex((state, 0))
+    }
+    var state: LicenseState { stored.withLock { $0.state } }
+    /// The next `count` saves fail as a full disk would.
+    func fail(_ count: Int) { stored.withLock { $0.failures = count } }
+    func load() throws(StateStoreError) -> LoadedState { LoadedState(state: state, recovery: nil) }
+    func save(_ state: LicenseState) throws(StateStoreError) {
+      let failed = stored.withLock { stored -> Bool in
+        if stored.failures > 0 {
+          stored.failures -= 1
+          return true
+        }
+        stored.state = state
+        return false
+      }
+      if failed {
+        log.append("save failed")
+        throw StateStoreError(file: "memory", problem: "is full", remedy: "free some room")
+      }
+      log.append("save[\(state.outbox.map(\.kind.rawValue).joined(separator: ","))]")
+    }
+  }
+
+  final class RecordingSink: EventSink {
+    let log: Log
+    let delivered: Set<String>
+    private let sent = Mutex<[JournalEvent]>([])
+    init(log: Log, alreadyDelivered: Set<String> = []) {
+      self.log = log
+      delivered = alreadyDelivered
+    }
+    var events: [JournalEvent] { sent.withLock { $0 } }
+    func send(_ event: JournalEvent, transition: String?) -> EventDelivery {
+      log.append("send \(event.kind.rawValue)")
+      sent.withLock { $0.append(event) }
+      return .delivered
+    }
+    func wasDelivered(_ kind: EventKind, transition: String) -> Bool? {
+      delivered.contains("\(transition) \(kind.rawValue)")
+    }
+  }
+
+  final class ManualClock: WallClock {
+    private let instant: Mutex<Timestamp>
+    init(_ start: Timestamp) { instant = Mutex(start) }
+    func now() -> Timestamp { instant.withLock { $0 } }
+    func set(_ value: Timestamp) { instant.withLock { $0 = value } }
+  }
+
+  final class ManualTimer: WallClockTimer {
+    private let state = Mutex<(deadline: Timestamp?, handler: (@Sendable () -> Void)?)>((nil, nil))
+    func install(_ handler: @escaping @Sendable () -> Void) { state.withLock { $0.handler = handler } }
+    func arm(at instant: Timestamp?) { state.withLock { $0.deadline = instant } }
+    var deadline: Timestamp? { state.withLock { $0.deadline } }
+    /// What the real timer does at its deadline: runs the handler (call on the agent's queue).
+    func fire() { state.withLock { $0.handler }?() }
+  }
+
+  struct QuietNotifier: Notifier {
+    func notify(_ assignments: String) {}
+  }
+
+  /// An agent on twins, started, in a temporary runtime folder (for its socket).
+  struct Fixture {
+    let log = Log()
+    let issuer = TestIssuer()
+    let clock = ManualClock(TestIssuer.t0)
+    let timer = ManualTimer()
+    let store: MemoryStore
+    let sink: RecordingSink
+    let agent: Agent
+    let folder = makeTemporaryDirectory("agent-runtime")
+
+    init(state: LicenseState = LicenseState(), alreadyDelivered: Set<String> = []) throws {
+      store = MemoryStore(log: log, state: state)
+      sink = RecordingSink(log: log, alreadyDelivered: alreadyDelivered)
+      let paths = AgentPaths(
+        configurationDirectory: folder, stateDirectory: folder, runtimeDirectory: folder)
+      let timer = self.timer
+      agent = Agent(
+        paths: paths, configuration: AgentConfiguration(), trust: issuer.trust, store: store, sink: sink,
+        clock: clock, notifier: QuietNotifier(),
+        logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+        makeTimer: { _, handler in
+          timer.install(handler)
+          return timer
+        })
+      try agent.start()
+    }
+
+    func stop() {
+      agent.stop()
+      removeTemporaryDirectory(folder)
+    }
+
+    /// AddKey as root, answered on the agent's queue.
+    @discardableResult
+    func add(_ key: String, _ role: String) -> VarlinkReply? {
+      agent.queue.sync {
+        agent.handle(
+          VarlinkCall(
+            method: "io.licenseagent.Agent.AddKey", parameters: ["key": .string(key), "role": .string(role)]),
+          peer: PeerCredentials(uid: 0, gid: 0, pid: 1, groups: []), respond: VarlinkResponder { _ in })
+      }
+    }
+
+    /// Sets the clock and fires the timer, as the kernel would at the deadline.
+    func fire(at instant: Timestamp) {
+      clock.set(instant)
+      agent.queue.sync { timer.fire() }
+    }
+  }
+
+  @Test func aDecisionIsPersistedThenAnnouncedThenAcknowledged() throws {
+    let f = try Fixture()
+    defer { f.stop() }
+    f.log.clear()
+    let reply = f.add(f.issuer.key("A", exp: TestIssuer.t0 + .days(90)), "active")
+    guard case .success? = reply else {
+      Issue.record("AddKey: \(String(describing: reply))")
+      return
+    }
+    // Durable with the event in the outbox, then sent, then acknowledged (outbox empty).
+    #expect(f.log.all == ["save[ACTIVE_ADDED]", "send ACTIVE_ADDED", "save[]"])
+    #expect(f.store.state.outbox.isEmpty)
+    // The timer follows the new key: its first warning threshold (30 days before exp).
+    #expect(f.timer.deadline == TestIssuer.t0 + .days(60))
+  }
+
+  @Test func aPromotionAtTheTimerRecordsItsDelayInTheOutboxBeforeAnnouncingIt() throws {
+    let f = try Fixture()
+    defer { f.stop() }
+    let exp = TestIssuer.t0 + .hours(2)
+    f.add(f.issuer.key("A", exp: exp), "active")
+    f.add(f.issuer.key("R", exp: exp + .days(90)), "reserve")
+    // The last warning before exp (1 h), then exp itself.
+    #expect(f.timer.deadline == exp - .hours(1))
+    f.fire(at: exp - .hours(1))
+    #expect(f.timer.deadline == exp)
+    f.log.clear()
+    f.fire(at: exp + TimeSpan(microseconds: 3000))
+    // The promotion is written, its measured delay written into the outbox, then sent, then
+    // acknowledged: what was sent is what the outbox held.
+    #expect(f.log.all == ["save[KEY_PROMOTED]", "save[KEY_PROMOTED]", "send KEY_PROMOTED", "save[]"])
+    let promoted = try #require(f.sink.events.last)
+    #expect(promoted.kind == .keyPromoted)
+    #expect(promoted[field: "LICENSE_DELAY_USEC"] == "3000")
+    #expect(f.store.state[.server].active?.serial == "R")
+  }
+
+  @Test func aStateThatCannotBeWrittenAnnouncesNothingAndIsRetried() throws {
+    let f = try Fixture()
+    defer { f.stop() }
+    let exp = TestIssuer.t0 + .minutes(30)
+    f.add(f.issuer.key("A", exp: exp), "active")
+    f.add(f.issuer.key("R", exp: exp + .days(90)), "reserve")
+    // An operator's AddKey on a full disk: refused, nothing sent, the state as it was.
+    f.store.fail(1)
+    f.log.clear()
+    let refused = f.add(f.issuer.key("R2", exp: exp + .days(120)), "reserve")
+    guard case .failure(let error)? = refused else {
+      Issue.record("AddKey on a full disk: \(String(describing: refused))")
+      return
+    }
+    #expect(error.name == "io.licenseagent.Agent.StorageFailure")
+    #expect(f.log.all == ["save failed"])
+    #expect(f.store.state[.server].reserve?.serial == "R")
+    // A second later the agent tries again: nothing is left to write (the request was
+    // refused to its caller), so the timer goes back to the expiry.
+    #expect(f.timer.deadline == TestIssuer.t0 + .seconds(1))
+    f.fire(at: TestIssuer.t0 + .seconds(1))
+    #expect(f.timer.deadline == exp)
+    // The promotion on a full disk: nothing announced, retried a second later.
+    f.store.fail(1)
+    f.log.clear()
+    f.fire(at: exp)
+    #expect(f.log.all == ["save failed"])
+    #expect(f.timer.deadline == exp + .seconds(1))
+    f.fire(at: exp + .seconds(1))
+    #expect(
+      f.log.all == ["save failed", "save[KEY_PROMOTED]", "save[KEY_PROMOTED]", "send KEY_PROMOTED", "save[]"])
+    let promoted = try #require(f.sink.events.last)
+    #expect(promoted[field: "LICENSE_DELAY_USEC"] == "1000000")
+  }
+
+  @Test(arguments: [false, true])
+  func anOutboxLeftByACrashIsSentOnceAtStart(alreadyInTheJournal: Bool) throws {
+    // A state persisted with its event, the agent killed before it announced it.
+    let issuer = TestIssuer()
+    let engine = LicenseEngine(configuration: AgentConfiguration().engine, trust: issuer.trust)
+    var initial = LicenseState()
+    initial.stateID = "crashed"
+    let decision = engine.addKey(
+      issuer.key("A", exp: TestIssuer.t0 + .days(90)), role: .active, now: TestIssuer.t0, state: initial)
+    #expect(decision.state.outbox.map(\.kind) == [.activeAdded])
+    let name = decision.state.transitionName(decision.state.lastTransitionID)
+    let f = try Fixture(
+      state: decision.state, alreadyDelivered: alreadyInTheJournal ? ["\(name) ACTIVE_ADDED"] : [])
+    defer { f.stop() }
+    let sends = f.log.all.filter { $0.hasPrefix("send") }
+    #expect(sends == (alreadyInTheJournal ? [] : ["send ACTIVE_ADDED"]))
+    #expect(f.store.state.outbox.isEmpty)
+    #expect(f.store.state[.server].active?.serial == "A")
+  }
+}
