@@ -690,7 +690,8 @@ public final class Agent: @unchecked Sendable {
 
   static func error(_ violation: RuleViolation) -> VarlinkError {
     var parameters: [String: JSONValue] = [
-      "rule": .string(violation.rule), "code": .string(violation.code), "message": .string(violation.message),
+      "rule": .string(violation.rule.rawValue), "code": .string(violation.code),
+      "message": .string(violation.message),
     ]
     if let reason = violation.reason { parameters["reason"] = .string(reason) }
     if let serial = violation.serial { parameters["serial"] = .string(serial) }

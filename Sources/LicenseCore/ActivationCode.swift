@@ -26,7 +26,7 @@ public struct ActivationCode: Sendable, Equatable, Codable, CustomStringConverti
   /// The violation for text that is not a code (refused locally, without any request).
   public static func formatViolation() -> RuleViolation {
     RuleViolation(
-      rule: "C5", code: "invalid_code_format",
+      rule: .C5, code: "invalid_code_format",
       message:
         "That is not an activation code: a code is 4 groups of 5 letters or digits joined by '-' (ABCDE-12345-FGHIJ-67890). Nothing was sent to the activation server; check the code and try again."
     )

@@ -185,7 +185,7 @@ public struct LicenseEngine: Sendable {
   public func removeReserve(slot: Slot, now: Timestamp, state: LicenseState) -> Decision {
     guard let reserve = state[slot].reserve else {
       let violation = RuleViolation(
-        rule: "R9", code: "no_reserve",
+        rule: .R9, code: "no_reserve",
         message:
           "The \(slot.rawValue) slot has no reserve key; nothing was removed. `agentctl status` lists the reserves.",
         slot: slot)
@@ -318,7 +318,7 @@ public struct LicenseEngine: Sendable {
     guard case .success(let plan) = checked, plan.added.slot == slot, plan.clearSlots.isEmpty else {
       let reason: String
       switch checked {
-      case .failure(let violation): reason = "\(violation.rule) \(violation.code)"
+      case .failure(let violation): reason = violation.ruleAndCode
       case .success(let plan): reason = "a key for the \(plan.added.slot.rawValue) slot"
       }
       return activationFailed(
@@ -485,7 +485,7 @@ public struct LicenseEngine: Sendable {
   private func plan(
     _ text: String, role: Role, replaceScheme: Bool, now: Timestamp, state: LicenseState
   ) -> Result<Plan, RuleViolation> {
-    let entry = role == .active ? "A1" : "R8"
+    let entry: RuleID = role == .active ? .A1 : .R8
     let key: LicenseKey
     do {
       key = try KeyParser.verify(text, trust: trust)
@@ -496,7 +496,7 @@ public struct LicenseEngine: Sendable {
           serial: KeyParser.bestEffortSerial(text)))
     }
     let claims = key.claims
-    func refuse(_ rule: String, _ code: String, _ message: String) -> Result<Plan, RuleViolation> {
+    func refuse(_ rule: RuleID, _ code: String, _ message: String) -> Result<Plan, RuleViolation> {
       .failure(
         RuleViolation(
           rule: rule, code: code, message: message, serial: key.serial, slot: key.slot,
@@ -516,19 +516,19 @@ public struct LicenseEngine: Sendable {
 
   private func planActive(
     _ key: LicenseKey, replaceScheme: Bool, now: Timestamp, state: LicenseState,
-    refuse: (String, String, String) -> Result<Plan, RuleViolation>
+    refuse: (RuleID, String, String) -> Result<Plan, RuleViolation>
   ) -> Result<Plan, RuleViolation> {
     let claims = key.claims
     let slot = key.slot
     guard claims.notBefore <= now else {
       return refuse(
-        "A1", "not_yet_valid",
+        .A1, "not_yet_valid",
         "Key \(key.serial) is not valid before \(claims.notBefore); add it then, or add it now as a reserve key (`--reserve`)."
       )
     }
     guard now < claims.expiresAt else {
       return refuse(
-        "A1", "expired", "Key \(key.serial) expired at \(claims.expiresAt); ask the vendor for a current key."
+        .A1, "expired", "Key \(key.serial) expired at \(claims.expiresAt); ask the vendor for a current key."
       )
     }
     let current = state[slot].active
@@ -545,7 +545,7 @@ public struct LicenseEngine: Sendable {
         .filter { $0.claims.licenseType != .trial }
       if let victim = paid.first {
         return refuse(
-          "A5", "trial_over_commercial",
+          .A5, "trial_over_commercial",
           "Trial key \(key.serial) cannot replace the \(victim.claims.licenseType.rawValue) key \(victim.serial); a trial only starts where no paid licence is active."
         )
       }
@@ -560,7 +560,7 @@ public struct LicenseEngine: Sendable {
       }
       .joined(separator: ", ")
       return refuse(
-        "A2", "scheme_conflict",
+        .A2, "scheme_conflict",
         "Key \(key.serial) uses the \(claims.scheme.rawValue) scheme, but the SVM's keys use another. Adding it would remove: \(list). Confirm with --replace-scheme (replaceScheme) to switch schemes."
       )
     }
@@ -582,7 +582,7 @@ public struct LicenseEngine: Sendable {
 
   private func planReserve(
     _ key: LicenseKey, now: Timestamp, state: LicenseState,
-    refuse: (String, String, String) -> Result<Plan, RuleViolation>
+    refuse: (RuleID, String, String) -> Result<Plan, RuleViolation>
   ) -> Result<Plan, RuleViolation> {
     let slot = key.slot
     guard let active = state[slot].active else {
@@ -591,12 +591,12 @@ public struct LicenseEngine: Sendable {
         let types = activeSlots.compactMap { state[$0].active?.claims.typeDescription }.joined(
           separator: ", ")
         return refuse(
-          "R2", "type_mismatch",
+          .R2, "type_mismatch",
           "Reserve key \(key.serial) is a \(key.claims.typeDescription) key, but the active keys are \(types); a reserve must be of its active key's type. Use a reserve of the same type."
         )
       }
       return refuse(
-        "R1", "no_active_key",
+        .R1, "no_active_key",
         "The \(slot.rawValue) slot has no active key, so reserve \(key.serial) cannot be added; add an active key first (`agentctl add-key FILE`)."
       )
     }
@@ -624,47 +624,47 @@ public struct LicenseEngine: Sendable {
   {
     let r = reserve.claims
     let a = active.claims
-    func violation(_ rule: String, _ code: String, _ message: String) -> RuleViolation {
+    func violation(_ rule: RuleID, _ code: String, _ message: String) -> RuleViolation {
       RuleViolation(
         rule: rule, code: code, message: message, serial: reserve.serial, slot: reserve.slot,
         expiresAt: r.expiresAt)
     }
     if reserve.isSameKey(as: active) {
       return violation(
-        "R7", "duplicate", "Key \(reserve.serial) is the active key itself; a reserve must be another key.")
+        .R7, "duplicate", "Key \(reserve.serial) is the active key itself; a reserve must be another key.")
     }
     if r.scheme != a.scheme || r.osType != a.osType {
       return violation(
-        "R2", "type_mismatch",
+        .R2, "type_mismatch",
         "Reserve key \(reserve.serial) is a \(r.typeDescription) key but the active key \(active.serial) is \(a.typeDescription); use a reserve of the same type."
       )
     }
     if r.edition != a.edition {
       return violation(
-        "R3", "edition_mismatch",
+        .R3, "edition_mismatch",
         "Reserve key \(reserve.serial) is \(r.edition.rawValue) edition but the active key \(active.serial) is \(a.edition.rawValue); use a reserve of the same edition."
       )
     }
     if r.licenseType != .commercial {
       return violation(
-        "R4", "not_reservable",
+        .R4, "not_reservable",
         "Key \(reserve.serial) is a \(r.licenseType.rawValue) key; only commercial keys can be reserve keys. Add it as the active key instead, or use a commercial key."
       )
     }
     if r.expiresAt <= now {
       return violation(
-        "R6", "expired", "Reserve key \(reserve.serial) already expired at \(r.expiresAt); use a current key."
+        .R6, "expired", "Reserve key \(reserve.serial) already expired at \(r.expiresAt); use a current key."
       )
     }
     if r.expiresAt <= a.expiresAt {
       return violation(
-        "R5", "expires_before_active",
+        .R5, "expires_before_active",
         "Reserve key \(reserve.serial) expires at \(r.expiresAt), not after the active key \(active.serial) (\(a.expiresAt)); it would never serve. Use a reserve that ends later."
       )
     }
     if r.notBefore > a.expiresAt {
       return violation(
-        "R6", "not_valid_at_takeover",
+        .R6, "not_valid_at_takeover",
         "Reserve key \(reserve.serial) is valid only from \(r.notBefore), after the active key \(active.serial) expires (\(a.expiresAt)); the licence would lapse in between. Use a reserve valid from \(a.expiresAt) at the latest."
       )
     }
@@ -710,7 +710,7 @@ public struct LicenseEngine: Sendable {
           JournalEvent(
             .reserveDropped,
             message:
-              "Reserve key \(dropped.serial) was removed: it can no longer follow the new active key \(added.key.serial) (\(violation.rule) \(violation.code)). Add a reserve that expires after \(added.key.claims.expiresAt).",
+              "Reserve key \(dropped.serial) was removed: it can no longer follow the new active key \(added.key.serial) (\(violation.ruleAndCode)). Add a reserve that expires after \(added.key.claims.expiresAt).",
             fields: dropFields))
       }
     case .reserve:

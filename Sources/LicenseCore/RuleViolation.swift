@@ -4,7 +4,7 @@
 /// This is the value the control interface returns as `io.licenseagent.Agent.RuleViolation`
 /// and `agentctl` prints; `reason` refines `invalid_key` (see ``KeyDefect/reason``).
 public struct RuleViolation: Error, Equatable, Sendable, CustomStringConvertible {
-  public var rule: String
+  public var rule: RuleID
   public var code: String
   public var reason: String?
   public var message: String
@@ -16,7 +16,7 @@ public struct RuleViolation: Error, Equatable, Sendable, CustomStringConvertible
   public var expiresAt: Timestamp?
 
   public init(
-    rule: String, code: String, reason: String? = nil, message: String, serial: String? = nil,
+    rule: RuleID, code: String, reason: String? = nil, message: String, serial: String? = nil,
     slot: Slot? = nil, expiresAt: Timestamp? = nil
   ) {
     self.rule = rule
@@ -29,7 +29,7 @@ public struct RuleViolation: Error, Equatable, Sendable, CustomStringConvertible
   }
 
   /// `R5 expires_before_active`: the form of the journal's `LICENSE_RULE` field.
-  public var ruleAndCode: String { "\(rule) \(code)" }
+  public var ruleAndCode: String { "\(rule.rawValue) \(code)" }
 
-  public var description: String { "\(rule) \(code): \(message)" }
+  public var description: String { "\(rule.rawValue) \(code): \(message)" }
 }

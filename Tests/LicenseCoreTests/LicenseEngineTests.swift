@@ -76,7 +76,7 @@ import Testing
     ]
     for (text, code, reason) in cases {
       let d = engine.addKey(text, role: .active, now: t0, state: base)
-      #expect(violation(d)?.rule == "A1")
+      #expect(violation(d)?.rule == .A1)
       #expect(violation(d)?.code == code)
       #expect(violation(d)?.reason == reason)
       #expect(d.state == base)
@@ -102,7 +102,7 @@ import Testing
     let key = issuer.key("KP-1", slot: .processors, exp: t0 + .days(20))
     let d = engine.addKey(key, role: .active, now: t0, state: base)
     let v = violation(d)
-    #expect(v?.rule == "A2" && v?.code == "scheme_conflict")
+    #expect(v?.rule == .A2 && v?.code == "scheme_conflict")
     for serial in ["KS-S", "KS-SR", "KS-W"] { #expect(v?.message.contains(serial) == true) }
     #expect(d.state == base)
   }
@@ -184,7 +184,7 @@ import Testing
     let base = state(active: "KS-1", activeType: paid)
     let d = engine.addKey(
       issuer.key("KT-1", type: .trial, exp: t0 + .days(30)), role: .active, now: t0, state: base)
-    #expect(violation(d)?.rule == "A5")
+    #expect(violation(d)?.rule == .A5)
     #expect(violation(d)?.code == "trial_over_commercial")
     #expect(d.state == base)
   }
@@ -214,7 +214,7 @@ import Testing
 
   func expectRejected(_ d: Decision, rule: String, code: String, base: LicenseState) throws {
     let v = try #require(violation(d))
-    #expect(v.rule == rule)
+    #expect(v.rule.rawValue == rule)
     #expect(v.code == code)
     #expect(d.state == base, "a refused reserve changes nothing")
     #expect(d.persistedTransition == nil)
