@@ -70,14 +70,8 @@ public enum StatusBuilder {
         }
       }
     }
-    // R2: an SVM protecting both OS types needs a reserve for each.
-    let server = state[.server]
-    let workstation = state[.workstation]
-    if server.active != nil, workstation.active != nil,
-      (server.reserve == nil) != (workstation.reserve == nil)
-    {
-      let missing: Slot = server.reserve == nil ? .server : .workstation
-      let has: Slot = missing == .server ? .workstation : .server
+    // R2: an SVM protecting both OS types needs a reserve for each (decided in the core).
+    if let (missing, has) = state.reserveMissingForOSType {
       warnings.append(
         StatusWarning(
           slot: missing.rawValue, code: "reserve_missing_for_os_type",

@@ -173,3 +173,17 @@ extension LicenseKey: Codable {
     try container.encode(compact)
   }
 }
+
+extension LicenseState {
+  /// Rule R2's advice: an SVM protecting both OS types needs a reserve for each, because a
+  /// reserve serves only its own type. The slot without a reserve while the other has one,
+  /// and that other slot; nil when the advice does not apply.
+  public var reserveMissingForOSType: (missing: Slot, has: Slot)? {
+    let server = self[.server]
+    let workstation = self[.workstation]
+    guard server.active != nil, workstation.active != nil,
+      (server.reserve == nil) != (workstation.reserve == nil)
+    else { return nil }
+    return server.reserve == nil ? (.server, .workstation) : (.workstation, .server)
+  }
+}

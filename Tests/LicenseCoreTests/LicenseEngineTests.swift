@@ -47,6 +47,18 @@ import Testing
 
   // MARK: A — adding an active key
 
+  @Test func R2_anSVMProtectingBothOSTypesIsAdvisedAReserveForEach() {
+    let serverOnly = state(active: "S-1", reserve: "S-2")
+    #expect(serverOnly.reserveMissingForOSType == nil, "one OS type: nothing to advise")
+    let both = state(active: "W-1", slot: .workstation, base: serverOnly)
+    #expect(both.reserveMissingForOSType?.missing == .workstation)
+    #expect(both.reserveMissingForOSType?.has == .server)
+    let neither = state(active: "W-1", slot: .workstation, base: state(active: "S-1"))
+    #expect(neither.reserveMissingForOSType == nil, "no reserve anywhere: the no_reserve warning says it")
+    let each = state(active: "W-1", reserve: "W-2", slot: .workstation, base: serverOnly)
+    #expect(each.reserveMissingForOSType == nil)
+  }
+
   @Test func A1_validActiveKeyIsInstalledDurablyThenAnnounced() throws {
     let d = engine.addKey(
       issuer.key("KS-1", exp: t0 + .days(10)), role: .active, now: t0, state: LicenseState())
