@@ -1,0 +1,111 @@
+/// Time: promotion and expiry at `exp` (P1–P6), EXPIRING_SOON (W1), clock steps (T1).
+extension LicenseEngine {
+  /// Time has reached `now`: promotes reserves whose active key expired (P1, P3–P5), marks
+  /// slots expired (P4, P6), and logs due EXPIRING_SOON warnings (W1). Idempotent: calling it
+  /// again at the same instant, or after a crash replay, finds nothing left to do.
+  public func timeReached(now: Timestamp, state: LicenseState) -> Decision {
+    var next = state
+    var events: [JournalEvent] = []
+    var requests: [ActivationRequest] = []
+    for slot in state.slotsInUse {
+      guard let active = next[slot].active, active.expiresAt <= now else { continue }
+      let lateness = now.microseconds(since: active.expiresAt)
+      if let reserve = next[slot].reserve, reserve.expiresAt > now {
+        // P1: the reserve becomes active; P5: schedules follow it.
+        var promoted = reserve
+        promoted.promotedAt = now
+        next[slot] = SlotState(active: promoted, warned: passedThresholds(of: promoted.expiresAt, at: now))
+        var fields = keyFields(slot: slot, reserve.key)
+        fields.append(.init("LICENSE_PREVIOUS_SERIAL", active.serial))
+        fields.append(.init("LICENSE_DELAY_USEC", String(lateness)))
+        let late =
+          lateness >= 1_000_000
+          ? " (the agent was not running at expiry: \(TimeSpan(microseconds: lateness).inWords) late)" : ""
+        events.append(
+          JournalEvent(
+            .keyPromoted,
+            message:
+              "Reserve key \(reserve.serial) is now the active \(slot.rawValue) key: \(active.serial) expired at \(active.expiresAt)\(late). The new key expires at \(reserve.expiresAt); add the next reserve before then.",
+            fields: fields))
+      } else if let code = active.activationCode {
+        // C2: no reserve, but a code: renew at once, the first attempt at the instant of
+        // expiry (in this same decision: one durable write before the first request).
+        next[slot] = SlotState(
+          expired: ExpiredKey(
+            serial: active.serial, expiresAt: active.expiresAt, scheme: active.claims.scheme),
+          renewal: RenewalState(
+            code: code, expiredSerial: active.serial, expiredAt: active.expiresAt, nextAttemptAt: nil,
+            attemptStartedAt: now))
+        requests.append(ActivationRequest(slot: slot, code: code, currentSerial: active.serial, attempt: 1))
+      } else {
+        // P4 / P6: nothing valid takes over; the slot is expired.
+        let reserveNote =
+          next[slot].reserve.map {
+            " Its reserve \($0.serial) had itself expired at \($0.expiresAt) and was not promoted."
+          } ?? ""
+        next[slot] = SlotState(
+          expired: ExpiredKey(
+            serial: active.serial, expiresAt: active.expiresAt, scheme: active.claims.scheme))
+        events.append(
+          JournalEvent(
+            .licenseExpired,
+            message:
+              "The \(slot.rawValue) licence has expired: key \(active.serial) ended at \(active.expiresAt) and nothing took over.\(reserveNote) Add an active key with `agentctl add-key FILE`.",
+            fields: keyFields(slot: slot, active.key)))
+      }
+    }
+    for slot in next.slotsInUse {
+      guard var renewal = next[slot].renewal else { continue }
+      // C4: not renewed within the alert delay: alert, once.
+      if !renewal.alertRaised && now >= renewal.expiredAt + configuration.alertAfter {
+        renewal.alertRaised = true
+        events.append(manualActivationRequired(slot: slot, renewal: renewal))
+      }
+      // A retry that is due.
+      if let due = renewal.nextAttemptAt, due <= now, renewal.attemptStartedAt == nil {
+        renewal.nextAttemptAt = nil
+        renewal.attemptStartedAt = now
+        requests.append(
+          ActivationRequest(
+            slot: slot, code: renewal.code, currentSerial: renewal.expiredSerial,
+            attempt: renewal.attempts + 1))
+      }
+      next[slot].renewal = renewal
+    }
+    for slot in next.slotsInUse {
+      guard let active = next[slot].active else { continue }
+      let due = configuration.warningThresholds
+        .filter { active.expiresAt - $0 <= now && !next[slot].warned.contains($0.description) }
+        .sorted()
+      guard let mostUrgent = due.first else { continue }
+      // After downtime several thresholds may be due at once: log only the most urgent one.
+      next[slot].warned.append(contentsOf: due.map(\.description))
+      events.append(expiringSoon(slot: slot, active: active, threshold: mostUrgent, state: next, now: now))
+    }
+    if next == state {
+      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(.timeProcessed))
+    }
+    var decision = commit(next, events: events, result: .success(.timeProcessed))
+    decision.actions += requests.map(Action.activate)
+    return decision
+  }
+
+  /// The wall clock was stepped by `deltaMicroseconds` (T1): logs CLOCK_CHANGED and
+  /// re-evaluates at once. A backward step undoes nothing.
+  public func clockChanged(deltaMicroseconds: Int64, now: Timestamp, state: LicenseState) -> Decision {
+    let direction = deltaMicroseconds >= 0 ? "forward" : "backward"
+    let event = JournalEvent(
+      .clockChanged,
+      message:
+        "The system clock was stepped \(direction) by \(TimeSpan(microseconds: deltaMicroseconds).inWords); licence deadlines were re-evaluated at once. If the step was not intended, check time synchronisation (timedatectl).",
+      fields: [.init("LICENSE_CLOCK_DELTA_USEC", String(deltaMicroseconds))])
+    var decision = timeReached(now: now, state: state)
+    decision.actions.insert(.emit(event), at: decision.persistedTransition == nil ? 0 : 1)
+    return decision
+  }
+
+  /// Thresholds already reached at `now` for a key expiring at `expiry` (never logged late).
+  func passedThresholds(of expiry: Timestamp, at now: Timestamp) -> [String] {
+    configuration.warningThresholds.filter { expiry - $0 <= now }.map(\.description)
+  }
+}
