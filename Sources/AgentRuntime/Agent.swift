@@ -102,7 +102,25 @@ public final class Agent: @unchecked Sendable {
 
   /// READY=1 with the current STATUS=.
   public func announceReady() {
-    queue.sync { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
+    queue.sync { readyOnQueue() }
+  }
+
+  /// READY=1, from async code (the service group): hops onto the agent's queue and resumes
+  /// when done, without blocking a thread of the caller's executor.
+  public func announceReady() async {
+    await onQueue { $0.readyOnQueue() }
+  }
+
+  private func readyOnQueue() { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
+
+  /// Runs `work` on the agent's queue and resumes the caller when it is done.
+  private func onQueue(_ work: @escaping @Sendable (Agent) -> Void) async {
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+      queue.async {
+        work(self)
+        done.resume()
+      }
+    }
   }
 
   private func startOnQueue(announceReady: Bool) throws {
@@ -180,17 +198,24 @@ public final class Agent: @unchecked Sendable {
 
   /// Stops everything; STOPPING=1 first, as systemd expects.
   public func stop() {
-    queue.sync {
-      notifier.notify("STOPPING=1")
-      server?.stop()
-      server = nil
-      timer?.arm(at: nil)
-      timer = nil
-      clockMonitor = nil
-      watchdog?.cancel()
-      watchdog = nil
-      logger.info("license-agent stopped")
-    }
+    queue.sync { stopOnQueue() }
+  }
+
+  /// Stops everything, from async code (the service group's graceful shutdown).
+  public func stop() async {
+    await onQueue { $0.stopOnQueue() }
+  }
+
+  private func stopOnQueue() {
+    notifier.notify("STOPPING=1")
+    server?.stop()
+    server = nil
+    timer?.arm(at: nil)
+    timer = nil
+    clockMonitor = nil
+    watchdog?.cancel()
+    watchdog = nil
+    logger.info("license-agent stopped")
   }
 
   /// SIGHUP: rereads the configuration and the trust directory. An invalid configuration

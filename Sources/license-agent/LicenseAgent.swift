@@ -170,9 +170,10 @@ func installReloadHandler(_ agent: Agent) -> DispatchSourceSignal {
 struct AgentService: Service {
   let agent: Agent
   func run() async throws {
-    agent.announceReady()
+    // The async forms: no blocking queue.sync on the service group's executor.
+    await agent.announceReady()
     try? await gracefulShutdown()
-    agent.stop()
+    await agent.stop()
   }
 }
 
