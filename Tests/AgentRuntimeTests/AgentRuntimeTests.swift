@@ -137,6 +137,12 @@ import Testing
       }
     }
 
+    /// An active key "A" expiring at `exp` and a reserve "R" that follows it for 90 days.
+    func keyPair(expiring exp: Timestamp) {
+      add(issuer.key("A", exp: exp), "active")
+      add(issuer.key("R", exp: exp + .days(90)), "reserve")
+    }
+
     /// Sets the clock and fires the timer, as the kernel would at the deadline.
     func fire(at instant: Timestamp) {
       clock.set(instant)
@@ -164,8 +170,7 @@ import Testing
     let f = try Fixture()
     defer { f.stop() }
     let exp = TestIssuer.t0 + .hours(2)
-    f.add(f.issuer.key("A", exp: exp), "active")
-    f.add(f.issuer.key("R", exp: exp + .days(90)), "reserve")
+    f.keyPair(expiring: exp)
     // The last warning before exp (1 h), then exp itself.
     #expect(f.timer.deadline == exp - .hours(1))
     f.fire(at: exp - .hours(1))
@@ -185,8 +190,7 @@ import Testing
     let f = try Fixture()
     defer { f.stop() }
     let exp = TestIssuer.t0 + .minutes(30)
-    f.add(f.issuer.key("A", exp: exp), "active")
-    f.add(f.issuer.key("R", exp: exp + .days(90)), "reserve")
+    f.keyPair(expiring: exp)
     // An operator's AddKey on a full disk: refused, nothing sent, the state as it was.
     f.store.fail(1)
     f.log.clear()
