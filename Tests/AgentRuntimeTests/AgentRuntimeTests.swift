@@ -62,11 +62,22 @@ import Testing
       self.log = log
       delivered = alreadyDelivered
     }
+    private let arrivals = DispatchSemaphore(value: 0)
     var events: [JournalEvent] { sent.withLock { $0 } }
     func send(_ event: JournalEvent, transition: String?) -> EventDelivery {
       log.append("send \(event.kind.rawValue)")
       sent.withLock { $0.append(event) }
+      arrivals.signal()
       return .delivered
+    }
+    /// Waits until an event of `kind` has been sent (a renewal's outcome comes back from the
+    /// activation queue); false if none came within `seconds`, which only a hang would take.
+    func wait(for kind: EventKind, seconds: Double = 10) -> Bool {
+      let deadline = DispatchTime.now() + seconds
+      while !events.contains(where: { $0.kind == kind }) {
+        if arrivals.wait(timeout: deadline) == .timedOut { return false }
+      }
+      return true
     }
     func wasDelivered(_ kind: EventKind, transition: String) -> Bool? {
       delivered.contains("\(transition) \(kind.rawValue)")
@@ -93,10 +104,24 @@ import Testing
     func notify(_ assignments: String) {}
   }
 
+  /// The activation server's answers, one per attempt, in order; records the requests.
+  final class ScriptedClient: ActivationClient {
+    private let script: Mutex<(answers: [ActivationOutcome], requests: [String])>
+    init(_ answers: [ActivationOutcome]) { script = Mutex((answers, [])) }
+    var requests: [String] { script.withLock { $0.requests } }
+    func activate(code: ActivationCode, currentSerial: String?) -> ActivationOutcome {
+      script.withLock {
+        $0.requests.append("\(code.hint) \(currentSerial ?? "-")")
+        return $0.answers.isEmpty
+          ? .failure(.transient(error: "no answer", retryAfter: nil)) : $0.answers.removeFirst()
+      }
+    }
+  }
+
   /// An agent on twins, started, in a temporary runtime folder (for its socket).
   struct Fixture {
     let log = Log()
-    let issuer = TestIssuer()
+    let issuer: TestIssuer
     let clock = ManualClock(TestIssuer.t0)
     let timer = ManualTimer()
     let store: MemoryStore
@@ -104,7 +129,11 @@ import Testing
     let agent: Agent
     let folder = makeTemporaryDirectory("agent-runtime")
 
-    init(state: LicenseState = LicenseState(), alreadyDelivered: Set<String> = []) throws {
+    init(
+      state: LicenseState = LicenseState(), alreadyDelivered: Set<String> = [],
+      client: ScriptedClient = ScriptedClient([]), issuer: TestIssuer = TestIssuer()
+    ) throws {
+      self.issuer = issuer
       store = MemoryStore(log: log, state: state)
       sink = RecordingSink(log: log, alreadyDelivered: alreadyDelivered)
       let paths = AgentPaths(
@@ -114,6 +143,7 @@ import Testing
         paths: paths, configuration: AgentConfiguration(), trust: issuer.trust, store: store, sink: sink,
         clock: clock, notifier: QuietNotifier(),
         logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+        makeActivationClient: { _, _ in client },
         makeTimer: { _, handler in
           timer.install(handler)
           return timer
@@ -238,5 +268,44 @@ import Testing
     #expect(sends == (alreadyInTheJournal ? [] : ["send ACTIVE_ADDED"]))
     #expect(f.store.state.outbox.isEmpty)
     #expect(f.store.state[.server].active?.serial == "A")
+  }
+
+  @Test func C2_C3_aRenewalAtExpiryIsRetriedAtTheTimerAndRenews() throws {
+    let issuer = TestIssuer()
+    let exp = TestIssuer.t0 + .hours(2)
+    let client = ScriptedClient([
+      .key(issuer.key("K-1", exp: exp)),  // the manual activation
+      .failure(.transient(error: "upstream busy", retryAfter: nil)),  // at exp
+      .key(issuer.key("K-2", exp: exp + .days(365))),  // the retry
+    ])
+    let f = try Fixture(client: client, issuer: issuer)
+    defer { f.stop() }
+    let activated = DispatchSemaphore(value: 0)
+    f.agent.queue.sync {
+      _ = f.agent.handle(
+        VarlinkCall(
+          method: "io.licenseagent.Agent.Activate",
+          parameters: ["code": .string("ABCDE-12345-FGHIJ-67890"), "role": .string("active")]),
+        peer: PeerCredentials(uid: 0, gid: 0, pid: 1, groups: []),
+        respond: VarlinkResponder { _ in activated.signal() })
+    }
+    #expect(activated.wait(timeout: .now() + 10) == .success)
+    #expect(f.store.state[.server].active?.serial == "K-1")
+    // C2: at exp the server is asked for the key that continues K-1.
+    f.fire(at: exp - .hours(1))
+    #expect(f.timer.deadline == exp)
+    f.fire(at: exp)
+    #expect(f.sink.wait(for: .activationAttemptFailed))
+    f.agent.queue.sync {}  // the rest of that decision (the timer) is carried out in the same block
+    #expect(client.requests == ["67890 -", "67890 K-1"])
+    // C3: retried after a delay drawn with full jitter under retry-initial (5 s).
+    let retry = try #require(f.timer.deadline)
+    #expect(retry >= exp && retry <= exp + .seconds(5), "retry at \(retry), exp \(exp)")
+    f.fire(at: retry)
+    #expect(f.sink.wait(for: .activationRenewed))
+    f.agent.queue.sync {}
+    #expect(client.requests == ["67890 -", "67890 K-1", "67890 K-1"])
+    #expect(f.store.state[.server].active?.serial == "K-2")
+    #expect(f.store.state.outbox.isEmpty)
   }
 }
