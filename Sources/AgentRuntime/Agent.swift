@@ -276,7 +276,7 @@ public final class Agent: @unchecked Sendable {
   /// error when the state could not be written: then nothing was announced or started and
   /// the in-memory state is unchanged.
   @discardableResult
-  private func carryOut(_ decision: Decision, decidedAt: Timestamp) -> StateStoreError? {
+  private func carryOut<Success>(_ decision: Decision<Success>, decidedAt: Timestamp) -> StateStoreError? {
     var transition: UInt64?
     var events: [JournalEvent] = []
     var activations: [ActivationRequest] = []
@@ -533,14 +533,12 @@ public final class Agent: @unchecked Sendable {
           case .failure(let violation):
             self.carryOut(decision, decidedAt: now)
             respond(.failure(Self.error(violation)))
-          case .success(.added(let added)):
+          case .success(let added):
             if let failure = self.carryOut(decision, decidedAt: now) {
               respond(.failure(Self.storageFailure(failure)))
             } else {
               respond(.success(varlinkParameters(AddKeyReply(added, checkOnly: false))))
             }
-          case .success:
-            respond(.failure(.methodNotImplemented("Activate")))
           }
         }
       }
@@ -639,14 +637,12 @@ public final class Agent: @unchecked Sendable {
             "role": "\(role.rawValue)", "rule": "\(violation.ruleAndCode)", "peer_uid": "\(peer.uid)",
           ])
         return .failure(Self.error(violation))
-      case .success(.added(let added)):
+      case .success(let added):
         if let failure = carryOut(decision, decidedAt: now) { return .failure(Self.storageFailure(failure)) }
         logger.info(
           "Key added",
           metadata: ["role": "\(role.rawValue)", "serial": "\(added.key.serial)", "peer_uid": "\(peer.uid)"])
         return .success(varlinkParameters(AddKeyReply(added, checkOnly: false)))
-      case .success:
-        return .failure(.methodNotImplemented(call.method))
       }
     case "RemoveReserve":
       if let denied = deny(peer, call.member) { return denied }

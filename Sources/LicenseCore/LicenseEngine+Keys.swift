@@ -7,7 +7,7 @@ extension LicenseEngine {
   public func addKey(
     _ text: String, role: Role, replaceScheme: Bool = false, code: ActivationCode? = nil, now: Timestamp,
     state: LicenseState
-  ) -> Decision {
+  ) -> Decision<AddedKey> {
     switch plan(text, role: role, replaceScheme: replaceScheme, now: now, state: state) {
     case .failure(let violation):
       var actions: [Action] = []
@@ -15,12 +15,12 @@ extension LicenseEngine {
       return Decision(state: state, actions: actions, result: .failure(violation))
     case .success(let plan):
       if plan.added.unchanged {
-        return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(.added(plan.added)))
+        return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(plan.added))
       }
       var next = state
       var events: [JournalEvent] = []
       apply(plan, code: code, now: now, to: &next, events: &events)
-      return commit(next, events: events, result: .success(.added(plan.added)))
+      return commit(next, events: events, result: .success(plan.added))
     }
   }
 
@@ -33,7 +33,7 @@ extension LicenseEngine {
   }
 
   /// Removes the reserve key of `slot` (an operator's decision; logged as RESERVE_DROPPED).
-  public func removeReserve(slot: Slot, now: Timestamp, state: LicenseState) -> Decision {
+  public func removeReserve(slot: Slot, now: Timestamp, state: LicenseState) -> Decision<ReserveRemoved> {
     guard let reserve = state[slot].reserve else {
       let violation = RuleViolation(
         rule: .R9, code: "no_reserve",
@@ -53,7 +53,7 @@ extension LicenseEngine {
         "Reserve key \(reserve.serial) of the \(slot.rawValue) slot was removed by an operator; nothing will take over when the active key expires unless a new reserve is added (`agentctl add-key --reserve FILE`).",
       fields: fields)
     return commit(
-      next, events: [event], result: .success(.reserveRemoved(slot: slot, serial: reserve.serial)))
+      next, events: [event], result: .success(ReserveRemoved(slot: slot, serial: reserve.serial)))
   }
 
   // MARK: - Planning (the rules)

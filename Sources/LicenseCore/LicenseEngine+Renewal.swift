@@ -13,11 +13,11 @@ extension LicenseEngine {
   /// installed as the active key, keeping the code; ACTIVATION_RENEWED clears the alert.
   /// A key that fails the checks is a permanent failure (`bad_key_from_server`).
   public func activationSucceeded(slot: Slot, key text: String, now: Timestamp, state: LicenseState)
-    -> Decision
+    -> Decision<TimeProcessed>
   {
     guard let renewal = state[slot].renewal, renewal.attemptStartedAt != nil else {
       // The slot was resolved meanwhile (an operator added a key): nothing to do.
-      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(.timeProcessed))
+      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(TimeProcessed()))
     }
     let checked = plan(text, role: .active, replaceScheme: false, now: now, state: state)
     guard case .success(let plan) = checked, plan.added.slot == slot, plan.clearSlots.isEmpty else {
@@ -47,7 +47,7 @@ extension LicenseEngine {
       message:
         "The \(slot.rawValue) licence was renewed with its activation code (…\(renewal.code.hint)): key \(key.serial) continues \(renewal.expiredSerial), until \(key.claims.expiresAt) (attempt \(renewal.attempts + 1)).\(cleared)",
       fields: fields)
-    return commit(next, events: [event], result: .success(.timeProcessed))
+    return commit(next, events: [event], result: .success(TimeProcessed()))
   }
 
   /// A renewal attempt of `slot` failed (C3, C4). Transient: retried after the backoff delay
@@ -55,9 +55,9 @@ extension LicenseEngine {
   /// honouring `Retry-After`; permanent: no retry, MANUAL_ACTIVATION_REQUIRED at once.
   public func activationFailed(
     slot: Slot, failure: ActivationFailure, jitter: Double, now: Timestamp, state: LicenseState
-  ) -> Decision {
+  ) -> Decision<TimeProcessed> {
     guard var renewal = state[slot].renewal, renewal.attemptStartedAt != nil else {
-      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(.timeProcessed))
+      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(TimeProcessed()))
     }
     renewal.attempts += 1
     renewal.attemptStartedAt = nil
@@ -101,6 +101,6 @@ extension LicenseEngine {
     }
     var next = state
     next[slot].renewal = renewal
-    return commit(next, events: events, result: .success(.timeProcessed))
+    return commit(next, events: events, result: .success(TimeProcessed()))
   }
 }

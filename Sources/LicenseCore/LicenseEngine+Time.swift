@@ -3,7 +3,7 @@ extension LicenseEngine {
   /// Time has reached `now`: promotes reserves whose active key expired (P1, P3–P5), marks
   /// slots expired (P4, P6), and logs due EXPIRING_SOON warnings (W1). Idempotent: calling it
   /// again at the same instant, or after a crash replay, finds nothing left to do.
-  public func timeReached(now: Timestamp, state: LicenseState) -> Decision {
+  public func timeReached(now: Timestamp, state: LicenseState) -> Decision<TimeProcessed> {
     var next = state
     var events: [JournalEvent] = []
     var requests: [ActivationRequest] = []
@@ -83,16 +83,18 @@ extension LicenseEngine {
       events.append(expiringSoon(slot: slot, active: active, threshold: mostUrgent, state: next, now: now))
     }
     if next == state {
-      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(.timeProcessed))
+      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(TimeProcessed()))
     }
-    var decision = commit(next, events: events, result: .success(.timeProcessed))
+    var decision = commit(next, events: events, result: .success(TimeProcessed()))
     decision.actions += requests.map(Action.activate)
     return decision
   }
 
   /// The wall clock was stepped by `deltaMicroseconds` (T1): logs CLOCK_CHANGED and
   /// re-evaluates at once. A backward step undoes nothing.
-  public func clockChanged(deltaMicroseconds: Int64, now: Timestamp, state: LicenseState) -> Decision {
+  public func clockChanged(deltaMicroseconds: Int64, now: Timestamp, state: LicenseState) -> Decision<
+    TimeProcessed
+  > {
     let direction = deltaMicroseconds >= 0 ? "forward" : "backward"
     let event = JournalEvent(
       .clockChanged,

@@ -62,14 +62,20 @@ public enum Takeover: String, Sendable, Equatable {
   case none
 }
 
-/// The successful result of a request.
-public enum Outcome: Sendable, Equatable {
-  /// A key was added (or was already there: `unchanged`).
-  case added(AddedKey)
-  /// The reserve of a slot was removed.
-  case reserveRemoved(slot: Slot, serial: String)
-  /// Time was processed (promotions, expiries, warnings), possibly with nothing to do.
-  case timeProcessed
+/// What a `removeReserve` request removed.
+public struct ReserveRemoved: Sendable, Equatable {
+  public var slot: Slot
+  public var serial: String
+  public init(slot: Slot, serial: String) {
+    self.slot = slot
+    self.serial = serial
+  }
+}
+
+/// The result of a request that processes time (promotions, expiries, warnings, renewal
+/// outcomes): the decision's state and actions say what happened, possibly nothing.
+public struct TimeProcessed: Sendable, Equatable {
+  public init() {}
 }
 
 /// What an accepted key did, for the reply to the operator.
@@ -87,11 +93,14 @@ public struct AddedKey: Sendable, Equatable {
   public var unchanged: Bool
 }
 
-/// The engine's answer to one input: the new state, the actions, and the result.
-public struct Decision: Sendable, Equatable {
+/// The engine's answer to one input: the new state, the actions, and the result, typed
+/// per request (`addKey` answers an ``AddedKey``, `removeReserve` a ``ReserveRemoved``,
+/// time and renewal inputs ``TimeProcessed``), so a caller never handles a result its
+/// request cannot have.
+public struct Decision<Success: Sendable & Equatable>: Sendable, Equatable {
   public var state: LicenseState
   public var actions: [Action]
-  public var result: Result<Outcome, RuleViolation>
+  public var result: Result<Success, RuleViolation>
 
   /// The events to send, in order.
   public var events: [JournalEvent] {
@@ -196,8 +205,8 @@ public struct LicenseEngine: Sendable {
 
   /// Gives the events the next transition id, stores them in the outbox and orders the
   /// actions: persist first, then announce, then sleep (P2).
-  func commit(_ state: LicenseState, events: [JournalEvent], result: Result<Outcome, RuleViolation>)
-    -> Decision
+  func commit<Success>(_ state: LicenseState, events: [JournalEvent], result: Result<Success, RuleViolation>)
+    -> Decision<Success>
   {
     var next = state
     next.lastTransitionID += 1

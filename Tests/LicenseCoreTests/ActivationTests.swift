@@ -21,7 +21,7 @@ import Testing
     return d.state.acknowledging(through: d.state.lastTransitionID)
   }
 
-  func requests(_ d: Decision) -> [ActivationRequest] {
+  func requests<S>(_ d: Decision<S>) -> [ActivationRequest] {
     d.actions.compactMap { if case .activate(let r) = $0 { return r } else { return nil } }
   }
 

@@ -35,13 +35,13 @@ import Testing
     return s.acknowledging(through: s.lastTransitionID)
   }
 
-  func violation(_ decision: Decision) -> RuleViolation? {
+  func violation<S>(_ decision: Decision<S>) -> RuleViolation? {
     if case .failure(let v) = decision.result { return v }
     return nil
   }
 
-  func added(_ decision: Decision) -> AddedKey? {
-    if case .success(.added(let a)) = decision.result { return a }
+  func added(_ decision: Decision<AddedKey>) -> AddedKey? {
+    if case .success(let a) = decision.result { return a }
     return nil
   }
 
@@ -224,7 +224,7 @@ import Testing
 
   // MARK: R — adding a reserve key
 
-  func expectRejected(_ d: Decision, rule: String, code: String, base: LicenseState) throws {
+  func expectRejected<S>(_ d: Decision<S>, rule: String, code: String, base: LicenseState) throws {
     let v = try #require(violation(d))
     #expect(v.rule.rawValue == rule)
     #expect(v.code == code)
@@ -556,7 +556,7 @@ import Testing
   @Test func removeReserveRemovesItAndLogsWhoDidIt() throws {
     let base = state(active: "KS-1", reserve: "KS-R")
     let d = engine.removeReserve(slot: .server, now: t0, state: base)
-    #expect(d.result == .success(.reserveRemoved(slot: .server, serial: "KS-R")))
+    #expect(d.result == .success(ReserveRemoved(slot: .server, serial: "KS-R")))
     #expect(d.state[.server].reserve == nil)
     let event = try #require(d.events.first)
     #expect(event.kind == .reserveDropped && event[field: "LICENSE_REASON"] == "removed-by-operator")
