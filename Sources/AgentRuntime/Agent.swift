@@ -669,12 +669,7 @@ public final class Agent: @unchecked Sendable {
   /// A connection the control server refused or closed: logged once a minute per reason at
   /// most, with how many were not logged, so that a flood never floods the journal.
   private func connectionDropped(_ reason: VarlinkDropReason, peer: PeerCredentials) {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    guard
-      let unlogged = dropLog.admit(
-        reason, nowMilliseconds: Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000)
-    else { return }
+    guard let unlogged = dropLog.admit(reason, nowMilliseconds: monotonicMilliseconds()) else { return }
     let what: String
     switch reason {
     case .serverFull:

@@ -184,12 +184,6 @@ private func reapGroup(_ group: pid_t) {
   }
 }
 
-private func monotonicMilliseconds() -> Int64 {
-  var now = timespec()
-  clock_gettime(CLOCK_MONOTONIC, &now)
-  return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
-}
-
 private func failed(_ result: inout ChildResult, _ what: String) -> ChildResult {
   result.spawnError = "\(what): \(String(cString: strerror(errno)))"
   return result

@@ -127,3 +127,11 @@ public struct AgentPaths: Sendable, Equatable {
   public var trustDirectory: String { configurationDirectory + "/trusted-issuers" }
   public var socketPath: String { runtimeDirectory + "/io.licenseagent.Agent" }
 }
+
+/// `CLOCK_MONOTONIC` in milliseconds: for durations inside the process (deadlines, rate
+/// limits), which a step of the wall clock must not stretch or shrink.
+func monotonicMilliseconds() -> Int64 {
+  var now = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &now)
+  return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+}

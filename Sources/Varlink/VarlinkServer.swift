@@ -259,11 +259,6 @@ public final class VarlinkServer: @unchecked Sendable {
     }
   }
 
-  /// Bytes held for unprivileged peers in all (for tests and benchmarks). Call on `queue`.
-  public var unprivilegedBufferedBytes: Int {
-    connections.values.filter { !$0.privileged }.reduce(0) { $0 + $1.bufferedBytes }
-  }
-
   /// Routes a call: `org.varlink.service` is answered here, the rest by its interface.
   private func answer(_ call: VarlinkCall, peer: PeerCredentials, responder: VarlinkResponder)
     -> VarlinkReply?

@@ -17,7 +17,7 @@ import Testing
     let process = Process()
     private let input = Pipe()
     private let output = Pipe()
-    private var buffered = Data()
+    private let lines: LineReader
 
     init(socket: String, uid: uid_t, _ arguments: [String]) throws {
       process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
@@ -29,21 +29,13 @@ import Testing
         ] + arguments
       process.standardInput = input
       process.standardOutput = output
+      lines = LineReader(output.fileHandleForReading)
       try process.run()
     }
 
-    /// The next line the client prints (it prints each after doing what it says).
-    func line() -> String {
-      while !buffered.contains(UInt8(ascii: "\n")) {
-        let chunk = output.fileHandleForReading.availableData
-        if chunk.isEmpty { break }
-        buffered += chunk
-      }
-      guard let end = buffered.firstIndex(of: UInt8(ascii: "\n")) else { return "" }
-      let text = String(decoding: buffered[..<end], as: UTF8.self)
-      buffered.removeSubrange(...end)
-      return text
-    }
+    /// The next line the client prints (it prints each after doing what it says; the
+    /// last one after the agent's 10 s stall deadline), or "" if none came in a minute.
+    func line() -> String { lines.next(timeout: 60) ?? "" }
 
     /// Closes its standard input: it closes its connections and exits.
     func release() {

@@ -22,12 +22,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fleetlab  # noqa: E402
+from fleetlab import keytool  # noqa: E402
 
-BIN = os.environ.get("LICENSE_AGENT_BIN_DIR") or os.path.join(fleetlab.REPOSITORY, ".build", "debug")
-
-
-def keytool(*args):
-    return fleetlab.run([os.path.join(BIN, "license-keytool")] + list(args)).stdout.strip()
 
 
 def make_keys(directory):

@@ -28,6 +28,8 @@ import time
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ANSIBLE_DIR = os.path.join(REPOSITORY, "ansible")
 SUBNET = "10.231.0"
+# The debug build's programs (license-keytool, activation-server) the tests and bench use.
+BIN = os.environ.get("LICENSE_AGENT_BIN_DIR") or os.path.join(REPOSITORY, ".build", "debug")
 
 
 def run(args, check=True, input=None, timeout=120, env=None):
@@ -39,6 +41,11 @@ def run(args, check=True, input=None, timeout=120, env=None):
             "%s exited %d:\n%s%s" % (" ".join(args), result.returncode, result.stdout, result.stderr)
         )
     return result
+
+
+def keytool(*args):
+    """Runs license-keytool; returns what it printed."""
+    return run([os.path.join(BIN, "license-keytool")] + list(args)).stdout.strip()
 
 
 def unavailable_reason():

@@ -21,14 +21,10 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fleetlab  # noqa: E402
+from fleetlab import BIN, keytool  # noqa: E402
 
-BIN = os.environ.get("LICENSE_AGENT_BIN_DIR") or os.path.join(fleetlab.REPOSITORY, ".build", "debug")
 CODE = "QWERT-12345-ASDFG-67890"
 SVMS = ["svm-a1", "svm-a2", "svm-b1", "svm-b2"]
-
-
-def keytool(*args):
-    return fleetlab.run([os.path.join(BIN, "license-keytool")] + list(args)).stdout.strip()
 
 
 class FleetTests(unittest.TestCase):
