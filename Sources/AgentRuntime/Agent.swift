@@ -22,16 +22,20 @@ public struct AgentStartError: Error, Sendable, CustomStringConvertible {
   public var description: String
 }
 
-/// The running agent: one serial queue owns the state; the timer, the clock watch, the
-/// control socket and the watchdog all run on it. Every input goes through the rules engine,
-/// and each decision is carried out in one order: persist (durable), announce (journal),
-/// acknowledge the outbox, re-arm the timer, update STATUS=.
-public final class Agent: @unchecked Sendable {
-  // @unchecked: every mutable property is touched only on `queue`.
+/// The running agent: an actor whose executor is one serial queue (``DispatchQueueExecutor``),
+/// so that the compiler checks that its state is reached only from there; the timer, the
+/// clock watch, the control socket and the watchdog are Dispatch sources on that queue,
+/// whose handlers enter the actor with `assumeIsolated` (checked at run time). Every input
+/// goes through the rules engine, and each decision is carried out in one order: persist
+/// (durable), announce (journal), acknowledge the outbox, re-arm the timer, update STATUS=.
+public actor Agent {
   public static let version = ProductVersion.current
 
-  public let queue = DispatchQueue(label: "license-agent", qos: .userInteractive)
-  public let paths: AgentPaths
+  public nonisolated let executor = DispatchQueueExecutor(
+    queue: DispatchQueue(label: "license-agent", qos: .userInteractive))
+  public nonisolated var queue: DispatchQueue { executor.queue }
+  public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+  public nonisolated let paths: AgentPaths
   private var configuration: AgentConfiguration
   private var engine: LicenseEngine
   private var state = LicenseState()
@@ -55,7 +59,7 @@ public final class Agent: @unchecked Sendable {
   private let makeActivationClient: @Sendable (AgentConfiguration, Logger) -> ActivationClient
   /// Makes the wall-clock timer on the agent's queue (a manual twin in the runtime's tests).
   private let makeTimer: @Sendable (DispatchQueue, @escaping @Sendable () -> Void) -> any WallClockTimer
-  public private(set) var startedAt: Timestamp
+  private(set) var startedAt: Timestamp
 
   public init(
     paths: AgentPaths, configuration: AgentConfiguration, trust: TrustStore, store: StateStore,
@@ -86,10 +90,11 @@ public final class Agent: @unchecked Sendable {
   /// timer, the clock watch, the control socket and the watchdog, then sends READY=1.
   /// `announceReady: false` leaves READY=1 to the caller (``announceReady()``), for when
   /// the process must finish installing its signal handlers first.
-  public func start(announceReady: Bool = true) throws(AgentStartError) {
-    let result: Result<Void, AgentStartError> = queue.sync {
+  /// Called from synchronous code (the daemon's start-up, tests): blocks until done.
+  public nonisolated func start(announceReady: Bool = true) throws(AgentStartError) {
+    let result: Result<Void, AgentStartError> = sync { agent in
       do {
-        try startOnQueue(announceReady: announceReady)
+        try agent.startIsolated(announceReady: announceReady)
         return .success(())
       } catch let error as AgentStartError {
         return .failure(error)
@@ -100,30 +105,18 @@ public final class Agent: @unchecked Sendable {
     try result.get()
   }
 
-  /// READY=1 with the current STATUS=.
-  public func announceReady() {
-    queue.sync { readyOnQueue() }
+  /// Runs `body` isolated to the agent, from synchronous code off its queue (start-up,
+  /// tests): blocks until done. Never from the queue itself, nor from async code (which
+  /// calls the agent's methods with `await` instead).
+  public nonisolated func sync<T: Sendable>(_ body: (isolated Agent) throws -> T) rethrows -> T {
+    try queue.sync { try assumeIsolated(body) }
   }
 
-  /// READY=1, from async code (the service group): hops onto the agent's queue and resumes
-  /// when done, without blocking a thread of the caller's executor.
-  public func announceReady() async {
-    await onQueue { $0.readyOnQueue() }
-  }
+  /// READY=1 with the current STATUS=. From async code (the service group) it hops onto the
+  /// agent's queue without blocking a thread of the caller's executor.
+  public func announceReady() { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
 
-  private func readyOnQueue() { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
-
-  /// Runs `work` on the agent's queue and resumes the caller when it is done.
-  private func onQueue(_ work: @escaping @Sendable (Agent) -> Void) async {
-    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
-      queue.async {
-        work(self)
-        done.resume()
-      }
-    }
-  }
-
-  private func startOnQueue(announceReady: Bool) throws {
+  private func startIsolated(announceReady: Bool) throws {
     startedAt = clock.now()
     let loaded: LoadedState
     do {
@@ -145,9 +138,11 @@ public final class Agent: @unchecked Sendable {
     redeliverOutbox()
     resolveAdminGroup()
 
-    let timer = makeTimer(queue) { [weak self] in self?.timerFired() }
+    let timer = makeTimer(queue) { [weak self] in self?.assumeIsolated { $0.timerFired() } }
     self.timer = timer
-    clockMonitor = ClockChangeMonitor(queue: queue) { [weak self] delta in self?.clockStepped(by: delta) }
+    clockMonitor = ClockChangeMonitor(queue: queue) { [weak self] delta in
+      self?.assumeIsolated { $0.clockStepped(by: delta) }
+    }
     if clockMonitor == nil {
       logger.warning("Cannot watch for clock changes (timerfd); deadlines still hold")
     }
@@ -159,7 +154,7 @@ public final class Agent: @unchecked Sendable {
     for request in engine.interruptedAttempts(state) { startAttempt(request) }
 
     let server = VarlinkServer(
-      path: paths.socketPath, queue: queue,
+      path: paths.socketPath, executor: executor,
       info: VarlinkServiceInfo(
         vendor: "license-agent", product: "license-agent", version: Self.version,
         url: "https://github.com/license-agent/license-agent"),
@@ -167,14 +162,18 @@ public final class Agent: @unchecked Sendable {
         VarlinkInterface(
           name: AgentInterface.name, description: AgentInterface.description, methods: AgentInterface.methods
         ) {
-          [unowned self] call, peer, respond in self.handle(call, peer: peer, respond: respond)
+          [unowned self] call, peer, respond in
+          // The server shares the agent's executor: its handlers run where the agent is.
+          self.assumeIsolated { $0.handle(call, peer: peer, respond: respond) }
         }
       ],
       // Root and the admin group keep capacity of their own and have no per-UID limit.
-      isPrivileged: { [unowned self] peer in self.isAdmin(peer) },
-      onDrop: { [unowned self] reason, peer in self.connectionDropped(reason, peer: peer) })
+      isPrivileged: { [unowned self] peer in self.assumeIsolated { $0.isAdmin(peer) } },
+      onDrop: { [unowned self] reason, peer in
+        self.assumeIsolated { $0.connectionDropped(reason, peer: peer) }
+      })
     do {
-      try server.start()
+      try server.assumeIsolated { try $0.start() }
     } catch {
       throw AgentStartError(
         description:
@@ -198,17 +197,8 @@ public final class Agent: @unchecked Sendable {
 
   /// Stops everything; STOPPING=1 first, as systemd expects.
   public func stop() {
-    queue.sync { stopOnQueue() }
-  }
-
-  /// Stops everything, from async code (the service group's graceful shutdown).
-  public func stop() async {
-    await onQueue { $0.stopOnQueue() }
-  }
-
-  private func stopOnQueue() {
     notifier.notify("STOPPING=1")
-    server?.stop()
+    server?.assumeIsolated { $0.stop() }
     server = nil
     timer?.arm(at: nil)
     timer = nil
@@ -219,37 +209,40 @@ public final class Agent: @unchecked Sendable {
   }
 
   /// SIGHUP: rereads the configuration and the trust directory. An invalid configuration
-  /// keeps the old one, loudly.
+  /// keeps the old one, loudly. Called from the signal's queue: the work is queued on the
+  /// agent's, and the caller does not wait.
+  public nonisolated func requestReload() {
+    queue.async { self.assumeIsolated { $0.reload() } }
+  }
+
   public func reload() {
-    queue.sync {
-      var monotonic = timespec()
-      clock_gettime(CLOCK_MONOTONIC, &monotonic)
-      let usec = UInt64(monotonic.tv_sec) * 1_000_000 + UInt64(monotonic.tv_nsec) / 1000
-      notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(usec)\nSTATUS=Reloading configuration")
-      do {
-        let newConfiguration = try AgentConfiguration.load(path: paths.configurationFile)
-        let (trust, problems) = TrustDirectory.load(paths.trustDirectory)
-        for problem in problems {
-          logger.error(
-            "Ignored a file of the trust directory",
-            metadata: ["file": "\(problem.file)", "problem": "\(problem.problem)"])
-        }
-        configuration = newConfiguration
-        engine = LicenseEngine(configuration: newConfiguration.engine, trust: trust)
-        resolveAdminGroup()
-        logger.notice(
-          "Configuration reloaded",
-          metadata: ["file": "\(paths.configurationFile)", "trusted_issuers": "\(trust.keys.count)"])
-        let now = clock.now()
-        carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
-        notifier.notify("READY=1\nSTATUS=\(statusLine())")
-      } catch {
+    var monotonic = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &monotonic)
+    let usec = UInt64(monotonic.tv_sec) * 1_000_000 + UInt64(monotonic.tv_nsec) / 1000
+    notifier.notify("RELOADING=1\nMONOTONIC_USEC=\(usec)\nSTATUS=Reloading configuration")
+    do {
+      let newConfiguration = try AgentConfiguration.load(path: paths.configurationFile)
+      let (trust, problems) = TrustDirectory.load(paths.trustDirectory)
+      for problem in problems {
         logger.error(
-          "Invalid configuration: the previous configuration stays in force; fix the file and reload again",
-          metadata: ["error": "\(error)"])
-        notifier.notify(
-          "READY=1\nSTATUS=Configuration error, previous configuration kept: \(error) | \(statusLine())")
+          "Ignored a file of the trust directory",
+          metadata: ["file": "\(problem.file)", "problem": "\(problem.problem)"])
       }
+      configuration = newConfiguration
+      engine = LicenseEngine(configuration: newConfiguration.engine, trust: trust)
+      resolveAdminGroup()
+      logger.notice(
+        "Configuration reloaded",
+        metadata: ["file": "\(paths.configurationFile)", "trusted_issuers": "\(trust.keys.count)"])
+      let now = clock.now()
+      carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
+      notifier.notify("READY=1\nSTATUS=\(statusLine())")
+    } catch {
+      logger.error(
+        "Invalid configuration: the previous configuration stays in force; fix the file and reload again",
+        metadata: ["error": "\(error)"])
+      notifier.notify(
+        "READY=1\nSTATUS=Configuration error, previous configuration kept: \(error) | \(statusLine())")
     }
   }
 
@@ -336,7 +329,7 @@ public final class Agent: @unchecked Sendable {
     guard !trimPending else { return }
     trimPending = true
     queue.async { [weak self] in
-      self?.trimPending = false
+      self?.assumeIsolated { $0.trimPending = false }
       MemoryTrim.releaseExecutablePages()
     }
   }
@@ -424,9 +417,10 @@ public final class Agent: @unchecked Sendable {
       "The journal refused an event; it stays in the outbox and is sent again",
       metadata: ["errno": "\(refused)", "retry_in_ms": "\(delay)", "retry": "\(deliveryRetries)"])
     queue.asyncAfter(deadline: .now() + .milliseconds(delay)) { [weak self] in
-      guard let self else { return }
-      self.deliveryRetryScheduled = false
-      self.deliverOutbox()
+      self?.assumeIsolated { agent in
+        agent.deliveryRetryScheduled = false
+        agent.deliverOutbox()
+      }
     }
   }
 
@@ -482,7 +476,7 @@ public final class Agent: @unchecked Sendable {
     activationQueue.async { [weak self] in
       let outcome = client.activate(code: request.code, currentSerial: request.currentSerial)
       guard let self else { return }
-      self.queue.async { self.finishAttempt(request, outcome) }
+      self.queue.async { self.assumeIsolated { $0.finishAttempt(request, outcome) } }
     }
   }
 
@@ -510,36 +504,44 @@ public final class Agent: @unchecked Sendable {
       let outcome = client.activate(code: code, currentSerial: nil)
       guard let self else { return }
       self.queue.async {
-        switch outcome {
-        case .failure(let failure):
-          let (error, transient): (String, Bool)
-          switch failure {
-          case .transient(let text, _): (error, transient) = (text, true)
-          case .permanent(let text): (error, transient) = (text, false)
-          }
-          let advice =
-            transient
-            ? "The activation server could not be reached or was busy; nothing was changed. Try again later."
-            : "The activation server refused the code …\(code.hint); nothing was changed. Check the code with the vendor."
-          respond(
-            .failure(
-              VarlinkError(
-                AgentInterface.activationFailed,
-                ["error": .string(error), "message": .string(advice), "transient": .bool(transient)])))
-        case .key(let text):
-          let now = self.clock.now()
-          let decision = self.engine.addKey(text, role: role, code: code, now: now, state: self.state)
-          switch decision.result {
-          case .failure(let violation):
-            self.carryOut(decision, decidedAt: now)
-            respond(.failure(Self.error(violation)))
-          case .success(let added):
-            if let failure = self.carryOut(decision, decidedAt: now) {
-              respond(.failure(Self.storageFailure(failure)))
-            } else {
-              respond(.success(varlinkParameters(AddKeyReply(added, checkOnly: false))))
-            }
-          }
+        self.assumeIsolated {
+          $0.finishActivation(code: code, role: role, outcome: outcome, respond: respond)
+        }
+      }
+    }
+  }
+
+  private func finishActivation(
+    code: ActivationCode, role: Role, outcome: ActivationOutcome, respond: VarlinkResponder
+  ) {
+    switch outcome {
+    case .failure(let failure):
+      let (error, transient): (String, Bool)
+      switch failure {
+      case .transient(let text, _): (error, transient) = (text, true)
+      case .permanent(let text): (error, transient) = (text, false)
+      }
+      let advice =
+        transient
+        ? "The activation server could not be reached or was busy; nothing was changed. Try again later."
+        : "The activation server refused the code …\(code.hint); nothing was changed. Check the code with the vendor."
+      respond(
+        .failure(
+          VarlinkError(
+            AgentInterface.activationFailed,
+            ["error": .string(error), "message": .string(advice), "transient": .bool(transient)])))
+    case .key(let text):
+      let now = clock.now()
+      let decision = engine.addKey(text, role: role, code: code, now: now, state: state)
+      switch decision.result {
+      case .failure(let violation):
+        carryOut(decision, decidedAt: now)
+        respond(.failure(Self.error(violation)))
+      case .success(let added):
+        if let failure = carryOut(decision, decidedAt: now) {
+          respond(.failure(Self.storageFailure(failure)))
+        } else {
+          respond(.success(varlinkParameters(AddKeyReply(added, checkOnly: false))))
         }
       }
     }

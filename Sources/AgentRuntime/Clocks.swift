@@ -3,8 +3,9 @@ import Dispatch
 import Glibc
 import LicenseCore
 
-/// Fires once at a wall-clock instant. Re-arming replaces the previous deadline.
-public protocol WallClockTimer: AnyObject, Sendable {
+/// Fires once at a wall-clock instant. Re-arming replaces the previous deadline. Owned by
+/// the agent's actor, and armed only from it.
+public protocol WallClockTimer: AnyObject {
   /// Arms the timer at `instant` (nil: disarm). The handler runs on the timer's queue.
   func arm(at instant: Timestamp?)
 }
@@ -12,9 +13,8 @@ public protocol WallClockTimer: AnyObject, Sendable {
 /// A `DispatchSourceTimer` with a `DispatchWallTime` deadline and zero leeway: libdispatch
 /// arms a `CLOCK_REALTIME` timerfd with `TFD_TIMER_ABSTIME`, so the deadline is a wall-clock
 /// instant (a clock stepped forward past it fires it at once). Between deadlines the
-/// process sleeps: no polling.
-public final class DispatchWallClockTimer: WallClockTimer, @unchecked Sendable {
-  // @unchecked: `source` is touched only on `queue`.
+/// process sleeps: no polling. Not `Sendable`: it belongs to the agent's actor.
+public final class DispatchWallClockTimer: WallClockTimer {
   private let source: DispatchSourceTimer
   public private(set) var deadline: Timestamp?
 
@@ -42,9 +42,9 @@ public final class DispatchWallClockTimer: WallClockTimer, @unchecked Sendable {
 /// Notices when the wall clock is set (T1): a `CLOCK_REALTIME` timerfd armed far in the future
 /// with `TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET` becomes readable (its read fails with
 /// `ECANCELED`) the moment anyone steps the clock. The size of the step is the change of the
-/// offset between `CLOCK_REALTIME` and `CLOCK_MONOTONIC`.
-public final class ClockChangeMonitor: @unchecked Sendable {
-  // @unchecked: mutable state is touched only on `queue`.
+/// offset between `CLOCK_REALTIME` and `CLOCK_MONOTONIC`. Not `Sendable`: it belongs to the
+/// agent's actor; its read handler runs on the queue it was given, the actor's.
+public final class ClockChangeMonitor {
   private let fd: Int32
   private let source: DispatchSourceRead
   private var offset: Int64

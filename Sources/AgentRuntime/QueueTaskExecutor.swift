@@ -9,8 +9,7 @@ import Dispatch
 /// (rule T2), so the daemon runs its service group with this executor as the task executor
 /// preference (SE-0417): every task of the group runs on the agent's own serial queue,
 /// which, like any queue made with `DispatchQueue(label:)`, never starts that monitor.
-public final class QueueTaskExecutor: TaskExecutor, @unchecked Sendable {
-  // @unchecked: the queue is thread-safe and never changes.
+public final class QueueTaskExecutor: TaskExecutor {
   public let queue: DispatchQueue
 
   public init(queue: DispatchQueue) { self.queue = queue }

@@ -72,8 +72,7 @@ public enum WriteStep: String, Sendable, CaseIterable {
 /// restored, and the load reports a ``LoadedState/Recovery`` for STATE_RECOVERED. If the last
 /// good copy is damaged too, or the file was written by a newer version, the load fails with
 /// a message that names the file and what to do, and nothing is changed on disk.
-public final class FileStateStore: StateStore, @unchecked Sendable {
-  // @unchecked: all stored properties are immutable; the crash hook is a @Sendable closure.
+public final class FileStateStore: StateStore {
   public let directory: String
   public var stateFile: String { directory + "/state.json" }
   var tempFile: String { directory + "/state.json.tmp" }

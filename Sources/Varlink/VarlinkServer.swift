@@ -120,23 +120,44 @@ public struct VarlinkServerError: Error, Sendable, CustomStringConvertible {
 
 /// A Varlink server on a Unix stream socket, driven by Dispatch sources on one serial queue.
 ///
-/// Every connection's calls are answered in order, on `queue`: the handlers run there, so
-/// they may use state confined to that queue without locks. Many clients may be connected
-/// at once; a malformed message, an oversized one, or a client that stops reading its
-/// replies ends only that connection.
-public final class VarlinkServer: @unchecked Sendable {
-  // @unchecked: every mutable property is touched only on `queue`.
-  public let path: String
-  public let queue: DispatchQueue
+/// An actor whose executor is that queue (``DispatchQueueExecutor``): connections, their
+/// buffers and the limits are confined to it, and the compiler checks it. Every
+/// connection's calls are answered in order, on the queue: the handlers run there, so an
+/// owner that shares the executor (the agent) enters its own isolation with
+/// `assumeIsolated`. Many clients may be connected at once; a malformed message, an
+/// oversized one, or a client that stops reading its replies ends only that connection.
+public actor VarlinkServer {
+  public nonisolated let path: String
+  public nonisolated let executor: DispatchQueueExecutor
+  public nonisolated var queue: DispatchQueue { executor.queue }
+  public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
   private let info: VarlinkServiceInfo
   private let interfaces: [String: VarlinkInterface]
   private var listenSource: DispatchSourceRead?
   private var connections: [Int32: Connection] = [:]
-  public let limits: VarlinkConnectionLimits
+  /// Numbers connections, so that a late reply never reaches a newer connection that got
+  /// the same file descriptor.
+  private var connectionSerial: UInt64 = 0
+  public nonisolated let limits: VarlinkConnectionLimits
   /// Peers that may use the reserved capacity and have no per-UID limit (root, admins).
   private let isPrivileged: @Sendable (PeerCredentials) -> Bool
-  /// Told of every connection refused or closed by the server (on `queue`).
+  /// Told of every connection refused or closed by the server (on the queue).
   private let onDrop: @Sendable (VarlinkDropReason, PeerCredentials) -> Void
+
+  public init(
+    path: String, executor: DispatchQueueExecutor, info: VarlinkServiceInfo, interfaces: [VarlinkInterface],
+    limits: VarlinkConnectionLimits = VarlinkConnectionLimits(),
+    isPrivileged: @escaping @Sendable (PeerCredentials) -> Bool = { $0.uid == 0 },
+    onDrop: @escaping @Sendable (VarlinkDropReason, PeerCredentials) -> Void = { _, _ in }
+  ) {
+    self.path = path
+    self.executor = executor
+    self.info = info
+    self.interfaces = Dictionary(interfaces.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+    self.limits = limits
+    self.isPrivileged = isPrivileged
+    self.onDrop = onDrop
+  }
 
   public init(
     path: String, queue: DispatchQueue, info: VarlinkServiceInfo, interfaces: [VarlinkInterface],
@@ -144,13 +165,15 @@ public final class VarlinkServer: @unchecked Sendable {
     isPrivileged: @escaping @Sendable (PeerCredentials) -> Bool = { $0.uid == 0 },
     onDrop: @escaping @Sendable (VarlinkDropReason, PeerCredentials) -> Void = { _, _ in }
   ) {
-    self.path = path
-    self.queue = queue
-    self.info = info
-    self.interfaces = Dictionary(interfaces.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-    self.limits = limits
-    self.isPrivileged = isPrivileged
-    self.onDrop = onDrop
+    self.init(
+      path: path, executor: DispatchQueueExecutor(queue: queue), info: info, interfaces: interfaces,
+      limits: limits, isPrivileged: isPrivileged, onDrop: onDrop)
+  }
+
+  /// Runs `body` isolated to the server, from synchronous code off its queue (start-up,
+  /// tests): blocks until done. Never call it from the queue itself, nor from async code.
+  public nonisolated func sync<T: Sendable>(_ body: (isolated VarlinkServer) throws -> T) rethrows -> T {
+    try queue.sync { try assumeIsolated(body) }
   }
 
   /// Binds the socket (replacing a stale one), makes it connectable by every local user
@@ -163,7 +186,7 @@ public final class VarlinkServer: @unchecked Sendable {
     address.sun_family = sa_family_t(AF_UNIX)
     let bytes = Array(path.utf8)
     guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-      close(fd)
+      Glibc.close(fd)
       throw VarlinkServerError(description: "socket path \(path) is too long")
     }
     withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes + [0]) }
@@ -175,33 +198,33 @@ public final class VarlinkServer: @unchecked Sendable {
     }
     guard bound == 0 else {
       let text = errnoText()
-      close(fd)
+      Glibc.close(fd)
       throw VarlinkServerError(description: "cannot bind \(path): \(text)")
     }
     chmod(path, 0o666)
     guard listen(fd, 64) == 0 else {
       let text = errnoText()
-      close(fd)
+      Glibc.close(fd)
       throw VarlinkServerError(description: "cannot listen on \(path): \(text)")
     }
     let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-    source.setEventHandler { [weak self] in self?.acceptConnections(fd) }
-    source.setCancelHandler { close(fd) }
+    source.setEventHandler { [weak self] in self?.assumeIsolated { $0.acceptConnections(fd) } }
+    source.setCancelHandler { Glibc.close(fd) }
     listenSource = source
     source.resume()
   }
 
-  /// Stops accepting, closes every connection and removes the socket. Call on `queue`.
+  /// Stops accepting, closes every connection and removes the socket.
   public func stop() {
     listenSource?.cancel()
     listenSource = nil
     let open = connections.values
+    for connection in open { close(connection, reason: nil) }
     connections.removeAll()
-    for connection in open { connection.close(reason: nil) }
     unlink(path)
   }
 
-  /// The number of open connections (for tests and status). Call on `queue`.
+  /// The number of open connections (for tests and status).
   public var connectionCount: Int { connections.count }
 
   private func acceptConnections(_ listener: Int32) {
@@ -218,20 +241,17 @@ public final class VarlinkServer: @unchecked Sendable {
         onDrop(refusal, peer)
         continue
       }
-      let connection = Connection(
-        fd: fd, peer: peer, privileged: privileged, queue: queue,
-        stallTimeoutMilliseconds: limits.stallTimeoutMilliseconds
-      ) { [weak self] call, peer, responder in
-        guard let self else { return .failure(.methodNotImplemented(call.method)) }
-        return self.answer(call, peer: peer, responder: responder)
-      } onReceive: { [weak self] in
-        self?.enforceBufferBound()
-      } onClose: { [weak self] fd, reason in
-        guard let self, let connection = self.connections.removeValue(forKey: fd) else { return }
-        if let reason { self.onDrop(reason, connection.peer) }
-      }
+      connectionSerial += 1
+      let connection = Connection(fd: fd, serial: connectionSerial, peer: peer, privileged: privileged)
       connections[fd] = connection
-      connection.start()
+      let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+      let serial = connectionSerial
+      source.setEventHandler { [weak self] in
+        self?.assumeIsolated { server in server.open(fd, serial).map(server.readAvailable) }
+      }
+      source.setCancelHandler { Glibc.close(fd) }
+      connection.readSource = source
+      source.resume()
     }
   }
 
@@ -255,8 +275,143 @@ public final class VarlinkServer: @unchecked Sendable {
     {
       total -= largest.bufferedBytes
       held.removeAll { $0 === largest }
-      largest.close(reason: .bufferLimit)
+      close(largest, reason: .bufferLimit)
     }
+  }
+
+  // MARK: - Connections
+
+  private func readAvailable(_ connection: Connection) {
+    var buffer = [UInt8](repeating: 0, count: 65_536)
+    while !connection.closed {
+      let count = read(connection.fd, &buffer, buffer.count)
+      if count > 0 {
+        connection.framer.append(buffer[0..<count])
+        if connection.framer.exceedsLimit {
+          close(connection, reason: .protocolError)
+          return
+        }
+        processMessages(connection)
+        if connection.closed { return }
+        enforceBufferBound()
+        continue
+      }
+      if count < 0 && (errno == EAGAIN || errno == EINTR) { return }
+      // End of stream or a read error: the client is gone.
+      close(connection, reason: nil)
+      return
+    }
+  }
+
+  private func processMessages(_ connection: Connection) {
+    do {
+      while !connection.closed, !connection.awaitingReply, let message = try connection.framer.next() {
+        let call = try VarlinkCall.parse(message)
+        let queue = self.queue
+        let oneway = call.oneway
+        let (fd, serial) = (connection.fd, connection.serial)
+        let responder = VarlinkResponder { [weak self] reply in
+          let server = self
+          queue.async { server?.assumeIsolated { $0.finishDeferred(fd, serial, reply, oneway: oneway) } }
+        }
+        if let reply = answer(call, peer: connection.peer, responder: responder) {
+          if !call.oneway { send(reply.serialized, to: connection) }
+        } else {
+          connection.awaitingReply = true
+        }
+      }
+    } catch {
+      close(connection, reason: .protocolError)
+      return
+    }
+    watchForStall(connection)
+  }
+
+  /// A begun message must be finished in time; while calls wait for a deferred reply the
+  /// client is not the one stalling.
+  private func watchForStall(_ connection: Connection) {
+    guard !connection.closed, connection.framer.hasPartialMessage, !connection.awaitingReply else {
+      connection.stallTimer?.cancel()
+      connection.stallTimer = nil
+      return
+    }
+    guard connection.stallTimer == nil else { return }
+    let timer = DispatchSource.makeTimerSource(queue: queue)
+    let (fd, serial) = (connection.fd, connection.serial)
+    timer.setEventHandler { [weak self] in
+      self?.assumeIsolated { server in server.open(fd, serial).map { server.close($0, reason: .stalled) } }
+    }
+    timer.schedule(deadline: .now() + .milliseconds(limits.stallTimeoutMilliseconds))
+    connection.stallTimer = timer
+    timer.resume()
+  }
+
+  /// The connection a Dispatch handler or a deferred reply is for, while it is open: the
+  /// handlers name it by descriptor and serial, so that nothing confined to the server
+  /// crosses into them.
+  private func open(_ fd: Int32, _ serial: UInt64) -> Connection? {
+    guard let connection = connections[fd], connection.serial == serial, !connection.closed else {
+      return nil
+    }
+    return connection
+  }
+
+  private func finishDeferred(_ fd: Int32, _ serial: UInt64, _ reply: VarlinkReply, oneway: Bool) {
+    guard let connection = open(fd, serial) else { return }
+    connection.awaitingReply = false
+    if !oneway { send(reply.serialized, to: connection) }
+    processMessages(connection)
+  }
+
+  private func send(_ text: String, to connection: Connection) {
+    connection.pending.append(contentsOf: text.utf8)
+    connection.pending.append(0)
+    guard connection.pending.count <= Connection.maximumPending else {
+      close(connection, reason: .unreadReplies)
+      return
+    }
+    flush(connection)
+  }
+
+  private func flush(_ connection: Connection) {
+    while !connection.pending.isEmpty {
+      let written = connection.pending.withUnsafeBytes { write(connection.fd, $0.baseAddress, $0.count) }
+      if written > 0 {
+        connection.pending.removeFirst(written)
+      } else if written < 0 && errno == EINTR {
+        continue
+      } else if written < 0 && errno == EAGAIN {
+        if connection.writeSource == nil {
+          let source = DispatchSource.makeWriteSource(fileDescriptor: connection.fd, queue: queue)
+          let (fd, serial) = (connection.fd, connection.serial)
+          source.setEventHandler { [weak self] in
+            self?.assumeIsolated { server in server.open(fd, serial).map(server.flush) }
+          }
+          connection.writeSource = source
+          source.resume()
+        }
+        return
+      } else {
+        close(connection, reason: nil)
+        return
+      }
+    }
+    connection.writeSource?.cancel()
+    connection.writeSource = nil
+  }
+
+  /// Closes a connection; `reason` when the server ends it (nil: the client left).
+  private func close(_ connection: Connection, reason: VarlinkDropReason?) {
+    guard !connection.closed else { return }
+    connection.closed = true
+    connection.stallTimer?.cancel()
+    connection.stallTimer = nil
+    connection.writeSource?.cancel()
+    connection.writeSource = nil
+    connection.readSource?.cancel()
+    connection.readSource = nil
+    if connections[connection.fd] === connection { connections[connection.fd] = nil }
+    if let reason { onDrop(reason, connection.peer) }
   }
 
   /// Routes a call: `org.varlink.service` is answered here, the rest by its interface.
@@ -335,17 +490,13 @@ public final class VarlinkServer: @unchecked Sendable {
     """
 }
 
-/// One client connection: reads calls, answers them in order, closes on protocol errors.
-private final class Connection: @unchecked Sendable {
-  // @unchecked: confined to the server's queue.
+/// What the server holds for one client connection (confined to the server's actor, which
+/// reads its calls, answers them in order and closes it on protocol errors).
+private final class Connection {
   let fd: Int32
+  let serial: UInt64
   let peer: PeerCredentials
   let privileged: Bool
-  let queue: DispatchQueue
-  let stallTimeoutMilliseconds: Int
-  let handle: (VarlinkCall, PeerCredentials, VarlinkResponder) -> VarlinkReply?
-  let onReceive: () -> Void
-  let onClose: (Int32, VarlinkDropReason?) -> Void
   /// Armed while a message is begun and not finished: its deadline runs from its first byte.
   var stallTimer: DispatchSourceTimer?
   /// A deferred reply is awaited: later calls wait, so that replies stay in order.
@@ -358,155 +509,15 @@ private final class Connection: @unchecked Sendable {
   /// A client that leaves this much of its replies unread is disconnected.
   static let maximumPending = 4 << 20
 
-  init(
-    fd: Int32, peer: PeerCredentials, privileged: Bool, queue: DispatchQueue, stallTimeoutMilliseconds: Int,
-    handle: @escaping (VarlinkCall, PeerCredentials, VarlinkResponder) -> VarlinkReply?,
-    onReceive: @escaping () -> Void,
-    onClose: @escaping (Int32, VarlinkDropReason?) -> Void
-  ) {
+  init(fd: Int32, serial: UInt64, peer: PeerCredentials, privileged: Bool) {
     self.fd = fd
+    self.serial = serial
     self.peer = peer
     self.privileged = privileged
-    self.queue = queue
-    self.stallTimeoutMilliseconds = stallTimeoutMilliseconds
-    self.handle = handle
-    self.onReceive = onReceive
-    self.onClose = onClose
   }
 
   /// What this connection holds: received bytes not yet taken, replies not yet sent.
   var bufferedBytes: Int { framer.bufferedCount + pending.count }
-
-  func start() {
-    let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
-    let fd = self.fd
-    source.setEventHandler { [weak self] in self?.readAvailable() }
-    source.setCancelHandler { Glibc.close(fd) }
-    readSource = source
-    source.resume()
-  }
-
-  func readAvailable() {
-    var buffer = [UInt8](repeating: 0, count: 65_536)
-    while !closed {
-      let count = read(fd, &buffer, buffer.count)
-      if count > 0 {
-        framer.append(buffer[0..<count])
-        if framer.exceedsLimit {
-          close(reason: .protocolError)
-          return
-        }
-        processMessages()
-        if closed { return }
-        onReceive()
-        continue
-      }
-      if count < 0 && (errno == EAGAIN || errno == EINTR) { return }
-      // End of stream or a read error: the client is gone.
-      close(reason: nil)
-      return
-    }
-  }
-
-  func processMessages() {
-    do {
-      while !closed, !awaitingReply, let message = try framer.next() {
-        let call = try VarlinkCall.parse(message)
-        let queue = self.queue
-        let oneway = call.oneway
-        let connection = WeakConnection(self)
-        let responder = VarlinkResponder { reply in
-          queue.async { connection.value?.finishDeferred(reply, oneway: oneway) }
-        }
-        if let reply = handle(call, peer, responder) {
-          if !call.oneway { send(reply.serialized) }
-        } else {
-          awaitingReply = true
-        }
-      }
-    } catch {
-      close(reason: .protocolError)
-      return
-    }
-    watchForStall()
-  }
-
-  /// A begun message must be finished in time; while calls wait for a deferred reply the
-  /// client is not the one stalling.
-  func watchForStall() {
-    guard !closed, framer.hasPartialMessage, !awaitingReply else {
-      stallTimer?.cancel()
-      stallTimer = nil
-      return
-    }
-    guard stallTimer == nil else { return }
-    let timer = DispatchSource.makeTimerSource(queue: queue)
-    timer.setEventHandler { [weak self] in self?.close(reason: .stalled) }
-    timer.schedule(deadline: .now() + .milliseconds(stallTimeoutMilliseconds))
-    stallTimer = timer
-    timer.resume()
-  }
-
-  func finishDeferred(_ reply: VarlinkReply, oneway: Bool) {
-    guard !closed else { return }
-    awaitingReply = false
-    if !oneway { send(reply.serialized) }
-    processMessages()
-  }
-
-  func send(_ text: String) {
-    pending.append(contentsOf: text.utf8)
-    pending.append(0)
-    guard pending.count <= Self.maximumPending else {
-      close(reason: .unreadReplies)
-      return
-    }
-    flush()
-  }
-
-  func flush() {
-    while !pending.isEmpty {
-      let written = pending.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-      if written > 0 {
-        pending.removeFirst(written)
-      } else if written < 0 && errno == EINTR {
-        continue
-      } else if written < 0 && errno == EAGAIN {
-        if writeSource == nil {
-          let source = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: queue)
-          source.setEventHandler { [weak self] in self?.flush() }
-          writeSource = source
-          source.resume()
-        }
-        return
-      } else {
-        close(reason: nil)
-        return
-      }
-    }
-    writeSource?.cancel()
-    writeSource = nil
-  }
-
-  /// Closes the connection; `reason` when the server ends it (nil: the client left).
-  func close(reason: VarlinkDropReason?) {
-    guard !closed else { return }
-    closed = true
-    stallTimer?.cancel()
-    stallTimer = nil
-    writeSource?.cancel()
-    writeSource = nil
-    readSource?.cancel()
-    readSource = nil
-    onClose(fd, reason)
-  }
-}
-
-/// A weak reference that can cross threads: the connection itself is confined to the
-/// server's queue, and only dereferenced there.
-private final class WeakConnection: @unchecked Sendable {
-  weak var value: Connection?
-  init(_ value: Connection) { self.value = value }
 }
 
 func errnoText() -> String { String(cString: strerror(errno)) }

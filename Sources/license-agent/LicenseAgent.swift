@@ -160,7 +160,7 @@ func installReloadHandler(_ agent: Agent) -> DispatchSourceSignal {
   signal(SIGHUP, SIG_IGN)
   let source = DispatchSource.makeSignalSource(
     signal: SIGHUP, queue: DispatchQueue(label: "license-agent.sighup"))
-  source.setEventHandler { @Sendable in agent.reload() }
+  source.setEventHandler { @Sendable in agent.requestReload() }
   source.resume()
   return source
 }
@@ -170,7 +170,8 @@ func installReloadHandler(_ agent: Agent) -> DispatchSourceSignal {
 struct AgentService: Service {
   let agent: Agent
   func run() async throws {
-    // The async forms: no blocking queue.sync on the service group's executor.
+    // Calls into the agent's actor: they hop onto its queue, no thread of the service
+    // group's executor is blocked.
     await agent.announceReady()
     try? await gracefulShutdown()
     await agent.stop()

@@ -91,7 +91,7 @@ import Testing
     func set(_ value: Timestamp) { instant.withLock { $0 = value } }
   }
 
-  final class ManualTimer: WallClockTimer {
+  final class ManualTimer: WallClockTimer, Sendable {
     private let state = Mutex<(deadline: Timestamp?, handler: (@Sendable () -> Void)?)>((nil, nil))
     func install(_ handler: @escaping @Sendable () -> Void) { state.withLock { $0.handler = handler } }
     func arm(at instant: Timestamp?) { state.withLock { $0.deadline = instant } }
@@ -152,15 +152,15 @@ import Testing
     }
 
     func stop() {
-      agent.stop()
+      agent.sync { $0.stop() }
       removeTemporaryDirectory(folder)
     }
 
     /// AddKey as root, answered on the agent's queue.
     @discardableResult
     func add(_ key: String, _ role: String) -> VarlinkReply? {
-      agent.queue.sync {
-        agent.handle(
+      agent.sync {
+        $0.handle(
           VarlinkCall(
             method: "io.licenseagent.Agent.AddKey", parameters: ["key": .string(key), "role": .string(role)]),
           peer: PeerCredentials(uid: 0, gid: 0, pid: 1, groups: []), respond: VarlinkResponder { _ in })
@@ -281,8 +281,8 @@ import Testing
     let f = try Fixture(client: client, issuer: issuer)
     defer { f.stop() }
     let activated = DispatchSemaphore(value: 0)
-    f.agent.queue.sync {
-      _ = f.agent.handle(
+    f.agent.sync {
+      _ = $0.handle(
         VarlinkCall(
           method: "io.licenseagent.Agent.Activate",
           parameters: ["code": .string("ABCDE-12345-FGHIJ-67890"), "role": .string("active")]),

@@ -83,11 +83,11 @@ import Varlink
             return .success(reply)
           }
         ])
-      try server.start()
+      try server.sync { try $0.start() }
     }
 
     deinit {
-      queue.sync { server.stop() }
+      server.sync { $0.stop() }
       removeTemporaryDirectory(dir)
     }
   }
@@ -186,7 +186,7 @@ import Varlink
     var info = stat()
     #expect(stat(f.path, &info) == 0)
     #expect(info.st_mode & 0o777 == 0o666)
-    f.queue.sync { f.server.stop() }
+    f.server.sync { $0.stop() }
     #expect(access(f.path, F_OK) != 0)
     #expect(throws: VarlinkClientError.self) { try VarlinkClient(path: f.path) }
   }
