@@ -127,7 +127,9 @@ import Testing
     #expect(alert["LICENSE_ERROR"]?.hasPrefix("code_blocked") == true)
     #expect(alert["LICENSE_ATTEMPT"] == "1")
     let requestsAtAlert = try lab.requests().count
-    usleep(1_500_000)
+    // No retry on its way: the agent plans no renewal attempt, and made no request since.
+    let next = try agent.settle()
+    #expect(next?.action != "renewal", "next: \(String(describing: next))")
     #expect(try lab.requests().count == requestsAtAlert, "no retry after a permanent failure")
     let status = try statusJSON(agent)
     let renewal = (status["slots"] as? [[String: Any]])?.first?["renewal"] as? [String: Any]

@@ -66,8 +66,10 @@ import Testing
     let promotedAt = ((slot?["active"] as? [String: Any])?["promotedAt"] as? String).flatMap(
       Timestamp.init(rfc3339:))
     #expect(try #require(promotedAt) >= exp)
-    // Still exactly one, a moment later.
-    usleep(300_000)
+    // Still exactly one once everything on its way has arrived, and the agent's next act is
+    // not about this expiry (a second promotion would need a wake near exp).
+    let next = try agent.settle()
+    #expect(next.map { $0.at > exp + .days(1) } ?? true, "next: \(String(describing: next))")
     #expect(
       try agent.journal([
         "MESSAGE_ID=dd8dbaf0eb17480089e04f5c8d85f861", "LICENSE_SERIAL=\(agent.serial("R"))",
@@ -100,7 +102,8 @@ import Testing
     AgentHarness.sleep(until: exp, margin: .seconds(1))
     let status = try status(agent)
     #expect(activeSerial(status) == agent.serial("R"))
-    usleep(300_000)
+    let next = try agent.settle()
+    #expect(next.map { $0.at > exp + .days(1) } ?? true, "next: \(String(describing: next))")
     #expect(
       try agent.journal([
         "MESSAGE_ID=\(EventKind.keyPromoted.messageID)", "LICENSE_SERIAL=\(agent.serial("R"))",

@@ -85,7 +85,9 @@ import Testing
     #expect(delay >= 1_500_000, "late, and says how late: \(delay) µs")
     let status = try agent.agentctl(["status", "--json"])
     #expect(status.stdout.contains("\"serial\":\"\(agent.serial("R"))\""), "\(status.stdout)")
-    usleep(500_000)
+    // Nothing more on its way (no persist retry left, no wake near exp), then exactly once.
+    let next = try agent.settle()
+    #expect(next.map { $0.at > exp + .days(1) } ?? true, "next: \(String(describing: next))")
     #expect(try agent.journal(promoted).count == 1, "announced exactly once")
   }
 

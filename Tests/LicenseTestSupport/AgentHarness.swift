@@ -267,6 +267,25 @@ public final class AgentHarness: @unchecked Sendable {
     return entries
   }
 
+  /// What the agent will do next, once everything already on its way has arrived: a check
+  /// that "nothing more happened" which cannot pass by luck, instead of a fixed wait. A
+  /// status call is answered on the agent's serial queue after every piece of work already
+  /// queued there, so an announcement made before it (a duplicate, say) has been sent to
+  /// the journal when it returns; `journalctl --sync` then makes journald write everything
+  /// it received. What is left is the agent's own plan: the returned `nextAction` (nil when
+  /// it will not act again), which the caller checks is not the thing it wants not to see.
+  public func settle() throws -> (action: String, at: Timestamp)? {
+    let result = try agentctl(["status", "--json"])
+    guard let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+    else { throw ProcessError(description: "agentctl status --json: \(result.stdout) \(result.stderr)") }
+    let sync = try runProcess("/bin/journalctl", ["--sync"])
+    if sync.status != 0 { throw ProcessError(description: "journalctl --sync: \(sync.stderr)") }
+    guard let next = object["nextAction"] as? [String: Any], let action = next["action"] as? String,
+      let at = (next["at"] as? String).flatMap(Timestamp.init(rfc3339:))
+    else { return nil }
+    return (action, at)
+  }
+
   /// The entries of one event kind (by MESSAGE_ID) about `serial`.
   public func events(_ kind: EventKind, serial: String, atLeast count: Int = 1) throws -> [[String: String]] {
     try waitForJournal(["MESSAGE_ID=\(kind.messageID)", "LICENSE_SERIAL=\(serial)"], count: count)
