@@ -182,6 +182,8 @@ public actor Agent {
     }
     self.server = server
     startWatchdog()
+    checkMetricsDirectory()
+    scheduleMetrics()
     if announceReady { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
     scheduleTrim()
     // Once more when the rest of start-up (the service group, signal handlers) is done:
@@ -203,6 +205,7 @@ public actor Agent {
     timer?.arm(at: nil)
     timer = nil
     clockMonitor = nil
+    removeMetrics()
     watchdog?.cancel()
     watchdog = nil
     logger.info("license-agent stopped")
@@ -231,6 +234,10 @@ public actor Agent {
       configuration = newConfiguration
       engine = LicenseEngine(configuration: newConfiguration.engine, trust: trust)
       resolveAdminGroup()
+      if newConfiguration.metricsTextfile != metricsFile {
+        removeMetrics()
+        checkMetricsDirectory()
+      }
       logger.notice(
         "Configuration reloaded",
         metadata: ["file": "\(paths.configurationFile)", "trusted_issuers": "\(trust.keys.count)"])
@@ -289,8 +296,10 @@ public actor Agent {
         logger.critical(
           "Cannot write the state: the change is not made and will be retried",
           metadata: ["error": "\(error)"])
+        stateWriteFailures += 1
         schedulePersistRetry()
         notifier.notify("STATUS=\(statusLine())")
+        scheduleMetrics()
         return error
       }
       let durableAt = clock.now()
@@ -309,6 +318,7 @@ public actor Agent {
     // The decision's own next instant, or (a refusal names none) the plan of the state.
     if persistRetry == nil { timer?.arm(at: (wake ?? engine.nextWake(state))?.at) }
     notifier.notify("STATUS=\(statusLine())")
+    scheduleMetrics()
     scheduleTrim()
     return nil
   }
@@ -356,11 +366,14 @@ public actor Agent {
         let core = event[field: "LICENSE_DELAY_USEC"].flatMap(Int64.init)
       else { continue }
       // From the expired key's exp to the moment the promotion became durable.
-      measured.outbox[index].set(
-        "LICENSE_DELAY_USEC", String(core + durableAt.microseconds(since: decidedAt)))
+      let delay = core + durableAt.microseconds(since: decidedAt)
+      measured.outbox[index].set("LICENSE_DELAY_USEC", String(delay))
+      if let slot = event[field: "LICENSE_SLOT"].flatMap(Slot.init(rawValue:)) {
+        measured.counters[slot, default: SlotCounters()].lastPromotionDelayMicroseconds = delay
+      }
       changed = true
     }
-    if changed, (try? store.save(measured)) != nil { state = measured }
+    if changed, saveCounted(measured) { state = measured }
   }
 
   /// Retries of the outbox while the journal refuses events: at most this many, 250 ms
@@ -403,7 +416,7 @@ public actor Agent {
       // In memory at once, so that this process never sends an event twice; on disk as the
       // acknowledgement (if that write fails, a restart's replay finds them in the journal).
       state.outbox = Array(remaining)
-      try? store.save(state)
+      saveCounted(state)
     }
     guard let refused else {
       deliveryRetries = 0
@@ -443,7 +456,7 @@ public actor Agent {
     logger.notice(
       "Events of an interrupted change are replayed",
       metadata: ["replayed": "\(state.outbox.count)", "already_delivered": "\(before - state.outbox.count)"])
-    if state.outbox.count != before { try? store.save(state) }
+    if state.outbox.count != before { saveCounted(state) }
     deliverOutbox()
   }
 
@@ -545,6 +558,97 @@ public actor Agent {
         }
       }
     }
+  }
+
+  // MARK: - Metrics (contract §8)
+
+  /// Failed writes of the state since start (`license_agent_state_write_failures_total`).
+  private var stateWriteFailures = 0
+
+  /// A write of the state besides a decision's own (the outbox's acknowledgement, the
+  /// measured promotion delay): a failure is only counted, the next write carries it.
+  @discardableResult
+  private func saveCounted(_ state: LicenseState) -> Bool {
+    do {
+      try store.save(state)
+      return true
+    } catch {
+      stateWriteFailures += 1
+      return false
+    }
+  }
+
+  /// Where the metrics go: the configured textfile, unless its directory was missing.
+  private var metricsFile: String?
+  private var metricsPending = false
+  private var metricsFailureLogged = false
+  /// The file is written here, off the agent's queue: a slow or failing disk never delays
+  /// a promotion or a reply.
+  private let metricsQueue = DispatchQueue(label: "license-agent.metrics")
+
+  /// At start and on reload: a textfile whose directory does not exist (node_exporter not
+  /// installed) is not written, and the agent says so once.
+  private func checkMetricsDirectory() {
+    metricsFile = nil
+    metricsFailureLogged = false
+    guard let path = configuration.metricsTextfile else { return }
+    let directory = MetricsFile.directory(of: path)
+    var info = stat()
+    guard stat(directory, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
+      logger.notice(
+        "Metrics are not written: their directory does not exist (install prometheus-node-exporter, or set [metrics] textfile, \"\" to turn this off)",
+        metadata: ["directory": "\(directory)", "textfile": "\(path)"])
+      return
+    }
+    metricsFile = path
+  }
+
+  /// Writes the metrics once the current burst of work is done (one write for many
+  /// changes), after every announcement: the text is made here, from the state, and
+  /// written on the metrics queue.
+  private func scheduleMetrics() {
+    guard metricsFile != nil, !metricsPending else { return }
+    metricsPending = true
+    queue.async { [weak self] in self?.assumeIsolated { $0.writeMetrics() } }
+  }
+
+  private func writeMetrics() {
+    metricsPending = false
+    guard let path = metricsFile else { return }
+    let text = MetricsText.render(
+      state: state, engine: engine, version: Self.version, product: configuration.product,
+      stateWriteFailures: stateWriteFailures)
+    let queue = self.queue
+    metricsQueue.async { [weak self] in
+      let result = MetricsFile.write(text, to: path)
+      let agent = self
+      queue.async { agent?.assumeIsolated { $0.metricsWritten(result, path: path) } }
+    }
+  }
+
+  /// A failure is logged once, not on every change; once a write succeeds again, so is that.
+  private func metricsWritten(_ result: Result<Void, MetricsFile.WriteError>, path: String) {
+    switch result {
+    case .success:
+      if metricsFailureLogged {
+        metricsFailureLogged = false
+        logger.notice("Metrics are written again", metadata: ["textfile": "\(path)"])
+      }
+    case .failure(let error):
+      guard !metricsFailureLogged else { return }
+      metricsFailureLogged = true
+      logger.warning(
+        "Cannot write the metrics file; licensing goes on, and this is not logged again until a write succeeds",
+        metadata: ["textfile": "\(path)", "error": "\(error.description)"])
+    }
+  }
+
+  /// At stop: the file goes, so that monitoring sees the agent is down (the unit's
+  /// ExecStopPost does the same after a crash). Waits for a write under way.
+  private func removeMetrics() {
+    guard let path = metricsFile else { return }
+    metricsFile = nil
+    metricsQueue.sync { MetricsFile.remove(path) }
   }
 
   // MARK: - Status

@@ -9,6 +9,11 @@ public struct AgentConfiguration: Sendable, Equatable {
   public var warningThresholds = EngineConfiguration.defaultWarningThresholds
   public var adminGroup = "license-admin"
   public var activation = Activation()
+  /// `[metrics] textfile`: where the Prometheus text file goes (contract §8); nil: none.
+  public var metricsTextfile: String? = AgentConfiguration.defaultMetricsTextfile
+
+  /// node_exporter's textfile directory on Debian (`prometheus-node-exporter`).
+  public static let defaultMetricsTextfile = "/var/lib/prometheus/node-exporter/license-agent.prom"
 
   /// `[activation]`: how keys obtained with an activation code are renewed.
   public struct Activation: Sendable, Equatable {
@@ -57,7 +62,7 @@ public struct AgentConfiguration: Sendable, Equatable {
     }
     let reader = Reader(text: text, file: file)
     var config = AgentConfiguration()
-    try reader.allow(table, keys: ["product", "activation", "warnings", "control"], section: nil)
+    try reader.allow(table, keys: ["product", "activation", "warnings", "control", "metrics"], section: nil)
     if let value = table["product"] {
       config.product = try reader.string(value, key: "product", section: nil)
       guard !config.product.isEmpty else { throw reader.error("product", nil, "must not be empty") }
@@ -78,6 +83,23 @@ public struct AgentConfiguration: Sendable, Equatable {
           spans.append(span)
         }
         config.warningThresholds = Array(Set(spans)).sorted(by: >)
+      }
+    }
+    if let section = table["metrics"] {
+      let metrics = try reader.table(section, key: "metrics")
+      try reader.allow(metrics, keys: ["textfile"], section: "metrics")
+      if let value = metrics["textfile"] {
+        let path = try reader.string(value, key: "textfile", section: "metrics")
+        if path.isEmpty {
+          config.metricsTextfile = nil
+        } else {
+          guard path.hasPrefix("/"), path.hasSuffix(".prom"), !path.hasSuffix("/.prom") else {
+            throw reader.error(
+              "textfile", "metrics",
+              "must be an absolute path ending in .prom (node_exporter reads only *.prom files), or \"\" to write none")
+          }
+          config.metricsTextfile = path
+        }
       }
     }
     if let section = table["control"] {

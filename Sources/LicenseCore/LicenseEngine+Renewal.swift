@@ -35,6 +35,7 @@ extension LicenseEngine {
     next[slot] = SlotState(
       active: InstalledKey(key: key, origin: .activationCode, addedAt: now, activationCode: renewal.code),
       warned: passedThresholds(of: key.claims.expiresAt, at: now))
+    next.counters[slot, default: SlotCounters()].renewed += 1
     var fields = keyFields(slot: slot, key)
     fields += [
       .init("LICENSE_PREVIOUS_SERIAL", renewal.expiredSerial),
@@ -101,6 +102,10 @@ extension LicenseEngine {
     }
     var next = state
     next[slot].renewal = renewal
+    switch failure {
+    case .transient: next.counters[slot, default: SlotCounters()].transientFailures += 1
+    case .permanent: next.counters[slot, default: SlotCounters()].permanentFailures += 1
+    }
     return commit(next, events: events, result: .success(TimeProcessed()))
   }
 }

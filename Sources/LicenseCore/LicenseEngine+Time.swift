@@ -15,6 +15,8 @@ extension LicenseEngine {
         var promoted = reserve
         promoted.promotedAt = now
         next[slot] = SlotState(active: promoted, warned: passedThresholds(of: promoted.expiresAt, at: now))
+        next.counters[slot, default: SlotCounters()].promotions += 1
+        next.counters[slot, default: SlotCounters()].lastPromotionDelayMicroseconds = lateness
         var fields = keyFields(slot: slot, reserve.key)
         fields.append(.init("LICENSE_PREVIOUS_SERIAL", active.serial))
         fields.append(.init("LICENSE_DELAY_USEC", String(lateness)))

@@ -160,37 +160,40 @@ public struct LicenseEngine: Sendable {
 
   /// The next instant the agent must act: the earliest expiry or pending warning threshold.
   public func nextWake(_ state: LicenseState) -> Wake? {
+    state.slotsInUse.compactMap { nextWake(state, slot: $0) }.min { $0.at < $1.at }
+  }
+
+  /// The next instant `slot` needs the agent (the metrics' next action per slot).
+  public func nextWake(_ state: LicenseState, slot: Slot) -> Wake? {
     var best: Wake?
     func consider(_ wake: Wake) {
       if best == nil || wake.at < best!.at { best = wake }
     }
-    for slot in state.slotsInUse {
-      if let renewal = state[slot].renewal {
-        if let due = renewal.nextAttemptAt {
-          consider(
-            Wake(
-              at: due,
-              reason: .renewal(slot: slot, serial: renewal.expiredSerial, attempt: renewal.attempts + 1)))
-        }
-        if !renewal.alertRaised {
-          consider(
-            Wake(
-              at: renewal.expiredAt + configuration.alertAfter,
-              reason: .alert(slot: slot, serial: renewal.expiredSerial)))
-        }
-      }
-      guard let active = state[slot].active else { continue }
-      consider(
-        Wake(
-          at: active.expiresAt,
-          reason: .expiry(slot: slot, serial: active.serial, takeover: takeover(state[slot]))))
-      for threshold in configuration.warningThresholds
-      where !state[slot].warned.contains(threshold.description) {
+    if let renewal = state[slot].renewal {
+      if let due = renewal.nextAttemptAt {
         consider(
           Wake(
-            at: active.expiresAt - threshold,
-            reason: .warning(slot: slot, serial: active.serial, threshold: threshold.description)))
+            at: due,
+            reason: .renewal(slot: slot, serial: renewal.expiredSerial, attempt: renewal.attempts + 1)))
       }
+      if !renewal.alertRaised {
+        consider(
+          Wake(
+            at: renewal.expiredAt + configuration.alertAfter,
+            reason: .alert(slot: slot, serial: renewal.expiredSerial)))
+      }
+    }
+    guard let active = state[slot].active else { return best }
+    consider(
+      Wake(
+        at: active.expiresAt,
+        reason: .expiry(slot: slot, serial: active.serial, takeover: takeover(state[slot]))))
+    for threshold in configuration.warningThresholds
+    where !state[slot].warned.contains(threshold.description) {
+      consider(
+        Wake(
+          at: active.expiresAt - threshold,
+          reason: .warning(slot: slot, serial: active.serial, threshold: threshold.description)))
     }
     return best
   }

@@ -107,6 +107,30 @@ public struct SlotState: Sendable, Equatable, Codable {
   var scheme: Scheme? { active?.claims.scheme ?? reserve?.claims.scheme ?? expired?.scheme }
 }
 
+/// What happened to a slot since the state was created, for the metrics (contract §8):
+/// kept in the state, so that a restart does not reset the counters.
+public struct SlotCounters: Sendable, Equatable, Codable {
+  /// Reserves promoted at the active key's expiry (P1, P3).
+  public var promotions: Int
+  /// `LICENSE_DELAY_USEC` of the last promotion: from `exp` to the promotion being durable.
+  public var lastPromotionDelayMicroseconds: Int64?
+  /// Renewal attempts (C2, C3) by result.
+  public var renewed: Int
+  public var transientFailures: Int
+  public var permanentFailures: Int
+
+  public init(
+    promotions: Int = 0, lastPromotionDelayMicroseconds: Int64? = nil, renewed: Int = 0,
+    transientFailures: Int = 0, permanentFailures: Int = 0
+  ) {
+    self.promotions = promotions
+    self.lastPromotionDelayMicroseconds = lastPromotionDelayMicroseconds
+    self.renewed = renewed
+    self.transientFailures = transientFailures
+    self.permanentFailures = permanentFailures
+  }
+}
+
 /// Everything the agent owns: the slots, the id of the last transition, and the events of
 /// transitions not yet confirmed as delivered (the outbox). Persisted whole by the store.
 public struct LicenseState: Sendable, Equatable, Codable {
@@ -122,16 +146,31 @@ public struct LicenseState: Sendable, Equatable, Codable {
   public var lastTransitionID: UInt64
   /// Events of persisted transitions, waiting to be confirmed as sent to the journal.
   public var outbox: [JournalEvent]
+  /// Per slot, what the metrics count (promotions, renewal attempts); kept when a slot
+  /// empties.
+  public var counters: [Slot: SlotCounters]
 
   public init(
     stateID: String = "", slots: [Slot: SlotState] = [:], lastTransitionID: UInt64 = 0,
-    outbox: [JournalEvent] = []
+    outbox: [JournalEvent] = [], counters: [Slot: SlotCounters] = [:]
   ) {
     self.schemaVersion = Self.currentSchemaVersion
     self.stateID = stateID
     self.slots = slots
     self.lastTransitionID = lastTransitionID
     self.outbox = outbox
+    self.counters = counters
+  }
+
+  /// Reads a state file; one written before the counters existed has none yet (zero).
+  public init(from decoder: Decoder) throws {
+    let container = try decoder.container(keyedBy: CodingKeys.self)
+    schemaVersion = try container.decode(Int.self, forKey: .schemaVersion)
+    stateID = try container.decode(String.self, forKey: .stateID)
+    slots = try container.decode([Slot: SlotState].self, forKey: .slots)
+    lastTransitionID = try container.decode(UInt64.self, forKey: .lastTransitionID)
+    outbox = try container.decode([JournalEvent].self, forKey: .outbox)
+    counters = try container.decodeIfPresent([Slot: SlotCounters].self, forKey: .counters) ?? [:]
   }
 
   public subscript(slot: Slot) -> SlotState {

@@ -43,7 +43,8 @@ struct Promotion: ParsableCommand {
       console output). The delay of each promotion is its LICENSE_DELAY_USEC: from the \
       expired key's exp to the promotion being durable. The limit is measured in the same \
       run: N absolute CLOCK_REALTIME timerfd wake-ups, each followed by the same fsync'ed \
-      state write.
+      state write. The agent writes its metrics file (contract §8) in the folder after each \
+      change, as it does on an SVM; --no-metrics turns that off, to compare.
       """)
 
   @Option(help: "Number of promotions.")
@@ -55,6 +56,8 @@ struct Promotion: ParsableCommand {
   var json = false
   @Option(help: "The license-agent to run (default: next to this program).")
   var agent: String?
+  @Flag(help: "Run the agent without its metrics file ([metrics] textfile = \"\").")
+  var noMetrics = false
 
   func run() throws {
     guard let step = TimeSpan(spacing), step.microseconds >= 50_000 else {
@@ -62,7 +65,7 @@ struct Promotion: ParsableCommand {
     }
     guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
     let agentPath = agentExecutable(agent)
-    let (measured, faults) = try measureAgent(agentPath: agentPath, step: step)
+    let (measured, faults) = try measureAgent(agentPath: agentPath, step: step, metrics: !noMetrics)
     let delays = measured.sorted()
     let limit = try measureLimit(step: step).sorted()
     let early = delays.filter { $0 < 0 }.count
@@ -77,10 +80,13 @@ struct Promotion: ParsableCommand {
         "limit_p50_usec": .number(Double(percentile(limit, 50))), "limit_p99_usec": .number(Double(limitP99)),
         "ratio_p99": .number((ratio * 100).rounded() / 100),
         "agent_minor_faults_per_promotion": .number((faults * 10).rounded() / 10),
+        "metrics_file": .bool(!noMetrics),
       ]
       print(JSONValue.object(object).serialized)
     } else {
-      print("promotion: \(delays.count) promotions, \(step) apart (delay from exp to durable promotion)")
+      print(
+        "promotion: \(delays.count) promotions, \(step) apart (delay from exp to durable promotion); metrics file "
+          + (noMetrics ? "off" : "on"))
       print("                                     p50        p99        max")
       print(
         "  agent (timer+decide+fsync)  \(pad(percentile(delays, 50))) \(pad(p99)) \(pad(delays.last ?? 0))")
@@ -112,8 +118,8 @@ struct Promotion: ParsableCommand {
   // MARK: The agent
 
   /// The promotion delays, and the agent's minor page faults per promotion over the run.
-  private func measureAgent(agentPath: String, step: TimeSpan) throws -> ([Int64], Double) {
-    let folder = try BenchFolder("promotion")
+  private func measureAgent(agentPath: String, step: TimeSpan, metrics: Bool) throws -> ([Int64], Double) {
+    let folder = try BenchFolder("promotion", metrics: metrics)
     let issuer = folder.issuer
     let useJournal = access("/run/systemd/journal/socket", W_OK) == 0
     let agentErr = Pipe()
@@ -279,15 +285,28 @@ final class BenchFolder {
   let root: String
   let issuer = JWK.generate(kid: "bench")
   var socket: String { root + "/run/io.licenseagent.Agent" }
+  /// The agent writes its metrics (contract §8) in the folder, never in the machine's
+  /// node_exporter directory.
+  var metricsFile: String { root + "/metrics/license-agent.prom" }
 
-  init(_ name: String) throws {
+  init(_ name: String, metrics: Bool = true) throws {
     root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-\(name)-\(getpid())"
     try? FileManager.default.removeItem(atPath: root)
-    for dir in ["etc/trusted-issuers", "state", "run"] {
+    for dir in ["etc/trusted-issuers", "state", "run", "metrics"] {
       try FileManager.default.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
     }
     try issuer.publicJSON.write(
       toFile: root + "/etc/trusted-issuers/bench.jwk", atomically: true, encoding: .utf8)
+    metricsSection = "[metrics]\ntextfile = \"\(metrics ? root + "/metrics/license-agent.prom" : "")\"\n"
+    try writeConfiguration("")
+  }
+
+  /// The `[metrics]` table every configuration of the folder ends with.
+  let metricsSection: String
+
+  /// agent.toml: `text`, then the folder's metrics table.
+  func writeConfiguration(_ text: String) throws {
+    try (text + "\n" + metricsSection).write(toFile: root + "/etc/agent.toml", atomically: true, encoding: .utf8)
   }
 
   deinit { try? FileManager.default.removeItem(atPath: root) }
@@ -493,8 +512,7 @@ struct Renewal: ParsableCommand {
       throw BenchError(description: "activation-server: \(line)")
     }
     let url = String(line[range.lowerBound...].prefix { !$0.isWhitespace })
-    try "[activation]\nurl = \"\(url)\"\n".write(
-      toFile: root + "/etc/agent.toml", atomically: true, encoding: .utf8)
+    try folder.writeConfiguration("[activation]\nurl = \"\(url)\"\n")
 
     let agent = try folder.startAgent(directory + "/license-agent")
     defer { stopAgent(agent) }

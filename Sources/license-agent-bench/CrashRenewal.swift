@@ -55,13 +55,14 @@ struct RenewalTrial {
     guard let range = line.range(of: "http://") else { return setup("activation-server said: \(line)") }
     let url = String(line[range.lowerBound...].prefix { !$0.isWhitespace })
     guard
-      (try? """
-      [activation]
-      url = "\(url)"
-      retry-initial = "250ms"
-      retry-max = "1s"
-      attempt-timeout = "5s"
-      """.write(toFile: root + "/etc/agent.toml", atomically: true, encoding: .utf8)) != nil
+      (try? folder.writeConfiguration(
+        """
+        [activation]
+        url = "\(url)"
+        retry-initial = "250ms"
+        retry-max = "1s"
+        attempt-timeout = "5s"
+        """)) != nil
     else { return setup("cannot write agent.toml") }
 
     var environment = agentEnvironment(folder)

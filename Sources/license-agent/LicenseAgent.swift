@@ -15,7 +15,7 @@ import UnixSignals
 @main
 struct LicenseAgentMain {
   static let usage = """
-    Usage: license-agent [--version | --help | --check-config FILE]
+    Usage: license-agent [--version | --help | --check-config FILE | --remove-metrics]
 
     Runs the licence agent in the foreground (as systemd's license-agent.service does). It keeps
     the SVM's licence from lapsing: it promotes the reserve key at the instant the active key
@@ -31,6 +31,10 @@ struct LicenseAgentMain {
                          daemon reads it at start and on SIGHUP), prints what is wrong, and exits:
                          0 valid, 78 invalid, 66 unreadable. Changes nothing; tools check a new
                          configuration with it before they install it (e.g. Ansible's validate).
+    --remove-metrics     removes the metrics file ([metrics] textfile of agent.toml, contract §8) and
+                         exits 0. The unit runs it as ExecStopPost=, so that after a crash too
+                         monitoring sees the agent is down; the daemon removes it itself at a
+                         graceful stop.
 
     Signals: SIGTERM/SIGINT stop gracefully; SIGHUP rereads the configuration and the trust
     directory (an invalid configuration keeps the old one).
@@ -60,6 +64,20 @@ struct LicenseAgentMain {
     return 0
   }
 
+  /// `--remove-metrics`: the metrics file of the configuration goes; an unreadable
+  /// configuration removes the default one. Never fails: it runs after the daemon stopped.
+  static func removeMetrics() -> Int32 {
+    let paths = AgentPaths.fromEnvironment(ProcessInfo.processInfo.environment)
+    let path: String?
+    do {
+      path = try AgentConfiguration.load(path: paths.configurationFile).metricsTextfile
+    } catch {
+      path = AgentConfiguration.defaultMetricsTextfile
+    }
+    if let path { MetricsFile.remove(path) }
+    return 0
+  }
+
   static func main() async {
     // A client that disconnects mid-reply, or an activation client that exits before reading
     // its input, must not kill the agent.
@@ -80,6 +98,7 @@ struct LicenseAgentMain {
       }
       exit(checkConfiguration(file: arguments[1]))
     }
+    if arguments == ["--remove-metrics"] { exit(removeMetrics()) }
     guard arguments.isEmpty else {
       StandardStream.error("license-agent: unknown argument '\(arguments[0])'\n\n\(usage)\n")
       exit(64)

@@ -22,8 +22,7 @@ import Testing
 
   /// An agent configured for `lab`, with the code activated (its key valid `validity`).
   func activated(lab: ActivationLab, agent: AgentHarness) throws -> String {
-    try "[activation]\nurl = \"\(lab.url)\"\n\(Self.fast)\n".write(
-      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    try "[activation]\nurl = \"\(lab.url)\"\n\(Self.fast)\n".writeAsConfiguration(of: agent)
     #expect(try agent.start())
     let codeFile = agent.root + "/code"
     try Self.code.write(toFile: codeFile, atomically: true, encoding: .utf8)
@@ -97,8 +96,7 @@ import Testing
     #expect(down.stdout.contains("MANUAL ACTIVATION REQUIRED"))
     // The server returns (on another port: the configuration is reloaded).
     lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "1d")])
-    try "[activation]\nurl = \"\(lab.url)\"\n\(Self.fast)\n".write(
-      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    try "[activation]\nurl = \"\(lab.url)\"\n\(Self.fast)\n".writeAsConfiguration(of: agent)
     kill(agent.pid!, SIGHUP)
     let renewed = try #require(try events(agent, .activationRenewed).first)
     #expect(renewed["MESSAGE"]?.contains("alert is cleared") == true)
@@ -169,8 +167,7 @@ import Testing
   @Test func C5_aMalformedCodeIsRefusedWithoutAnyRequest() throws {
     let agent = try AgentHarness()
     let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "1d")])
-    try "[activation]\nurl = \"\(lab.url)\"\n".write(
-      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    try "[activation]\nurl = \"\(lab.url)\"\n".writeAsConfiguration(of: agent)
     #expect(try agent.start())
     let result = try agent.agentctl(["activate", "--code-stdin"], input: "ABCDE-12345-FGHIJ\n")
     #expect(result.status == 1)
@@ -203,7 +200,7 @@ import Testing
     command = ["\(plugin)"]
     url = "https://activation.example.net"
     \(Self.fast)
-    """.write(toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    """.writeAsConfiguration(of: agent)
     #expect(try agent.start())
     try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
     #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
@@ -242,8 +239,7 @@ import Testing
   /// the next activation works.
   @Test func misbehavingClientProgramsEndAtTheDeadlineAndLeaveNoProcessBehind() throws {
     let (agent, pluginDir, plugin, now) = try execPluginAgent()
-    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".write(
-      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".writeAsConfiguration(of: agent)
     try agent.key("EXEC-9", nbf: now - .days(1), exp: now + .days(1)).write(
       toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
     #expect(try agent.start())
@@ -285,8 +281,7 @@ import Testing
 
   @Test func anExecPluginsPermanentRefusalAlertsAtOnce() throws {
     let (agent, pluginDir, plugin, now) = try execPluginAgent()
-    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".write(
-      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".writeAsConfiguration(of: agent)
     #expect(try agent.start())
     #expect(try agent.agentctl(["activate", "--code-stdin"], input: Self.code).status == 0)
     try "permanent".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
@@ -362,7 +357,7 @@ extension ActivationEndToEndTests {
     command = ["\(plugin)", "--profile", "svm"]
     url = "https://activation.example.net"
     \(Self.fast)
-    """.write(toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    """.writeAsConfiguration(of: agent)
     #expect(try agent.start())
     try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
     #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
@@ -381,8 +376,7 @@ extension ActivationEndToEndTests {
   @Test func C1_aCodeOnTheCommandLineIsAcceptedWithAWarning() throws {
     let agent = try AgentHarness()
     let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "90d")])
-    try "[activation]\nurl = \"\(lab.url)\"\n".write(
-      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    try "[activation]\nurl = \"\(lab.url)\"\n".writeAsConfiguration(of: agent)
     #expect(try agent.start())
     let result = try agent.agentctl(["activate", "--code", Self.code])
     #expect(result.status == 0, "\(result.stderr)")

@@ -219,7 +219,7 @@ import Testing
     let agent = try AgentHarness(configuration: "product = \"svm-protection\"\n")
     #expect(try agent.start())
     try "product = \"svm-protection\"\n[warnings]\nbefore = [\"soon\"]\n"
-      .write(toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+      .writeAsConfiguration(of: agent)
     var mark = agent.notify.messages.count
     kill(agent.pid!, SIGHUP)
     let ready = try #require(agent.notify.wait(for: "READY=1", after: mark))
@@ -227,8 +227,7 @@ import Testing
     #expect(try status(agent)["product"] as? String == "svm-protection")
     let logged = try agent.waitForJournal(["_PID=\(agent.pid!)", "PRIORITY=3"])
     #expect(logged.contains { $0["MESSAGE"]?.contains("Invalid configuration") == true })
-    try "product = \"other-product\"\n".write(
-      toFile: agent.configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    try "product = \"other-product\"\n".writeAsConfiguration(of: agent)
     mark = agent.notify.messages.count
     kill(agent.pid!, SIGHUP)
     #expect(agent.notify.wait(for: "READY=1", after: mark) != nil)

@@ -254,6 +254,7 @@ import Varlink
     ("[warnings]\nbefore = \"30d\"\n", "before"), ("[activation\nurl =\n", "not valid TOML"),
     ("[activation]\nclient = \"ftp\"\n", "client"), ("[control]\nadmin-group = 5\n", "admin-group"),
     ("product = \"a\"\nproduct = \"b\"\n", "not valid TOML"),
+    ("[metrics]\ntextfile = \"license-agent.prom\"\n", "textfile"),
   ]
 
   @Test func everyMalformedConfigurationIsRefusedOnReloadAndTheStateIsUntouched() throws {

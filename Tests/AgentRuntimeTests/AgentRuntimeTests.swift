@@ -139,8 +139,11 @@ import Testing
       let paths = AgentPaths(
         configurationDirectory: folder, stateDirectory: folder, runtimeDirectory: folder)
       let timer = self.timer
+      // The metrics go to the test's folder, never to the machine's node_exporter directory.
+      var configuration = AgentConfiguration()
+      configuration.metricsTextfile = folder + "/license-agent.prom"
       agent = Agent(
-        paths: paths, configuration: AgentConfiguration(), trust: issuer.trust, store: store, sink: sink,
+        paths: paths, configuration: configuration, trust: issuer.trust, store: store, sink: sink,
         clock: clock, notifier: QuietNotifier(),
         logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
         makeActivationClient: { _, _ in client },

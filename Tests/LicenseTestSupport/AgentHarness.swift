@@ -104,10 +104,20 @@ public final class AgentHarness: @unchecked Sendable {
     try issuer.jwk.publicJSON.write(
       toFile: configurationDirectory + "/trusted-issuers/harness-issuer.jwk", atomically: true,
       encoding: .utf8)
-    if let configuration {
-      try configuration.write(
-        toFile: configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
-    }
+    try FileManager.default.createDirectory(atPath: metricsDirectory, withIntermediateDirectories: true)
+    try writeConfiguration(configuration ?? "")
+  }
+
+  /// Where the agent writes its metrics (contract §8): in the harness's folder, never in the
+  /// machine's node_exporter directory.
+  public var metricsDirectory: String { root + "/metrics" }
+  public var metricsFile: String { metricsDirectory + "/license-agent.prom" }
+
+  /// Writes agent.toml: `text`, then (unless it has a `[metrics]` table of its own) the
+  /// harness's metrics table.
+  public func writeConfiguration(_ text: String) throws {
+    let metrics = text.contains("[metrics]") ? "" : "\n[metrics]\ntextfile = \"\(metricsFile)\"\n"
+    try (text + metrics).write(toFile: configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
   }
 
   deinit {
@@ -302,4 +312,9 @@ public final class AgentHarness: @unchecked Sendable {
 
   /// True when a journal accepts entries here (`.ci/run` starts a standalone journald).
   public static var journalIsRunning: Bool { access("/run/systemd/journal/socket", W_OK) == 0 }
+}
+
+extension String {
+  /// Writes this text as the agent's configuration (with the harness's metrics table).
+  public func writeAsConfiguration(of agent: AgentHarness) throws { try agent.writeConfiguration(self) }
 }

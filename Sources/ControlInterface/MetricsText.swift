@@ -1,0 +1,142 @@
+import LicenseCore
+
+/// The agent's metrics in the Prometheus text format (contract §8), for node_exporter's
+/// textfile collector: a pure function of the state, so that the file, `agentctl status`
+/// and the journal always tell the same instants.
+public enum MetricsText {
+  /// The metric families of contract §8, in the order they are written: name, type, help.
+  public static let families: [(name: String, type: String, help: String)] = [
+    ("license_agent_info", "gauge", "The running license-agent (always 1)."),
+    (
+      "license_agent_key_expiry_timestamp_seconds", "gauge",
+      "When each key held ends (its exp claim), in Unix seconds."
+    ),
+    (
+      "license_agent_key_not_before_timestamp_seconds", "gauge",
+      "When each key held starts (its nbf claim), in Unix seconds."
+    ),
+    (
+      "license_agent_slot_takeover", "gauge",
+      "What takes over when the slot's active key expires (1 for the current one)."
+    ),
+    ("license_agent_slot_expired", "gauge", "1 when the slot has no valid active key."),
+    ("license_agent_alert", "gauge", "1 while the alert is pending for the slot."),
+    ("license_agent_promotions_total", "counter", "Reserve keys promoted since the state was created."),
+    (
+      "license_agent_last_promotion_delay_seconds", "gauge",
+      "From the expired key's exp to the last promotion being durable, in seconds."
+    ),
+    (
+      "license_agent_activation_attempts_total", "counter",
+      "Renewal attempts with the activation code since the state was created, by result."
+    ),
+    ("license_agent_next_action_timestamp_seconds", "gauge", "When the agent next acts for the slot."),
+    ("license_agent_state_write_failures_total", "counter", "Failed writes of the state since the agent started."),
+  ]
+
+  /// The takeover label values, in the order they are written.
+  public static let takeovers = ["reserve", "pending-renewal", "activation-code", "none"]
+
+  /// The whole file.
+  public static func render(
+    state: LicenseState, engine: LicenseEngine, version: String, product: String, stateWriteFailures: Int
+  ) -> String {
+    var samples: [String: [String]] = [:]
+    func add(_ name: String, _ labels: [(String, String)], _ value: String) {
+      let text =
+        labels.isEmpty
+        ? "" : "{" + labels.map { "\($0.0)=\"\(escape($0.1))\"" }.joined(separator: ",") + "}"
+      samples[name, default: []].append("\(name)\(text) \(value)")
+    }
+    add("license_agent_info", [("version", version), ("product", product)], "1")
+    for slot in state.slotsInUse {
+      let slotState = state[slot]
+      let name = slot.rawValue
+      for (role, key) in [("active", slotState.active), ("reserve", slotState.reserve)] {
+        guard let key else { continue }
+        let labels = [("slot", name), ("role", role), ("serial", key.serial)]
+        add("license_agent_key_expiry_timestamp_seconds", labels, seconds(key.expiresAt))
+        add("license_agent_key_not_before_timestamp_seconds", labels, seconds(key.claims.notBefore))
+      }
+      let current: String
+      if slotState.active != nil {
+        current = engine.takeover(slotState).rawValue
+      } else {
+        current = slotState.renewal?.nextAttemptAt != nil || slotState.renewal?.attemptStartedAt != nil
+          ? "activation-code" : "none"
+      }
+      for takeover in takeovers {
+        add("license_agent_slot_takeover", [("slot", name), ("takeover", takeover)], takeover == current ? "1" : "0")
+      }
+      add("license_agent_slot_expired", [("slot", name)], slotState.active == nil ? "1" : "0")
+      add(
+        "license_agent_alert", [("slot", name), ("alert", "manual_activation_required")],
+        slotState.renewal?.alertRaised == true ? "1" : "0")
+      if let wake = engine.nextWake(state, slot: slot) {
+        add(
+          "license_agent_next_action_timestamp_seconds", [("slot", name), ("action", action(wake))],
+          seconds(wake.at))
+      }
+    }
+    for slot in Set(state.slotsInUse).union(state.counters.keys).sorted() {
+      let counters = state.counters[slot] ?? SlotCounters()
+      let name = slot.rawValue
+      add("license_agent_promotions_total", [("slot", name)], String(counters.promotions))
+      if let delay = counters.lastPromotionDelayMicroseconds {
+        add("license_agent_last_promotion_delay_seconds", [("slot", name)], decimal(delay))
+      }
+      for (result, count) in [
+        ("renewed", counters.renewed), ("transient", counters.transientFailures),
+        ("permanent", counters.permanentFailures),
+      ] {
+        add("license_agent_activation_attempts_total", [("slot", name), ("result", result)], String(count))
+      }
+    }
+    add("license_agent_state_write_failures_total", [], String(stateWriteFailures))
+    var text = ""
+    for family in families {
+      guard let lines = samples[family.name] else { continue }
+      text += "# HELP \(family.name) \(family.help)\n# TYPE \(family.name) \(family.type)\n"
+      for line in lines { text += line + "\n" }
+    }
+    return text
+  }
+
+  /// The `action` label of a wake, as `agentctl status` names it.
+  public static func action(_ wake: Wake) -> String {
+    switch wake.reason {
+    case .expiry(_, _, let takeover): return takeover == .reserve ? "promotion" : "expiry"
+    case .warning: return "warning"
+    case .renewal: return "renewal"
+    case .alert: return "alert"
+    }
+  }
+
+  /// Unix seconds, exact to the microsecond (`1798761600` or `1798761600.25`).
+  static func seconds(_ instant: Timestamp) -> String { decimal(instant.microseconds) }
+
+  static func decimal(_ microseconds: Int64) -> String {
+    let sign = microseconds < 0 ? "-" : ""
+    let magnitude = microseconds.magnitude
+    let (whole, fraction) = magnitude.quotientAndRemainder(dividingBy: 1_000_000)
+    guard fraction != 0 else { return sign + String(whole) }
+    var digits = String(fraction)
+    digits = String(repeating: "0", count: 6 - digits.count) + digits
+    while digits.hasSuffix("0") { digits.removeLast() }
+    return "\(sign)\(whole).\(digits)"
+  }
+
+  /// A label value as the text format wants it: backslash, double quote and line feed escaped.
+  static func escape(_ value: String) -> String {
+    var out = ""
+    for character in value {
+      switch character {
+      case "\\": out += "\\\\"
+      case "\"": out += "\\\""
+      case "\n": out += "\\n"
+      default: out.append(character)
+      }
+    }
+    return out
+  }
+}
