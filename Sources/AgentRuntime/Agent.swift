@@ -261,7 +261,7 @@ public actor Agent {
     carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
   }
 
-  private func clockStepped(by delta: Int64) {
+  func clockStepped(by delta: Int64) {
     let now = clock.now()
     logger.notice("System clock changed", metadata: ["delta_usec": "\(delta)"])
     carryOut(engine.clockChanged(deltaMicroseconds: delta, now: now, state: state), decidedAt: now)
@@ -583,8 +583,8 @@ public actor Agent {
   private var metricsPending = false
   private var metricsFailureLogged = false
   /// The file is written here, off the agent's queue: a slow or failing disk never delays
-  /// a promotion or a reply.
-  private let metricsQueue = DispatchQueue(label: "license-agent.metrics")
+  /// a promotion or a reply. (Internal: tests wait on it.)
+  nonisolated let metricsQueue = DispatchQueue(label: "license-agent.metrics")
 
   /// At start and on reload: a textfile whose directory does not exist (node_exporter not
   /// installed) is not written, and the agent says so once.

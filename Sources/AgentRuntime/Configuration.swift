@@ -96,7 +96,8 @@ public struct AgentConfiguration: Sendable, Equatable {
           guard path.hasPrefix("/"), path.hasSuffix(".prom"), !path.hasSuffix("/.prom") else {
             throw reader.error(
               "textfile", "metrics",
-              "must be an absolute path ending in .prom (node_exporter reads only *.prom files), or \"\" to write none")
+              "must be an absolute path ending in .prom (node_exporter reads only *.prom files), or \"\" to write none"
+            )
           }
           config.metricsTextfile = path
         }

@@ -19,7 +19,9 @@ public enum MetricsFile {
   public static func write(_ text: String, to path: String) -> Result<Void, WriteError> {
     let temporary = temporaryPath(of: path)
     let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
-    guard fd >= 0 else { return .failure(WriteError(description: "cannot create \(temporary): \(errnoText())")) }
+    guard fd >= 0 else {
+      return .failure(WriteError(description: "cannot create \(temporary): \(errnoText())"))
+    }
     _ = fchmod(fd, 0o644)
     let bytes = Array(text.utf8)
     var offset = 0

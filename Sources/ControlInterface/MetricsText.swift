@@ -31,7 +31,10 @@ public enum MetricsText {
       "Renewal attempts with the activation code since the state was created, by result."
     ),
     ("license_agent_next_action_timestamp_seconds", "gauge", "When the agent next acts for the slot."),
-    ("license_agent_state_write_failures_total", "counter", "Failed writes of the state since the agent started."),
+    (
+      "license_agent_state_write_failures_total", "counter",
+      "Failed writes of the state since the agent started."
+    ),
   ]
 
   /// The takeover label values, in the order they are written.
@@ -58,15 +61,11 @@ public enum MetricsText {
         add("license_agent_key_expiry_timestamp_seconds", labels, seconds(key.expiresAt))
         add("license_agent_key_not_before_timestamp_seconds", labels, seconds(key.claims.notBefore))
       }
-      let current: String
-      if slotState.active != nil {
-        current = engine.takeover(slotState).rawValue
-      } else {
-        current = slotState.renewal?.nextAttemptAt != nil || slotState.renewal?.attemptStartedAt != nil
-          ? "activation-code" : "none"
-      }
+      let current = engine.takeover(slotState).rawValue
       for takeover in takeovers {
-        add("license_agent_slot_takeover", [("slot", name), ("takeover", takeover)], takeover == current ? "1" : "0")
+        add(
+          "license_agent_slot_takeover", [("slot", name), ("takeover", takeover)],
+          takeover == current ? "1" : "0")
       }
       add("license_agent_slot_expired", [("slot", name)], slotState.active == nil ? "1" : "0")
       add(

@@ -46,7 +46,7 @@ public enum StatusBuilder {
           SlotStatus(
             slot: slot.rawValue, status: renewal == nil ? "expired" : "renewing", active: nil, reserve: nil,
             expired: ExpiredKeyInfo(serial: expired.serial, expiresAt: expired.expiresAt.rfc3339),
-            takeover: renewal == nil ? "none" : "activation-code", secondsLeft: nil, renewal: renewal))
+            takeover: engine.takeover(slotState).rawValue, secondsLeft: nil, renewal: renewal))
         if let renewal = slotState.renewal {
           if renewal.alertRaised {
             alerts.append(

@@ -198,8 +198,15 @@ public struct LicenseEngine: Sendable {
     return best
   }
 
-  /// What takes over when the slot's active key expires.
+  /// What takes over when the slot's active key expires; for a slot already expired, its
+  /// renewal with the activation code while it goes on (nothing once it stopped).
   public func takeover(_ slot: SlotState) -> Takeover {
+    if slot.active == nil {
+      guard let renewal = slot.renewal, renewal.nextAttemptAt != nil || renewal.attemptStartedAt != nil else {
+        return .none
+      }
+      return .activationCode
+    }
     if slot.reserve != nil { return .reserve }
     return slot.active?.activationCode != nil ? .activationCode : .none
   }

@@ -306,7 +306,8 @@ final class BenchFolder {
 
   /// agent.toml: `text`, then the folder's metrics table.
   func writeConfiguration(_ text: String) throws {
-    try (text + "\n" + metricsSection).write(toFile: root + "/etc/agent.toml", atomically: true, encoding: .utf8)
+    try (text + "\n" + metricsSection).write(
+      toFile: root + "/etc/agent.toml", atomically: true, encoding: .utf8)
   }
 
   deinit { try? FileManager.default.removeItem(atPath: root) }

@@ -239,7 +239,8 @@ import Testing
   /// the next activation works.
   @Test func misbehavingClientProgramsEndAtTheDeadlineAndLeaveNoProcessBehind() throws {
     let (agent, pluginDir, plugin, now) = try execPluginAgent()
-    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".writeAsConfiguration(of: agent)
+    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".writeAsConfiguration(
+      of: agent)
     try agent.key("EXEC-9", nbf: now - .days(1), exp: now + .days(1)).write(
       toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
     #expect(try agent.start())
@@ -281,7 +282,8 @@ import Testing
 
   @Test func anExecPluginsPermanentRefusalAlertsAtOnce() throws {
     let (agent, pluginDir, plugin, now) = try execPluginAgent()
-    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".writeAsConfiguration(of: agent)
+    try "[activation]\nclient = \"exec\"\ncommand = [\"\(plugin)\"]\n\(Self.fast)\n".writeAsConfiguration(
+      of: agent)
     #expect(try agent.start())
     #expect(try agent.agentctl(["activate", "--code-stdin"], input: Self.code).status == 0)
     try "permanent".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)

@@ -117,7 +117,8 @@ public final class AgentHarness: @unchecked Sendable {
   /// harness's metrics table.
   public func writeConfiguration(_ text: String) throws {
     let metrics = text.contains("[metrics]") ? "" : "\n[metrics]\ntextfile = \"\(metricsFile)\"\n"
-    try (text + metrics).write(toFile: configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
+    try (text + metrics).write(
+      toFile: configurationDirectory + "/agent.toml", atomically: true, encoding: .utf8)
   }
 
   deinit {

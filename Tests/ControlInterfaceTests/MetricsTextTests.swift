@@ -1,0 +1,136 @@
+import ControlInterface
+import Foundation
+import LicenseCore
+import LicenseTestSupport
+import Testing
+
+/// The metrics text (contract §8), rendered from states the engine made.
+@Suite struct MetricsTextTests {
+  let issuer = TestIssuer()
+  let t0 = TestIssuer.t0
+  let code = ActivationCode("abcde-12345-fghij-67890")!
+  var engine: LicenseEngine { LicenseEngine(trust: issuer.trust) }
+
+  func render(_ state: LicenseState, failures: Int = 0) -> String {
+    MetricsText.render(
+      state: state, engine: engine, version: "0.1.0", product: "svm-protection", stateWriteFailures: failures)
+  }
+
+  /// The samples of `name`, by their label text.
+  func samples(_ text: String, _ name: String) -> [String: String] {
+    var found: [String: String] = [:]
+    for line in text.split(separator: "\n") where line.hasPrefix(name + "{") || line.hasPrefix(name + " ") {
+      let parts = line.split(separator: " ")
+      found[String(parts[0].dropFirst(name.count))] = String(parts[1])
+    }
+    return found
+  }
+
+  @Test func everyFamilyOfTheContractHasItsTypeAndHelp() {
+    var state = engine.addKey(
+      issuer.key("A", exp: t0 + .days(10)), role: .active, now: t0, state: LicenseState()
+    )
+    .state
+    state = engine.addKey(issuer.key("R", exp: t0 + .days(100)), role: .reserve, now: t0, state: state).state
+    state = engine.timeReached(now: t0 + .days(10), state: state).state
+    let text = render(state)
+    for family in MetricsText.families {
+      #expect(text.contains("# TYPE \(family.name) \(family.type)\n"), "\(family.name)")
+      #expect(text.contains("# HELP \(family.name) "), "\(family.name)")
+    }
+    #expect(MetricsText.families.count == 11)
+    #expect(text.hasSuffix("\n"))
+  }
+
+  @Test func aSlotWithAReserveShowsBothKeysTheTakeoverAndTheNextAction() {
+    let exp = t0 + .days(10)
+    var state = engine.addKey(issuer.key("A", exp: exp), role: .active, now: t0, state: LicenseState()).state
+    state = engine.addKey(issuer.key("R", exp: exp + .days(90)), role: .reserve, now: t0, state: state).state
+    let text = render(state)
+    let expiry = samples(text, "license_agent_key_expiry_timestamp_seconds")
+    #expect(
+      expiry == [
+        #"{slot="server",role="active",serial="A"}"#: String(exp.microseconds / 1_000_000),
+        #"{slot="server",role="reserve",serial="R"}"#: String((exp + .days(90)).microseconds / 1_000_000),
+      ])
+    #expect(
+      samples(text, "license_agent_slot_takeover") == [
+        #"{slot="server",takeover="reserve"}"#: "1", #"{slot="server",takeover="pending-renewal"}"#: "0",
+        #"{slot="server",takeover="activation-code"}"#: "0", #"{slot="server",takeover="none"}"#: "0",
+      ])
+    #expect(samples(text, "license_agent_slot_expired") == [#"{slot="server"}"#: "0"])
+    // The agent's next act for the slot, as the engine plans it.
+    let wake = engine.nextWake(state, slot: .server)!
+    #expect(
+      samples(text, "license_agent_next_action_timestamp_seconds") == [
+        "{slot=\"server\",action=\"\(MetricsText.action(wake))\"}": String(wake.at.microseconds / 1_000_000)
+      ])
+    #expect(samples(text, "license_agent_info") == [#"{version="0.1.0",product="svm-protection"}"#: "1"])
+    #expect(samples(text, "license_agent_state_write_failures_total") == ["": "0"])
+  }
+
+  @Test func P4_anExpiredSlotAndC4_anAlertAreOne() {
+    let exp = t0 + .days(10)
+    let added = engine.addKey(
+      issuer.key("KS-1", exp: exp), role: .active, code: code, now: t0, state: LicenseState())
+    var state = engine.timeReached(now: exp, state: added.state).state
+    #expect(
+      samples(render(state), "license_agent_slot_takeover")[#"{slot="server",takeover="activation-code"}"#]
+        == "1")
+    state =
+      engine.activationFailed(
+        slot: .server, failure: .permanent(error: "code_blocked"), jitter: 0, now: exp, state: state
+      ).state
+    let text = render(state, failures: 3)
+    #expect(samples(text, "license_agent_slot_expired") == [#"{slot="server"}"#: "1"])
+    #expect(
+      samples(text, "license_agent_alert") == [#"{slot="server",alert="manual_activation_required"}"#: "1"])
+    #expect(samples(text, "license_agent_slot_takeover")[#"{slot="server",takeover="none"}"#] == "1")
+    #expect(samples(text, "license_agent_key_expiry_timestamp_seconds").isEmpty)
+    #expect(
+      samples(text, "license_agent_activation_attempts_total") == [
+        #"{slot="server",result="renewed"}"#: "0", #"{slot="server",result="transient"}"#: "0",
+        #"{slot="server",result="permanent"}"#: "1",
+      ])
+    #expect(samples(text, "license_agent_state_write_failures_total") == ["": "3"])
+  }
+
+  @Test func instantsAndDelaysAreExactToTheMicrosecond() {
+    let exp = Timestamp(microseconds: 1_798_761_600_250_000)
+    var state = engine.addKey(issuer.key("A", exp: exp), role: .active, now: t0, state: LicenseState()).state
+    state = engine.addKey(issuer.key("R", exp: exp + .days(90)), role: .reserve, now: t0, state: state).state
+    state = engine.timeReached(now: exp + TimeSpan(microseconds: 1_234), state: state).state
+    let text = render(state)
+    #expect(samples(text, "license_agent_last_promotion_delay_seconds") == [#"{slot="server"}"#: "0.001234"])
+    #expect(samples(text, "license_agent_promotions_total") == [#"{slot="server"}"#: "1"])
+    #expect(
+      samples(text, "license_agent_key_expiry_timestamp_seconds")[
+        #"{slot="server",role="active",serial="R"}"#]
+        == "1806537600.25")
+  }
+
+  @Test func labelValuesAreEscaped() throws {
+    let text = MetricsText.render(
+      state: LicenseState(), engine: engine, version: "1\"\\\n", product: "p", stateWriteFailures: 0)
+    #expect(text.contains(#"license_agent_info{version="1\"\\\n",product="p"} 1"#))
+  }
+
+  /// promtool, Prometheus's own checker, on the text of a state with every family.
+  @Test func promtoolChecksTheText() throws {
+    let promtool = "/usr/bin/promtool"
+    try #require(
+      FileManager.default.isExecutableFile(atPath: promtool), "promtool (Debian's prometheus) is missing")
+    let exp = t0 + .days(10)
+    var state = engine.addKey(issuer.key("A", exp: exp), role: .active, now: t0, state: LicenseState()).state
+    state = engine.addKey(issuer.key("R", exp: exp + .days(90)), role: .reserve, now: t0, state: state).state
+    state = engine.timeReached(now: exp, state: state).state
+    state =
+      engine.addKey(
+        issuer.key("W", slot: .workstation, exp: exp), role: .active, code: code, now: t0, state: state
+      ).state
+    state = engine.timeReached(now: exp + .seconds(1), state: state).state
+    let result = try runProcess(promtool, ["check", "metrics"], input: render(state))
+    #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+    #expect(result.stdout.isEmpty && result.stderr.isEmpty, "lint: \(result.stdout)\(result.stderr)")
+  }
+}
