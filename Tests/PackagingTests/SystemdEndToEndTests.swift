@@ -113,6 +113,49 @@ import Testing
     let after = try machine.run("systemctl status license-agent --no-pager").stdout
     #expect(after.contains("Status: \"server: E2E-R until"), "\(after)")
 
+    // Metrics: under the hardened unit the agent writes node_exporter's textfile directory
+    // (root's; the package's tmpfiles ACL lets the agent's user in), and Debian's
+    // node_exporter, started here on a loopback port as its own user, serves the series.
+    let metrics = "/var/lib/prometheus/node-exporter/license-agent.prom"
+    let owned = try machine.run("stat -c '%U %a' \(metrics)")
+    let acl = try machine.run(
+      "stat -c '%U' /var/lib/prometheus/node-exporter && getfacl -p /var/lib/prometheus/node-exporter")
+    let logged = try machine.run("journalctl -u license-agent --no-pager -o cat | grep -i metrics").stdout
+    #expect(owned.stdout == "license-agent 644\n", "\(owned.stdout) \(owned.stderr) \(acl.stdout) \(logged)")
+    // The directory stays root's; the agent's user has an entry of its own.
+    #expect(
+      acl.stdout.hasPrefix("root\n") && acl.stdout.contains("user:license-agent:rwx\n"), "\(acl.stdout)")
+    let promotedSeries =
+      "license_agent_key_expiry_timestamp_seconds{slot=\"server\",role=\"active\",serial=\"E2E-R\"}"
+    var written = ""
+    for _ in 0..<50 {
+      written = try machine.run("cat \(metrics)").stdout
+      if written.contains(promotedSeries) { break }
+      usleep(100_000)
+    }
+    #expect(written.contains(promotedSeries), "\(written)")
+    let port = Int.random(in: 20_000..<60_000)
+    let exporter = try machine.run(
+      "systemd-run --unit=node-exporter-test -p User=prometheus /usr/bin/prometheus-node-exporter "
+        + "--web.listen-address=127.0.0.1:\(port) --collector.disable-defaults --collector.textfile "
+        + "--collector.textfile.directory=/var/lib/prometheus/node-exporter")
+    #expect(exporter.status == 0, "\(exporter.stderr)")
+    var scraped = ""
+    for _ in 0..<50 {
+      scraped = try machine.run(
+        "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:\(port)/metrics\").read().decode())'"
+      ).stdout
+      if !scraped.isEmpty { break }
+      usleep(100_000)
+    }
+    #expect(scraped.contains("node_textfile_scrape_error 0\n"), "\(scraped)")
+    #expect(scraped.contains("license_agent_promotions_total{slot=\"server\"} 1\n"), "\(scraped)")
+    #expect(
+      scraped.contains(
+        "license_agent_key_expiry_timestamp_seconds{role=\"active\",serial=\"E2E-R\",slot=\"server\"}"),
+      "\(scraped)")
+    try machine.run("systemctl stop node-exporter-test")
+
     // A daemon that stops answering is restarted by the watchdog, with its state intact.
     let stateBefore = try machine.run("md5sum /var/lib/license-agent/state.json").stdout
     let stoppedPID = try machine.run("systemctl show -p MainPID --value license-agent").stdout
@@ -164,13 +207,17 @@ import Testing
     #expect(!watchdog.contains("Failed to set thread priority"), "libdispatch's renice is allowed")
 
     // Removal stops the agent and keeps the state; purge removes it.
+    #expect(try machine.run("test -f \(metrics)").status == 0, "the restarted agent wrote its metrics again")
     let remove = try machine.run("dpkg --remove license-agent")
     #expect(remove.status == 0, "\(remove.stderr)")
     #expect(try machine.run("systemctl is-active license-agent").stdout != "active\n")
+    #expect(try machine.run("test -e \(metrics)").status != 0, "the metrics go with the agent")
     #expect(try machine.run("test -f /var/lib/license-agent/state.json").status == 0, "state kept on remove")
     let purge = try machine.run("dpkg --purge license-agent")
     #expect(purge.status == 0, "\(purge.stderr)")
     #expect(try machine.run("test -e /var/lib/license-agent").status != 0, "state removed on purge")
     #expect(try machine.run("test -e /etc/license-agent").status != 0, "configuration removed on purge")
+    let aclAfter = try machine.run("getfacl -p /var/lib/prometheus/node-exporter").stdout
+    #expect(!aclAfter.contains("license-agent"), "the ACL entry goes with the package: \(aclAfter)")
   }
 }
