@@ -133,4 +133,52 @@ import Testing
     #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
     #expect(result.stdout.isEmpty && result.stderr.isEmpty, "lint: \(result.stdout)\(result.stderr)")
   }
+
+  /// The contract (`../shared/spec/contract.md` §8, beside the checkout, where CI lays it
+  /// too): every metric of its table, with its type and labels, and no other, in text that
+  /// has every family.
+  @Test func theNamesTypesAndLabelsAreTheContractsTable() throws {
+    let contract =
+      URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().deletingLastPathComponent().path + "/shared/spec/contract.md"
+    let table = try String(contentsOfFile: contract, encoding: .utf8).split(separator: "\n")
+      .filter { $0.hasPrefix("| `license_agent_") }
+    var expected: [String: (type: String, labels: Set<String>)] = [:]
+    for row in table {
+      let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+      let name = cells[0].trimmingCharacters(in: ["`"])
+      // "`slot`, `role` (`active`, ...), `serial`": the names in backquotes outside brackets.
+      var labels: Set<String> = []
+      var depth = 0
+      for part in cells[2].split(separator: "`", omittingEmptySubsequences: false).enumerated() {
+        if part.offset % 2 == 1, depth == 0 { labels.insert(String(part.element)) }
+        depth += part.element.filter { $0 == "(" }.count - part.element.filter { $0 == ")" }.count
+      }
+      expected[name] = (cells[1], labels)
+    }
+    #expect(expected.count == 11, "rows found in \(contract)")
+    #expect(Set(MetricsText.families.map(\.name)) == Set(expected.keys))
+    for family in MetricsText.families {
+      #expect(family.type == expected[family.name]?.type, "\(family.name)")
+    }
+    // Labels as written, on a state with an active and a reserve key, a promotion, a renewal
+    // and a failure.
+    let exp = t0 + .days(10)
+    var state = engine.addKey(issuer.key("A", exp: exp), role: .active, now: t0, state: LicenseState()).state
+    state = engine.addKey(issuer.key("R", exp: exp + .days(90)), role: .reserve, now: t0, state: state).state
+    state = engine.timeReached(now: exp, state: state).state
+    state =
+      engine.addKey(issuer.key("R2", exp: exp + .days(180)), role: .reserve, now: exp, state: state).state
+    let text = render(state)
+    for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+      let name = String(line.prefix { $0 != "{" && $0 != " " })
+      var labels: Set<String> = []
+      if let open = line.firstIndex(of: "{"), let close = line.lastIndex(of: "}") {
+        for pair in line[line.index(after: open)..<close].split(separator: ",") {
+          labels.insert(String(pair.prefix { $0 != "=" }))
+        }
+      }
+      #expect(labels == expected[name]?.labels, "\(line)")
+    }
+  }
 }
