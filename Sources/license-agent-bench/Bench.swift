@@ -42,8 +42,9 @@ struct Promotion: ParsableCommand {
       store (fsync) and the real journal (when a journal socket exists; else the agent's \
       console output). The delay of each promotion is its LICENSE_DELAY_USEC: from the \
       expired key's exp to the promotion being durable. The limit is measured in the same \
-      run: N absolute CLOCK_REALTIME timerfd wake-ups, each followed by the same fsync'ed \
-      state write. The agent writes its metrics file (contract §8) in the folder after each \
+      window, between the promotions (three quarters of the way to the next expiry, while \
+      the agent has nothing to do), so that both meet the same disk: N absolute \
+      CLOCK_REALTIME timerfd wake-ups, each followed by the same fsync'ed state write. The agent writes its metrics file (contract §8) in the folder after each \
       change, as it does on an SVM; --no-metrics turns that off, to compare.
       """)
 
@@ -65,9 +66,9 @@ struct Promotion: ParsableCommand {
     }
     guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
     let agentPath = agentExecutable(agent)
-    let (measured, faults) = try measureAgent(agentPath: agentPath, step: step, metrics: !noMetrics)
+    let (measured, limitMeasured, faults) = try measureAgent(agentPath: agentPath, step: step, metrics: !noMetrics)
     let delays = measured.sorted()
-    let limit = try measureLimit(step: step).sorted()
+    let limit = limitMeasured.sorted()
     let early = delays.filter { $0 < 0 }.count
     let p99 = percentile(delays, 99)
     let limitP99 = percentile(limit, 99)
@@ -118,7 +119,13 @@ struct Promotion: ParsableCommand {
   // MARK: The agent
 
   /// The promotion delays, and the agent's minor page faults per promotion over the run.
-  private func measureAgent(agentPath: String, step: TimeSpan, metrics: Bool) throws -> ([Int64], Double) {
+  /// The agent's promotion delays, the limit's in the same window (a sample three quarters
+  /// of the way between two expiries, while the agent has nothing to do, so that both meet
+  /// the same disk), and the agent's minor page faults per promotion over the run.
+  private func measureAgent(agentPath: String, step: TimeSpan, metrics: Bool) throws -> (
+    [Int64], [Int64], Double
+  ) {
+    let probe = try LimitProbe()
     let folder = try BenchFolder("promotion", metrics: metrics)
     let issuer = folder.issuer
     let useJournal = access("/run/systemd/journal/socket", W_OK) == 0
@@ -173,9 +180,14 @@ struct Promotion: ParsableCommand {
     try add(0, "active")
     try add(1, "reserve")
     let faultsBefore = minorFaults(process.processIdentifier)
+    var limit: [Int64] = []
     for index in 1...keys {
       // 20 ms after the expiry the promotion is long done: confirm it, then add the next
-      // reserve. Nothing touches the agent around the expiry instants themselves.
+      // reserve; at three quarters of the way to the next expiry, one sample of the limit.
+      // Nothing touches the agent around the expiry instants themselves.
+      if index > 1 {
+        limit.append(try probe.sample(at: expiry(index - 2) + TimeSpan(microseconds: step.microseconds * 3 / 4)))
+      }
       sleepUntil(expiry(index - 1) + .milliseconds(20))
       var promoted = false
       for _ in 0..<1000 {
@@ -221,18 +233,24 @@ struct Promotion: ParsableCommand {
     guard delays.count == keys else {
       throw BenchError(description: "found \(delays.count) KEY_PROMOTED events of \(keys)")
     }
-    return (Array(delays.values), faults)
+    limit.append(try probe.sample(at: expiry(keys - 1) + TimeSpan(microseconds: step.microseconds * 3 / 4)))
+    return (Array(delays.values), limit, faults)
   }
 
-  // MARK: The limit
+}
 
-  /// N absolute CLOCK_REALTIME timerfd wake-ups, each followed by the same fsync'ed state
-  /// write as the agent's (FileStateStore with a state holding two keys).
-  private func measureLimit(step: TimeSpan) throws -> [Int64] {
-    let root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-limit-\(getpid())"
+/// The limit a promotion delay is held against: an absolute CLOCK_REALTIME timerfd wake-up
+/// followed by the same fsync'ed state write as the agent's (FileStateStore with a state
+/// holding two keys), sampled by the bench between the agent's promotions.
+final class LimitProbe {
+  let root = FileManager.default.temporaryDirectory.path + "/license-agent-bench-limit-\(getpid())"
+  let store: FileStateStore
+  let state: LicenseState
+  let fd: Int32
+
+  init() throws {
     try? FileManager.default.removeItem(atPath: root)
-    defer { try? FileManager.default.removeItem(atPath: root) }
-    let store = try FileStateStore(directory: root)
+    store = try FileStateStore(directory: root)
     let issuer = JWK.generate(kid: "bench")
     let engine = LicenseEngine(trust: TrustStore([issuer]))
     let t = now()
@@ -247,25 +265,27 @@ struct Promotion: ParsableCommand {
     var state = engine.addKey(try key("L-1", t + .days(1)), role: .active, now: t, state: LicenseState())
       .state
     state = engine.addKey(try key("L-2", t + .days(2)), role: .reserve, now: t, state: state).state
+    self.state = state
     try store.save(state)
-
-    let fd = timerfd_create(CLOCK_REALTIME, Int32(TFD_CLOEXEC))
+    fd = timerfd_create(CLOCK_REALTIME, Int32(TFD_CLOEXEC))
     guard fd >= 0 else { throw BenchError(description: "timerfd_create failed") }
-    defer { close(fd) }
-    var delays: [Int64] = []
-    let first = now() + .milliseconds(200)
-    for index in 0..<keys {
-      let deadline = first + TimeSpan(microseconds: step.microseconds * Int64(index) / 2)
-      let (seconds, micros) = deadline.microseconds.quotientAndRemainder(dividingBy: 1_000_000)
-      var spec = itimerspec(
-        it_interval: timespec(), it_value: timespec(tv_sec: Int(seconds), tv_nsec: Int(micros) * 1000))
-      timerfd_settime(fd, Int32(TFD_TIMER_ABSTIME), &spec, nil)
-      var expirations: UInt64 = 0
-      _ = read(fd, &expirations, 8)
-      try store.save(state)
-      delays.append(now().microseconds(since: deadline))
-    }
-    return delays
+  }
+
+  deinit {
+    close(fd)
+    try? FileManager.default.removeItem(atPath: root)
+  }
+
+  /// Wakes at `deadline` and writes the state: how long after the deadline it was durable.
+  func sample(at deadline: Timestamp) throws -> Int64 {
+    let (seconds, micros) = deadline.microseconds.quotientAndRemainder(dividingBy: 1_000_000)
+    var spec = itimerspec(
+      it_interval: timespec(), it_value: timespec(tv_sec: Int(seconds), tv_nsec: Int(micros) * 1000))
+    timerfd_settime(fd, Int32(TFD_TIMER_ABSTIME), &spec, nil)
+    var expirations: UInt64 = 0
+    _ = read(fd, &expirations, 8)
+    try store.save(state)
+    return now().microseconds(since: deadline)
   }
 }
 

@@ -170,6 +170,21 @@ import Testing
       }
     }
 
+    /// Activate as root with the code ABCDE-12345-FGHIJ-67890; true once it was answered (the
+    /// activation client runs off the agent's queue).
+    func activate() -> Bool {
+      let answered = DispatchSemaphore(value: 0)
+      agent.sync {
+        _ = $0.handle(
+          VarlinkCall(
+            method: "io.licenseagent.Agent.Activate",
+            parameters: ["code": .string("ABCDE-12345-FGHIJ-67890"), "role": .string("active")]),
+          peer: PeerCredentials(uid: 0, gid: 0, pid: 1, groups: []),
+          respond: VarlinkResponder { _ in answered.signal() })
+      }
+      return answered.wait(timeout: .now() + 10) == .success
+    }
+
     /// An active key "A" expiring at `exp` and a reserve "R" that follows it for 90 days.
     func keyPair(expiring exp: Timestamp) {
       add(issuer.key("A", exp: exp), "active")
@@ -283,16 +298,7 @@ import Testing
     ])
     let f = try Fixture(client: client, issuer: issuer)
     defer { f.stop() }
-    let activated = DispatchSemaphore(value: 0)
-    f.agent.sync {
-      _ = $0.handle(
-        VarlinkCall(
-          method: "io.licenseagent.Agent.Activate",
-          parameters: ["code": .string("ABCDE-12345-FGHIJ-67890"), "role": .string("active")]),
-        peer: PeerCredentials(uid: 0, gid: 0, pid: 1, groups: []),
-        respond: VarlinkResponder { _ in activated.signal() })
-    }
-    #expect(activated.wait(timeout: .now() + 10) == .success)
+    #expect(f.activate())
     #expect(f.store.state[.server].active?.serial == "K-1")
     // C2: at exp the server is asked for the key that continues K-1.
     f.fire(at: exp - .hours(1))

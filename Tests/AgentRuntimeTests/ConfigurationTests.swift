@@ -3,6 +3,14 @@ import LicenseCore
 import Testing
 
 @Suite struct ConfigurationTests {
+  @Test func theMetricsGoToNodeExportersDirectoryByDefaultAndAnEmptyPathTurnsThemOff() throws {
+    #expect(AgentConfiguration().metricsTextfile == "/var/lib/prometheus/node-exporter/license-agent.prom")
+    let off = try AgentConfiguration.parse("[metrics]\ntextfile = \"\"\n", file: "agent.toml")
+    #expect(off.metricsTextfile == nil)
+    let elsewhere = try AgentConfiguration.parse("[metrics]\ntextfile = \"/srv/m/la.prom\"\n", file: "agent.toml")
+    #expect(elsewhere.metricsTextfile == "/srv/m/la.prom")
+  }
+
   @Test func everyKeyIsOptional() throws {
     let config = try AgentConfiguration.parse("", file: "agent.toml")
     #expect(config == AgentConfiguration())
@@ -30,10 +38,14 @@ import Testing
       [warnings]
       before = ["30d", "7d", "1d", "1h"]
 
+      [metrics]
+      textfile = "/var/lib/prometheus/node-exporter/license-agent.prom"   # §8; "" turns it off
+
       [control]
       admin-group = "license-admin"
       """
     let config = try AgentConfiguration.parse(text, file: "agent.toml")
+    #expect(config.metricsTextfile == "/var/lib/prometheus/node-exporter/license-agent.prom")
     #expect(config.activation.url == "https://activation.example.net")
     #expect(config.activation.command == ["/usr/libexec/site-activate", "--profile", "svm"])
     #expect(config.activation.retryMax == .minutes(10))
@@ -50,6 +62,9 @@ import Testing
     ("[control]\nadmin-grup = \"x\"\n", 2, "control.admin-grup", "not a known setting"),
     ("colour = \"blue\"\n", 1, "colour", "not a known setting"),
     ("[activation]\nattempt-timeout = \"0s\"\n", 2, "activation.attempt-timeout", "positive"),
+    ("[metrics]\ntextfile = \"license-agent.prom\"\n", 2, "metrics.textfile", "absolute path ending in .prom"),
+    ("[metrics]\ntextfile = \"/var/lib/x/license-agent.txt\"\n", 2, "metrics.textfile", ".prom"),
+    ("[metrics]\ntext-file = \"/x.prom\"\n", 2, "metrics.text-file", "not a known setting"),
   ])
   func namesTheFileLineAndKeyOfAnError(text: String, line: Int, key: String, problem: String) {
     do {

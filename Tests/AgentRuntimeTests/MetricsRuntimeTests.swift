@@ -115,16 +115,7 @@ import Testing
     ])
     let f = try Fixture(client: client, issuer: issuer)
     defer { f.stop() }
-    let activated = DispatchSemaphore(value: 0)
-    f.agent.sync {
-      _ = $0.handle(
-        VarlinkCall(
-          method: "io.licenseagent.Agent.Activate",
-          parameters: ["code": .string("ABCDE-12345-FGHIJ-67890"), "role": .string("active")]),
-        peer: PeerCredentials(uid: 0, gid: 0, pid: 1, groups: []),
-        respond: VarlinkResponder { _ in activated.signal() })
-    }
-    #expect(activated.wait(timeout: .now() + 10) == .success)
+    #expect(f.activate())
     var samples = try metrics(f)
     expectSame(f, samples)
     #expect(samples["license_agent_slot_takeover{slot=\"server\",takeover=\"activation-code\"}"] == "1")

@@ -12,6 +12,16 @@ import Testing
 @Suite(.serialized) struct SystemdEndToEndTests {
   static let promotionID = EventKind.keyPromoted.messageID
 
+  /// What `read` gives once `done` holds, trying every 100 ms (the last reading after `tries`).
+  static func poll(tries: Int, _ read: () throws -> String, until done: (String) -> Bool) rethrows -> String {
+    var value = try read()
+    for _ in 1..<tries where !done(value) {
+      usleep(100_000)
+      value = try read()
+    }
+    return value
+  }
+
   /// The package `packaging/build-deb` wrote (revision 1).
   static func builtPackage() throws -> String {
     let dist = BootedContainer.repository + "/dist"
@@ -95,13 +105,10 @@ import Testing
 
     // The promotion at expiry, in the unit's journal, explained by the catalog.
     AgentHarness.sleep(until: expiry, margin: .seconds(1))
-    var promoted = ""
-    for _ in 0..<100 {
-      promoted = try machine.run(
-        "journalctl -u license-agent -o json --no-pager MESSAGE_ID=\(Self.promotionID)"
-      ).stdout
-      if !promoted.isEmpty { break }
-      usleep(100_000)
+    let promoted = try Self.poll(tries: 100) {
+      try machine.run("journalctl -u license-agent -o json --no-pager MESSAGE_ID=\(Self.promotionID)").stdout
+    } until: {
+      !$0.isEmpty
     }
     #expect(promoted.contains("\"LICENSE_SERIAL\":\"E2E-R\""), "\(promoted)")
     #expect(promoted.contains("\"LICENSE_PREVIOUS_SERIAL\":\"E2E-A\""), "\(promoted)")
@@ -127,11 +134,10 @@ import Testing
       acl.stdout.hasPrefix("root\n") && acl.stdout.contains("user:license-agent:rwx\n"), "\(acl.stdout)")
     let promotedSeries =
       "license_agent_key_expiry_timestamp_seconds{slot=\"server\",role=\"active\",serial=\"E2E-R\"}"
-    var written = ""
-    for _ in 0..<50 {
-      written = try machine.run("cat \(metrics)").stdout
-      if written.contains(promotedSeries) { break }
-      usleep(100_000)
+    let written = try Self.poll(tries: 50) {
+      try machine.run("cat \(metrics)").stdout
+    } until: {
+      $0.contains(promotedSeries)
     }
     #expect(written.contains(promotedSeries), "\(written)")
     let port = Int.random(in: 20_000..<60_000)
@@ -140,13 +146,12 @@ import Testing
         + "--web.listen-address=127.0.0.1:\(port) --collector.disable-defaults --collector.textfile "
         + "--collector.textfile.directory=/var/lib/prometheus/node-exporter")
     #expect(exporter.status == 0, "\(exporter.stderr)")
-    var scraped = ""
-    for _ in 0..<50 {
-      scraped = try machine.run(
+    let scraped = try Self.poll(tries: 50) {
+      try machine.run(
         "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:\(port)/metrics\").read().decode())'"
       ).stdout
-      if !scraped.isEmpty { break }
-      usleep(100_000)
+    } until: {
+      !$0.isEmpty
     }
     #expect(scraped.contains("node_textfile_scrape_error 0\n"), "\(scraped)")
     #expect(scraped.contains("license_agent_promotions_total{slot=\"server\"} 1\n"), "\(scraped)")
