@@ -66,7 +66,8 @@ struct Promotion: ParsableCommand {
     }
     guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
     let agentPath = agentExecutable(agent)
-    let (measured, limitMeasured, faults) = try measureAgent(agentPath: agentPath, step: step, metrics: !noMetrics)
+    let (measured, limitMeasured, faults) = try measureAgent(
+      agentPath: agentPath, step: step, metrics: !noMetrics)
     let delays = measured.sorted()
     let limit = limitMeasured.sorted()
     let early = delays.filter { $0 < 0 }.count
@@ -186,7 +187,8 @@ struct Promotion: ParsableCommand {
       // reserve; at three quarters of the way to the next expiry, one sample of the limit.
       // Nothing touches the agent around the expiry instants themselves.
       if index > 1 {
-        limit.append(try probe.sample(at: expiry(index - 2) + TimeSpan(microseconds: step.microseconds * 3 / 4)))
+        limit.append(
+          try probe.sample(at: expiry(index - 2) + TimeSpan(microseconds: step.microseconds * 3 / 4)))
       }
       sleepUntil(expiry(index - 1) + .milliseconds(20))
       var promoted = false

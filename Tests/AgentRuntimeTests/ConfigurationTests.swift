@@ -7,7 +7,8 @@ import Testing
     #expect(AgentConfiguration().metricsTextfile == "/var/lib/prometheus/node-exporter/license-agent.prom")
     let off = try AgentConfiguration.parse("[metrics]\ntextfile = \"\"\n", file: "agent.toml")
     #expect(off.metricsTextfile == nil)
-    let elsewhere = try AgentConfiguration.parse("[metrics]\ntextfile = \"/srv/m/la.prom\"\n", file: "agent.toml")
+    let elsewhere = try AgentConfiguration.parse(
+      "[metrics]\ntextfile = \"/srv/m/la.prom\"\n", file: "agent.toml")
     #expect(elsewhere.metricsTextfile == "/srv/m/la.prom")
   }
 
@@ -62,7 +63,9 @@ import Testing
     ("[control]\nadmin-grup = \"x\"\n", 2, "control.admin-grup", "not a known setting"),
     ("colour = \"blue\"\n", 1, "colour", "not a known setting"),
     ("[activation]\nattempt-timeout = \"0s\"\n", 2, "activation.attempt-timeout", "positive"),
-    ("[metrics]\ntextfile = \"license-agent.prom\"\n", 2, "metrics.textfile", "absolute path ending in .prom"),
+    (
+      "[metrics]\ntextfile = \"license-agent.prom\"\n", 2, "metrics.textfile", "absolute path ending in .prom"
+    ),
     ("[metrics]\ntextfile = \"/var/lib/x/license-agent.txt\"\n", 2, "metrics.textfile", ".prom"),
     ("[metrics]\ntext-file = \"/x.prom\"\n", 2, "metrics.text-file", "not a known setting"),
   ])
