@@ -96,7 +96,12 @@ struct Status: ParsableCommand {
     for slot in status.slots {
       lines.append("")
       if slot.status == "renewing", let expired = slot.expired, let renewal = slot.renewal {
-        lines.append("\(slot.slot): RENEWING with the activation code …\(renewal.codeHint)")
+        // A renewal the server refused for good renews nothing: the slot is expired, and
+        // only an operator can end that.
+        lines.append(
+          renewal.state == "stopped"
+            ? "\(slot.slot): EXPIRED, waiting for manual activation (the code …\(renewal.codeHint) was refused)"
+            : "\(slot.slot): RENEWING with the activation code …\(renewal.codeHint)")
         lines.append("  key \(expired.serial) expired at \(expired.expiresAt) (\(left(expired.expiresAt)))")
         lines.append(
           "  failed attempts: \(renewal.attempts)\(renewal.lastError.map { ", last error: \($0)" } ?? "")")

@@ -133,6 +133,10 @@ import Testing
     let renewal = (status["slots"] as? [[String: Any]])?.first?["renewal"] as? [String: Any]
     #expect(renewal?["state"] as? String == "stopped")
     #expect(renewal?["alert"] as? Bool == true)
+    // The heading says what the slot is: expired, waiting for a human (not "renewing").
+    let text = try agent.agentctl(["status"]).stdout
+    #expect(text.contains(": EXPIRED, waiting for manual activation (the code …"), "\(text)")
+    #expect(!text.contains("RENEWING"), "\(text)")
   }
 
   @Test func C3_aKeyFromTheServerThatFailsTheChecksIsPermanent() throws {
