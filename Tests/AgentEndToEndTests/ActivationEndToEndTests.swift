@@ -102,6 +102,14 @@ import Testing
     #expect(renewed["MESSAGE"]?.contains("alert is cleared") == true)
     #expect(try events(agent, .manualActivationRequired).count == 1, "alerted once")
     #expect(try StatusExit.of(agent) == 0)
+    // The metrics say the same: renewed, the alert cleared, the failures counted.
+    #expect(try MonitoringTests.agreement(agent) == [])
+    let metrics = MonitoringTests.samples(try String(contentsOfFile: agent.metricsFile, encoding: .utf8))
+    #expect(metrics["license_agent_alert{slot=\"server\",alert=\"manual_activation_required\"}"] == "0")
+    #expect(metrics["license_agent_activation_attempts_total{slot=\"server\",result=\"renewed\"}"] == "1")
+    #expect(
+      Int(metrics["license_agent_activation_attempts_total{slot=\"server\",result=\"transient\"}"] ?? "") ?? 0
+        >= 2)
   }
 
   @Test func C3_aDroppedConnectionOrAMalformedReplyIsHandledAndRenewalFollows() throws {
@@ -137,6 +145,11 @@ import Testing
     let text = try agent.agentctl(["status"]).stdout
     #expect(text.contains(": EXPIRED, waiting for manual activation (the code …"), "\(text)")
     #expect(!text.contains("RENEWING"), "\(text)")
+    #expect(try MonitoringTests.agreement(agent) == [])
+    let metrics = MonitoringTests.samples(try String(contentsOfFile: agent.metricsFile, encoding: .utf8))
+    #expect(metrics["license_agent_alert{slot=\"server\",alert=\"manual_activation_required\"}"] == "1")
+    #expect(metrics["license_agent_slot_expired{slot=\"server\"}"] == "1")
+    #expect(metrics["license_agent_activation_attempts_total{slot=\"server\",result=\"permanent\"}"] == "1")
   }
 
   @Test func C3_aKeyFromTheServerThatFailsTheChecksIsPermanent() throws {
