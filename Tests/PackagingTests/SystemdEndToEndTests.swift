@@ -49,6 +49,23 @@ import Testing
     let newer = try runProcess(
       BootedContainer.repository + "/packaging/build-deb", ["--no-build", "--revision", "2", "--out", lab])
     try #require(newer.status == 0, "build-deb --revision 2: \(newer.stderr)")
+    // A package that brings node_exporter's textfile directory, as prometheus-node-exporter
+    // does, to install after the agent: it must fire the agent package's dpkg trigger.
+    let probe = lab + "/probe"
+    try FileManager.default.createDirectory(
+      atPath: probe + "/var/lib/prometheus/node-exporter", withIntermediateDirectories: true)
+    try FileManager.default.createDirectory(atPath: probe + "/DEBIAN", withIntermediateDirectories: true)
+    try """
+    Package: textfile-directory-probe
+    Version: 1
+    Architecture: all
+    Maintainer: license-agent tests <tests@example.net>
+    Description: ships /var/lib/prometheus/node-exporter only (a test of the trigger)
+
+    """.write(toFile: probe + "/DEBIAN/control", atomically: true, encoding: .utf8)
+    let built = try runProcess(
+      "/usr/bin/dpkg-deb", ["--root-owner-group", "--build", probe, lab + "/textfile-directory-probe.deb"])
+    try #require(built.status == 0, "dpkg-deb: \(built.stderr)")
 
     // Keys and an issuer made here, handed to the machine through a read-only folder.
     let issuer = TestIssuer(kid: "e2e-issuer")
@@ -160,6 +177,15 @@ import Testing
         "license_agent_key_expiry_timestamp_seconds{role=\"active\",serial=\"E2E-R\",slot=\"server\"}"),
       "\(scraped)")
     try machine.run("systemctl stop node-exporter-test")
+
+    // node_exporter installed after the agent: without the ACL entry, a package that brings
+    // the textfile directory fires the agent package's trigger, which gives it back.
+    let directoryACL = "getfacl -p /var/lib/prometheus/node-exporter"
+    try machine.run("setfacl -x u:license-agent /var/lib/prometheus/node-exporter")
+    #expect(try !machine.run(directoryACL).stdout.contains("license-agent"))
+    let probed = try machine.run("dpkg -i /mnt/lab/textfile-directory-probe.deb")
+    #expect(probed.status == 0, "\(probed.stdout) \(probed.stderr)")
+    #expect(try machine.run(directoryACL).stdout.contains("user:license-agent:rwx\n"), "the trigger ran")
 
     // A daemon that stops answering is restarted by the watchdog, with its state intact.
     let stateBefore = try machine.run("md5sum /var/lib/license-agent/state.json").stdout
