@@ -14,20 +14,8 @@ import Testing
       .deletingLastPathComponent().path
   }
 
-  /// The samples of a text in Prometheus's format: `name{labels}` -> value.
-  static func samples(_ text: String) -> [String: String] {
-    var found: [String: String] = [:]
-    for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-      guard let cut = line.lastIndex(of: " ") else { continue }
-      found[String(line[..<cut])] = String(line[line.index(after: cut)...])
-    }
-    return found
-  }
-
-  static func micros(_ value: String?) -> Int64? {
-    guard let value, let decimal = Decimal(string: value) else { return nil }
-    return NSDecimalNumber(decimal: decimal * 1_000_000).int64Value
-  }
+  static func samples(_ text: String) -> [String: String] { PrometheusText.samples(text) }
+  static func micros(_ value: String?) -> Int64? { PrometheusText.microseconds(value) }
 
   /// What the file and `agentctl status --json` disagree on (empty: nothing): every key with
   /// its expiry and not-before, each slot's takeover and expiry, the earliest next action.

@@ -21,19 +21,11 @@ import Testing
     f.agent.queue.sync {}
     f.agent.queue.sync {}
     f.agent.metricsQueue.sync {}
-    let text = try String(contentsOfFile: f.folder + "/license-agent.prom", encoding: .utf8)
-    var samples: [String: String] = [:]
-    for line in text.split(separator: "\n") where !line.hasPrefix("#") {
-      let cut = try #require(line.lastIndex(of: " "))
-      samples[String(line[..<cut])] = String(line[line.index(after: cut)...])
-    }
-    return samples
+    return PrometheusText.samples(
+      try String(contentsOfFile: f.folder + "/license-agent.prom", encoding: .utf8))
   }
 
-  func micros(_ value: String?) -> Int64? {
-    guard let value, let decimal = Decimal(string: value) else { return nil }
-    return NSDecimalNumber(decimal: decimal * 1_000_000).int64Value
-  }
+  func micros(_ value: String?) -> Int64? { PrometheusText.microseconds(value) }
 
   /// Every key of the status is in the file with its instants, nothing else is, and the
   /// earliest next action is the status's.
