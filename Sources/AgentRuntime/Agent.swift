@@ -28,13 +28,11 @@ public struct AgentStartError: Error, Sendable, CustomStringConvertible {
 /// whose handlers enter the actor with `assumeIsolated` (checked at run time). Every input
 /// goes through the rules engine, and each decision is carried out in one order: persist
 /// (durable), announce (journal), acknowledge the outbox, re-arm the timer, update STATUS=.
-public actor Agent {
+public actor Agent: DispatchQueueActor {
   public static let version = ProductVersion.current
 
   public nonisolated let executor = DispatchQueueExecutor(
     queue: DispatchQueue(label: "license-agent", qos: .userInteractive))
-  public nonisolated var queue: DispatchQueue { executor.queue }
-  public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
   public nonisolated let paths: AgentPaths
   private var configuration: AgentConfiguration
   private var engine: LicenseEngine
@@ -103,13 +101,6 @@ public actor Agent {
       }
     }
     try result.get()
-  }
-
-  /// Runs `body` isolated to the agent, from synchronous code off its queue (start-up,
-  /// tests): blocks until done. Never from the queue itself, nor from async code (which
-  /// calls the agent's methods with `await` instead).
-  public nonisolated func sync<T: Sendable>(_ body: (isolated Agent) throws -> T) rethrows -> T {
-    try queue.sync { try assumeIsolated(body) }
   }
 
   /// READY=1 with the current STATUS=. From async code (the service group) it hops onto the

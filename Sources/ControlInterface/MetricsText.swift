@@ -73,7 +73,8 @@ public enum MetricsText {
         slotState.renewal?.alertRaised == true ? "1" : "0")
       if let wake = engine.nextWake(state, slot: slot) {
         add(
-          "license_agent_next_action_timestamp_seconds", [("slot", name), ("action", action(wake))],
+          "license_agent_next_action_timestamp_seconds",
+          [("slot", name), ("action", StatusBuilder.action(wake))],
           seconds(wake.at))
       }
     }
@@ -99,16 +100,6 @@ public enum MetricsText {
       for line in lines { text += line + "\n" }
     }
     return text
-  }
-
-  /// The `action` label of a wake, as `agentctl status` names it.
-  public static func action(_ wake: Wake) -> String {
-    switch wake.reason {
-    case .expiry(_, _, let takeover): return takeover == .reserve ? "promotion" : "expiry"
-    case .warning: return "warning"
-    case .renewal: return "renewal"
-    case .alert: return "alert"
-    }
   }
 
   /// Unix seconds, exact to the microsecond (`1798761600` or `1798761600.25`).

@@ -86,7 +86,19 @@ public enum StatusBuilder {
       nextAction: engine.nextWake(state).map { nextAction($0, state: state) })
   }
 
+  /// The name of what the agent does at `wake` (`NextAction.action`, and the metrics'
+  /// `action` label).
+  public static func action(_ wake: Wake) -> String {
+    switch wake.reason {
+    case .expiry(_, _, let takeover): return takeover == .reserve ? "promotion" : "expiry"
+    case .warning: return "warning"
+    case .renewal: return "renewal"
+    case .alert: return "alert"
+    }
+  }
+
   static func nextAction(_ wake: Wake, state: LicenseState) -> NextAction {
+    let action = action(wake)
     switch wake.reason {
     case .expiry(let slot, let serial, let takeover):
       let what: String
@@ -96,20 +108,20 @@ public enum StatusBuilder {
       case .none: what = "\(serial) expires; nothing takes over"
       }
       return NextAction(
-        at: wake.at.rfc3339, action: takeover == .reserve ? "promotion" : "expiry", slot: slot.rawValue,
+        at: wake.at.rfc3339, action: action, slot: slot.rawValue,
         serial: serial,
         description: "\(slot.rawValue): \(what)")
     case .renewal(let slot, let serial, let attempt):
       return NextAction(
-        at: wake.at.rfc3339, action: "renewal", slot: slot.rawValue, serial: serial,
+        at: wake.at.rfc3339, action: action, slot: slot.rawValue, serial: serial,
         description: "\(slot.rawValue): renewal attempt \(attempt) with the activation code")
     case .alert(let slot, let serial):
       return NextAction(
-        at: wake.at.rfc3339, action: "alert", slot: slot.rawValue, serial: serial,
+        at: wake.at.rfc3339, action: action, slot: slot.rawValue, serial: serial,
         description: "\(slot.rawValue): MANUAL_ACTIVATION_REQUIRED unless renewed before then")
     case .warning(let slot, let serial, let threshold):
       return NextAction(
-        at: wake.at.rfc3339, action: "warning", slot: slot.rawValue, serial: serial,
+        at: wake.at.rfc3339, action: action, slot: slot.rawValue, serial: serial,
         description: "\(slot.rawValue): EXPIRING_SOON (\(threshold) before \(serial) expires)")
     }
   }

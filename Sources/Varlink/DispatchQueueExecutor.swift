@@ -24,3 +24,22 @@ public final class DispatchQueueExecutor: SerialExecutor {
     dispatchPrecondition(condition: .onQueue(queue))
   }
 }
+
+/// An actor that runs on a ``DispatchQueueExecutor``: its executor, its queue (where its
+/// Dispatch sources deliver), and a blocking entry for synchronous code. The agent and its
+/// control server are such actors, on one executor.
+public protocol DispatchQueueActor: Actor {
+  nonisolated var executor: DispatchQueueExecutor { get }
+}
+
+extension DispatchQueueActor {
+  public nonisolated var queue: DispatchQueue { executor.queue }
+  public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
+
+  /// Runs `body` isolated to the actor, from synchronous code off its queue (start-up,
+  /// tests): blocks until done. Never from the queue itself, nor from async code (which
+  /// calls the actor's methods with `await` instead).
+  public nonisolated func sync<T: Sendable>(_ body: (isolated Self) throws -> T) rethrows -> T {
+    try queue.sync { try assumeIsolated(body) }
+  }
+}

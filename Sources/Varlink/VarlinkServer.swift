@@ -126,11 +126,9 @@ public struct VarlinkServerError: Error, Sendable, CustomStringConvertible {
 /// owner that shares the executor (the agent) enters its own isolation with
 /// `assumeIsolated`. Many clients may be connected at once; a malformed message, an
 /// oversized one, or a client that stops reading its replies ends only that connection.
-public actor VarlinkServer {
+public actor VarlinkServer: DispatchQueueActor {
   public nonisolated let path: String
   public nonisolated let executor: DispatchQueueExecutor
-  public nonisolated var queue: DispatchQueue { executor.queue }
-  public nonisolated var unownedExecutor: UnownedSerialExecutor { executor.asUnownedSerialExecutor() }
   private let info: VarlinkServiceInfo
   private let interfaces: [String: VarlinkInterface]
   private var listenSource: DispatchSourceRead?
@@ -168,12 +166,6 @@ public actor VarlinkServer {
     self.init(
       path: path, executor: DispatchQueueExecutor(queue: queue), info: info, interfaces: interfaces,
       limits: limits, isPrivileged: isPrivileged, onDrop: onDrop)
-  }
-
-  /// Runs `body` isolated to the server, from synchronous code off its queue (start-up,
-  /// tests): blocks until done. Never call it from the queue itself, nor from async code.
-  public nonisolated func sync<T: Sendable>(_ body: (isolated VarlinkServer) throws -> T) rethrows -> T {
-    try queue.sync { try assumeIsolated(body) }
   }
 
   /// Binds the socket (replacing a stale one), makes it connectable by every local user

@@ -63,7 +63,7 @@ import Testing
     let wake = engine.nextWake(state, slot: .server)!
     #expect(
       samples(text, "license_agent_next_action_timestamp_seconds") == [
-        "{slot=\"server\",action=\"\(MetricsText.action(wake))\"}": String(wake.at.microseconds / 1_000_000)
+        "{slot=\"server\",action=\"\(StatusBuilder.action(wake))\"}": String(wake.at.microseconds / 1_000_000)
       ])
     #expect(samples(text, "license_agent_info") == [#"{version="0.1.0",product="svm-protection"}"#: "1"])
     #expect(samples(text, "license_agent_state_write_failures_total") == ["": "0"])
