@@ -12,7 +12,9 @@ public enum ActivationOutcome: Sendable, Equatable {
 
 /// Asks the activation server for a key. Blocking: called from the agent's activation queue.
 public protocol ActivationClient: Sendable {
-  func activate(code: ActivationCode, currentSerial: String?) -> ActivationOutcome
+  /// `ahead` and `currentExpiresAt` for a request ahead of expiry (C6, contract §2).
+  func activate(code: ActivationCode, currentSerial: String?, ahead: Bool, currentExpiresAt: Timestamp?)
+    -> ActivationOutcome
 }
 
 /// The exec activation client of contract §3: runs a program (no shell) per attempt, writes
@@ -50,12 +52,17 @@ public struct ExecActivationClient: ActivationClient {
     self.logStderr = logStderr
   }
 
-  /// The request body of contract §2.
-  public func requestBody(code: ActivationCode, currentSerial: String?) -> String {
-    JSONValue.object([
+  /// The request body of contract §2: `"ahead"` always, `currentExpiresAt` for a request
+  /// ahead of expiry (C6).
+  public func requestBody(
+    code: ActivationCode, currentSerial: String?, ahead: Bool = false, currentExpiresAt: Timestamp? = nil
+  ) -> String {
+    var body: [String: JSONValue] = [
       "activationCode": .string(code.value), "product": .string(product), "machineId": .string(machineID),
-      "currentSerial": currentSerial.map(JSONValue.string) ?? .null,
-    ]).serialized
+      "currentSerial": currentSerial.map(JSONValue.string) ?? .null, "ahead": .bool(ahead),
+    ]
+    if ahead, let currentExpiresAt { body["currentExpiresAt"] = .string(currentExpiresAt.rfc3339) }
+    return JSONValue.object(body).serialized
   }
 
   /// The environment of the program: the agent's own (PATH, locale, proxies) plus the
@@ -72,10 +79,14 @@ public struct ExecActivationClient: ActivationClient {
     return env
   }
 
-  public func activate(code: ActivationCode, currentSerial: String?) -> ActivationOutcome {
+  public func activate(
+    code: ActivationCode, currentSerial: String?, ahead: Bool, currentExpiresAt: Timestamp?
+  ) -> ActivationOutcome {
+    let body = requestBody(
+      code: code, currentSerial: currentSerial, ahead: ahead, currentExpiresAt: currentExpiresAt)
     let result = runChild(
       command, environment: environment(),
-      input: Array(requestBody(code: code, currentSerial: currentSerial).utf8),
+      input: Array(body.utf8),
       timeout: timeout)
     let stderr = String(decoding: result.stderr, as: UTF8.self).trimmingWhitespace()
     if !stderr.isEmpty { logStderr(String(stderr.prefix(4000))) }
@@ -117,6 +128,7 @@ public struct ExecActivationClient: ActivationClient {
       if case .number(let seconds)? = reply["retryAfter"], seconds.isFinite, seconds >= 0, seconds < 1e7 {
         retryAfter = TimeSpan(microseconds: Int64(seconds * 1_000_000))
       }
+      if error == "not_yet_available" { return .failure(.notYetAvailable(retryAfter: retryAfter)) }
       return .failure(
         .transient(
           error: described.isEmpty ? "temporary failure (exit 75)" : described, retryAfter: retryAfter))

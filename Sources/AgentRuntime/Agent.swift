@@ -475,10 +475,12 @@ public actor Agent: DispatchQueueActor {
       "Renewal attempt",
       metadata: [
         "slot": "\(request.slot.rawValue)", "attempt": "\(request.attempt)",
-        "code_hint": "\(request.code.hint)",
+        "code_hint": "\(request.code.hint)", "ahead": "\(request.ahead)",
       ])
     activationQueue.async { [weak self] in
-      let outcome = client.activate(code: request.code, currentSerial: request.currentSerial)
+      let outcome = client.activate(
+        code: request.code, currentSerial: request.currentSerial, ahead: request.ahead,
+        currentExpiresAt: request.currentExpiresAt)
       guard let self else { return }
       self.queue.async { self.assumeIsolated { $0.finishAttempt(request, outcome) } }
     }
@@ -490,11 +492,14 @@ public actor Agent: DispatchQueueActor {
     switch outcome {
     case .key(let text):
       carryOut(
-        engine.activationSucceeded(slot: request.slot, key: text, now: now, state: state), decidedAt: now)
+        engine.activationSucceeded(
+          slot: request.slot, key: text, ahead: request.ahead, now: now, state: state),
+        decidedAt: now)
     case .failure(let failure):
       carryOut(
         engine.activationFailed(
-          slot: request.slot, failure: failure, jitter: Double.random(in: 0..<1), now: now, state: state),
+          slot: request.slot, failure: failure, ahead: request.ahead, jitter: Double.random(in: 0..<1),
+          now: now, state: state),
         decidedAt: now)
     }
   }
@@ -505,7 +510,7 @@ public actor Agent: DispatchQueueActor {
     let client = makeActivationClient(configuration, logger)
     logger.info("Manual activation", metadata: ["role": "\(role.rawValue)", "code_hint": "\(code.hint)"])
     activationQueue.async { [weak self] in
-      let outcome = client.activate(code: code, currentSerial: nil)
+      let outcome = client.activate(code: code, currentSerial: nil, ahead: false, currentExpiresAt: nil)
       guard let self else { return }
       self.queue.async {
         self.assumeIsolated {
@@ -523,6 +528,7 @@ public actor Agent: DispatchQueueActor {
       let (error, transient): (String, Bool)
       switch failure {
       case .transient(let text, _): (error, transient) = (text, true)
+      case .notYetAvailable: (error, transient) = ("not_yet_available", true)
       case .permanent(let text): (error, transient) = (text, false)
       }
       let advice =

@@ -27,6 +27,10 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var retryInitial = TimeSpan.seconds(5)
     public var retryMax = TimeSpan.minutes(10)
     public var alertAfter = TimeSpan.minutes(30)
+    /// C6: the first request ahead of `exp` falls in `[exp - renewBefore, + renewSpread]`;
+    /// zero turns renewal ahead off.
+    public var renewBefore = TimeSpan.days(7)
+    public var renewSpread = TimeSpan.days(3)
   }
 
   public init() {}
@@ -35,7 +39,8 @@ public struct AgentConfiguration: Sendable, Equatable {
   public var engine: EngineConfiguration {
     EngineConfiguration(
       product: product, warningThresholds: warningThresholds, retryInitial: activation.retryInitial,
-      retryMax: activation.retryMax, alertAfter: activation.alertAfter)
+      retryMax: activation.retryMax, alertAfter: activation.alertAfter, renewBefore: activation.renewBefore,
+      renewSpread: activation.renewSpread)
   }
 
   /// Reads `path`; a missing file is the default configuration.
@@ -116,7 +121,7 @@ public struct AgentConfiguration: Sendable, Equatable {
         activation,
         keys: [
           "client", "url", "proxy", "command", "ca-file", "attempt-timeout", "retry-initial", "retry-max",
-          "alert-after",
+          "alert-after", "renew-before", "renew-spread",
         ],
         section: "activation")
       var a = Activation()
@@ -169,6 +174,22 @@ public struct AgentConfiguration: Sendable, Equatable {
           guard span.microseconds > 0 else { throw reader.error(key, "activation", "must be positive") }
           a[keyPath: path] = span
         }
+      }
+      // C6: "0s" is allowed (renewal ahead off; a zero spread asks at exp - renew-before).
+      for (key, path) in [
+        ("renew-before", \Activation.renewBefore), ("renew-spread", \Activation.renewSpread),
+      ] {
+        if let value = activation[key] {
+          let span = try reader.duration(value, key: key, section: "activation")
+          guard span.microseconds >= 0 else { throw reader.error(key, "activation", "must not be negative") }
+          a[keyPath: path] = span
+        }
+      }
+      if a.renewBefore.microseconds > 0 && a.renewSpread > a.renewBefore {
+        throw reader.error(
+          "renew-spread", "activation",
+          "must not be longer than renew-before (\(a.renewBefore)): the first request must fall before the expiry"
+        )
       }
       if a.retryMax < a.retryInitial {
         throw reader.error(

@@ -72,6 +72,24 @@ public enum AgentInterface {
       codeHint: string
     )
 
+    # The renewal ahead of the active key's expiry with its activation code (rule C6).
+    type RenewalAhead (
+      # waiting: the first request is not due yet; requesting: an attempt is under way;
+      # retrying: attempts failed and the next one is due before the expiry; stopped: no
+      # attempt is left before the expiry (the key is renewed at expiry instead)
+      state: (waiting, requesting, retrying, stopped),
+      # The window of the first request, and the instant drawn in it
+      windowStart: string,
+      windowEnd: string,
+      firstAttemptAt: string,
+      nextAttemptAt: ?string,
+      attempts: int,
+      lastError: ?string,
+      # MANUAL_ACTIVATION_REQUIRED was raised (a permanent refusal) and is pending
+      alert: bool,
+      codeHint: string
+    )
+
     # The key a slot last had, when it expired with nothing to take over.
     type ExpiredKey (
       serial: string,
@@ -86,17 +104,22 @@ public enum AgentInterface {
       status: (active, expired, renewing),
       active: ?Key,
       reserve: ?Key,
+      # The key renewed ahead with the activation code, taking over at the active key's
+      # expiry (addedAt: when it was obtained)
+      pending: ?Key,
       expired: ?ExpiredKey,
-      # What takes over when the active key expires: reserve, activation-code or none
+      # What takes over when the active key expires: reserve, pending-renewal,
+      # activation-code or none
       takeover: string,
       secondsLeft: ?int,
-      renewal: ?Renewal
+      renewal: ?Renewal,
+      renewalAhead: ?RenewalAhead
     )
 
     # The next instant the agent will act.
     type NextAction (
       at: string,
-      # promotion, expiry, warning, renewal or alert
+      # promotion, expiry, warning, renewal, renewal-ahead or alert
       action: string,
       slot: (server, workstation, processors, cores),
       serial: string,
@@ -107,7 +130,7 @@ public enum AgentInterface {
     type Warning (
       slot: ?(server, workstation, processors, cores),
       # no_reserve, reserve_missing_for_os_type, expiring_without_takeover, slot_expired,
-      # renewing, renewal_stopped
+      # renewing, renewal_stopped, renewal_ahead_failing
       code: string,
       message: string
     )
@@ -217,10 +240,61 @@ public struct SlotStatus: Codable, Sendable, Equatable {
   public var status: String
   public var active: KeyInfo?
   public var reserve: KeyInfo?
+  public var pending: KeyInfo?
   public var expired: ExpiredKeyInfo?
   public var takeover: String
   public var secondsLeft: Int?
   public var renewal: RenewalInfo?
+  public var renewalAhead: RenewalAheadInfo?
+
+  public init(
+    slot: String, status: String, active: KeyInfo? = nil, reserve: KeyInfo? = nil, pending: KeyInfo? = nil,
+    expired: ExpiredKeyInfo? = nil, takeover: String, secondsLeft: Int? = nil, renewal: RenewalInfo? = nil,
+    renewalAhead: RenewalAheadInfo? = nil
+  ) {
+    self.slot = slot
+    self.status = status
+    self.active = active
+    self.reserve = reserve
+    self.pending = pending
+    self.expired = expired
+    self.takeover = takeover
+    self.secondsLeft = secondsLeft
+    self.renewal = renewal
+    self.renewalAhead = renewalAhead
+  }
+}
+
+/// The renewal ahead of expiry of a slot on the wire (C6; never the code: its hint).
+public struct RenewalAheadInfo: Codable, Sendable, Equatable {
+  public var state: String
+  public var windowStart: String
+  public var windowEnd: String
+  public var firstAttemptAt: String
+  public var nextAttemptAt: String?
+  public var attempts: Int
+  public var lastError: String?
+  public var alert: Bool
+  public var codeHint: String
+
+  public init(_ ahead: AheadRenewal, active: InstalledKey, engine: LicenseEngine) {
+    if ahead.stopped {
+      state = "stopped"
+    } else if ahead.attemptStartedAt != nil {
+      state = "requesting"
+    } else {
+      state = ahead.attempts == 0 ? "waiting" : "retrying"
+    }
+    let window = engine.aheadWindow(expiresAt: active.expiresAt, since: ahead.since)
+    windowStart = window.from.rfc3339
+    windowEnd = window.to.rfc3339
+    firstAttemptAt = engine.firstAheadAttempt(ahead, expiresAt: active.expiresAt).rfc3339
+    nextAttemptAt = engine.aheadAttemptDue(SlotState(active: active, ahead: ahead))?.rfc3339
+    attempts = ahead.attempts
+    lastError = ahead.lastError
+    alert = ahead.alertRaised
+    codeHint = active.activationCode?.hint ?? ""
+  }
 }
 
 /// The renewal state of a slot on the wire (never the code: its hint).

@@ -17,12 +17,28 @@ public enum StatusBuilder {
       let takeover = engine.takeover(slotState)
       if let active = slotState.active {
         let left = active.expiresAt.microseconds(since: now)
+        let ahead = slotState.ahead.flatMap { ahead in
+          ahead.serial == active.serial ? RenewalAheadInfo(ahead, active: active, engine: engine) : nil
+        }
         slots.append(
           SlotStatus(
             slot: slot.rawValue, status: "active", active: KeyInfo(active),
-            reserve: slotState.reserve.map(KeyInfo.init),
-            expired: nil, takeover: takeover.rawValue, secondsLeft: Int(max(left, 0) / 1_000_000),
-            renewal: nil))
+            reserve: slotState.reserve.map(KeyInfo.init), pending: slotState.pending.map(KeyInfo.init),
+            takeover: takeover.rawValue, secondsLeft: Int(max(left, 0) / 1_000_000), renewalAhead: ahead))
+        if let ahead, let code = active.activationCode {
+          if ahead.alert {
+            alerts.append(
+              "\(slot.rawValue): MANUAL ACTIVATION REQUIRED: \(active.serial) expires at \(active.expiresAt) and renewing it ahead with the code …\(code.hint) was refused (\(ahead.lastError ?? "refused")); run agentctl activate --code-file FILE, or add a reserve key, before then."
+            )
+          } else if ahead.attempts > 0 && ahead.lastError != "not_yet_available" {
+            warnings.append(
+              StatusWarning(
+                slot: slot.rawValue, code: "renewal_ahead_failing",
+                message:
+                  "\(slot.rawValue): renewing \(active.serial) ahead of its expiry (\(active.expiresAt)) failed \(ahead.attempts) time\(ahead.attempts == 1 ? "" : "s") (last: \(ahead.lastError ?? "?")); \(ahead.nextAttemptAt.map { "next attempt at \($0)" } ?? "the agent renews at expiry")."
+              ))
+          }
+        }
         if takeover == .none {
           if left <= firstThreshold.microseconds {
             warnings.append(
@@ -44,9 +60,9 @@ public enum StatusBuilder {
         let renewal = slotState.renewal.map(RenewalInfo.init)
         slots.append(
           SlotStatus(
-            slot: slot.rawValue, status: renewal == nil ? "expired" : "renewing", active: nil, reserve: nil,
+            slot: slot.rawValue, status: renewal == nil ? "expired" : "renewing",
             expired: ExpiredKeyInfo(serial: expired.serial, expiresAt: expired.expiresAt.rfc3339),
-            takeover: engine.takeover(slotState).rawValue, secondsLeft: nil, renewal: renewal))
+            takeover: engine.takeover(slotState).rawValue, renewal: renewal))
         if let renewal = slotState.renewal {
           if renewal.alertRaised {
             alerts.append(
@@ -90,9 +106,11 @@ public enum StatusBuilder {
   /// `action` label).
   public static func action(_ wake: Wake) -> String {
     switch wake.reason {
-    case .expiry(_, _, let takeover): return takeover == .reserve ? "promotion" : "expiry"
+    case .expiry(_, _, let takeover):
+      return takeover == .reserve || takeover == .pendingRenewal ? "promotion" : "expiry"
     case .warning: return "warning"
     case .renewal: return "renewal"
+    case .renewalAhead: return "renewal-ahead"
     case .alert: return "alert"
     }
   }
@@ -104,6 +122,8 @@ public enum StatusBuilder {
       let what: String
       switch takeover {
       case .reserve: what = "promote reserve \(state[slot].reserve?.serial ?? "?") when \(serial) expires"
+      case .pendingRenewal:
+        what = "promote the renewed key \(state[slot].pending?.serial ?? "?") when \(serial) expires"
       case .activationCode: what = "renew \(serial) with its activation code"
       case .none: what = "\(serial) expires; nothing takes over"
       }
@@ -115,6 +135,12 @@ public enum StatusBuilder {
       return NextAction(
         at: wake.at.rfc3339, action: action, slot: slot.rawValue, serial: serial,
         description: "\(slot.rawValue): renewal attempt \(attempt) with the activation code")
+    case .renewalAhead(let slot, let serial, let attempt):
+      return NextAction(
+        at: wake.at.rfc3339, action: action, slot: slot.rawValue, serial: serial,
+        description:
+          "\(slot.rawValue): renew \(serial) ahead of its expiry with the activation code (attempt \(attempt))"
+      )
     case .alert(let slot, let serial):
       return NextAction(
         at: wake.at.rfc3339, action: action, slot: slot.rawValue, serial: serial,

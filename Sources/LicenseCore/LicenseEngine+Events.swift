@@ -24,12 +24,19 @@ extension LicenseEngine {
     let takeover = takeover(state[slot])
     var fields = keyFields(slot: slot, active.key)
     fields.append(.init("LICENSE_THRESHOLD", threshold.description))
-    fields.append(.init("LICENSE_TAKEOVER", takeover.rawValue))
+    fields.append(.init("LICENSE_TAKEOVER", takeover.journalValue))
     let left = TimeSpan(microseconds: active.expiresAt.microseconds(since: now)).inWords
     let then: String
     switch takeover {
     case .reserve: then = "reserve key \(state[slot].reserve!.serial) will take over"
-    case .activationCode: then = "the agent will renew it with its activation code"
+    case .pendingRenewal:
+      then = "key \(state[slot].pending!.serial), already renewed with the activation code, will take over"
+    case .activationCode:
+      if let due = aheadAttemptDue(state[slot]), due < active.expiresAt {
+        then = "the agent will renew it ahead with its activation code (next request at \(due))"
+      } else {
+        then = "the agent will renew it with its activation code"
+      }
     case .none:
       then =
         "nothing will take over: add a reserve key (`agentctl add-key --reserve FILE`) or a new active key"

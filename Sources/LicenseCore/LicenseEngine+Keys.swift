@@ -20,7 +20,7 @@ extension LicenseEngine {
       var next = state
       var events: [JournalEvent] = []
       apply(plan, code: code, now: now, to: &next, events: &events)
-      return commit(next, events: events, result: .success(plan.added))
+      return commit(next, events: events, result: .success(plan.added), now: now)
     }
   }
 
@@ -47,13 +47,17 @@ extension LicenseEngine {
     var fields = keyFields(slot: slot, reserve.key)
     if let active = state[slot].active { fields.append(.init("LICENSE_ACTIVE_SERIAL", active.serial)) }
     fields.append(.init("LICENSE_REASON", "removed-by-operator"))
+    let then =
+      takeover(next[slot]) == .activationCode
+      ? "the agent will renew the active key with its activation code"
+      : "nothing will take over when the active key expires unless a new reserve is added (`agentctl add-key --reserve FILE`)"
     let event = JournalEvent(
       .reserveDropped,
       message:
-        "Reserve key \(reserve.serial) of the \(slot.rawValue) slot was removed by an operator; nothing will take over when the active key expires unless a new reserve is added (`agentctl add-key --reserve FILE`).",
+        "Reserve key \(reserve.serial) of the \(slot.rawValue) slot was removed by an operator; \(then).",
       fields: fields)
     return commit(
-      next, events: [event], result: .success(ReserveRemoved(slot: slot, serial: reserve.serial)))
+      next, events: [event], result: .success(ReserveRemoved(slot: slot, serial: reserve.serial)), now: now)
   }
 
   // MARK: - Planning (the rules)
@@ -298,6 +302,21 @@ extension LicenseEngine {
             fields: dropFields))
       }
     case .reserve:
+      if let pending = state[added.slot].pending {
+        // C6: an operator's reserve replaces the key obtained ahead with the code.
+        state[added.slot].pending = nil
+        var dropFields = keyFields(slot: added.slot, pending.key)
+        if let active = state[added.slot].active {
+          dropFields.append(.init("LICENSE_ACTIVE_SERIAL", active.serial))
+        }
+        dropFields.append(.init("LICENSE_REASON", "replaced-by-operator"))
+        events.append(
+          JournalEvent(
+            .reserveDropped,
+            message:
+              "Key \(pending.serial), renewed ahead with the activation code, was replaced by the reserve key \(added.key.serial) an operator added; the reserve takes over at expiry instead.",
+            fields: dropFields))
+      }
       state[added.slot].reserve = installed
       let replaced = added.replacedSerial.map { ", replacing reserve \($0)" } ?? ""
       let active = state[added.slot].active!

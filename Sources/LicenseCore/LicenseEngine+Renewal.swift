@@ -3,7 +3,13 @@ extension LicenseEngine {
   /// Attempts that were under way when the agent stopped (a crash): to make again at start.
   public func interruptedAttempts(_ state: LicenseState) -> [ActivationRequest] {
     state.slotsInUse.compactMap { slot in
-      guard let renewal = state[slot].renewal, renewal.attemptStartedAt != nil else { return nil }
+      let current = state[slot]
+      if let ahead = current.ahead, ahead.attemptStartedAt != nil, let active = current.active,
+        active.serial == ahead.serial, let code = active.activationCode
+      {
+        return aheadRequest(slot: slot, code: code, active: active, attempt: ahead.attempts + 1)
+      }
+      guard let renewal = current.renewal, renewal.attemptStartedAt != nil else { return nil }
       return ActivationRequest(
         slot: slot, code: renewal.code, currentSerial: renewal.expiredSerial, attempt: renewal.attempts + 1)
     }
@@ -12,9 +18,13 @@ extension LicenseEngine {
   /// The activation server gave `text` for the renewal of `slot` (C2): checked as A1 and
   /// installed as the active key, keeping the code; ACTIVATION_RENEWED clears the alert.
   /// A key that fails the checks is a permanent failure (`bad_key_from_server`).
-  public func activationSucceeded(slot: Slot, key text: String, now: Timestamp, state: LicenseState)
+  /// For a request made ahead of expiry (`ahead`), the key becomes the pending renewal (C6).
+  public func activationSucceeded(
+    slot: Slot, key text: String, ahead: Bool = false, now: Timestamp, state: LicenseState
+  )
     -> Decision<TimeProcessed>
   {
+    if ahead { return aheadSucceeded(slot: slot, key: text, now: now, state: state) }
     guard let renewal = state[slot].renewal, renewal.attemptStartedAt != nil else {
       // The slot was resolved meanwhile (an operator added a key): nothing to do.
       return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(TimeProcessed()))
@@ -48,15 +58,22 @@ extension LicenseEngine {
       message:
         "The \(slot.rawValue) licence was renewed with its activation code (…\(renewal.code.hint)): key \(key.serial) continues \(renewal.expiredSerial), until \(key.claims.expiresAt) (attempt \(renewal.attempts + 1)).\(cleared)",
       fields: fields)
-    return commit(next, events: [event], result: .success(TimeProcessed()))
+    return commit(next, events: [event], result: .success(TimeProcessed()), now: now)
   }
 
   /// A renewal attempt of `slot` failed (C3, C4). Transient: retried after the backoff delay
   /// (`jitter` uniform in [0, 1), given by the caller so that the engine stays pure),
   /// honouring `Retry-After`; permanent: no retry, MANUAL_ACTIVATION_REQUIRED at once.
+  /// After `exp`, `not_yet_available` counts as transient; ahead of it, see C6's own rules.
   public func activationFailed(
-    slot: Slot, failure: ActivationFailure, jitter: Double, now: Timestamp, state: LicenseState
+    slot: Slot, failure: ActivationFailure, ahead: Bool = false, jitter: Double, now: Timestamp,
+    state: LicenseState
   ) -> Decision<TimeProcessed> {
+    if ahead { return aheadFailed(slot: slot, failure: failure, jitter: jitter, now: now, state: state) }
+    var failure = failure
+    if case .notYetAvailable(let retryAfter) = failure {
+      failure = .transient(error: "not_yet_available", retryAfter: retryAfter)
+    }
     guard var renewal = state[slot].renewal, renewal.attemptStartedAt != nil else {
       return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(TimeProcessed()))
     }
@@ -99,13 +116,15 @@ extension LicenseEngine {
         renewal.alertRaised = true
         events.append(manualActivationRequired(slot: slot, renewal: renewal))
       }
+    case .notYetAvailable: break  // made transient above
     }
     var next = state
     next[slot].renewal = renewal
     switch failure {
     case .transient: next.counters[slot, default: SlotCounters()].transientFailures += 1
     case .permanent: next.counters[slot, default: SlotCounters()].permanentFailures += 1
+    case .notYetAvailable: break  // made transient above
     }
-    return commit(next, events: events, result: .success(TimeProcessed()))
+    return commit(next, events: events, result: .success(TimeProcessed()), now: now)
   }
 }

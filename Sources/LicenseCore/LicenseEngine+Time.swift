@@ -4,7 +4,8 @@ extension LicenseEngine {
   /// slots expired (P4, P6), and logs due EXPIRING_SOON warnings (W1). Idempotent: calling it
   /// again at the same instant, or after a crash replay, finds nothing left to do.
   public func timeReached(now: Timestamp, state: LicenseState) -> Decision<TimeProcessed> {
-    var next = state
+    // C6: a key the agent has not drawn for yet (an older state file) is drawn for now.
+    var next = withAheadRecords(state, now: now)
     var events: [JournalEvent] = []
     var requests: [ActivationRequest] = []
     for slot in state.slotsInUse {
@@ -29,15 +30,20 @@ extension LicenseEngine {
             message:
               "Reserve key \(reserve.serial) is now the active \(slot.rawValue) key: \(active.serial) expired at \(active.expiresAt)\(late). The new key expires at \(reserve.expiresAt); add the next reserve before then.",
             fields: fields))
+      } else if let pending = next[slot].pending, pending.expiresAt > now {
+        // C6: the key obtained ahead takes over as a reserve does (P1, P3, P5).
+        events.append(promotePending(slot: slot, active: active, pending: pending, now: now, in: &next))
       } else if let code = active.activationCode {
         // C2: no reserve, but a code: renew at once, the first attempt at the instant of
-        // expiry (in this same decision: one durable write before the first request).
+        // expiry (in this same decision: one durable write before the first request). An
+        // alert already raised ahead (a permanent refusal) is not raised again.
+        let ahead = next[slot].ahead
         next[slot] = SlotState(
           expired: ExpiredKey(
             serial: active.serial, expiresAt: active.expiresAt, scheme: active.claims.scheme),
           renewal: RenewalState(
             code: code, expiredSerial: active.serial, expiredAt: active.expiresAt, nextAttemptAt: nil,
-            attemptStartedAt: now))
+            lastError: ahead?.lastError, alertRaised: ahead?.alertRaised ?? false, attemptStartedAt: now))
         requests.append(ActivationRequest(slot: slot, code: code, currentSerial: active.serial, attempt: 1))
       } else {
         // P4 / P6: nothing valid takes over; the slot is expired.
@@ -74,6 +80,8 @@ extension LicenseEngine {
       }
       next[slot].renewal = renewal
     }
+    next = withAheadRecords(next, now: now)
+    requests += startDueAheadAttempts(now: now, in: &next)
     for slot in next.slotsInUse {
       guard let active = next[slot].active else { continue }
       let due = configuration.warningThresholds
@@ -87,7 +95,7 @@ extension LicenseEngine {
     if next == state {
       return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(TimeProcessed()))
     }
-    var decision = commit(next, events: events, result: .success(TimeProcessed()))
+    var decision = commit(next, events: events, result: .success(TimeProcessed()), now: now)
     decision.actions += requests.map(Action.activate)
     return decision
   }

@@ -20,14 +20,24 @@ public struct ActivationRequest: Sendable, Equatable {
   public var code: ActivationCode
   /// The serial of the key to continue (`currentSerial` of the request).
   public var currentSerial: String?
-  /// 1 for the attempt at the instant of expiry.
+  /// 1 for the first attempt (at the instant of expiry, or at the drawn instant ahead).
   public var attempt: Int
+  /// True for a request ahead of expiry (C6): the body carries `"ahead": true` and
+  /// `currentExpiresAt`, and a key obtained becomes the slot's pending renewal.
+  public var ahead: Bool
+  /// The expiry of the key to continue (`currentExpiresAt`), for a request ahead.
+  public var currentExpiresAt: Timestamp?
 
-  public init(slot: Slot, code: ActivationCode, currentSerial: String?, attempt: Int) {
+  public init(
+    slot: Slot, code: ActivationCode, currentSerial: String?, attempt: Int, ahead: Bool = false,
+    currentExpiresAt: Timestamp? = nil
+  ) {
     self.slot = slot
     self.code = code
     self.currentSerial = currentSerial
     self.attempt = attempt
+    self.ahead = ahead
+    self.currentExpiresAt = currentExpiresAt
   }
 }
 
@@ -37,6 +47,27 @@ public enum ActivationFailure: Sendable, Equatable {
   case transient(error: String, retryAfter: TimeSpan?)
   /// Invalid, blocked, exhausted or expired code, or an unusable reply: not retried (C3), alert (C4).
   case permanent(error: String)
+  /// `not_yet_available`: the vendor has not opened the code's next period yet (C6); retried
+  /// inside the window, never sooner than `retryAfter`; after `exp`, transient.
+  case notYetAvailable(retryAfter: TimeSpan?)
+
+  /// What the client reported (`not_yet_available` for that answer).
+  public var error: String {
+    switch self {
+    case .transient(let error, _), .permanent(let error): return error
+    case .notYetAvailable: return "not_yet_available"
+    }
+  }
+  /// The server's `Retry-After`, if any.
+  public var retryAfter: TimeSpan? {
+    switch self {
+    case .transient(_, let retryAfter), .notYetAvailable(let retryAfter): return retryAfter
+    case .permanent: return nil
+    }
+  }
+  public var isNotYetAvailable: Bool {
+    if case .notYetAvailable = self { return true } else { return false }
+  }
 }
 
 /// The next instant the agent must act, and why (for `agentctl status` and the timer).
@@ -48,6 +79,8 @@ public struct Wake: Sendable, Equatable {
     case warning(slot: Slot, serial: String, threshold: String)
     /// The next renewal attempt of `slot` is due.
     case renewal(slot: Slot, serial: String, attempt: Int)
+    /// The next attempt to renew the active key `serial` of `slot` ahead of its expiry (C6).
+    case renewalAhead(slot: Slot, serial: String, attempt: Int)
     /// The alert delay after the expiry of `serial` ends without a renewal (C4).
     case alert(slot: Slot, serial: String)
   }
@@ -58,8 +91,14 @@ public struct Wake: Sendable, Equatable {
 /// What takes over when an active key expires (`LICENSE_TAKEOVER`).
 public enum Takeover: String, Sendable, Equatable {
   case reserve
+  /// The key already obtained ahead with the activation code (C6).
+  case pendingRenewal = "pending-renewal"
   case activationCode = "activation-code"
   case none
+
+  /// `LICENSE_TAKEOVER` of EXPIRING_SOON, whose vocabulary (contract §4) has no
+  /// `pending-renewal`: a pending renewal came from the activation code.
+  public var journalValue: String { self == .pendingRenewal ? Takeover.activationCode.rawValue : rawValue }
 }
 
 /// What a `removeReserve` request removed.
@@ -127,6 +166,10 @@ public struct EngineConfiguration: Sendable, Equatable {
   public var retryInitial: TimeSpan
   public var retryMax: TimeSpan
   public var alertAfter: TimeSpan
+  /// Renewal ahead of expiry (C6): the window of the first request starts `renewBefore`
+  /// before `exp` and lasts `renewSpread`; a zero `renewBefore` turns it off.
+  public var renewBefore: TimeSpan
+  public var renewSpread: TimeSpan
 
   public static let defaultProduct = "svm-protection"
   public static let defaultWarningThresholds: [TimeSpan] = [.days(30), .days(7), .days(1), .hours(1)]
@@ -134,13 +177,15 @@ public struct EngineConfiguration: Sendable, Equatable {
   public init(
     product: String = defaultProduct, warningThresholds: [TimeSpan] = defaultWarningThresholds,
     retryInitial: TimeSpan = .seconds(5), retryMax: TimeSpan = .minutes(10),
-    alertAfter: TimeSpan = .minutes(30)
+    alertAfter: TimeSpan = .minutes(30), renewBefore: TimeSpan = .days(7), renewSpread: TimeSpan = .days(3)
   ) {
     self.product = product
     self.warningThresholds = warningThresholds
     self.retryInitial = retryInitial
     self.retryMax = retryMax
     self.alertAfter = alertAfter
+    self.renewBefore = renewBefore
+    self.renewSpread = renewSpread
   }
 }
 
@@ -184,6 +229,13 @@ public struct LicenseEngine: Sendable {
       }
     }
     guard let active = state[slot].active else { return best }
+    if let due = aheadAttemptDue(state[slot]) {
+      consider(
+        Wake(
+          at: due,
+          reason: .renewalAhead(
+            slot: slot, serial: active.serial, attempt: (state[slot].ahead?.attempts ?? 0) + 1)))
+    }
     consider(
       Wake(
         at: active.expiresAt,
@@ -208,6 +260,7 @@ public struct LicenseEngine: Sendable {
       return .activationCode
     }
     if slot.reserve != nil { return .reserve }
+    if slot.pending != nil { return .pendingRenewal }
     return slot.active?.activationCode != nil ? .activationCode : .none
   }
 
@@ -215,10 +268,12 @@ public struct LicenseEngine: Sendable {
 
   /// Gives the events the next transition id, stores them in the outbox and orders the
   /// actions: persist first, then announce, then sleep (P2).
-  func commit<Success>(_ state: LicenseState, events: [JournalEvent], result: Result<Success, RuleViolation>)
+  func commit<Success>(
+    _ state: LicenseState, events: [JournalEvent], result: Result<Success, RuleViolation>, now: Timestamp
+  )
     -> Decision<Success>
   {
-    var next = state
+    var next = withAheadRecords(state, now: now)
     next.lastTransitionID += 1
     let id = next.lastTransitionID
     let stamped = events.map { event -> JournalEvent in

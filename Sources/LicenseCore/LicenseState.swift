@@ -77,6 +77,50 @@ public struct RenewalState: Sendable, Equatable, Codable {
   }
 }
 
+/// The renewal ahead of expiry of a slot's code-mode active key (rule C6): the first request
+/// is made at an instant drawn once per key and persisted here, so that a restart (of one SVM
+/// or of a whole fleet) does not draw again; failures are retried inside the window, without
+/// an alert, until the key obtained ahead is stored as the slot's pending renewal.
+public struct AheadRenewal: Sendable, Equatable, Codable {
+  /// The active key this renewal continues.
+  public var serial: String
+  /// Where, in the window, the first request falls: uniform in [0, 1), drawn once per key.
+  public var draw: Double
+  /// When the agent first saw the key (it was added, renewed or promoted, or the agent was
+  /// upgraded): a window already open then is drawn in what is left of it.
+  public var since: Timestamp
+  /// Failed attempts so far.
+  public var attempts: Int
+  /// When the next attempt is due after a failure; nil before the first attempt (due at the
+  /// drawn instant) and once the renewal ahead stopped.
+  public var nextAttemptAt: Timestamp?
+  /// True once no attempt is left before the key's expiry (a permanent refusal, or the next
+  /// retry would fall at or after `exp`): renewal at expiry (C2–C4) takes over.
+  public var stopped: Bool
+  /// The last failure, as the client reported it.
+  public var lastError: String?
+  /// MANUAL_ACTIVATION_REQUIRED was raised after a permanent refusal ahead.
+  public var alertRaised: Bool
+  /// When the attempt under way started (see ``RenewalState/attemptStartedAt``).
+  public var attemptStartedAt: Timestamp?
+
+  public init(
+    serial: String, draw: Double, since: Timestamp, attempts: Int = 0, nextAttemptAt: Timestamp? = nil,
+    stopped: Bool = false, lastError: String? = nil, alertRaised: Bool = false,
+    attemptStartedAt: Timestamp? = nil
+  ) {
+    self.serial = serial
+    self.draw = draw
+    self.since = since
+    self.attempts = attempts
+    self.nextAttemptAt = nextAttemptAt
+    self.stopped = stopped
+    self.lastError = lastError
+    self.alertRaised = alertRaised
+    self.attemptStartedAt = attemptStartedAt
+  }
+}
+
 /// One slot: at most one active and one reserve key (rules A3, R9).
 public struct SlotState: Sendable, Equatable, Codable {
   public var active: InstalledKey?
@@ -88,20 +132,30 @@ public struct SlotState: Sendable, Equatable, Codable {
   public var warned: [String]
   /// Set while the expired code-mode key is being renewed (C2–C4).
   public var renewal: RenewalState?
+  /// The renewal ahead of the active key's expiry, while it is being asked for (C6).
+  public var ahead: AheadRenewal?
+  /// The key obtained ahead with the activation code (C6): it takes over at the active key's
+  /// `exp` as a reserve does. `addedAt` is when it was obtained.
+  public var pending: InstalledKey?
 
   public init(
     active: InstalledKey? = nil, reserve: InstalledKey? = nil, expired: ExpiredKey? = nil,
-    warned: [String] = [], renewal: RenewalState? = nil
+    warned: [String] = [], renewal: RenewalState? = nil, ahead: AheadRenewal? = nil,
+    pending: InstalledKey? = nil
   ) {
     self.active = active
     self.reserve = reserve
     self.expired = expired
     self.warned = warned
     self.renewal = renewal
+    self.ahead = ahead
+    self.pending = pending
   }
 
   /// True when the slot holds nothing worth keeping.
-  public var isEmpty: Bool { active == nil && reserve == nil && expired == nil && renewal == nil }
+  public var isEmpty: Bool {
+    active == nil && reserve == nil && expired == nil && renewal == nil && ahead == nil && pending == nil
+  }
 
   /// The scheme of whatever the slot holds (keys or the record of an expired one).
   var scheme: Scheme? { active?.claims.scheme ?? reserve?.claims.scheme ?? expired?.scheme }

@@ -26,6 +26,12 @@ struct ActivationServerMain {
     (410 code_expired); an unknown code is 404 invalid_code. Each key gets the serial
     SERIAL-N (N counting from 1), nbf now and exp now + validity.
 
+    Renewal ahead of expiry (rule C6): a request with "ahead": true and currentExpiresAt
+    gets the key of the next period, nbf = currentExpiresAt and exp = currentExpiresAt +
+    validity. An entry's optional "renewableBefore" (e.g. "5d") says from when that period
+    is open: before currentExpiresAt - renewableBefore the reply is 409 not_yet_available
+    with Retry-After (the seconds until it opens). Without it, it is open at once.
+
     Fault injection (for tests and labs), POST /admin/faults with a JSON object, any of:
       {"failNext": N, "status": 503, "retryAfter": 2, "error": "code_blocked"}
                                                         the next N requests fail so
@@ -99,6 +105,7 @@ struct Catalog: Decodable {
     var units: Int
     var validity: String
     var product: String?
+    var renewableBefore: String?
   }
   var codes: [String: Entry]
 }
@@ -152,6 +159,8 @@ actor ServerState {
     var entry: [String: String] = [
       "at": Timestamp.now.rfc3339, "codeHint": String(codeText.suffix(5)),
       "currentSerial": object?["currentSerial"] as? String ?? "",
+      "ahead": (object?["ahead"] as? Bool).map { $0 ? "true" : "false" } ?? "",
+      "currentExpiresAt": object?["currentExpiresAt"] as? String ?? "",
     ]
     entry["machineId"] = object?["machineId"] as? String ?? ""
     log.append(entry)
@@ -193,16 +202,36 @@ actor ServerState {
         statusCode: .ok, headers: HTTPHeaders([.contentType: "text/html"]),
         body: Data("<html>login</html>".utf8))
     }
-    let count = (issued[code.value] ?? 0) + 1
-    issued[code.value] = count
     let now = Timestamp.now
     guard let validity = TimeSpan(item.validity), let edition = Edition(rawValue: item.edition),
       let scheme = Scheme(rawValue: item.scheme), let licenseType = LicenseType(rawValue: item.licenseType)
     else { return json(500, ["error": "bad_catalog", "message": "the catalog entry is invalid"]) }
+    // C6: a request ahead gets the next period, once it is open.
+    var period = (notBefore: now - .seconds(60), expiresAt: now + validity)
+    if object?["ahead"] as? Bool == true {
+      guard let text = object?["currentExpiresAt"] as? String, let current = Timestamp(rfc3339: text) else {
+        return json(400, ["error": "bad_request", "message": "a request ahead needs currentExpiresAt"])
+      }
+      if let opensBefore = item.renewableBefore.flatMap(TimeSpan.init) {
+        let opens = current - opensBefore
+        if now < opens {
+          let seconds = (opens.microseconds(since: now) + 999_999) / 1_000_000
+          return json(
+            409,
+            [
+              "error": "not_yet_available",
+              "message": "the next period of this code opens at \(opens.rfc3339)",
+            ], headers: [HTTPHeader("Retry-After"): String(seconds)])
+        }
+      }
+      period = (current, current + validity)
+    }
+    let count = (issued[code.value] ?? 0) + 1
+    issued[code.value] = count
     let claims = LicenseClaims(
       issuer: issuer.kid, serial: "\(item.serial)-\(count)",
       issuedAt: Timestamp(seconds: now.microseconds / 1_000_000),
-      notBefore: now - .seconds(60), expiresAt: now + validity,
+      notBefore: period.notBefore, expiresAt: period.expiresAt,
       product: item.product ?? EngineConfiguration.defaultProduct,
       edition: edition, scheme: scheme, osType: item.osType.flatMap(OSType.init(rawValue:)),
       licenseType: licenseType,

@@ -9,7 +9,8 @@ import StandardIO
 /// input; the server's base URL, proxy, CA file and attempt timeout in LICENSE_AGENT_URL,
 /// LICENSE_AGENT_PROXY, LICENSE_AGENT_CA_FILE and LICENSE_AGENT_TIMEOUT_SEC. It prints one JSON
 /// object and exits 0 with `{"key"}`, 75 on a transient failure (`{"error","message",
-/// "retryAfter"?}`), 1 on a permanent one (`{"error","message"}`).
+/// "retryAfter"?}`; `{"error": "not_yet_available"}` when the server answers 409 with that
+/// code to a request ahead of expiry, rule C6), 1 on a permanent one (`{"error","message"}`).
 ///
 /// HTTP through Debian's libcurl and OpenSSL, called directly: TLS is verified against the
 /// system CA store or the CA file (CURLOPT_CAINFO, which Foundation's URLSession on Linux
@@ -81,6 +82,15 @@ struct ActivateHTTPS {
     }
     let serverError = json?["error"]?.stringValue
     let serverMessage = json?["message"]?.stringValue
+    if status == 409 && serverError == "not_yet_available" {
+      // C6: the next period is not open yet; the agent retries inside its window.
+      finish(
+        75,
+        [
+          "error": "not_yet_available",
+          "message": serverMessage ?? "the activation server has not opened the next period yet",
+        ], retryAfter: reply.headers["retry-after"].flatMap(parseRetryAfter))
+    }
     if permanentStatuses.contains(status) {
       finish(
         1,

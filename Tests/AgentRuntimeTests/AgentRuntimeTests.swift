@@ -109,9 +109,13 @@ import Testing
     private let script: Mutex<(answers: [ActivationOutcome], requests: [String])>
     init(_ answers: [ActivationOutcome]) { script = Mutex((answers, [])) }
     var requests: [String] { script.withLock { $0.requests } }
-    func activate(code: ActivationCode, currentSerial: String?) -> ActivationOutcome {
+    func activate(code: ActivationCode, currentSerial: String?, ahead: Bool, currentExpiresAt: Timestamp?)
+      -> ActivationOutcome
+    {
       script.withLock {
-        $0.requests.append("\(code.hint) \(currentSerial ?? "-")")
+        $0.requests.append(
+          "\(code.hint) \(currentSerial ?? "-")" + (ahead ? " ahead \(currentExpiresAt?.rfc3339 ?? "?")" : "")
+        )
         return $0.answers.isEmpty
           ? .failure(.transient(error: "no answer", retryAfter: nil)) : $0.answers.removeFirst()
       }
@@ -131,7 +135,8 @@ import Testing
 
     init(
       state: LicenseState = LicenseState(), alreadyDelivered: Set<String> = [],
-      client: ScriptedClient = ScriptedClient([]), issuer: TestIssuer = TestIssuer()
+      client: ScriptedClient = ScriptedClient([]), issuer: TestIssuer = TestIssuer(),
+      renewBefore: TimeSpan = .seconds(0), renewSpread: TimeSpan = .seconds(0)
     ) throws {
       self.issuer = issuer
       store = MemoryStore(log: log, state: state)
@@ -142,6 +147,9 @@ import Testing
       // The metrics go to the test's folder, never to the machine's node_exporter directory.
       var configuration = AgentConfiguration()
       configuration.metricsTextfile = folder + "/license-agent.prom"
+      // Renewal at expiry (C2–C4) unless a test asks for renewal ahead (C6).
+      configuration.activation.renewBefore = renewBefore
+      configuration.activation.renewSpread = renewSpread
       agent = Agent(
         paths: paths, configuration: configuration, trust: issuer.trust, store: store, sink: sink,
         clock: clock, notifier: QuietNotifier(),

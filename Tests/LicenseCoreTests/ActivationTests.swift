@@ -10,7 +10,8 @@ import Testing
   var engine: LicenseEngine {
     LicenseEngine(
       configuration: EngineConfiguration(
-        retryInitial: .seconds(5), retryMax: .minutes(10), alertAfter: .minutes(30)),
+        retryInitial: .seconds(5), retryMax: .minutes(10), alertAfter: .minutes(30),
+        renewBefore: .seconds(0)),  // C2–C5 alone: renewal ahead (C6) has its own tests
       trust: issuer.trust)
   }
 
