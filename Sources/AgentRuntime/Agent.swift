@@ -502,6 +502,11 @@ public actor Agent: DispatchQueueActor {
           now: now, state: state),
         decidedAt: now)
     }
+    // An attempt the engine started while this one was under way (the expiry came during a
+    // request ahead, C6: the renewal at expiry) waited for it; it is made now.
+    for pending in engine.interruptedAttempts(state) where pending.slot == request.slot {
+      startAttempt(pending)
+    }
   }
 
   /// Manual activation (C5): obtains the key for `code` and adds it like AddKey, keeping the

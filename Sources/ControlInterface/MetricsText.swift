@@ -55,7 +55,9 @@ public enum MetricsText {
     for slot in state.slotsInUse {
       let slotState = state[slot]
       let name = slot.rawValue
-      for (role, key) in [("active", slotState.active), ("reserve", slotState.reserve)] {
+      for (role, key) in [
+        ("active", slotState.active), ("reserve", slotState.reserve), ("pending", slotState.pending),
+      ] {
         guard let key else { continue }
         let labels = [("slot", name), ("role", role), ("serial", key.serial)]
         add("license_agent_key_expiry_timestamp_seconds", labels, seconds(key.expiresAt))
@@ -70,7 +72,7 @@ public enum MetricsText {
       add("license_agent_slot_expired", [("slot", name)], slotState.active == nil ? "1" : "0")
       add(
         "license_agent_alert", [("slot", name), ("alert", "manual_activation_required")],
-        slotState.renewal?.alertRaised == true ? "1" : "0")
+        slotState.renewal?.alertRaised == true || slotState.ahead?.alertRaised == true ? "1" : "0")
       if let wake = engine.nextWake(state, slot: slot) {
         add(
           "license_agent_next_action_timestamp_seconds",

@@ -132,8 +132,37 @@ struct Status: ParsableCommand {
       } else {
         lines.append("  reserve  none")
       }
+      if let pending = slot.pending {
+        lines.append("  pending  \(describe(pending))")
+        lines.append("           valid \(pending.notBefore) .. \(pending.expiresAt)")
+        lines.append(
+          "           renewed ahead with the code …\(pending.codeHint ?? "?")\(pending.addedAt.map { " at \($0) (\(left($0)))" } ?? "")"
+        )
+      }
+      if let ahead = slot.renewalAhead {
+        lines.append("  renewal ahead with the code …\(ahead.codeHint): \(ahead.state)")
+        lines.append("           window \(ahead.windowStart) .. \(ahead.windowEnd)")
+        switch ahead.state {
+        case "waiting":
+          lines.append("           first request at \(ahead.firstAttemptAt) (\(left(ahead.firstAttemptAt)))")
+        case "requesting": lines.append("           a request is under way")
+        case "retrying":
+          lines.append(
+            "           failed attempts: \(ahead.attempts)\(ahead.lastError.map { ", last error: \($0)" } ?? "")"
+          )
+          if let next = ahead.nextAttemptAt {
+            lines.append("           next attempt: \(next) (\(left(next)))")
+          }
+        default:
+          lines.append(
+            "           no attempt left before expiry (\(ahead.attempts) failed\(ahead.lastError.map { ", last error: \($0)" } ?? "")); renewal at expiry instead"
+          )
+        }
+      }
       switch slot.takeover {
       case "reserve": lines.append("  at expiry: reserve \(slot.reserve?.serial ?? "") becomes active")
+      case "pending-renewal":
+        lines.append("  at expiry: the renewed key \(slot.pending?.serial ?? "") becomes active")
       case "activation-code": lines.append("  at expiry: renewed with the activation code")
       default: lines.append("  at expiry: NOTHING takes over; the licence of this slot lapses")
       }

@@ -535,7 +535,7 @@ struct Renewal: ParsableCommand {
       throw BenchError(description: "activation-server: \(line)")
     }
     let url = String(line[range.lowerBound...].prefix { !$0.isWhitespace })
-    try folder.writeConfiguration("[activation]\nurl = \"\(url)\"\n")
+    try folder.writeConfiguration("[activation]\nurl = \"\(url)\"\nrenew-before = \"0s\"\n")
 
     let agent = try folder.startAgent(directory + "/license-agent")
     defer { stopAgent(agent) }

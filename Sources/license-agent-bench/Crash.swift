@@ -67,9 +67,11 @@ struct Crash: ParsableCommand {
       var index = worker
       while index < trials {
         let seed = baseSeed &+ UInt64(index)
-        // A quarter of the trials renew a code's key; the rest add, replace and promote.
+        // A quarter of the trials renew a code's key (half of them ahead of its expiry, C6);
+        // the rest add, replace and promote.
         if index % 4 == 3 {
-          results.add(RenewalTrial(index: index, seed: seed, executable: executable).run())
+          results.add(
+            RenewalTrial(index: index, seed: seed, executable: executable, ahead: index % 8 == 7).run())
         } else {
           results.add(CrashTrial(index: index, seed: seed, executable: executable).run())
         }

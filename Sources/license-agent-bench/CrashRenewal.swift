@@ -11,13 +11,20 @@ import Varlink
 /// agent at its expiry; the agent is SIGKILLed at a random instant from start-up to after
 /// the renewal. Checks: the code's key is never lost, the renewal happens exactly once and
 /// not before the expiry, and every transition is announced exactly once.
+///
+/// With `ahead`, the same story with renewal ahead of expiry (C6, keys of 3 s, `renew-before` 1 s): the
+/// next key is obtained before the expiry as the slot's pending renewal and promoted at it.
+/// Checks besides: a pending key announced is never lost (the chain of renewals has no
+/// fork, which a second renewal of the same key would make) and is promoted exactly once,
+/// not before the expiry.
 struct RenewalTrial {
   let index: Int
   let seed: UInt64
   let executable: String
+  var ahead = false
 
   func run() -> TrialResult {
-    let kind = "renewal, SIGKILL at a random instant"
+    let kind = ahead ? "renewal ahead, SIGKILL at a random instant" : "renewal, SIGKILL at a random instant"
     var random = SplitMix64(seed: seed)
     var violations: [(String, String)] = []
     func violation(_ invariant: String, _ detail: String) { violations.append((invariant, detail)) }
@@ -37,7 +44,7 @@ struct RenewalTrial {
         toFile: root + "/issuer.private.jwk", atomically: true, encoding: .utf8)) != nil,
       (try? """
       {"codes": {"\(code)": {"state": "valid", "serial": "\(prefix)", "edition": "standard", "scheme": "cores",
-        "licenseType": "subscription", "units": 4, "validity": "1500ms"}}}
+        "licenseType": "subscription", "units": 4, "validity": "\(ahead ? "3s" : "1500ms")"}}}
       """.write(toFile: root + "/codes.json", atomically: true, encoding: .utf8)) != nil
     else { return setup("cannot write the server's files") }
     let server = Process()
@@ -62,6 +69,8 @@ struct RenewalTrial {
         retry-initial = "250ms"
         retry-max = "1s"
         attempt-timeout = "5s"
+        renew-before = "\(ahead ? "1s" : "0s")"
+        renew-spread = "\(ahead ? "300ms" : "0s")"
         """)) != nil
     else { return setup("cannot write agent.toml") }
 
@@ -71,7 +80,9 @@ struct RenewalTrial {
       return setup("cannot start the agent")
     }
     let start = now()
-    let delay = Double(random.next() % 2_200_000) / 1_000_000
+    // Ahead: keys of 3 s, asked for 1 s before their expiry, so that the kill falls before,
+    // during or after the request ahead, and the restart comes before the pending key ends.
+    let delay = Double(random.next() % (ahead ? 3_500_000 : 2_200_000)) / 1_000_000
     let killer = DispatchWorkItem { [pid] in kill(pid, SIGKILL) }
     DispatchQueue.global().asyncAfter(deadline: .now() + delay, execute: killer)
     var restarts = 0
@@ -178,7 +189,28 @@ struct RenewalTrial {
       previous = next
       chain.append(next)
     }
-    if let firstRenewal = renewals.first {
+    let promotions = entries.filter { $0["MESSAGE_ID"] == EventKind.keyPromoted.messageID }
+    if ahead {
+      // The key obtained ahead takes over at the expiry, once; promotions follow the chain.
+      var promotedSerials: [String: Int] = [:]
+      for promotion in promotions {
+        let serial = promotion["LICENSE_SERIAL"] ?? "?"
+        promotedSerials[serial, default: 0] += 1
+        guard let index = chain.firstIndex(of: serial), index > 0,
+          promotion["LICENSE_PREVIOUS_SERIAL"] == chain[index - 1]
+        else {
+          violation("lost", "KEY_PROMOTED \(serial) is not the renewal of its previous key (chain \(chain))")
+          continue
+        }
+      }
+      for (serial, count) in promotedSerials where count > 1 {
+        violation("twice", "\(serial) promoted \(count) times")
+      }
+      if let promotion = promotions.first(where: { $0["LICENSE_PREVIOUS_SERIAL"] == first.serial }) {
+        let at = Int64(promotion["LICENSE_DELAY_USEC"] ?? "") ?? -1
+        if at < 0 { violation("early", "\(promotion["LICENSE_SERIAL"] ?? "?") promoted before its time") }
+      }
+    } else if let firstRenewal = renewals.first {
       let at = firstRenewal["__REALTIME_TIMESTAMP"].flatMap { Int64($0) } ?? 0
       if at < first.expires.microseconds {
         violation("early", "renewed at \(at), before \(first.expires.microseconds)")

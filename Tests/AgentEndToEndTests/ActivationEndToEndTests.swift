@@ -8,8 +8,10 @@ import Testing
 /// reference activation server (or an exec plugin script), and the real journal.
 @Suite(.serialized) struct ActivationEndToEndTests {
   static let code = "ABCDE-12345-FGHIJ-67890"
-  /// Short delays so that the tests run in seconds.
+  /// Short delays so that the tests run in seconds; renewal at expiry (C2–C4): the tests of
+  /// renewal ahead (C6) set their own window.
   static let fast = """
+    renew-before = "0s"
     attempt-timeout = "2s"
     retry-initial = "300ms"
     retry-max = "1s"
@@ -401,5 +403,143 @@ extension ActivationEndToEndTests {
     #expect(result.status == 0, "\(result.stderr)")
     #expect(result.stderr.contains("warning: a code on the command line is visible in ps and shell history"))
     #expect(!result.stdout.contains(Self.code) && result.stderr.components(separatedBy: Self.code).count == 1)
+  }
+}
+
+/// Rule C6 end to end: the built daemon, the shipped HTTPS client program and the reference
+/// activation server, with windows of seconds.
+extension ActivationEndToEndTests {
+  /// Fast retries and a renewal-ahead window `before` ahead of each key's expiry.
+  static func ahead(before: String, spread: String) -> String {
+    """
+    renew-before = "\(before)"
+    renew-spread = "\(spread)"
+    attempt-timeout = "2s"
+    retry-initial = "300ms"
+    retry-max = "1s"
+    alert-after = "3s"
+    """
+  }
+
+  @Test func C6_aKeyObtainedAheadIsShownPendingAndPromotedAtExpWhileTheServerIsDown() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "8s")])
+    try "[activation]\nurl = \"\(lab.url)\"\n\(Self.ahead(before: "6s", spread: "1s"))\n"
+      .writeAsConfiguration(
+        of: agent)
+    #expect(try agent.start())
+    try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
+    #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
+    let first = try #require(
+      (try statusJSON(agent)["slots"] as? [[String: Any]])?.first?["active"] as? [String: Any])
+    let firstSerial = try #require(first["serial"] as? String)
+    let firstExpiry = try #require(first["expiresAt"] as? String)
+
+    // Ahead of the expiry: the request carries ahead and currentExpiresAt, the key comes back
+    // as the pending renewal, announced with ACTIVATION_RENEWED.
+    let renewed = try #require(try events(agent, .activationRenewed).first)
+    #expect(renewed["LICENSE_AHEAD"] == "1")
+    #expect(renewed["LICENSE_PREVIOUS_SERIAL"] == firstSerial)
+    let pendingSerial = try #require(renewed["LICENSE_SERIAL"])
+    let renewedAt = try #require(renewed["__REALTIME_TIMESTAMP"].flatMap(Int64.init))
+    #expect(renewedAt < Timestamp(rfc3339: firstExpiry)!.microseconds, "obtained before the expiry")
+    let ahead = try #require(try lab.requests().last)
+    #expect(ahead["ahead"] == "true")
+    #expect(ahead["currentSerial"] == firstSerial)
+    #expect(ahead["currentExpiresAt"] == firstExpiry)
+    #expect(try lab.requests().first?["ahead"] == "false", "the manual activation is not a request ahead")
+
+    let status = try statusJSON(agent)
+    let slot = try #require((status["slots"] as? [[String: Any]])?.first)
+    #expect(slot["takeover"] as? String == "pending-renewal")
+    #expect((slot["active"] as? [String: Any])?["serial"] as? String == firstSerial)
+    let pending = try #require(slot["pending"] as? [String: Any])
+    #expect(pending["serial"] as? String == pendingSerial)
+    #expect(pending["notBefore"] as? String == firstExpiry, "the next period starts at the expiry")
+    #expect(pending["addedAt"] != nil && pending["codeHint"] as? String == "67890")
+    #expect((status["nextAction"] as? [String: Any])?["action"] as? String == "promotion")
+    let text = try agent.agentctl(["status"])
+    #expect(text.status == 0, "\(text.stdout)")
+    #expect(text.stdout.contains("pending  \(pendingSerial)"), "\(text.stdout)")
+    #expect(text.stdout.contains("at expiry: the renewed key \(pendingSerial) becomes active"))
+    let metrics = try String(contentsOfFile: agent.metricsFile, encoding: .utf8)
+    #expect(metrics.contains("role=\"pending\",serial=\"\(pendingSerial)\""), "\(metrics)")
+    #expect(metrics.contains("license_agent_slot_takeover{slot=\"server\",takeover=\"pending-renewal\"} 1"))
+
+    // The server goes down before the expiry: the promotion does not need it.
+    lab.stop()
+    let promoted = try #require(try events(agent, .keyPromoted).first)
+    #expect(promoted["LICENSE_SERIAL"] == pendingSerial)
+    #expect(promoted["LICENSE_PREVIOUS_SERIAL"] == firstSerial)
+    #expect((Int64(promoted["LICENSE_DELAY_USEC"] ?? "") ?? -1) >= 0)
+    let after = try statusJSON(agent)
+    let active = try #require((after["slots"] as? [[String: Any]])?.first?["active"] as? [String: Any])
+    #expect(active["serial"] as? String == pendingSerial)
+    #expect(active["source"] as? String == "activation-code" && active["codeHint"] as? String == "67890")
+    // Nothing about the expired key needed a person: no alert, no failed attempt for it.
+    let alerts = try agent.journal([
+      "MESSAGE_ID=\(EventKind.manualActivationRequired.messageID)", "_PID=\(agent.pid!)",
+    ])
+    #expect(alerts.isEmpty)
+    let failures = try agent.journal([
+      "MESSAGE_ID=\(EventKind.activationAttemptFailed.messageID)", "_PID=\(agent.pid!)",
+      "LICENSE_SERIAL=\(firstSerial)",
+    ])
+    #expect(failures.isEmpty)
+    #expect(
+      try agent.journal(["MESSAGE_ID=\(EventKind.keyPromoted.messageID)", "_PID=\(agent.pid!)"]).count == 1)
+  }
+
+  @Test func C6_notYetAvailableTwiceThenTheKey() throws {
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "12s")])
+    try "[activation]\nurl = \"\(lab.url)\"\n\(Self.ahead(before: "10s", spread: "500ms"))\n"
+      .writeAsConfiguration(of: agent)
+    #expect(try agent.start())
+    try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
+    #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
+    try lab.faults(#"{"failNext": 2, "status": 409, "error": "not_yet_available", "retryAfter": 1}"#)
+    let renewed = try #require(try events(agent, .activationRenewed).first)
+    #expect(renewed["LICENSE_AHEAD"] == "1")
+    #expect(renewed["LICENSE_ATTEMPT"] == "3")
+    let requests = try lab.requests().filter { $0["ahead"] == "true" }
+    #expect(requests.count == 3)
+    // Retry-After honoured: each retry came at least a second after the answer before it.
+    let instants = requests.compactMap { $0["at"].flatMap(Timestamp.init(rfc3339:)) }
+    for (before, after) in zip(instants, instants.dropFirst()) {
+      #expect(after.microseconds(since: before) >= 900_000)
+    }
+    // The vendor's calendar is not a failure: nothing logged as one, no alert.
+    #expect(
+      try agent.journal(["MESSAGE_ID=\(EventKind.activationAttemptFailed.messageID)", "_PID=\(agent.pid!)"])
+        .isEmpty)
+    let status = try statusJSON(agent)
+    let slot = try #require((status["slots"] as? [[String: Any]])?.first)
+    #expect((slot["pending"] as? [String: Any])?["serial"] as? String == renewed["LICENSE_SERIAL"])
+    #expect(try StatusExit.of(agent) == 0)
+  }
+
+  @Test func C6_theServersCalendarOpensTheNextPeriod() throws {
+    // The reference server opens the next period 4 s before the expiry; the agent asks from
+    // 9 s before it: not_yet_available with Retry-After, then the key once it is open.
+    let agent = try AgentHarness()
+    let lab = try ActivationLab(
+      issuer: agent.issuer, root: agent.root, codes: [Self.code: ("valid", "11s")], renewableBefore: "4s")
+    try "[activation]\nurl = \"\(lab.url)\"\n\(Self.ahead(before: "9s", spread: "200ms"))\n"
+      .writeAsConfiguration(of: agent)
+    #expect(try agent.start())
+    try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
+    #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
+    let expiry = try #require(
+      ((try statusJSON(agent)["slots"] as? [[String: Any]])?.first?["active"] as? [String: Any])?["expiresAt"]
+        as? String)
+    let renewed = try #require(try events(agent, .activationRenewed).first)
+    #expect(renewed["LICENSE_AHEAD"] == "1")
+    let requests = try lab.requests().filter { $0["ahead"] == "true" }
+    #expect(requests.count >= 2, "\(requests)")
+    let opens = Timestamp(rfc3339: expiry)! - .seconds(4)
+    let last = try #require(requests.last?["at"].flatMap(Timestamp.init(rfc3339:)))
+    #expect(last >= opens, "the key was given once the period was open")
+    #expect(requests.dropLast().allSatisfy { ($0["at"].flatMap(Timestamp.init(rfc3339:)) ?? opens) < opens })
   }
 }

@@ -15,18 +15,25 @@ public final class ActivationLab: @unchecked Sendable {
 
   /// `codes`: code -> (state, key validity). Keys are vm-count server, enterprise, subscription.
   /// The server's files live in a folder of their own (not the agent's).
-  public init(issuer: TestIssuer, root _: String, codes: [String: (state: String, validity: String)]) throws {
+  /// `renewableBefore`: from when before the current key's expiry each code's next period
+  /// is open to a request ahead (C6); nil: at once.
+  public init(
+    issuer: TestIssuer, root _: String, codes: [String: (state: String, validity: String)],
+    renewableBefore: String? = nil
+  ) throws {
     let root = makeTemporaryDirectory("activation-lab")
     self.root = root
     try issuer.jwk.privateJSON.write(
       toFile: root + "/lab-issuer.private.jwk", atomically: true, encoding: .utf8)
     var entries: [String: Any] = [:]
     for (code, entry) in codes {
-      entries[code] = [
+      var item: [String: Any] = [
         "state": entry.state, "serial": "LAB-" + String(code.suffix(5)), "edition": "enterprise",
         "scheme": "vm-count",
         "osType": "server", "licenseType": "subscription", "units": 5, "validity": entry.validity,
       ]
+      if let renewableBefore { item["renewableBefore"] = renewableBefore }
+      entries[code] = item
     }
     try JSONSerialization.data(withJSONObject: ["codes": entries]).write(
       to: URL(fileURLWithPath: root + "/codes.json"))
