@@ -14,8 +14,7 @@ extension LicenseEngine {
   /// a record for the same key is kept), and none for a slot that no longer does.
   func withAheadRecords(_ state: LicenseState, now: Timestamp) -> LicenseState {
     var next = state
-    for slot in state.slotsInUse {
-      let current = state[slot]
+    for (slot, current) in state.slots {
       if renewsAhead(current), let active = current.active {
         if current.ahead?.serial != active.serial {
           next[slot].ahead = AheadRenewal(

@@ -80,7 +80,6 @@ extension LicenseEngine {
       }
       next[slot].renewal = renewal
     }
-    next = withAheadRecords(next, now: now)
     requests += startDueAheadAttempts(now: now, in: &next)
     for slot in next.slotsInUse {
       guard let active = next[slot].active else { continue }

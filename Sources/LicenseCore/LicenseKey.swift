@@ -42,9 +42,21 @@ public enum Slot: String, Sendable, Codable, CaseIterable, Comparable {
     }
   }
 
-  public static func < (lhs: Slot, rhs: Slot) -> Bool {
-    allCases.firstIndex(of: lhs)! < allCases.firstIndex(of: rhs)!
+  /// The slot's place in the fixed order (`server`, `workstation`, `processors`, `cores`).
+  var ordinal: Int {
+    switch self {
+    case .server: return 0
+    case .workstation: return 1
+    case .processors: return 2
+    case .cores: return 3
+    }
   }
+
+  public static func < (lhs: Slot, rhs: Slot) -> Bool { lhs.ordinal < rhs.ordinal }
+
+  /// Hashed by its place, not by its raw string (the state's slot dictionary is read on
+  /// every decision).
+  public func hash(into hasher: inout Hasher) { hasher.combine(ordinal) }
 }
 
 /// Whether a key is added as the slot's active key or as its reserve.
@@ -119,12 +131,39 @@ public struct LicenseClaims: Sendable, Equatable {
 ///
 /// A `LicenseKey` value has always passed the shape checks of ``KeyParser``; whether its
 /// signature was verified depends on how it was made (``KeyParser/verify(_:trust:)``).
+///
+/// Immutable, and held by reference inside: the state holds several keys per slot and the
+/// engine copies slots on every decision, so a key copies as one pointer, not as its text
+/// and claims (measured with the fleet simulation: `license-agent-bench fleet`).
 public struct LicenseKey: Sendable, Equatable {
+  private final class Storage: Sendable {
+    let compact: String
+    let kid: String
+    let alg: String
+    let claims: LicenseClaims
+    init(compact: String, kid: String, alg: String, claims: LicenseClaims) {
+      self.compact = compact
+      self.kid = kid
+      self.alg = alg
+      self.claims = claims
+    }
+  }
+  private let storage: Storage
+
+  public init(compact: String, kid: String, alg: String, claims: LicenseClaims) {
+    storage = Storage(compact: compact, kid: kid, alg: alg, claims: claims)
+  }
+
   /// The key exactly as issued (one line, no white space).
-  public var compact: String
-  public var kid: String
-  public var alg: String
-  public var claims: LicenseClaims
+  public var compact: String { storage.compact }
+  public var kid: String { storage.kid }
+  public var alg: String { storage.alg }
+  public var claims: LicenseClaims { storage.claims }
+
+  public static func == (lhs: LicenseKey, rhs: LicenseKey) -> Bool {
+    lhs.storage === rhs.storage
+      || (lhs.compact == rhs.compact && lhs.kid == rhs.kid && lhs.alg == rhs.alg && lhs.claims == rhs.claims)
+  }
 
   public var serial: String { claims.serial }
   public var slot: Slot { claims.slot }

@@ -16,7 +16,9 @@ struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "license-agent-bench",
     abstract: "Benchmarks of license-agent on this machine.",
-    subcommands: [Promotion.self, Idle.self, Startup.self, StatusTime.self, Renewal.self, Crash.self])
+    subcommands: [
+      Promotion.self, Idle.self, Startup.self, StatusTime.self, Renewal.self, Crash.self, Fleet.self,
+    ])
 }
 
 func now() -> Timestamp { SystemWallClock().now() }
