@@ -17,6 +17,19 @@ public struct ChildResult: Sendable, Equatable {
   public var leftoverProcesses = false
   /// The program closed its standard output and error but had not exited by the deadline.
   public var outputClosedButRunning = false
+
+  public init(
+    exitStatus: Int32?, stdout: [UInt8], stderr: [UInt8], timedOut: Bool, spawnError: String?,
+    leftoverProcesses: Bool = false, outputClosedButRunning: Bool = false
+  ) {
+    self.exitStatus = exitStatus
+    self.stdout = stdout
+    self.stderr = stderr
+    self.timedOut = timedOut
+    self.spawnError = spawnError
+    self.leftoverProcesses = leftoverProcesses
+    self.outputClosedButRunning = outputClosedButRunning
+  }
 }
 
 /// Runs a program without a shell (`posix_spawn`), feeds it `input` on standard input,

@@ -163,7 +163,13 @@ struct Status: ParsableCommand {
       case "reserve": lines.append("  at expiry: reserve \(slot.reserve?.serial ?? "") becomes active")
       case "pending-renewal":
         lines.append("  at expiry: the renewed key \(slot.pending?.serial ?? "") becomes active")
-      case "activation-code": lines.append("  at expiry: renewed with the activation code")
+      case "activation-code":
+        if let ahead = slot.renewalAhead, ahead.state != "stopped" {
+          lines.append(
+            "  at expiry: the key renewed ahead takes over; failing that, renewal with the activation code")
+        } else {
+          lines.append("  at expiry: renewed with the activation code")
+        }
       default: lines.append("  at expiry: NOTHING takes over; the licence of this slot lapses")
       }
     }

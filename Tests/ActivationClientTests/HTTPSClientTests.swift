@@ -55,7 +55,8 @@ import Testing
 
   /// Runs the client with the contract's environment (no proxy variables of the caller).
   func client(
-    url: String, proxy: String = "", caFile: String = "", timeout: String = "5", prefix: [String] = []
+    url: String, proxy: String = "", caFile: String = "", timeout: String = "5", prefix: [String] = [],
+    input: String? = nil
   )
     throws -> (status: Int32, reply: [String: Any])
   {
@@ -73,9 +74,18 @@ import Testing
     let program = productsDirectory() + "/license-agent-activate-https"
     let result = try runProcess(
       prefix.isEmpty ? program : prefix[0], Array(prefix.dropFirst()) + (prefix.isEmpty ? [] : [program]),
-      input: request, environment: env)
+      input: input ?? request, environment: env)
     let reply = (try? JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]) ?? [:]
     return (result.status, reply)
+  }
+
+  @Test func C6_theRequestAheadIsPassedOnAsTheAgentWroteIt() throws {
+    let f = try Fixture()
+    let ahead =
+      #"{"activationCode":"ABCDE-12345-FGHIJ-67890","ahead":true,"currentExpiresAt":"2027-01-01T00:00:00Z","currentSerial":"KS-1","machineId":"m","product":"svm-protection"}"#
+    let (status, _) = try client(url: "http://127.0.0.1:\(f.port)/ok", input: ahead)
+    #expect(status == 0)
+    #expect(f.log.contains(#""ahead":true"#) && f.log.contains(#""currentExpiresAt":"2027-01-01T00:00:00Z""#))
   }
 
   @Test func aKeyIsPrintedAndTheRequestIsTheContracts() throws {
@@ -89,7 +99,8 @@ import Testing
 
   @Test(arguments: [
     ("blocked", Int32(1), "code_blocked"), ("busy", Int32(75), "http_503"),
-    ("busydate", Int32(75), "http_429"),
+    ("busydate", Int32(75), "http_429"), ("notyet", Int32(75), "not_yet_available"),
+    ("exhausted", Int32(1), "code_exhausted"),
     ("html", Int32(1), "bad_key_from_server"), ("huge", Int32(1), "bad_key_from_server"),
     ("redirect", Int32(1), "http_302"),
     ("unknown", Int32(1), "invalid_code"),
@@ -100,6 +111,8 @@ import Testing
     #expect(status == exit, "\(mode): \(reply)")
     #expect(reply["error"] as? String == error)
     if mode == "busy" { #expect(reply["retryAfter"] as? Int == 7) }
+    // C6: a 409 that says not_yet_available is the server's calendar, not a refusal.
+    if mode == "notyet" { #expect(reply["retryAfter"] as? Int == 3600) }
     if mode == "busydate" { #expect((reply["retryAfter"] as? Int).map { (25...31).contains($0) } == true) }
   }
 

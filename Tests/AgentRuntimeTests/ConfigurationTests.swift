@@ -1,4 +1,5 @@
 import AgentRuntime
+import Foundation
 import LicenseCore
 import Testing
 
@@ -138,5 +139,61 @@ import Testing
     #expect(paths.socketPath == "/run/x/io.licenseagent.Agent")
     #expect(paths.trustDirectory == "/etc/y/trusted-issuers")
     #expect(AgentPaths.fromEnvironment([:]).configurationFile == "/etc/license-agent/agent.toml")
+  }
+}
+
+/// Contract §2/§3 for renewal ahead (C6): what the exec client writes and how it reads the
+/// server's calendar.
+@Suite struct ExecProtocolAheadTests {
+  let client = ExecActivationClient(
+    command: ["/bin/true"], url: nil, proxy: nil, caFile: nil, timeout: .seconds(5),
+    product: "svm-protection",
+    machineID: "m", logStderr: { _ in })
+  let code = ActivationCode("ABCDE-12345-FGHIJ-67890")!
+
+  func body(_ text: String) throws -> [String: Any] {
+    try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+  }
+
+  @Test func C6_aRequestAheadCarriesAheadAndCurrentExpiresAt() throws {
+    let expiry = Timestamp(rfc3339: "2027-01-11T00:00:00Z")!
+    let ahead = try body(
+      client.requestBody(code: code, currentSerial: "KS-1", ahead: true, currentExpiresAt: expiry))
+    #expect(ahead["ahead"] as? Bool == true)
+    #expect(ahead["currentExpiresAt"] as? String == "2027-01-11T00:00:00Z")
+    #expect(ahead["currentSerial"] as? String == "KS-1")
+    let atExpiry = try body(client.requestBody(code: code, currentSerial: "KS-1"))
+    #expect(atExpiry["ahead"] as? Bool == false)
+    #expect(atExpiry["currentExpiresAt"] == nil)
+  }
+
+  @Test func C6_exit75WithNotYetAvailableIsTheServersCalendar() {
+    let notYet = ChildResult(
+      exitStatus: 75, stdout: Array(#"{"error": "not_yet_available", "retryAfter": 3600}"#.utf8), stderr: [],
+      timedOut: false, spawnError: nil)
+    #expect(
+      ExecActivationClient.outcome(of: notYet, timeout: .seconds(5))
+        == .failure(.notYetAvailable(retryAfter: .hours(1))))
+    let busy = ChildResult(
+      exitStatus: 75, stdout: Array(#"{"error": "http_503"}"#.utf8), stderr: [], timedOut: false,
+      spawnError: nil)
+    #expect(
+      ExecActivationClient.outcome(of: busy, timeout: .seconds(5))
+        == .failure(.transient(error: "http_503", retryAfter: nil)))
+  }
+
+  @Test func C6_renewBeforeAndRenewSpreadAreReadAndChecked() throws {
+    let parsed = try AgentConfiguration.parse(
+      "[activation]\nrenew-before = \"14d\"\nrenew-spread = \"2d\"\n", file: "f")
+    #expect(parsed.engine.renewBefore == .days(14) && parsed.engine.renewSpread == .days(2))
+    #expect(
+      try AgentConfiguration.parse("[activation]\nrenew-before = \"0s\"\n", file: "f").engine.renewBefore
+        == .seconds(0))
+    #expect(
+      AgentConfiguration().engine.renewBefore == .days(7)
+        && AgentConfiguration().engine.renewSpread == .days(3))
+    #expect(throws: ConfigurationError.self) {
+      try AgentConfiguration.parse("[activation]\nrenew-before = \"1d\"\nrenew-spread = \"2d\"\n", file: "f")
+    }
   }
 }

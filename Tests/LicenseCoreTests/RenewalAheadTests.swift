@@ -192,9 +192,9 @@ import Testing
       #expect(ahead.lastError == "not_yet_available" && ahead.attempts == 1 && !ahead.alertRaised)
       #expect(d.events.isEmpty, "the vendor's calendar is not a failure to log")
       let next = try #require(ahead.nextAttemptAt)
-      // Never sooner than Retry-After; spread after it by a share of the cap (a sixteenth of
-      // the time left, here more than retry-max), so that a fleet does not come back at once.
-      let cap = Int64(Double(exp.microseconds(since: now) / 16) * jitter)
+      // Never sooner than Retry-After; spread after it over a quarter of the time left (here
+      // more than retry-max), so that a fleet does not come back at once.
+      let cap = Int64(Double(exp.microseconds(since: now) / 4) * jitter)
       #expect(next == now + .hours(2) + TimeSpan(microseconds: cap))
       #expect(engine.nextWake(d.state)?.reason == .renewalAhead(slot: .server, serial: "KS-1", attempt: 2))
     }

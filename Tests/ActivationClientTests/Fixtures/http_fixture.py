@@ -8,6 +8,8 @@ The first path segment picks the reply to POST /<mode>/v1/activations:
   blocked      403 {"error": "code_blocked", "message": "..."}
   busy         503 with Retry-After: 7
   busydate     429 with Retry-After as an HTTP date 30 s ahead
+  notyet       409 {"error": "not_yet_available"} with Retry-After: 3600 (C6)
+  exhausted    409 {"error": "code_exhausted"}
   html         200 text/html
   huge         200 JSON of 2 MiB
   redirect     302 to /ok/v1/activations
@@ -54,6 +56,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.reply(403, {"error": "code_blocked", "message": "blocked by the vendor"})
         elif mode == "busy":
             self.reply(503, {"error": "busy"}, headers=[("Retry-After", "7")])
+        elif mode == "notyet":
+            self.reply(409, {"error": "not_yet_available", "message": "opens later"}, headers=[("Retry-After", "3600")])
+        elif mode == "exhausted":
+            self.reply(409, {"error": "code_exhausted", "message": "no activations left"})
         elif mode == "busydate":
             self.reply(429, {"error": "slow down"}, headers=[("Retry-After", email.utils.formatdate(time.time() + 30, usegmt=True))])
         elif mode == "html":
