@@ -228,7 +228,7 @@ import Testing
     let rules = Self.repository + "/packaging/prometheus/license-agent.rules.yml"
     let check = try runProcess(Self.promtool, ["check", "rules", rules])
     #expect(
-      check.status == 0 && check.stdout.contains("SUCCESS: 8 rules found"), "\(check.stdout)\(check.stderr)")
+      check.status == 0 && check.stdout.contains("SUCCESS: 9 rules found"), "\(check.stdout)\(check.stderr)")
     let test = try runProcess(
       Self.promtool,
       ["test", "rules", Self.repository + "/packaging/prometheus/license-agent.rules.test.yml"])

@@ -74,3 +74,112 @@ import Testing
     #expect(try decodeParameters(StatusReply.self, from: parameters) == status)
   }
 }
+
+/// C6 in the status and the metrics: the window, the next attempt, the last error, the
+/// pending key and when it was obtained, the alert of a refusal ahead.
+@Suite struct RenewalAheadStatusTests {
+  let issuer = TestIssuer()
+  let t0 = TestIssuer.t0
+  let exp = TestIssuer.t0 + .days(30)
+  let code = ActivationCode("ABCDE-12345-FGHIJ-67890")!
+  /// C6's defaults; no EXPIRING_SOON thresholds, so that the next action is C6's own.
+  var engine: LicenseEngine {
+    LicenseEngine(configuration: EngineConfiguration(warningThresholds: []), trust: issuer.trust)
+  }
+
+  func codeMode() -> LicenseState {
+    engine.addKey(
+      issuer.key("KS-1", exp: exp), role: .active, code: code, now: t0, state: LicenseState(stateID: "svm")
+    ).state
+  }
+
+  func build(_ state: LicenseState, now: Timestamp) -> StatusReply {
+    StatusBuilder.build(state: state, engine: engine, now: now, version: "test", startedAt: t0)
+  }
+
+  /// The state once the first request ahead was made.
+  func asking() throws -> (LicenseState, Timestamp) {
+    let state = codeMode()
+    let due = try #require(engine.aheadAttemptDue(state[.server]))
+    return (engine.timeReached(now: due, state: state).state, due)
+  }
+
+  @Test func C6_aWaitingSlotShowsItsWindowAndItsFirstRequest() throws {
+    let state = codeMode()
+    let status = build(state, now: t0)
+    let ahead = try #require(status.slots.first?.renewalAhead)
+    #expect(ahead.state == "waiting" && ahead.attempts == 0 && ahead.codeHint == "67890")
+    #expect(ahead.windowStart == (exp - .days(7)).rfc3339 && ahead.windowEnd == (exp - .days(4)).rfc3339)
+    let first = try #require(engine.aheadAttemptDue(state[.server]))
+    #expect(ahead.firstAttemptAt == first.rfc3339 && ahead.nextAttemptAt == first.rfc3339)
+    #expect(status.slots.first?.takeover == "activation-code")
+    #expect(StatusBuilder.exitCode(status) == 0)
+    let metrics = MetricsText.render(
+      state: state, engine: engine, version: "t", product: "svm-protection", stateWriteFailures: 0)
+    #expect(metrics.contains(#"license_agent_slot_takeover{slot="server",takeover="activation-code"} 1"#))
+  }
+
+  @Test func C6_aFailingRenewalAheadShowsTheNextAttemptAndTheLastErrorWithoutAlert() throws {
+    let (asked, due) = try asking()
+    let failed = engine.activationFailed(
+      slot: .server, failure: .transient(error: "network: connection refused", retryAfter: nil), ahead: true,
+      jitter: 0.5, now: due + .seconds(1), state: asked
+    ).state
+    let status = build(failed, now: due + .seconds(2))
+    let ahead = try #require(status.slots.first?.renewalAhead)
+    #expect(ahead.state == "retrying" && ahead.attempts == 1)
+    #expect(ahead.lastError == "network: connection refused")
+    #expect(ahead.nextAttemptAt == failed[.server].ahead?.nextAttemptAt?.rfc3339)
+    #expect(status.warnings.map(\.code).contains("renewal_ahead_failing"))
+    #expect(status.alerts.isEmpty)
+    #expect(StatusBuilder.exitCode(status) == 0, "nothing needs a person yet")
+    #expect(status.nextAction?.action == "renewal-ahead")
+    // not_yet_available is the vendor's calendar: no warning.
+    let notYet = engine.activationFailed(
+      slot: .server, failure: .notYetAvailable(retryAfter: .hours(1)), ahead: true, jitter: 0.5,
+      now: due + .seconds(1), state: asked
+    ).state
+    #expect(!build(notYet, now: due + .seconds(2)).warnings.map(\.code).contains("renewal_ahead_failing"))
+  }
+
+  @Test func C6_aPendingRenewalIsShownWithWhenItWasObtainedAndExported() throws {
+    let (asked, due) = try asking()
+    let obtained = due + .seconds(3)
+    let state = engine.activationSucceeded(
+      slot: .server, key: issuer.key("KS-2", nbf: exp, exp: exp + .days(365)), ahead: true, now: obtained,
+      state: asked
+    ).state
+    let status = build(state, now: obtained)
+    let slot = try #require(status.slots.first)
+    #expect(slot.takeover == "pending-renewal")
+    #expect(slot.pending?.serial == "KS-2" && slot.pending?.addedAt == obtained.rfc3339)
+    #expect(slot.pending?.codeHint == "67890" && slot.pending?.source == "activation-code")
+    #expect(slot.renewalAhead == nil)
+    #expect(status.nextAction?.action == "promotion")
+    #expect(status.nextAction?.description.contains("KS-2") == true)
+    #expect(StatusBuilder.exitCode(status) == 0)
+    let metrics = MetricsText.render(
+      state: state, engine: engine, version: "t", product: "svm-protection", stateWriteFailures: 0)
+    #expect(metrics.contains(#"role="pending",serial="KS-2"} "#))
+    #expect(metrics.contains(#"license_agent_slot_takeover{slot="server",takeover="pending-renewal"} 1"#))
+    // The status reply still round-trips through Varlink's JSON.
+    let text = JSONValue.object(varlinkParameters(status)).serialized
+    #expect(text.contains(#""pending":{"#) && !text.contains(code.value))
+  }
+
+  @Test func C6_aRefusalAheadIsAnAlertBeforeTheExpiry() throws {
+    let (asked, due) = try asking()
+    let refused = engine.activationFailed(
+      slot: .server, failure: .permanent(error: "code_blocked"), ahead: true, jitter: 0, now: due,
+      state: asked
+    ).state
+    let status = build(refused, now: due)
+    #expect(status.slots.first?.renewalAhead?.state == "stopped")
+    #expect(status.alerts.count == 1 && status.alerts[0].contains("MANUAL ACTIVATION REQUIRED"))
+    #expect(status.alerts[0].contains("code_blocked") && !status.alerts[0].contains(code.value))
+    #expect(StatusBuilder.exitCode(status) == 2)
+    let metrics = MetricsText.render(
+      state: refused, engine: engine, version: "t", product: "svm-protection", stateWriteFailures: 0)
+    #expect(metrics.contains(#"license_agent_alert{slot="server",alert="manual_activation_required"} 1"#))
+  }
+}
