@@ -126,18 +126,7 @@ extension LicenseEngine {
   func promotePending(
     slot: Slot, active: InstalledKey, pending: InstalledKey, now: Timestamp, in next: inout LicenseState
   ) -> JournalEvent {
-    let lateness = now.microseconds(since: active.expiresAt)
-    var promoted = pending
-    promoted.promotedAt = now
-    next[slot] = SlotState(active: promoted, warned: passedThresholds(of: promoted.expiresAt, at: now))
-    next.counters[slot, default: SlotCounters()].promotions += 1
-    next.counters[slot, default: SlotCounters()].lastPromotionDelayMicroseconds = lateness
-    var fields = keyFields(slot: slot, pending.key)
-    fields.append(.init("LICENSE_PREVIOUS_SERIAL", active.serial))
-    fields.append(.init("LICENSE_DELAY_USEC", String(lateness)))
-    let late =
-      lateness >= 1_000_000
-      ? " (the agent was not running at expiry: \(TimeSpan(microseconds: lateness).inWords) late)" : ""
+    let (fields, late) = promote(pending, after: active, slot: slot, now: now, in: &next)
     let hint = pending.activationCode.map { " (…\($0.hint))" } ?? ""
     return JournalEvent(
       .keyPromoted,

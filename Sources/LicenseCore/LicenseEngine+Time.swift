@@ -10,20 +10,9 @@ extension LicenseEngine {
     var requests: [ActivationRequest] = []
     for slot in state.slotsInUse {
       guard let active = next[slot].active, active.expiresAt <= now else { continue }
-      let lateness = now.microseconds(since: active.expiresAt)
       if let reserve = next[slot].reserve, reserve.expiresAt > now {
         // P1: the reserve becomes active; P5: schedules follow it.
-        var promoted = reserve
-        promoted.promotedAt = now
-        next[slot] = SlotState(active: promoted, warned: passedThresholds(of: promoted.expiresAt, at: now))
-        next.counters[slot, default: SlotCounters()].promotions += 1
-        next.counters[slot, default: SlotCounters()].lastPromotionDelayMicroseconds = lateness
-        var fields = keyFields(slot: slot, reserve.key)
-        fields.append(.init("LICENSE_PREVIOUS_SERIAL", active.serial))
-        fields.append(.init("LICENSE_DELAY_USEC", String(lateness)))
-        let late =
-          lateness >= 1_000_000
-          ? " (the agent was not running at expiry: \(TimeSpan(microseconds: lateness).inWords) late)" : ""
+        let (fields, late) = promote(reserve, after: active, slot: slot, now: now, in: &next)
         events.append(
           JournalEvent(
             .keyPromoted,
@@ -113,6 +102,28 @@ extension LicenseEngine {
     var decision = timeReached(now: now, state: state)
     decision.actions.insert(.emit(event), at: decision.persistedTransition == nil ? 0 : 1)
     return decision
+  }
+
+  /// P1 for `successor` (the reserve, or the pending renewal of C6): it becomes the active
+  /// key at `now` (P5: schedules follow it), counted with its delay from `active`'s expiry.
+  /// KEY_PROMOTED's fields, and the words saying how late the promotion is, if it is.
+  func promote(
+    _ successor: InstalledKey, after active: InstalledKey, slot: Slot, now: Timestamp,
+    in next: inout LicenseState
+  ) -> (fields: [JournalEvent.Field], late: String) {
+    let lateness = now.microseconds(since: active.expiresAt)
+    var promoted = successor
+    promoted.promotedAt = now
+    next[slot] = SlotState(active: promoted, warned: passedThresholds(of: promoted.expiresAt, at: now))
+    next.counters[slot, default: SlotCounters()].promotions += 1
+    next.counters[slot, default: SlotCounters()].lastPromotionDelayMicroseconds = lateness
+    var fields = keyFields(slot: slot, successor.key)
+    fields.append(.init("LICENSE_PREVIOUS_SERIAL", active.serial))
+    fields.append(.init("LICENSE_DELAY_USEC", String(lateness)))
+    let late =
+      lateness >= 1_000_000
+      ? " (the agent was not running at expiry: \(TimeSpan(microseconds: lateness).inWords) late)" : ""
+    return (fields, late)
   }
 
   /// Thresholds already reached at `now` for a key expiring at `expiry` (never logged late).
