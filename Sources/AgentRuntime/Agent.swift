@@ -296,8 +296,12 @@ public actor Agent: DispatchQueueActor {
       let durableAt = clock.now()
       persistRetry = nil
       state = decision.state
-      // The events of a persisted decision are in its outbox, and go out from there.
+      // The events of the transition are in its outbox, and go out from there; an event
+      // that is no transition's (CLOCK_CHANGED, when the step also promoted) goes out first,
+      // in the decision's order. (Found by scripts/vm-proof: a real clock step past an
+      // expiry promoted, but its CLOCK_CHANGED was never sent.)
       recordPromotionDelays(transition: transition, durableAt: durableAt, decidedAt: decidedAt)
+      for event in events where event.transitionID == nil { announce(event) }
       deliverOutbox()
     } else {
       // Nothing to write: no change waits for the disk any more (a failed operator request

@@ -124,9 +124,10 @@ extension LicenseEngine {
   /// P1 for a pending renewal: at the active key's `exp` it becomes the active key (keeping
   /// the code, so that it renews itself in turn), with KEY_PROMOTED.
   func promotePending(
-    slot: Slot, active: InstalledKey, pending: InstalledKey, now: Timestamp, in next: inout LicenseState
+    slot: Slot, active: InstalledKey, pending: InstalledKey, now: Timestamp, cause: Lateness,
+    in next: inout LicenseState
   ) -> JournalEvent {
-    let (fields, late) = promote(pending, after: active, slot: slot, now: now, in: &next)
+    let (fields, late) = promote(pending, after: active, slot: slot, now: now, cause: cause, in: &next)
     let hint = pending.activationCode.map { " (…\($0.hint))" } ?? ""
     return JournalEvent(
       .keyPromoted,

@@ -4,6 +4,16 @@ extension LicenseEngine {
   /// slots expired (P4, P6), and logs due EXPIRING_SOON warnings (W1). Idempotent: calling it
   /// again at the same instant, or after a crash replay, finds nothing left to do.
   public func timeReached(now: Timestamp, state: LicenseState) -> Decision<TimeProcessed> {
+    timeReached(now: now, state: state, lateBecause: .downtime)
+  }
+
+  /// Why a promotion can come after `exp`: the agent was not running, or the wall clock was
+  /// stepped past it (the words of KEY_PROMOTED differ; the delay is the same measure).
+  enum Lateness { case downtime, clockStep }
+
+  func timeReached(now: Timestamp, state: LicenseState, lateBecause cause: Lateness) -> Decision<
+    TimeProcessed
+  > {
     // C6: a key the agent has not drawn for yet (an older state file) is drawn for now.
     var next = withAheadRecords(state, now: now)
     var events: [JournalEvent] = []
@@ -12,7 +22,7 @@ extension LicenseEngine {
       guard let active = next[slot].active, active.expiresAt <= now else { continue }
       if let reserve = next[slot].reserve, reserve.expiresAt > now {
         // P1: the reserve becomes active; P5: schedules follow it.
-        let (fields, late) = promote(reserve, after: active, slot: slot, now: now, in: &next)
+        let (fields, late) = promote(reserve, after: active, slot: slot, now: now, cause: cause, in: &next)
         events.append(
           JournalEvent(
             .keyPromoted,
@@ -21,7 +31,8 @@ extension LicenseEngine {
             fields: fields))
       } else if let pending = next[slot].pending, pending.expiresAt > now {
         // C6: the key obtained ahead takes over as a reserve does (P1, P3, P5).
-        events.append(promotePending(slot: slot, active: active, pending: pending, now: now, in: &next))
+        events.append(
+          promotePending(slot: slot, active: active, pending: pending, now: now, cause: cause, in: &next))
       } else if let code = active.activationCode {
         // C2: no reserve, but a code: renew at once, the first attempt at the instant of
         // expiry (in this same decision: one durable write before the first request). An
@@ -99,7 +110,7 @@ extension LicenseEngine {
       message:
         "The system clock was stepped \(direction) by \(TimeSpan(microseconds: deltaMicroseconds).inWords); licence deadlines were re-evaluated at once. If the step was not intended, check time synchronisation (timedatectl).",
       fields: [.init("LICENSE_CLOCK_DELTA_USEC", String(deltaMicroseconds))])
-    var decision = timeReached(now: now, state: state)
+    var decision = timeReached(now: now, state: state, lateBecause: .clockStep)
     decision.actions.insert(.emit(event), at: decision.persistedTransition == nil ? 0 : 1)
     return decision
   }
@@ -108,7 +119,7 @@ extension LicenseEngine {
   /// key at `now` (P5: schedules follow it), counted with its delay from `active`'s expiry.
   /// KEY_PROMOTED's fields, and the words saying how late the promotion is, if it is.
   func promote(
-    _ successor: InstalledKey, after active: InstalledKey, slot: Slot, now: Timestamp,
+    _ successor: InstalledKey, after active: InstalledKey, slot: Slot, now: Timestamp, cause: Lateness,
     in next: inout LicenseState
   ) -> (fields: [JournalEvent.Field], late: String) {
     let lateness = now.microseconds(since: active.expiresAt)
@@ -120,9 +131,13 @@ extension LicenseEngine {
     var fields = keyFields(slot: slot, successor.key)
     fields.append(.init("LICENSE_PREVIOUS_SERIAL", active.serial))
     fields.append(.init("LICENSE_DELAY_USEC", String(lateness)))
+    let words = TimeSpan(microseconds: lateness).inWords
     let late =
-      lateness >= 1_000_000
-      ? " (the agent was not running at expiry: \(TimeSpan(microseconds: lateness).inWords) late)" : ""
+      lateness < 1_000_000
+      ? ""
+      : cause == .downtime
+        ? " (the agent was not running at expiry: \(words) late)"
+        : " (the system clock was stepped past the expiry: \(words) after it)"
     return (fields, late)
   }
 

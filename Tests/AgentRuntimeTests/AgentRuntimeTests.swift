@@ -206,6 +206,29 @@ import Testing
     }
   }
 
+  /// T1 with a promotion in the same decision: the step is announced (CLOCK_CHANGED), then
+  /// the promotion, durable first, its words saying the clock moved. Found by
+  /// scripts/vm-proof with a real `date -s` in a guest: the CLOCK_CHANGED of a step that also
+  /// promoted was dropped (only the outbox was delivered).
+  @Test func T1_aClockStepPastAnExpiryAnnouncesTheStepThenThePromotion() throws {
+    let f = try Fixture()
+    defer { f.stop() }
+    let exp = TestIssuer.t0 + .days(2)
+    f.keyPair(expiring: exp)
+    let step = exp + .hours(1)
+    f.clock.set(step)
+    f.agent.sync { $0.clockStepped(by: step.microseconds(since: TestIssuer.t0)) }
+    let last = f.sink.events.suffix(2)
+    #expect(last.map(\.kind) == [.clockChanged, .keyPromoted])
+    #expect(last.first?[field: "LICENSE_CLOCK_DELTA_USEC"] == String(step.microseconds(since: TestIssuer.t0)))
+    #expect(
+      last.last?.message.contains("the system clock was stepped past the expiry: 1 hour after it") == true)
+    let log = f.log.all
+    let saved = try #require(log.lastIndex { $0.hasPrefix("save[") && $0.contains("KEY_PROMOTED") })
+    let announced = try #require(log.lastIndex(of: "send CLOCK_CHANGED"))
+    #expect(saved < announced, "durable before visible: \(log)")
+  }
+
   @Test func aDecisionIsPersistedThenAnnouncedThenAcknowledged() throws {
     let f = try Fixture()
     defer { f.stop() }
