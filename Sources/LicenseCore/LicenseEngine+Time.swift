@@ -110,9 +110,33 @@ extension LicenseEngine {
       message:
         "The system clock was stepped \(direction) by \(TimeSpan(microseconds: deltaMicroseconds).inWords); licence deadlines were re-evaluated at once. If the step was not intended, check time synchronisation (timedatectl).",
       fields: [.init("LICENSE_CLOCK_DELTA_USEC", String(deltaMicroseconds))])
-    var decision = timeReached(now: now, state: state, lateBecause: .clockStep)
+    // Retries keep their delay: a changed retry instant is a change of state, persisted
+    // even when nothing else is due (else the agent's timer and its state would disagree).
+    let shifted = retriesKeepingTheirDelay(state, after: deltaMicroseconds)
+    var decision = timeReached(now: now, state: shifted, lateBecause: .clockStep)
+    if decision.persistedTransition == nil && shifted != state {
+      decision = commit(shifted, events: [], result: .success(TimeProcessed()), now: now)
+    }
     decision.actions.insert(.emit(event), at: decision.persistedTransition == nil ? 0 : 1)
     return decision
+  }
+
+  /// A retry's instant is a delay after a failure, written as a wall-clock instant: after a
+  /// backward step it would wait the whole step on top of its delay (scripts/vm-proof: a
+  /// renewal retrying every few seconds made no attempt for as long as the guest ran after
+  /// a 2-hour step back). Retries keep
+  /// the delay they had left: their instants move with the clock. Deadlines that are
+  /// instants by nature (`exp`, the alert delay after `exp`, the window of renewal ahead) do
+  /// not move. A forward step makes retries due at once, which `timeReached` handles.
+  func retriesKeepingTheirDelay(_ state: LicenseState, after delta: Int64) -> LicenseState {
+    guard delta < 0 else { return state }
+    var next = state
+    let shift = TimeSpan(microseconds: delta)
+    for (slot, current) in state.slots {
+      if let due = current.renewal?.nextAttemptAt { next[slot].renewal?.nextAttemptAt = due + shift }
+      if let due = current.ahead?.nextAttemptAt { next[slot].ahead?.nextAttemptAt = due + shift }
+    }
+    return next
   }
 
   /// P1 for `successor` (the reserve, or the pending renewal of C6): it becomes the active

@@ -319,6 +319,38 @@ import Testing
     #expect(f.store.state[.server].active?.serial == "A")
   }
 
+  /// T1 with C3 in the runtime: after a step of the clock backward, the retry comes after the
+  /// delay it had left, at the timer, and is made (the state the timer was armed from is the
+  /// state the agent keeps). Found by scripts/vm-proof in a real guest: no attempt for as
+  /// long as the guest ran after a 2-hour step back.
+  @Test func C3_T1_aRetryComesAfterItsDelayAcrossAStepBackward() throws {
+    let issuer = TestIssuer()
+    let exp = TestIssuer.t0 + .hours(2)
+    let client = ScriptedClient([
+      .key(issuer.key("K-1", exp: exp)),  // the manual activation
+      .failure(.transient(error: "upstream busy", retryAfter: nil)),  // at exp
+      .key(issuer.key("K-2", exp: exp + .days(365))),  // the retry
+    ])
+    let f = try Fixture(client: client, issuer: issuer)
+    defer { f.stop() }
+    #expect(f.activate())
+    f.fire(at: exp)
+    #expect(f.sink.wait(for: .activationAttemptFailed))
+    f.agent.queue.sync {}
+    let retry = try #require(f.timer.deadline)
+    // Two hours back, just after the failure.
+    let back = TimeSpan.hours(2)
+    f.clock.set(exp - back)
+    f.agent.sync { $0.clockStepped(by: -back.microseconds) }
+    #expect(f.timer.deadline == retry - back)
+    #expect(f.store.state[.server].renewal?.nextAttemptAt == retry - back)
+    f.fire(at: retry - back)
+    #expect(f.sink.wait(for: .activationRenewed))
+    f.agent.queue.sync {}
+    #expect(client.requests == ["67890 -", "67890 K-1", "67890 K-1"])
+    #expect(f.store.state[.server].active?.serial == "K-2")
+  }
+
   @Test func C2_C3_aRenewalAtExpiryIsRetriedAtTheTimerAndRenews() throws {
     let issuer = TestIssuer()
     let exp = TestIssuer.t0 + .hours(2)

@@ -96,6 +96,32 @@ import Testing
     #expect(requests(engine.timeReached(now: exp + .seconds(1), state: d.state)).isEmpty)
   }
 
+  /// T1 with C3: a retry keeps the delay it had left across a backward step (its instant
+  /// moves with the clock); a forward step makes it due at once. The alert's instant, which
+  /// counts from `exp`, does not move.
+  @Test func C3_T1_aRetryKeepsItsDelayAcrossAClockStep() throws {
+    let exp = t0 + .days(10)
+    let renewing = engine.timeReached(now: exp, state: codeMode(exp: exp)).state
+    let failed = engine.activationFailed(
+      slot: .server, failure: .transient(error: "network", retryAfter: nil), jitter: 0.5,
+      now: exp + .seconds(1),
+      state: renewing
+    ).state
+    let due = try #require(failed[.server].renewal?.nextAttemptAt)
+    #expect(due == exp + .seconds(1) + TimeSpan(microseconds: 2_500_000))
+    // Two hours back, one second after the failure: the retry is still 1.5 s away.
+    let back = engine.clockChanged(
+      deltaMicroseconds: -TimeSpan.hours(2).microseconds, now: exp + .seconds(2) - .hours(2), state: failed)
+    #expect(back.state[.server].renewal?.nextAttemptAt == due - .hours(2))
+    #expect(back.persistedTransition != nil, "the agent keeps the state it persists")
+    #expect(back.wake?.at == due - .hours(2))
+    #expect(back.state[.server].renewal?.expiredAt == exp, "the alert still counts from exp")
+    // Forward: due at once.
+    let forward = engine.clockChanged(
+      deltaMicroseconds: TimeSpan.hours(2).microseconds, now: exp + .hours(2), state: failed)
+    #expect(requests(forward).map(\.attempt) == [2])
+  }
+
   @Test func C2_aReserveTakesPrecedenceOverTheCode() {
     let exp = t0 + .days(10)
     let state = engine.addKey(
