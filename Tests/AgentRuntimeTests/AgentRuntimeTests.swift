@@ -319,11 +319,9 @@ import Testing
     #expect(f.store.state[.server].active?.serial == "A")
   }
 
-  /// T1 with C3 in the runtime: after a step of the clock backward, the retry comes after the
-  /// delay it had left, at the timer, and is made (the state the timer was armed from is the
-  /// state the agent keeps). Found by scripts/vm-proof in a real guest: no attempt for as
-  /// long as the guest ran after a 2-hour step back.
-  @Test func C3_T1_aRetryComesAfterItsDelayAcrossAStepBackward() throws {
+  /// A code-mode agent whose key K-1 (activated) expires at `exp`; the server then fails
+  /// once (transient) and gives K-2 at the retry.
+  func renewingAgent() throws -> (Fixture, ScriptedClient, Timestamp) {
     let issuer = TestIssuer()
     let exp = TestIssuer.t0 + .hours(2)
     let client = ScriptedClient([
@@ -332,8 +330,17 @@ import Testing
       .key(issuer.key("K-2", exp: exp + .days(365))),  // the retry
     ])
     let f = try Fixture(client: client, issuer: issuer)
-    defer { f.stop() }
     #expect(f.activate())
+    return (f, client, exp)
+  }
+
+  /// T1 with C3 in the runtime: after a step of the clock backward, the retry comes after the
+  /// delay it had left, at the timer, and is made (the state the timer was armed from is the
+  /// state the agent keeps). Found by scripts/vm-proof in a real guest: no attempt for as
+  /// long as the guest ran after a 2-hour step back.
+  @Test func C3_T1_aRetryComesAfterItsDelayAcrossAStepBackward() throws {
+    let (f, client, exp) = try renewingAgent()
+    defer { f.stop() }
     f.fire(at: exp)
     #expect(f.sink.wait(for: .activationAttemptFailed))
     f.agent.queue.sync {}
@@ -352,16 +359,8 @@ import Testing
   }
 
   @Test func C2_C3_aRenewalAtExpiryIsRetriedAtTheTimerAndRenews() throws {
-    let issuer = TestIssuer()
-    let exp = TestIssuer.t0 + .hours(2)
-    let client = ScriptedClient([
-      .key(issuer.key("K-1", exp: exp)),  // the manual activation
-      .failure(.transient(error: "upstream busy", retryAfter: nil)),  // at exp
-      .key(issuer.key("K-2", exp: exp + .days(365))),  // the retry
-    ])
-    let f = try Fixture(client: client, issuer: issuer)
+    let (f, client, exp) = try renewingAgent()
     defer { f.stop() }
-    #expect(f.activate())
     #expect(f.store.state[.server].active?.serial == "K-1")
     // C2: at exp the server is asked for the key that continues K-1.
     f.fire(at: exp - .hours(1))
