@@ -534,12 +534,9 @@ public actor Agent: DispatchQueueActor {
   ) {
     switch outcome {
     case .failure(let failure):
-      let (error, transient): (String, Bool)
-      switch failure {
-      case .transient(let text, _): (error, transient) = (text, true)
-      case .notYetAvailable: (error, transient) = ("not_yet_available", true)
-      case .permanent(let text): (error, transient) = (text, false)
-      }
+      let error = failure.error
+      let transient: Bool
+      if case .permanent = failure { transient = false } else { transient = true }
       let advice =
         transient
         ? "The activation server could not be reached or was busy; nothing was changed. Try again later."

@@ -289,7 +289,7 @@ public struct RenewalAheadInfo: Codable, Sendable, Equatable {
     windowStart = window.from.rfc3339
     windowEnd = window.to.rfc3339
     firstAttemptAt = engine.firstAheadAttempt(ahead, expiresAt: active.expiresAt).rfc3339
-    nextAttemptAt = engine.aheadAttemptDue(SlotState(active: active, ahead: ahead))?.rfc3339
+    nextAttemptAt = engine.aheadAttemptDue(ahead, active: active)?.rfc3339
     attempts = ahead.attempts
     lastError = ahead.lastError
     alert = ahead.alertRaised

@@ -51,9 +51,13 @@ extension LicenseEngine {
 
   /// When the slot's next attempt ahead is due; nil when none is (stopped, under way, no record).
   public func aheadAttemptDue(_ slot: SlotState) -> Timestamp? {
-    guard let ahead = slot.ahead, let active = slot.active, ahead.serial == active.serial, !ahead.stopped,
-      ahead.attemptStartedAt == nil
-    else { return nil }
+    guard let ahead = slot.ahead, let active = slot.active else { return nil }
+    return aheadAttemptDue(ahead, active: active)
+  }
+
+  /// When the next attempt of `ahead` for the active key `active` is due (nil: none is).
+  public func aheadAttemptDue(_ ahead: AheadRenewal, active: InstalledKey) -> Timestamp? {
+    guard ahead.serial == active.serial, !ahead.stopped, ahead.attemptStartedAt == nil else { return nil }
     return ahead.nextAttemptAt ?? firstAheadAttempt(ahead, expiresAt: active.expiresAt)
   }
 
@@ -163,13 +167,9 @@ extension LicenseEngine {
     next[slot].ahead = nil
     next[slot].pending = InstalledKey(key: key, origin: .activationCode, addedAt: now, activationCode: code)
     next.counters[slot, default: SlotCounters()].renewed += 1
-    var fields = keyFields(slot: slot, key)
-    fields += [
-      .init("LICENSE_PREVIOUS_SERIAL", active.serial),
-      .init("LICENSE_ATTEMPT", String(ahead.attempts + 1)),
-      .init("LICENSE_CODE_HINT", code.hint),
-      .init("LICENSE_AHEAD", "1"),
-    ]
+    let fields =
+      renewedFields(slot: slot, key, previous: active.serial, attempt: ahead.attempts + 1, code: code)
+      + [.init("LICENSE_AHEAD", "1")]
     let cleared = ahead.alertRaised ? " The manual-activation alert is cleared." : ""
     let event = JournalEvent(
       .activationRenewed,
@@ -233,10 +233,7 @@ extension LicenseEngine {
     ahead.attemptStartedAt = nil
     var events: [JournalEvent] = []
     var next = state
-    let fields: [JournalEvent.Field] = [
-      .init("LICENSE_SLOT", slot.rawValue), .init("LICENSE_SERIAL", active.serial),
-      .init("LICENSE_EXPIRES_AT", active.expiresAt.rfc3339),
-    ]
+    let fields = keyFields(slot: slot, active.key)
     switch failure {
     case .transient, .notYetAvailable:
       let (described, retryAfter) = (failure.error, failure.retryAfter)

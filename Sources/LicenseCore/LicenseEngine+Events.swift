@@ -59,6 +59,16 @@ extension LicenseEngine {
       .reserveRejected, message: "A reserve key was refused: \(violation.message)", fields: fields)
   }
 
+  /// ACTIVATION_RENEWED's fields: the new key, the key it continues, the attempt, the code's hint.
+  func renewedFields(slot: Slot, _ key: LicenseKey, previous: String, attempt: Int, code: ActivationCode)
+    -> [JournalEvent.Field]
+  {
+    keyFields(slot: slot, key) + [
+      .init("LICENSE_PREVIOUS_SERIAL", previous), .init("LICENSE_ATTEMPT", String(attempt)),
+      .init("LICENSE_CODE_HINT", code.hint),
+    ]
+  }
+
   func keyFields(slot: Slot, _ key: LicenseKey) -> [JournalEvent.Field] {
     [
       .init("LICENSE_SLOT", slot.rawValue), .init("LICENSE_SERIAL", key.serial),

@@ -46,12 +46,8 @@ extension LicenseEngine {
       active: InstalledKey(key: key, origin: .activationCode, addedAt: now, activationCode: renewal.code),
       warned: passedThresholds(of: key.claims.expiresAt, at: now))
     next.counters[slot, default: SlotCounters()].renewed += 1
-    var fields = keyFields(slot: slot, key)
-    fields += [
-      .init("LICENSE_PREVIOUS_SERIAL", renewal.expiredSerial),
-      .init("LICENSE_ATTEMPT", String(renewal.attempts + 1)),
-      .init("LICENSE_CODE_HINT", renewal.code.hint),
-    ]
+    let fields = renewedFields(
+      slot: slot, key, previous: renewal.expiredSerial, attempt: renewal.attempts + 1, code: renewal.code)
     let cleared = renewal.alertRaised ? " The manual-activation alert is cleared." : ""
     let event = JournalEvent(
       .activationRenewed,
@@ -70,22 +66,21 @@ extension LicenseEngine {
     state: LicenseState
   ) -> Decision<TimeProcessed> {
     if ahead { return aheadFailed(slot: slot, failure: failure, jitter: jitter, now: now, state: state) }
-    var failure = failure
-    if case .notYetAvailable(let retryAfter) = failure {
-      failure = .transient(error: "not_yet_available", retryAfter: retryAfter)
-    }
     guard var renewal = state[slot].renewal, renewal.attemptStartedAt != nil else {
       return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(TimeProcessed()))
     }
     renewal.attempts += 1
     renewal.attemptStartedAt = nil
     var events: [JournalEvent] = []
+    var next = state
     switch failure {
-    case .transient(let error, let retryAfter):
+    case .transient, .notYetAvailable:
+      let error = failure.error
       renewal.lastError = error
+      next.counters[slot, default: SlotCounters()].transientFailures += 1
       let delay = renewalRetryDelay(
         failures: renewal.attempts, initial: configuration.retryInitial, maximum: configuration.retryMax,
-        jitter: jitter, retryAfter: retryAfter)
+        jitter: jitter, retryAfter: failure.retryAfter)
       let nextAttempt = now + delay
       renewal.nextAttemptAt = nextAttempt
       if isLoggedAttempt(renewal.attempts) {
@@ -112,19 +107,13 @@ extension LicenseEngine {
     case .permanent(let error):
       renewal.lastError = error
       renewal.nextAttemptAt = nil
+      next.counters[slot, default: SlotCounters()].permanentFailures += 1
       if !renewal.alertRaised {
         renewal.alertRaised = true
         events.append(manualActivationRequired(slot: slot, renewal: renewal))
       }
-    case .notYetAvailable: break  // made transient above
     }
-    var next = state
     next[slot].renewal = renewal
-    switch failure {
-    case .transient: next.counters[slot, default: SlotCounters()].transientFailures += 1
-    case .permanent: next.counters[slot, default: SlotCounters()].permanentFailures += 1
-    case .notYetAvailable: break  // made transient above
-    }
     return commit(next, events: events, result: .success(TimeProcessed()), now: now)
   }
 }

@@ -152,10 +152,8 @@ struct FleetOutcome {
   var decisions = 0
   var seconds = 0.0
 
-  func lapse(_ percentile: Int) -> String {
-    guard !lapses.isEmpty else { return "-" }
-    let index = min(lapses.count - 1, max(0, (lapses.count * percentile + 99) / 100 - 1))
-    return TimeSpan(microseconds: lapses[index]).inWords
+  func lapse(_ p: Int) -> String {
+    lapses.isEmpty ? "-" : TimeSpan(microseconds: percentile(p)).inWords
   }
 
   var json: JSONValue {
