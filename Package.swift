@@ -138,7 +138,9 @@ let package = Package(
       ]),
     .testTarget(
       name: "AgentEndToEndTests",
-      dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport", "SimpleJSON", "Varlink"],
+      dependencies: [
+        "LicenseCore", "LicenseStorage", "LicenseTestSupport", "SimpleJSON", "Systemd", "Varlink",
+      ],
       resources: [.copy("Fixtures")]
     ),
     .testTarget(

@@ -446,7 +446,7 @@ public actor Agent: DispatchQueueActor {
     let loaded = state
     state.outbox.removeAll { event in
       guard let name = event.transitionID.map(loaded.transitionName) else { return false }
-      return sink.wasDelivered(event.kind, transition: name) == true
+      return sink.wasDelivered(event, transition: name) == true
     }
     logger.notice(
       "Events of an interrupted change are replayed",

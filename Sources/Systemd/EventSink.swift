@@ -18,9 +18,11 @@ public protocol EventSink: Sendable {
   /// Sends one event as it is, every field unchanged; `transition` (`<state id>:<transition
   /// id>`) marks the events of a state change.
   @discardableResult func send(_ event: JournalEvent, transition: String?) -> EventDelivery
-  /// Whether the event `kind` of `transition` (``JournalEventSink/transitionField``) was
-  /// already delivered, for exactly-once replay after a crash; nil when it cannot tell.
-  func wasDelivered(_ kind: EventKind, transition: String) -> Bool?
+  /// Whether `event` of `transition` (``JournalEventSink/transitionField``) was already
+  /// delivered, for exactly-once replay after a crash; nil when it cannot tell. One
+  /// transition can hold several events of one kind (two slots promoted by one decision),
+  /// so the event is recognised by all its fields, not by its kind.
+  func wasDelivered(_ event: JournalEvent, transition: String) -> Bool?
 }
 
 /// The journal fields of an event: the contract's, plus the transition for deduplication.
@@ -51,8 +53,10 @@ public struct JournalEventSink: EventSink {
     return result == -ENOENT ? .unavailable : .refused(errno: -result)
   }
 
-  public func wasDelivered(_ kind: EventKind, transition: String) -> Bool? {
-    Journal.contains([(Self.transitionField, transition), ("MESSAGE_ID", kind.messageID)])
+  public func wasDelivered(_ event: JournalEvent, transition: String) -> Bool? {
+    Journal.contains(
+      [(Self.transitionField, transition), ("MESSAGE_ID", event.kind.messageID)]
+        + event.fields.map { ($0.name, $0.value) })
   }
 }
 
@@ -69,5 +73,5 @@ public struct ConsoleEventSink: EventSink {
     return written >= 0 ? .delivered : .unavailable
   }
 
-  public func wasDelivered(_ kind: EventKind, transition: String) -> Bool? { nil }
+  public func wasDelivered(_ event: JournalEvent, transition: String) -> Bool? { nil }
 }

@@ -1,7 +1,9 @@
 import Foundation
 import Glibc
 import LicenseCore
+import LicenseStorage
 import LicenseTestSupport
+import Systemd
 import Testing
 
 /// The built daemon in temporary directories, driven with `agentctl`, its events read back
@@ -116,6 +118,46 @@ import Testing
       try agent.journal([
         "MESSAGE_ID=\(EventKind.reserveAdded.messageID)", "LICENSE_SERIAL=\(agent.serial("R"))",
       ]).count == 1)
+  }
+
+  /// P2 when one decision promotes two slots: their two KEY_PROMOTED events share one
+  /// transition. The agent was killed after the first reached the journal and before the
+  /// outbox was acknowledged; at start it sends the second, once, and not the first again.
+  /// Found by the power-cut replay (scripts/vm-proof --power-cuts): the replay recognised an
+  /// event by its transition and kind only, took the second for the first, and lost it.
+  @Test func P2_aCrashBetweenTwoPromotionsOfOneDecisionLosesNeitherAnnouncement() throws {
+    let agent = try AgentHarness()
+    let engine = LicenseEngine(trust: agent.issuer.trust)
+    let now = AgentHarness.now()
+    let exp = now - .minutes(1)
+    var state = LicenseState()
+    state.stateID = UUID().uuidString.lowercased()
+    for (slot, name) in [(Slot.server, "S"), (.workstation, "W")] {
+      for (role, suffix, until) in [(Role.active, "1", exp), (.reserve, "2", now + .days(90))] {
+        let key = agent.key(name + suffix, slot: slot, nbf: now - .days(1), exp: until)
+        state = engine.addKey(key, role: role, now: exp - .minutes(1), state: state).state
+      }
+    }
+    state.outbox = []
+    let promoted = engine.timeReached(now: exp, state: state).state
+    try #require(promoted.outbox.map(\.kind) == [.keyPromoted, .keyPromoted])
+    let transition = promoted.transitionName(promoted.lastTransitionID)
+    try FileStateStore(directory: agent.stateDirectory).save(promoted)
+    // What the killed agent had sent: the first of the two.
+    #expect(JournalEventSink().send(promoted.outbox[0], transition: transition) == .delivered)
+    let sent = { () throws -> [String] in
+      let result = try runProcess(
+        "/bin/journalctl", ["-o", "json", "--no-pager", "LICENSE_TRANSITION=\(transition)"])
+      return result.stdout.split(separator: "\n").compactMap { line in
+        (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["LICENSE_SLOT"]
+          as? String
+      }
+    }
+    for _ in 0..<100 where try sent().isEmpty { usleep(50_000) }
+    try #require(try sent() == [promoted.outbox[0][field: "LICENSE_SLOT"]])
+    #expect(try agent.start())
+    _ = try agent.settle()
+    #expect(try sent().sorted() == ["server", "workstation"])
   }
 
   @Test func R_everyRefusedReserveIsRefusedOverVarlinkAndLoggedAsRESERVE_REJECTED() throws {

@@ -79,8 +79,9 @@ import Testing
       }
       return true
     }
-    func wasDelivered(_ kind: EventKind, transition: String) -> Bool? {
-      delivered.contains("\(transition) \(kind.rawValue)")
+    /// `alreadyDelivered` names events as "<transition> <KIND> <slot>".
+    func wasDelivered(_ event: JournalEvent, transition: String) -> Bool? {
+      delivered.contains("\(transition) \(event.kind.rawValue) \(event[field: "LICENSE_SLOT"] ?? "")")
     }
   }
 
@@ -311,12 +312,40 @@ import Testing
     #expect(decision.state.outbox.map(\.kind) == [.activeAdded])
     let name = decision.state.transitionName(decision.state.lastTransitionID)
     let f = try Fixture(
-      state: decision.state, alreadyDelivered: alreadyInTheJournal ? ["\(name) ACTIVE_ADDED"] : [])
+      state: decision.state, alreadyDelivered: alreadyInTheJournal ? ["\(name) ACTIVE_ADDED server"] : [])
     defer { f.stop() }
     let sends = f.log.all.filter { $0.hasPrefix("send") }
     #expect(sends == (alreadyInTheJournal ? [] : ["send ACTIVE_ADDED"]))
     #expect(f.store.state.outbox.isEmpty)
     #expect(f.store.state[.server].active?.serial == "A")
+  }
+
+  /// One decision that promotes two slots leaves one transition with two KEY_PROMOTED events;
+  /// a crash after the first reached the journal sends only the second at start (found by
+  /// the power-cut replay: the replay used to take the kind alone for the event, and lost
+  /// the second announcement).
+  @Test func aCrashBetweenTwoEventsOfOneKindInOneTransitionSendsTheSecondOnly() throws {
+    let issuer = TestIssuer()
+    let engine = LicenseEngine(configuration: AgentConfiguration().engine, trust: issuer.trust)
+    let exp = TestIssuer.t0 + .days(1)
+    var state = LicenseState()
+    state.stateID = "two-slots"
+    for (slot, name) in [(Slot.server, "S"), (.workstation, "W")] {
+      for (role, suffix, until) in [(Role.active, "1", exp), (.reserve, "2", exp + .days(90))] {
+        let decision = engine.addKey(
+          issuer.key(name + suffix, slot: slot, exp: until), role: role, now: TestIssuer.t0, state: state)
+        state = decision.state
+        state.outbox = []
+      }
+    }
+    let promoted = engine.timeReached(now: exp, state: state).state
+    #expect(promoted.outbox.map(\.kind) == [.keyPromoted, .keyPromoted])
+    let name = promoted.transitionName(promoted.lastTransitionID)
+    let first = try #require(promoted.outbox.first?[field: "LICENSE_SLOT"])
+    let f = try Fixture(state: promoted, alreadyDelivered: ["\(name) KEY_PROMOTED \(first)"])
+    defer { f.stop() }
+    #expect(f.sink.events.map { $0[field: "LICENSE_SLOT"] } == [first == "server" ? "workstation" : "server"])
+    #expect(f.store.state.outbox.isEmpty)
   }
 
   /// A code-mode agent whose key K-1 (activated) expires at `exp`; the server then fails
