@@ -140,6 +140,20 @@ extension LicenseEngine {
       fields: fields)
   }
 
+  /// RESERVE_DROPPED for a key obtained ahead that expired before it could take over (P4).
+  func expiredPendingDropped(slot: Slot, active: InstalledKey, pending: InstalledKey, now: Timestamp)
+    -> JournalEvent
+  {
+    var fields = keyFields(slot: slot, pending.key)
+    fields.append(.init("LICENSE_REASON", "expired"))
+    let hint = pending.activationCode.map { " (…\($0.hint))" } ?? ""
+    return JournalEvent(
+      .reserveDropped,
+      message:
+        "Key \(pending.serial), renewed ahead with the activation code\(hint), had itself expired at \(pending.expiresAt) before it could take over from \(active.serial) (expired at \(active.expiresAt)); it is not promoted. The agent renews from \(pending.serial) with the activation code now.",
+      fields: fields)
+  }
+
   // MARK: - Outcomes
 
   /// The activation server gave `text` ahead of the expiry of `slot`'s active key: checked

@@ -36,15 +36,22 @@ extension LicenseEngine {
       } else if let code = active.activationCode {
         // C2: no reserve, but a code: renew at once, the first attempt at the instant of
         // expiry (in this same decision: one durable write before the first request). An
-        // alert already raised ahead (a permanent refusal) is not raised again.
+        // alert already raised ahead (a permanent refusal) is not raised again. A key
+        // obtained ahead that has itself expired (the agent was down, or the clock stepped,
+        // past its whole period) is not promoted (P4) but is the licence's latest key: the
+        // renewal continues from it, so that the server gives the period after it, not the
+        // same one again; and the journal says so (RESERVE_DROPPED, reason `expired`).
         let ahead = next[slot].ahead
+        let last = next[slot].pending ?? active
+        if let pending = next[slot].pending {
+          events.append(expiredPendingDropped(slot: slot, active: active, pending: pending, now: now))
+        }
         next[slot] = SlotState(
-          expired: ExpiredKey(
-            serial: active.serial, expiresAt: active.expiresAt, scheme: active.claims.scheme),
+          expired: ExpiredKey(serial: last.serial, expiresAt: last.expiresAt, scheme: last.claims.scheme),
           renewal: RenewalState(
-            code: code, expiredSerial: active.serial, expiredAt: active.expiresAt, nextAttemptAt: nil,
+            code: code, expiredSerial: last.serial, expiredAt: last.expiresAt, nextAttemptAt: nil,
             lastError: ahead?.lastError, alertRaised: ahead?.alertRaised ?? false, attemptStartedAt: now))
-        requests.append(ActivationRequest(slot: slot, code: code, currentSerial: active.serial, attempt: 1))
+        requests.append(ActivationRequest(slot: slot, code: code, currentSerial: last.serial, attempt: 1))
       } else {
         // P4 / P6: nothing valid takes over; the slot is expired.
         let reserveNote =

@@ -180,6 +180,34 @@ import Testing
     #expect(late.events.first { $0.kind == .keyPromoted }?[field: "LICENSE_DELAY_USEC"] == "180000000")
   }
 
+  /// P4 for a key obtained ahead: the agent was down past the pending key's whole period.
+  /// It is not promoted, the journal names it (RESERVE_DROPPED, reason `expired`), and the
+  /// renewal continues from it, so that the server gives the period after it rather than
+  /// the same expired one again (which would fail A1 and raise a needless alert). Found by
+  /// the power-cut replay (scripts/vm-proof --power-cuts): the key vanished without a word.
+  @Test func C6_P4_aPendingKeyThatExpiredWhileTheAgentWasDownIsNamedAndRenewedFrom() throws {
+    let (asked, due) = try asking(codeMode())
+    let pendingUntil = exp + .days(30)
+    let got = engine.activationSucceeded(
+      slot: .server, key: nextPeriod(exp: pendingUntil), ahead: true, now: due + .seconds(2), state: asked)
+    let state = got.state.acknowledging(through: got.state.lastTransitionID)
+    let start = engine.timeReached(now: pendingUntil + .hours(2), state: state)
+    #expect(!start.events.contains { $0.kind == .keyPromoted })
+    let dropped = try #require(start.events.first { $0.kind == .reserveDropped })
+    #expect(dropped[field: "LICENSE_SERIAL"] == "KS-2")
+    #expect(dropped[field: "LICENSE_REASON"] == "expired")
+    #expect(dropped.message.contains("KS-1") && !dropped.message.contains(code.value))
+    #expect(requests(start).map(\.currentSerial) == ["KS-2"])
+    #expect(requests(start).map(\.ahead) == [false])
+    #expect(start.state[.server].pending == nil)
+    #expect(start.state[.server].expired?.serial == "KS-2")
+    #expect(start.state[.server].renewal?.expiredAt == pendingUntil)
+    // Still valid at start: promoted as before (P3), nothing dropped.
+    let late = engine.timeReached(now: exp + .hours(2), state: state)
+    #expect(late.state[.server].active?.serial == "KS-2")
+    #expect(!late.events.contains { $0.kind == .reserveDropped })
+  }
+
   @Test func C6_notYetAvailableIsRetriedInsideTheWindowAfterRetryAfterWithoutAnyEvent() throws {
     let (asked, due) = try asking(codeMode())
     let now = due + .seconds(1)
