@@ -6,13 +6,14 @@ import Testing
 /// The short run of `scripts/vm-proof` (docs/RELIABILITY.md, "On a real virtual machine"):
 /// one boot of a Debian 12 guest with qemu (KVM when it works, else TCG) with the package
 /// installed and the agent under its real unit; a pause of the whole guest across an
-/// expiry (QMP stop/cont), then the guest's clock set from its RTC; a real clock step
+/// expiry (QMP stop/cont), then the guest's clock set from its RTC; the same for a
+/// save/restore (the guest saved to a file, a new qemu started from it); a real clock step
 /// forward past an expiry and one backward; steps back and forward while a renewal
 /// retries. The guest's clock is its own. Then a few power cuts: the agent's state and the
 /// journal on a dm-log-writes device in the guest, crash states replayed from its log and
 /// the agent started on each.
 @Suite(.serialized) struct VirtualMachineTests {
-  @Test func aRealGuestPromotesAcrossAPauseAndRealClockStepsOnce() throws {
+  @Test func aRealGuestPromotesAcrossAPauseASaveRestoreAndRealClockStepsOnce() throws {
     if getuid() != 0 {
       Issue.record("the virtual machine proof needs root (chroot, mkfs.ext4 -d, qemu)")
       return
@@ -28,7 +29,7 @@ import Testing
       "the guest's scenario did not finish: \(result.stderr.suffix(3000))")
     #expect(["kvm", "tcg"].contains(report["accel"] as? String ?? ""))
     let checks = try #require(report["checks"] as? [[String: Any]])
-    #expect(checks.count == 8)
+    #expect(checks.count == 10)
     for check in checks {
       #expect(check["ok"] as? Bool == true, "\(check["check"] ?? "?"): \(check["detail"] ?? "")")
     }
