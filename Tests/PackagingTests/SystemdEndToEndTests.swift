@@ -137,6 +137,32 @@ import Testing
     let after = try machine.run("systemctl status license-agent --no-pager").stdout
     #expect(after.contains("Status: \"server: E2E-R until"), "\(after)")
 
+    // Exactly once under the real unit: the agent stopped as if killed after it announced
+    // the promotion and before it acknowledged it (its state before the acknowledgement,
+    // kept as state.json.prev, put back), then started: it must read the system journal
+    // (SupplementaryGroups=systemd-journal) to see that KEY_PROMOTED is there already, and
+    // not send it again. Without that group it cannot read its own entries back.
+    try machine.run("systemctl stop license-agent")
+    let unacknowledged = try machine.run(
+      "python3 -c 'import json; print(len(json.load(open(\"/var/lib/license-agent/state.json.prev\"))[\"outbox\"]))'"
+    )
+    #expect(unacknowledged.stdout == "1\n", "\(unacknowledged.stdout) \(unacknowledged.stderr)")
+    try machine.run("cp -p /var/lib/license-agent/state.json.prev /var/lib/license-agent/state.json")
+    #expect(try machine.run("systemctl start license-agent").status == 0)
+    let replayed = try Self.poll(tries: 100) {
+      try machine.run(
+        "journalctl -u license-agent -o json --no-pager MESSAGE='Events of an interrupted change are replayed'"
+      )
+      .stdout
+    } until: {
+      !$0.isEmpty
+    }
+    #expect(replayed.contains("\"ALREADY_DELIVERED\":\"1\""), "\(replayed)")
+    _ = try machine.run("agentctl status && journalctl --sync")
+    let promotions = try machine.run(
+      "journalctl -o cat --no-pager MESSAGE_ID=\(Self.promotionID) LICENSE_SERIAL=E2E-R | wc -l")
+    #expect(promotions.stdout == "1\n", "KEY_PROMOTED sent again after the restart: \(promotions.stdout)")
+
     // Metrics: under the hardened unit the agent writes node_exporter's textfile directory
     // (root's; the package's tmpfiles ACL lets the agent's user in), and Debian's
     // node_exporter, started here on a loopback port as its own user, serves the series.
