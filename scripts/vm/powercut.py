@@ -12,7 +12,8 @@ written) and makes crash states from it:
 - at every flush point (what the device holds after a flush or FUA write completed);
 - between flush points: the writes the next flush made durable, cut at a random place, each
   write before the cut kept or dropped at random (a disk's cache keeps any subset of what
-  it was not told to flush), and a kept write torn at a 4 KiB boundary one time in four.
+  it was not told to flush), and a kept write of several blocks torn at a block (1 KiB)
+  boundary one time in four.
 
 Each state is copied, mounted on the host (ext4 replays its own journal, as at boot), and the
 real agent is started on it (its state directory there, the replayed journal as the journal
@@ -41,7 +42,7 @@ KEY_PROMOTED = "dd8dbaf0eb17480089e04f5c8d85f861"
 ACTIVATION_RENEWED = "883efd4f38fd4f73b2b16fd50427571b"
 LICENSE_EXPIRED = "31051348bd3a4e6eb3bd5f3df5f85db2"
 STATE_RECOVERED = "e3fb7954deee4da0a7c9be130eaa43af"
-TEAR = 4096
+TEAR = 1024  # the file system's block: a multi-block write may reach the disk in part
 
 
 class WriteLog:
@@ -119,32 +120,51 @@ def crash_states(log, count, rng):
 class HostAgent:
     """Starts the host's build of the agent on a mounted crash state: in a mount namespace of
     its own where the replayed journal is the one the agent reads back (its machine id
-    too), sending to the host's journald."""
+    too), sending to the host's journald; as the unit runs it, unprivileged: the state
+    directory's owner, with the group of the journal files as supplementary group (the
+    unit's SupplementaryGroups=systemd-journal)."""
 
     def __init__(self, work, agent, agentctl, issuer, machine_id):
+        # A folder every user may traverse (the agent does not run as root here).
+        work = tempfile.mkdtemp(prefix="powercut-agent.", dir=work)
+        os.chmod(work, 0o755)
         self.work, self.agent, self.agentctl, self.machine_id = work, agent, agentctl, machine_id
         self.config = work + "/host-config"
         os.makedirs(self.config + "/trusted-issuers", exist_ok=True)
         shutil.copy(issuer, self.config + "/trusted-issuers/vm.jwk")
+        os.chmod(self.config + "/trusted-issuers/vm.jwk", 0o644)
+        os.makedirs(work + "/metrics")
+        os.chmod(work + "/metrics", 0o777)
         client = self.config + "/no-server"
         with open(client, "w") as f:
             f.write("#!/bin/sh\ncat >/dev/null\n"
                     "echo '{\"error\": \"network\", \"message\": \"no activation server in the replay check\"}'\nexit 75\n")
         os.chmod(client, 0o755)
         with open(self.config + "/agent.toml", "w") as f:
-            f.write(f'[activation]\nclient = "exec"\ncommand = ["{client}"]\nrenew-before = "0s"\n')
+            f.write(f'[activation]\nclient = "exec"\ncommand = ["{client}"]\nrenew-before = "0s"\n'
+                    f'[metrics]\ntextfile = "{work}/metrics/license-agent.prom"\n')
         with open(work + "/machine-id", "w") as f:
             f.write(machine_id + "\n")
+        self.as_root = False
+        self.mountpoint = work + "/mnt"
+        os.makedirs(self.mountpoint)
 
     def run(self, mounted):
+        owner = os.stat(mounted + "/state")
+        journal_files = glob.glob(mounted + "/journal/*/*.journal*")
+        journal_group = os.stat(journal_files[0]).st_gid if journal_files else owner.st_gid
         runtime = tempfile.mkdtemp(prefix="rt.", dir=self.work)
+        os.chown(runtime, owner.st_uid, owner.st_gid)
         notify_path = runtime + "/notify"
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
+        os.chmod(notify_path, 0o666)
         notify.settimeout(0.2)
         empty = tempfile.mkdtemp(prefix="empty.", dir=self.work)
+        privileges = "" if self.as_root else (
+            f"setpriv --reuid={owner.st_uid} --regid={owner.st_gid} --groups={journal_group} -- ")
         script = (f"mount --bind {mounted}/journal /var/log/journal && mount --bind {empty} /run/log/journal"
-                  f" && mount --bind {self.work}/machine-id /etc/machine-id && exec {self.agent}")
+                  f" && mount --bind {self.work}/machine-id /etc/machine-id && exec {privileges}{self.agent}")
         env = dict(os.environ, STATE_DIRECTORY=mounted + "/state", RUNTIME_DIRECTORY=runtime,
                    CONFIGURATION_DIRECTORY=self.config, NOTIFY_SOCKET=notify_path)
         since = time.time()
@@ -270,8 +290,7 @@ def replay(work, log_path, data_size, host_agent, count, seed, progress=None):
         f.truncate(data_size)
     working = open(working_path, "r+b")
     applied = -1
-    mountpoint = work + "/replay-mnt"
-    os.makedirs(mountpoint, exist_ok=True)
+    mountpoint = host_agent.mountpoint
     state_image = work + "/replay-state.img"
     results = []
     marks_all = [(e["index"], e["mark"]) for e in log.entries if "mark" in e]
