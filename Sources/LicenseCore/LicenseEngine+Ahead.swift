@@ -141,7 +141,7 @@ extension LicenseEngine {
   }
 
   /// RESERVE_DROPPED for a key obtained ahead that expired before it could take over (P4).
-  func expiredPendingDropped(slot: Slot, active: InstalledKey, pending: InstalledKey, now: Timestamp)
+  func expiredPendingDropped(slot: Slot, active: InstalledKey, pending: InstalledKey)
     -> JournalEvent
   {
     var fields = keyFields(slot: slot, pending.key)

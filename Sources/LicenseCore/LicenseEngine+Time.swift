@@ -44,7 +44,7 @@ extension LicenseEngine {
         let ahead = next[slot].ahead
         let last = next[slot].pending ?? active
         if let pending = next[slot].pending {
-          events.append(expiredPendingDropped(slot: slot, active: active, pending: pending, now: now))
+          events.append(expiredPendingDropped(slot: slot, active: active, pending: pending))
         }
         next[slot] = SlotState(
           expired: ExpiredKey(serial: last.serial, expiresAt: last.expiresAt, scheme: last.claims.scheme),
