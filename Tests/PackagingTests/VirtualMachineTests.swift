@@ -49,7 +49,8 @@ import Testing
     }
     let deb = try SystemdEndToEndTests.builtPackage()
     let result = try runProcess(
-      BootedContainer.repository + "/scripts/vm-proof", ["--json", "--deb", deb, "--power-cuts", "12"])
+      BootedContainer.repository + "/scripts/vm-proof",
+      ["--json", "--deb", deb, "--power-cuts", "12", "--chain", "5"])
     let report = try #require(
       try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
       "vm-proof printed no report: \(result.stdout) \(result.stderr.suffix(3000))")

@@ -125,8 +125,9 @@ class HostAgent:
     unit's SupplementaryGroups=systemd-journal)."""
 
     def __init__(self, work, agent, agentctl, issuer, machine_id):
-        # A folder every user may traverse (the agent does not run as root here).
-        work = tempfile.mkdtemp(prefix="powercut-agent.", dir=work)
+        # A folder every user may traverse (the agent does not run as root here), outside
+        # the harness's own, which is private (it holds the issuer's private key).
+        work = tempfile.mkdtemp(prefix="powercut-agent.")
         os.chmod(work, 0o755)
         self.work, self.agent, self.agentctl, self.machine_id = work, agent, agentctl, machine_id
         self.config = work + "/host-config"
@@ -225,7 +226,8 @@ def judge(marks, replayed, run):
     violations, notes = [], []
     said = run["said"]
     if not run["ready"]:
-        violations.append(f"the agent did not start on the state (exit {run['exit']}): {run['stderr'][-300:]}")
+        said = " ".join(e.get("MESSAGE", "") for e in run["said"] if int(e.get("PRIORITY", 6)) <= 3)
+        violations.append(f"the agent did not start on the state (exit {run['exit']}): {said[-300:]} {run['stderr'][-300:]}")
         return violations, notes
     # Nothing announced twice: the replayed journal and what the agent says now (one
     # transition may hold one event of a kind per slot).
@@ -326,5 +328,7 @@ def replay(work, log_path, data_size, host_agent, count, seed, progress=None):
         results.append(result)
         if progress:
             progress(number + 1, len(states), result)
+    working.close()
+    shutil.rmtree(host_agent.work, ignore_errors=True)
     return {"entries": len(log.entries), "flushPoints": sum(1 for e in log.entries if e["flags"] & (FLUSH | FUA)),
             "marks": len(marks_all), "states": results}
