@@ -132,11 +132,10 @@ extension LicenseEngine {
     in next: inout LicenseState
   ) -> JournalEvent {
     let (fields, late) = promote(pending, after: active, slot: slot, now: now, cause: cause, in: &next)
-    let hint = pending.activationCode.map { " (…\($0.hint))" } ?? ""
     return JournalEvent(
       .keyPromoted,
       message:
-        "Key \(pending.serial), renewed ahead with the activation code\(hint), is now the active \(slot.rawValue) key: \(active.serial) expired at \(active.expiresAt)\(late). It expires at \(pending.expiresAt); the agent will renew it ahead in turn.",
+        "\(renewedAhead(pending)), is now the active \(slot.rawValue) key: \(active.serial) expired at \(active.expiresAt)\(late). It expires at \(pending.expiresAt); the agent will renew it ahead in turn.",
       fields: fields)
   }
 
@@ -144,14 +143,17 @@ extension LicenseEngine {
   func expiredPendingDropped(slot: Slot, active: InstalledKey, pending: InstalledKey)
     -> JournalEvent
   {
-    var fields = keyFields(slot: slot, pending.key)
-    fields.append(.init("LICENSE_REASON", "expired"))
-    let hint = pending.activationCode.map { " (…\($0.hint))" } ?? ""
-    return JournalEvent(
+    JournalEvent(
       .reserveDropped,
       message:
-        "Key \(pending.serial), renewed ahead with the activation code\(hint), had itself expired at \(pending.expiresAt) before it could take over from \(active.serial) (expired at \(active.expiresAt)); it is not promoted. The agent renews from \(pending.serial) with the activation code now.",
-      fields: fields)
+        "\(renewedAhead(pending)), had itself expired at \(pending.expiresAt) before it could take over from \(active.serial) (expired at \(active.expiresAt)); it is not promoted. The agent renews from \(pending.serial) with the activation code now.",
+      fields: keyFields(slot: slot, pending.key) + [.init("LICENSE_REASON", "expired")])
+  }
+
+  /// How KEY_PROMOTED and RESERVE_DROPPED name a pending renewal: "Key X, renewed ahead
+  /// with the activation code (…hint)".
+  private func renewedAhead(_ pending: InstalledKey) -> String {
+    "Key \(pending.serial), renewed ahead with the activation code\(pending.activationCode.map { " (…\($0.hint))" } ?? "")"
   }
 
   // MARK: - Outcomes

@@ -131,10 +131,10 @@ extension LicenseEngine {
   /// A retry's instant is a delay after a failure, written as a wall-clock instant: after a
   /// backward step it would wait the whole step on top of its delay (scripts/vm-proof: a
   /// renewal retrying every few seconds made no attempt for as long as the guest ran after
-  /// a 2-hour step back). Retries keep
-  /// the delay they had left: their instants move with the clock. Deadlines that are
-  /// instants by nature (`exp`, the alert delay after `exp`, the window of renewal ahead) do
-  /// not move. A forward step makes retries due at once, which `timeReached` handles.
+  /// a 2-hour step back). Retries keep the delay they had left: their instants move with
+  /// the clock. Deadlines that are instants by nature (`exp`, the alert delay after `exp`,
+  /// the window of renewal ahead) do not move. A forward step makes retries due at once,
+  /// which `timeReached` handles.
   func retriesKeepingTheirDelay(_ state: LicenseState, after delta: Int64) -> LicenseState {
     guard delta < 0 else { return state }
     var next = state

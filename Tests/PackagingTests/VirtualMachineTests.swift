@@ -13,17 +13,24 @@ import Testing
 /// journal on a dm-log-writes device in the guest, crash states replayed from its log and
 /// the agent started on each.
 @Suite(.serialized) struct VirtualMachineTests {
-  @Test func aRealGuestPromotesAcrossAPauseASaveRestoreAndRealClockStepsOnce() throws {
+  /// Runs `scripts/vm-proof --json --deb <the built package> ARGUMENTS`: its report and how
+  /// it ended; nil (recorded as an issue) when not root.
+  func vmProof(_ arguments: [String]) throws -> (report: [String: Any], result: ProcessResult)? {
     if getuid() != 0 {
-      Issue.record("the virtual machine proof needs root (chroot, mkfs.ext4 -d, qemu)")
-      return
+      Issue.record("the virtual machine proof needs root (chroot, mkfs.ext4 -d, qemu, mount)")
+      return nil
     }
     let deb = try SystemdEndToEndTests.builtPackage()
     let result = try runProcess(
-      BootedContainer.repository + "/scripts/vm-proof", ["--json", "--deb", deb, "--pause", "20"])
+      BootedContainer.repository + "/scripts/vm-proof", ["--json", "--deb", deb] + arguments)
     let report = try #require(
       try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
       "vm-proof printed no report: \(result.stdout) \(result.stderr.suffix(3000))")
+    return (report, result)
+  }
+
+  @Test func aRealGuestPromotesAcrossAPauseASaveRestoreAndRealClockStepsOnce() throws {
+    guard let (report, result) = try vmProof(["--pause", "20"]) else { return }
     #expect(
       report["finished"] as? Bool == true,
       "the guest's scenario did not finish: \(result.stderr.suffix(3000))")
@@ -43,17 +50,7 @@ import Testing
   /// started on it: it starts, loses nothing announced or acknowledged before the cut, and
   /// announces nothing twice.
   @Test func powerCutsReplayedFromTheWriteLogLoseNothingAnnounced() throws {
-    if getuid() != 0 {
-      Issue.record("the power-cut proof needs root (chroot, mkfs.ext4 -d, qemu, mount)")
-      return
-    }
-    let deb = try SystemdEndToEndTests.builtPackage()
-    let result = try runProcess(
-      BootedContainer.repository + "/scripts/vm-proof",
-      ["--json", "--deb", deb, "--power-cuts", "12", "--chain", "5"])
-    let report = try #require(
-      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
-      "vm-proof printed no report: \(result.stdout) \(result.stderr.suffix(3000))")
+    guard let (report, result) = try vmProof(["--power-cuts", "12", "--chain", "5"]) else { return }
     #expect(
       report["finished"] as? Bool == true, "the guest's story did not finish: \(result.stderr.suffix(3000))")
     #expect(report["states"] as? Int == 12)

@@ -114,7 +114,7 @@ def crash_states(log, count, rng):
                     torn = rng.randrange(1, size // TEAR) * TEAR
                 kept.append((entry["index"], torn))
         states.append((a, kept, cut))
-    return sorted(states[:max(count, len(chosen))], key=lambda s: (s[0], s[2]))
+    return sorted(states, key=lambda s: (s[0], s[2]))
 
 
 class HostAgent:
@@ -146,7 +146,6 @@ class HostAgent:
                     f'[metrics]\ntextfile = "{work}/metrics/license-agent.prom"\n')
         with open(work + "/machine-id", "w") as f:
             f.write(machine_id + "\n")
-        self.as_root = False
         self.mountpoint = work + "/mnt"
         os.makedirs(self.mountpoint)
 
@@ -162,10 +161,10 @@ class HostAgent:
         os.chmod(notify_path, 0o666)
         notify.settimeout(0.2)
         empty = tempfile.mkdtemp(prefix="empty.", dir=self.work)
-        privileges = "" if self.as_root else (
-            f"setpriv --reuid={owner.st_uid} --regid={owner.st_gid} --groups={journal_group} -- ")
         script = (f"mount --bind {mounted}/journal /var/log/journal && mount --bind {empty} /run/log/journal"
-                  f" && mount --bind {self.work}/machine-id /etc/machine-id && exec {privileges}{self.agent}")
+                  f" && mount --bind {self.work}/machine-id /etc/machine-id"
+                  f" && exec setpriv --reuid={owner.st_uid} --regid={owner.st_gid} --groups={journal_group}"
+                  f" -- {self.agent}")
         env = dict(os.environ, STATE_DIRECTORY=mounted + "/state", RUNTIME_DIRECTORY=runtime,
                    CONFIGURATION_DIRECTORY=self.config, NOTIFY_SOCKET=notify_path)
         since = time.time()
@@ -185,7 +184,7 @@ class HostAgent:
             try:
                 status = json.loads(out.stdout)
             except ValueError:
-                status = {}
+                pass
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         try:
@@ -226,8 +225,8 @@ def judge(marks, replayed, run):
     violations, notes = [], []
     said = run["said"]
     if not run["ready"]:
-        said = " ".join(e.get("MESSAGE", "") for e in run["said"] if int(e.get("PRIORITY", 6)) <= 3)
-        violations.append(f"the agent did not start on the state (exit {run['exit']}): {said[-300:]} {run['stderr'][-300:]}")
+        errors = " ".join(e.get("MESSAGE", "") for e in said if int(e.get("PRIORITY", 6)) <= 3)
+        violations.append(f"the agent did not start on the state (exit {run['exit']}): {errors[-300:]} {run['stderr'][-300:]}")
         return violations, notes
     # Nothing announced twice: the replayed journal and what the agent says now (one
     # transition may hold one event of a kind per slot).
@@ -246,8 +245,13 @@ def judge(marks, replayed, run):
     # now has: the journal lost them (its entries are not flushed at once).
     in_journal = {(e.get("LICENSE_TRANSITION"), e.get("MESSAGE_ID", "")[:8], e.get("LICENSE_SERIAL", ""))
                   for e in replayed + said}
-    events = [m.split(":", 1)[1].rsplit(":", 1) for m in marks if m.startswith("event:")]
-    events = [(i, t, s) for (head, s) in events for (i, t) in [head.split(":", 1)]]
+    # "event:<MESSAGE_ID's first 8>:<transition, itself with a colon>:<serial>"
+    events = []
+    for m in marks:
+        if m.startswith("event:"):
+            _, kind, rest = m.split(":", 2)
+            transition, serial = rest.rsplit(":", 1)
+            events.append((kind, transition, serial))
     lost = [f"{t}:{s}" for i, t, s in events if (t, i, s) not in in_journal]
     if lost:
         notes.append(f"seen live before the cut, in no journal after it: {lost}")
