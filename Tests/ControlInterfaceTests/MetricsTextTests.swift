@@ -134,13 +134,22 @@ import Testing
     #expect(result.stdout.isEmpty && result.stderr.isEmpty, "lint: \(result.stdout)\(result.stderr)")
   }
 
-  /// The contract (`../shared/spec/contract.md` §8, beside the checkout, where CI lays it
-  /// too): every metric of its table, with its type and labels, and no other, in text that
-  /// has every family.
+  /// Metrics the contract's table (§8) has ahead of their code, by the open issue that
+  /// implements them. That issue adds them to `MetricsText.families` and empties its entry
+  /// here.
+  static let ahead = SpecAhead([
+    23: [  // licensing units
+      "license_agent_key_units", "license_agent_units_in_use", "license_agent_usage_report_timestamp_seconds",
+    ],
+    24: ["license_agent_consumer_confirmed"],  // consumers
+    25: ["license_agent_key_blocked", "license_agent_key_grace_end_timestamp_seconds"],  // blocked keys
+  ])
+
+  /// The contract (`../shared/spec/contract.md` §8): every metric of its table, with its
+  /// type and labels, and no other, in text that has every family; the metrics listed
+  /// ahead are the only ones that may be missing.
   @Test func theNamesTypesAndLabelsAreTheContractsTable() throws {
-    let contract =
-      URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-      .deletingLastPathComponent().deletingLastPathComponent().path + "/shared/spec/contract.md"
+    let contract = SpecAhead.specFolder + "/contract.md"
     let table = try String(contentsOfFile: contract, encoding: .utf8).split(separator: "\n")
       .filter { $0.hasPrefix("| `license_agent_") }
     var expected: [String: (type: String, labels: Set<String>)] = [:]
@@ -156,8 +165,10 @@ import Testing
       }
       expected[name] = (cells[1], labels)
     }
-    #expect(expected.count == 11, "rows found in \(contract)")
-    #expect(Set(MetricsText.families.map(\.name)) == Set(expected.keys))
+    #expect(expected.count >= 17, "rows found in \(contract)")
+    let mismatches = Self.ahead.mismatches(
+      kind: "metric", documented: Set(expected.keys), implemented: Set(MetricsText.families.map(\.name)))
+    #expect(mismatches.isEmpty, "\(mismatches.joined(separator: "\n"))")
     for family in MetricsText.families {
       #expect(family.type == expected[family.name]?.type, "\(family.name)")
     }
