@@ -59,6 +59,39 @@ public func makeTemporaryDirectory(_ prefix: String = "license-agent-test") -> S
   return String(cString: result)
 }
 
+/// Removes a temporary directory, unless something is mounted under it (then nothing is
+/// removed, which would otherwise delete what the mount shows, and the mounts are named on
+/// standard error).
 public func removeTemporaryDirectory(_ path: String) {
+  let mounted = mountPoints(under: path)
+  guard mounted.isEmpty else {
+    FileHandle.standardError.write(Data("not removed: \(path): mounted under it: \(mounted)\n".utf8))
+    return
+  }
   try? FileManager.default.removeItem(atPath: path)
+}
+
+/// The mount points at or under `path` in this process's mount namespace
+/// (`/proc/self/mountinfo`, whose paths escape space, tab, newline and backslash in octal).
+public func mountPoints(under path: String) -> [String] {
+  let root = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+  guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+  return text.split(separator: "\n").compactMap { line -> String? in
+    let fields = line.split(separator: " ")
+    guard fields.count > 4 else { return nil }
+    var point = String(fields[4])
+    for (escaped, character) in [("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")] {
+      point = point.replacingOccurrences(of: escaped, with: character)
+    }
+    return point == root || point.hasPrefix(root + "/") ? point : nil
+  }
+}
+
+/// Unmounts `path`, checked: nil when it is no longer mounted, else what `umount` said.
+public func unmount(_ path: String) -> String? {
+  let result = try? runProcess("/bin/umount", [path])
+  if mountPoints(under: path).contains(URL(fileURLWithPath: path).resolvingSymlinksInPath().path) {
+    return "umount \(path) failed: \(result?.stderr ?? "could not run umount")"
+  }
+  return nil
 }

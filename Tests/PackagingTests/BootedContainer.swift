@@ -11,6 +11,7 @@ import LicenseTestSupport
 /// namespaces, and removes that cgroup with everything nspawn made under it.
 final class BootedContainer {
   let leader: pid_t
+  private let root: String
   private let nspawn: Process
   private let cgroups: [String]
 
@@ -27,8 +28,20 @@ final class BootedContainer {
     return nil
   }
 
+  /// Throws, with safetree's message naming the mounts and what to do, when anything is
+  /// mounted under `root` (`scripts/lib/safetree.py check`): a root with a chroot's /proc
+  /// left mounted under it is never booted, and a container that left a mount behind on
+  /// this machine is an error.
+  static func refuseMounted(_ root: String, doing: String) throws {
+    let checked = try runProcess(
+      "/usr/bin/python3", [repository + "/scripts/lib/safetree.py", "check", root, "--doing", doing])
+    if checked.status != 0 { throw ProcessError(description: checked.stderr) }
+  }
+
   /// Boots `root`, with host folders bound read-only (`host:container` pairs).
   init(root: String, bindReadOnly: [String]) throws {
+    try Self.refuseMounted(root, doing: "boot a container on")
+    self.root = root
     let name = "license-agent-e2e-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     cgroups = Self.ownCgroupPaths().map { $0 + "/" + name }
     let script = """
@@ -60,7 +73,7 @@ final class BootedContainer {
     }
     guard let found else {
       let reason = nspawn.isRunning ? "no systemd in the container after 20 s" : "systemd-nspawn exited"
-      Self.stop(nspawn, cgroups: cgroups)
+      Self.stop(nspawn, leader: nil, cgroups: cgroups)
       throw ProcessError(description: "booting \(root) failed: \(reason)")
     }
     leader = found
@@ -73,7 +86,7 @@ final class BootedContainer {
       usleep(250_000)
     }
     guard ["running", "degraded"].contains(state) else {
-      shutdown()
+      try? shutdown()
       throw ProcessError(description: "the container's systemd did not come up: \(state)")
     }
   }
@@ -90,17 +103,36 @@ final class BootedContainer {
   }
 
   /// Powers the machine off (nspawn turns SIGTERM into a clean shutdown), waits for nspawn,
-  /// and removes the cgroups made for it.
-  func shutdown() { Self.stop(nspawn, cgroups: cgroups) }
+  /// and removes the cgroups made for it; throws when a mount under the root is left on
+  /// this machine (nspawn mounts in the container's own namespace: there must be none).
+  func shutdown() throws {
+    Self.stop(nspawn, leader: leader, cgroups: cgroups)
+    try Self.refuseMounted(root, doing: "leave behind")
+  }
 
-  private static func stop(_ nspawn: Process, cgroups: [String]) {
+  private static func stop(_ nspawn: Process, leader: pid_t?, cgroups: [String]) {
     if nspawn.isRunning {
       kill(nspawn.processIdentifier, SIGTERM)
       for _ in 0..<300 where nspawn.isRunning { usleep(50_000) }
       if nspawn.isRunning { kill(nspawn.processIdentifier, SIGKILL) }
     }
     nspawn.waitUntilExit()
+    // A killed nspawn may leave its machine running: end the machine's init by its id, only
+    // while it is still in the cgroup made for it (the kernel then ends its PID namespace).
+    if let leader, inCgroups(leader, cgroups) {
+      kill(leader, SIGKILL)
+      for _ in 0..<200 where inCgroups(leader, cgroups) { usleep(50_000) }
+    }
     removeCgroups(cgroups)
+  }
+
+  /// Whether `pid` is a process of one of `cgroups` (not an id reused by another process).
+  private static func inCgroups(_ pid: pid_t, _ cgroups: [String]) -> Bool {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8) else { return false }
+    let names = Set(cgroups.map { "/" + ($0.split(separator: "/").last.map(String.init) ?? "") })
+    return text.split(separator: "\n").contains { line in
+      names.contains { line.hasSuffix($0) || line.contains($0 + "/") }
+    }
   }
 
   /// This process's cgroup folder in the hierarchies nspawn uses: the named v1 "systemd"

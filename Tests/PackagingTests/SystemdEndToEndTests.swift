@@ -86,7 +86,9 @@ import Testing
     let machine = try BootedContainer(
       root: root, bindReadOnly: ["\(package):/mnt/license-agent.deb", "\(lab):/mnt/lab"])
     defer {
-      machine.shutdown()
+      #expect(throws: Never.self, "nothing the container mounted is left on this machine") {
+        try machine.shutdown()
+      }
       #expect(!BootedContainer.anyExists(machine.cgroupPaths), "the test's cgroups are gone")
     }
 

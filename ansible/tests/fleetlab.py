@@ -26,6 +26,9 @@ import tempfile
 import time
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPOSITORY, "scripts", "lib"))
+import safetree  # noqa: E402  (roots never used or removed with anything mounted under them)
+
 ANSIBLE_DIR = os.path.join(REPOSITORY, "ansible")
 SUBNET = "10.231.0"
 # The debug build's programs (license-keytool, activation-server) the tests and bench use.
@@ -181,8 +184,28 @@ class SVM:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        # nspawn killed leaves its machine running: end the machine's init, by its id (the
+        # kernel then ends every process of its PID namespace), and wait until it is gone.
+        if self.leader is not None and self.owns(self.leader):
+            try:
+                os.kill(self.leader, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.time() + 10
+            while time.time() < deadline and self.owns(self.leader):
+                time.sleep(0.05)
         for cgroup in self.cgroups:
             remove_cgroup(cgroup)
+
+    def owns(self, pid):
+        """Whether `pid` is still a process in this machine's cgroup (not a reused id)."""
+        try:
+            with open("/proc/%d/cgroup" % pid) as f:
+                text = f.read()
+        except OSError:
+            return False
+        tag = "/%s-%s" % (self.lab.tag, self.name)
+        return any(tag + "\n" in line + "\n" or tag + "/" in line for line in text.splitlines())
 
 
 class FleetLab:
@@ -195,6 +218,7 @@ class FleetLab:
         # machine behind it.
         self.down_hosts = [(name, "%s.%d" % (SUBNET, 250 - i)) for i, name in enumerate(down)]
         self.binds = list(binds)
+        self.root = None
         self.home = os.path.join(self.directory, "home")
         self.inventory = os.path.join(self.directory, "inventory.yml")
         self.groups = {}
@@ -207,6 +231,10 @@ class FleetLab:
         deadline = time.time() + timeout
         os.makedirs(self.home, exist_ok=True)
         root = test_root()
+        # Every container overlays this root in a mount namespace of its own; one with a mount
+        # under it (a chroot's /proc left behind) is refused, not booted.
+        safetree.refuse_mounted(root, "boot containers on")
+        self.root = root
         run(["ip", "netns", "add", self.netns])
         for command in (
             "ip link set lo up",
@@ -294,9 +322,16 @@ class FleetLab:
     def down(self):
         for svm in self.svms:
             svm.stop()
-        run(["ip", "netns", "del", self.netns], check=False)
+        if os.path.exists("/run/netns/" + self.netns):
+            run(["ip", "netns", "del", self.netns])
+        # nspawn mounts in the containers' own namespaces: nothing may be left on the host.
+        if self.root:
+            safetree.refuse_mounted(self.root, "leave behind")
+        safetree.refuse_mounted(self.directory, "leave behind")
+        if os.path.exists("/run/netns/" + self.netns):
+            raise RuntimeError("the lab's network namespace /run/netns/%s is still there" % self.netns)
         if os.environ.get("FLEETLAB_KEEP") is None:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            safetree.remove_tree(self.directory)
 
 
 def main(argv):

@@ -33,8 +33,12 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
+import safetree  # noqa: E402  (checked mounts and unmounts, deletions on one file system)
 
 FLUSH, FUA, DISCARD, MARK = 1, 2, 4, 8
 MAGIC = 0x6A736677736872
@@ -194,8 +198,9 @@ class HostAgent:
             code = process.wait()
         stderr = open(runtime + "/stderr").read()
         notify.close()
-        shutil.rmtree(runtime, ignore_errors=True)
-        shutil.rmtree(empty, ignore_errors=True)
+        # Both were bound only in the agent's own mount namespace, gone with it.
+        safetree.remove_tree(runtime)
+        safetree.remove_tree(empty)
         subprocess.run(["journalctl", "--sync"], capture_output=True)
         said = journal(["_PID=" + str(process.pid), "SYSLOG_IDENTIFIER=license-agent", f"--since=@{since - 1:.0f}"])
         return {"ready": ready, "exit": code, "status": status, "said": said, "stderr": stderr[-2000:]}
@@ -299,6 +304,7 @@ def replay(work, log_path, data_size, host_agent, count, seed, progress=None):
     mountpoint = host_agent.mountpoint
     state_image = work + "/replay-state.img"
     results = []
+    safetree.refuse_mounted(mountpoint, "mount a crash state on")
     marks_all = [(e["index"], e["mark"]) for e in log.entries if "mark" in e]
     for number, (base, kept, cut) in enumerate(states):
         for entry in log.entries[applied + 1:base + 1]:
@@ -328,11 +334,12 @@ def replay(work, log_path, data_size, host_agent, count, seed, progress=None):
                 result.update(violations=violations, notes=notes, said=len(run["said"]),
                               replayedEntries=len(replayed))
         finally:
-            subprocess.run(["umount", mountpoint], check=True)
+            # Checked: a state left mounted says what holds it, and nothing more is removed.
+            safetree.unmount_all(mountpoint)
         results.append(result)
         if progress:
             progress(number + 1, len(states), result)
     working.close()
-    shutil.rmtree(host_agent.work, ignore_errors=True)
+    safetree.remove_tree(host_agent.work)
     return {"entries": len(log.entries), "flushPoints": sum(1 for e in log.entries if e["flags"] & (FLUSH | FUA)),
             "marks": len(marks_all), "states": results}
