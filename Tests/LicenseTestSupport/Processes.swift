@@ -60,3 +60,23 @@ public func python3() -> String {
   }
   return "/usr/bin/python3"
 }
+
+/// ``runProcess`` on a thread of its own, awaited: for programs that run for minutes (a
+/// virtual machine, a container's commands). A synchronous test that waits holds one of
+/// the few threads Swift Testing runs tests on (as many as the machine has cores), and every
+/// other test waits behind it; an async test awaiting this holds none.
+public func runProcessInBackground(
+  _ executable: String, _ arguments: [String], input: String? = nil, environment: [String: String]? = nil
+) async throws -> ProcessResult {
+  try await onOwnThread { try runProcess(executable, arguments, input: input, environment: environment) }
+}
+
+/// Runs `body` on a new thread and awaits its result, so that blocking work (waiting for a
+/// process, polling a machine) never holds a thread of Swift's cooperative pool.
+public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+  try await withCheckedThrowingContinuation { continuation in
+    let thread = Thread { continuation.resume(with: Result { try body() }) }
+    thread.stackSize = 1 << 20
+    thread.start()
+  }
+}

@@ -9,7 +9,7 @@ import LicenseTestSupport
 /// nspawn is started in a cgroup of its own (in each hierarchy this process belongs to);
 /// ``shutdown()`` powers the machine off, waits for nspawn, which removes its mounts and
 /// namespaces, and removes that cgroup with everything nspawn made under it.
-final class BootedContainer {
+final class BootedContainer: @unchecked Sendable {  // immutable once booted
   let leader: pid_t
   private let root: String
   private let nspawn: Process
@@ -80,7 +80,7 @@ final class BootedContainer {
     // Until its manager answers, systemctl in the container says "offline".
     var state = ""
     for _ in 0..<120 {
-      state = try run("systemctl is-system-running --wait").stdout.trimmingCharacters(
+      state = try runBlocking("systemctl is-system-running --wait").stdout.trimmingCharacters(
         in: .whitespacesAndNewlines)
       if ["running", "degraded"].contains(state) { break }
       usleep(250_000)
@@ -91,9 +91,20 @@ final class BootedContainer {
     }
   }
 
-  /// Runs a shell script as root inside the machine, with a clean environment.
+  /// Boots `root` (see ``init(root:bindReadOnly:)``) on a thread of its own, awaited: the
+  /// other suites go on while it boots.
+  static func boot(root: String, bindReadOnly: [String]) async throws -> BootedContainer {
+    try await onOwnThread { try BootedContainer(root: root, bindReadOnly: bindReadOnly) }
+  }
+
+  /// Runs a shell script as root inside the machine, with a clean environment; awaited, so
+  /// that a test waiting on the machine holds none of the threads the other tests run on.
   @discardableResult
-  func run(_ script: String, input: String? = nil) throws -> ProcessResult {
+  func run(_ script: String, input: String? = nil) async throws -> ProcessResult {
+    try await onOwnThread { try self.runBlocking(script, input: input) }
+  }
+
+  private func runBlocking(_ script: String, input: String? = nil) throws -> ProcessResult {
     try runProcess(
       "/usr/bin/nsenter",
       [

@@ -13,11 +13,13 @@ import Testing
   static let promotionID = EventKind.keyPromoted.messageID
 
   /// What `read` gives once `done` holds, trying every 100 ms (the last reading after `tries`).
-  static func poll(tries: Int, _ read: () throws -> String, until done: (String) -> Bool) rethrows -> String {
-    var value = try read()
+  static func poll(tries: Int, _ read: () async throws -> String, until done: (String) -> Bool) async rethrows
+    -> String
+  {
+    var value = try await read()
     for _ in 1..<tries where !done(value) {
-      usleep(100_000)
-      value = try read()
+      try? await Task.sleep(for: .milliseconds(100))
+      value = try await read()
     }
     return value
   }
@@ -33,7 +35,7 @@ import Testing
     return dist + "/" + name
   }
 
-  @Test func installedPackageRunsPromotesReloadsSurvivesTheWatchdogUpgradesAndPurges() throws {
+  @Test func installedPackageRunsPromotesReloadsSurvivesTheWatchdogUpgradesAndPurges() async throws {
     if let reason = BootedContainer.unavailableReason {
       Issue.record(Comment(rawValue: reason))
       return
@@ -83,7 +85,7 @@ import Testing
     for file in ["e2e-issuer.jwk", "active.jws", "reserve.jws"] { chmod(lab + "/" + file, 0o644) }
     chmod(lab + "/code", 0o600)
 
-    let machine = try BootedContainer(
+    let machine = try await BootedContainer.boot(
       root: root, bindReadOnly: ["\(package):/mnt/license-agent.deb", "\(lab):/mnt/lab"])
     defer {
       #expect(throws: Never.self, "nothing the container mounted is left on this machine") {
@@ -93,50 +95,53 @@ import Testing
     }
 
     // Install: the user and group exist, the unit is enabled and running, READY=1 was sent.
-    let install = try machine.run("dpkg -i /mnt/license-agent.deb")
+    let install = try await machine.run("dpkg -i /mnt/license-agent.deb")
     try #require(install.status == 0, "dpkg -i: \(install.stdout) \(install.stderr)")
-    #expect(try machine.run("systemctl is-active license-agent").stdout == "active\n")
-    #expect(try machine.run("systemctl is-enabled license-agent").stdout == "enabled\n")
-    #expect(try machine.run("getent passwd license-agent && getent group license-admin").status == 0)
-    let fresh = try machine.run("systemctl status license-agent --no-pager").stdout
+    #expect(try await machine.run("systemctl is-active license-agent").stdout == "active\n")
+    #expect(try await machine.run("systemctl is-enabled license-agent").stdout == "enabled\n")
+    #expect(try await machine.run("getent passwd license-agent && getent group license-admin").status == 0)
+    let fresh = try await machine.run("systemctl status license-agent --no-pager").stdout
     #expect(fresh.contains("Status: \"No licence key; add one with agentctl add-key\""), "\(fresh)")
 
     // A trusted issuer, then a reload: it must keep running and read the trust directory.
-    let pidBeforeReload = try machine.run("systemctl show -p MainPID --value license-agent").stdout
-    let reload = try machine.run(
+    let pidBeforeReload = try await machine.run("systemctl show -p MainPID --value license-agent").stdout
+    let reload = try await machine.run(
       "cp /mnt/lab/e2e-issuer.jwk /etc/license-agent/trusted-issuers/ && systemctl reload license-agent")
     #expect(reload.status == 0, "systemctl reload: \(reload.stderr)")
-    #expect(try machine.run("systemctl show -p MainPID --value license-agent").stdout == pidBeforeReload)
-    #expect(try machine.run("systemctl is-active license-agent").stdout == "active\n")
+    #expect(
+      try await machine.run("systemctl show -p MainPID --value license-agent").stdout == pidBeforeReload)
+    #expect(try await machine.run("systemctl is-active license-agent").stdout == "active\n")
 
     // agentctl: refused to an unprivileged user (77, naming the group), allowed to root.
-    try machine.run("useradd --create-home svmop")
-    let refused = try machine.run("runuser -u svmop -- agentctl add-key /mnt/lab/active.jws")
+    try await machine.run("useradd --create-home svmop")
+    let refused = try await machine.run("runuser -u svmop -- agentctl add-key /mnt/lab/active.jws")
     #expect(refused.status == 77, "\(refused.stdout) \(refused.stderr)")
     #expect(refused.stderr.contains("license-admin"), "\(refused.stderr)")
-    #expect(try machine.run("runuser -u svmop -- agentctl status").status == 0, "readable by anyone")
-    let active = try machine.run("agentctl add-key /mnt/lab/active.jws")
+    #expect(try await machine.run("runuser -u svmop -- agentctl status").status == 0, "readable by anyone")
+    let active = try await machine.run("agentctl add-key /mnt/lab/active.jws")
     #expect(active.status == 0, "\(active.stderr)")
-    let reserve = try machine.run("agentctl add-key --reserve /mnt/lab/reserve.jws")
+    let reserve = try await machine.run("agentctl add-key --reserve /mnt/lab/reserve.jws")
     #expect(reserve.status == 0, "\(reserve.stderr)")
-    let ready = try machine.run("systemctl status license-agent --no-pager").stdout
+    let ready = try await machine.run("systemctl status license-agent --no-pager").stdout
     #expect(ready.contains("Status: \"server: E2E-A until") && ready.contains("reserve ready"), "\(ready)")
 
     // The promotion at expiry, in the unit's journal, explained by the catalog.
-    AgentHarness.sleep(until: expiry, margin: .seconds(1))
-    let promoted = try Self.poll(tries: 100) {
-      try machine.run("journalctl -u license-agent -o json --no-pager MESSAGE_ID=\(Self.promotionID)").stdout
+    try await Task.sleep(
+      for: .microseconds(max(0, expiry.microseconds(since: AgentHarness.now()) + 1_000_000)))
+    let promoted = try await Self.poll(tries: 100) {
+      try await machine.run("journalctl -u license-agent -o json --no-pager MESSAGE_ID=\(Self.promotionID)")
+        .stdout
     } until: {
       !$0.isEmpty
     }
     #expect(promoted.contains("\"LICENSE_SERIAL\":\"E2E-R\""), "\(promoted)")
     #expect(promoted.contains("\"LICENSE_PREVIOUS_SERIAL\":\"E2E-A\""), "\(promoted)")
-    let explained = try machine.run(
+    let explained = try await machine.run(
       "journalctl -x -u license-agent --no-pager MESSAGE_ID=\(Self.promotionID)"
     ).stdout
     #expect(explained.contains("Subject: Reserve licence key E2E-R promoted in slot server"), "\(explained)")
     #expect(explained.contains("Support: man:license-agent(8)"), "\(explained)")
-    let after = try machine.run("systemctl status license-agent --no-pager").stdout
+    let after = try await machine.run("systemctl status license-agent --no-pager").stdout
     #expect(after.contains("Status: \"server: E2E-R until"), "\(after)")
 
     // Exactly once under the real unit: the agent stopped as if killed after it announced
@@ -144,15 +149,15 @@ import Testing
     // kept as state.json.prev, put back), then started: it must read the system journal
     // (SupplementaryGroups=systemd-journal) to see that KEY_PROMOTED is there already, and
     // not send it again. Without that group it cannot read its own entries back.
-    try machine.run("systemctl stop license-agent")
-    let unacknowledged = try machine.run(
+    try await machine.run("systemctl stop license-agent")
+    let unacknowledged = try await machine.run(
       "python3 -c 'import json; print(len(json.load(open(\"/var/lib/license-agent/state.json.prev\"))[\"outbox\"]))'"
     )
     #expect(unacknowledged.stdout == "1\n", "\(unacknowledged.stdout) \(unacknowledged.stderr)")
-    try machine.run("cp -p /var/lib/license-agent/state.json.prev /var/lib/license-agent/state.json")
-    #expect(try machine.run("systemctl start license-agent").status == 0)
-    let replayed = try Self.poll(tries: 100) {
-      try machine.run(
+    try await machine.run("cp -p /var/lib/license-agent/state.json.prev /var/lib/license-agent/state.json")
+    #expect(try await machine.run("systemctl start license-agent").status == 0)
+    let replayed = try await Self.poll(tries: 100) {
+      try await machine.run(
         "journalctl -u license-agent -o json --no-pager MESSAGE='Events of an interrupted change are replayed'"
       )
       .stdout
@@ -160,8 +165,8 @@ import Testing
       !$0.isEmpty
     }
     #expect(replayed.contains("\"ALREADY_DELIVERED\":\"1\""), "\(replayed)")
-    _ = try machine.run("agentctl status && journalctl --sync")
-    let promotions = try machine.run(
+    _ = try await machine.run("agentctl status && journalctl --sync")
+    let promotions = try await machine.run(
       "journalctl -o cat --no-pager MESSAGE_ID=\(Self.promotionID) LICENSE_SERIAL=E2E-R | wc -l")
     #expect(promotions.stdout == "1\n", "KEY_PROMOTED sent again after the restart: \(promotions.stdout)")
 
@@ -169,30 +174,31 @@ import Testing
     // (root's; the package's tmpfiles ACL lets the agent's user in), and Debian's
     // node_exporter, started here on a loopback port as its own user, serves the series.
     let metrics = "/var/lib/prometheus/node-exporter/license-agent.prom"
-    let owned = try machine.run("stat -c '%U %a' \(metrics)")
-    let acl = try machine.run(
+    let owned = try await machine.run("stat -c '%U %a' \(metrics)")
+    let acl = try await machine.run(
       "stat -c '%U' /var/lib/prometheus/node-exporter && getfacl -p /var/lib/prometheus/node-exporter")
-    let logged = try machine.run("journalctl -u license-agent --no-pager -o cat | grep -i metrics").stdout
+    let logged = try await machine.run("journalctl -u license-agent --no-pager -o cat | grep -i metrics")
+      .stdout
     #expect(owned.stdout == "license-agent 644\n", "\(owned.stdout) \(owned.stderr) \(acl.stdout) \(logged)")
     // The directory stays root's; the agent's user has an entry of its own.
     #expect(
       acl.stdout.hasPrefix("root\n") && acl.stdout.contains("user:license-agent:rwx\n"), "\(acl.stdout)")
     let promotedSeries =
       "license_agent_key_expiry_timestamp_seconds{slot=\"server\",role=\"active\",serial=\"E2E-R\"}"
-    let written = try Self.poll(tries: 50) {
-      try machine.run("cat \(metrics)").stdout
+    let written = try await Self.poll(tries: 50) {
+      try await machine.run("cat \(metrics)").stdout
     } until: {
       $0.contains(promotedSeries)
     }
     #expect(written.contains(promotedSeries), "\(written)")
     let port = Int.random(in: 20_000..<60_000)
-    let exporter = try machine.run(
+    let exporter = try await machine.run(
       "systemd-run --unit=node-exporter-test -p User=prometheus /usr/bin/prometheus-node-exporter "
         + "--web.listen-address=127.0.0.1:\(port) --collector.disable-defaults --collector.textfile "
         + "--collector.textfile.directory=/var/lib/prometheus/node-exporter")
     #expect(exporter.status == 0, "\(exporter.stderr)")
-    let scraped = try Self.poll(tries: 50) {
-      try machine.run(
+    let scraped = try await Self.poll(tries: 50) {
+      try await machine.run(
         "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:\(port)/metrics\").read().decode())'"
       ).stdout
     } until: {
@@ -204,60 +210,62 @@ import Testing
       scraped.contains(
         "license_agent_key_expiry_timestamp_seconds{role=\"active\",serial=\"E2E-R\",slot=\"server\"}"),
       "\(scraped)")
-    try machine.run("systemctl stop node-exporter-test")
+    try await machine.run("systemctl stop node-exporter-test")
 
     // node_exporter installed after the agent: without the ACL entry, a package that brings
     // the textfile directory fires the agent package's trigger, which gives it back.
     let directoryACL = "getfacl -p /var/lib/prometheus/node-exporter"
-    try machine.run("setfacl -x u:license-agent /var/lib/prometheus/node-exporter")
-    #expect(try !machine.run(directoryACL).stdout.contains("license-agent"))
-    let probed = try machine.run("dpkg -i /mnt/lab/textfile-directory-probe.deb")
+    try await machine.run("setfacl -x u:license-agent /var/lib/prometheus/node-exporter")
+    #expect(try await !machine.run(directoryACL).stdout.contains("license-agent"))
+    let probed = try await machine.run("dpkg -i /mnt/lab/textfile-directory-probe.deb")
     #expect(probed.status == 0, "\(probed.stdout) \(probed.stderr)")
-    #expect(try machine.run(directoryACL).stdout.contains("user:license-agent:rwx\n"), "the trigger ran")
+    #expect(
+      try await machine.run(directoryACL).stdout.contains("user:license-agent:rwx\n"), "the trigger ran")
 
     // A daemon that stops answering is restarted by the watchdog, with its state intact.
-    let stateBefore = try machine.run("md5sum /var/lib/license-agent/state.json").stdout
-    let stoppedPID = try machine.run("systemctl show -p MainPID --value license-agent").stdout
+    let stateBefore = try await machine.run("md5sum /var/lib/license-agent/state.json").stdout
+    let stoppedPID = try await machine.run("systemctl show -p MainPID --value license-agent").stdout
       .trimmingCharacters(in: .whitespacesAndNewlines)
-    try machine.run("kill -STOP \(stoppedPID)")
+    try await machine.run("kill -STOP \(stoppedPID)")
     var restartedPID = stoppedPID
     for _ in 0..<90 where restartedPID == stoppedPID || restartedPID == "0" {
-      sleep(1)
-      let state = try machine.run("systemctl is-active license-agent").stdout
-      let pid = try machine.run("systemctl show -p MainPID --value license-agent").stdout
+      try await Task.sleep(for: .seconds(1))
+      let state = try await machine.run("systemctl is-active license-agent").stdout
+      let pid = try await machine.run("systemctl show -p MainPID --value license-agent").stdout
         .trimmingCharacters(in: .whitespacesAndNewlines)
       if state == "active\n" { restartedPID = pid }
     }
     #expect(restartedPID != stoppedPID, "restarted by the watchdog within 90 s")
-    let watchdog = try machine.run("journalctl -u license-agent --no-pager -o cat").stdout
+    let watchdog = try await machine.run("journalctl -u license-agent --no-pager -o cat").stdout
     #expect(watchdog.contains("Watchdog timeout"), "\(watchdog)")
-    #expect(try machine.run("md5sum /var/lib/license-agent/state.json").stdout == stateBefore)
-    let status = try machine.run("agentctl status --json").stdout
+    #expect(try await machine.run("md5sum /var/lib/license-agent/state.json").stdout == stateBefore)
+    let status = try await machine.run("agentctl status --json").stdout
     #expect(status.contains("\"serial\":\"E2E-R\""), "\(status)")
 
     // An upgrade to a newer build restarts the agent and keeps the state.
-    let upgrade = try machine.run("dpkg -i /mnt/lab/license-agent_\(ProductVersion.current)-2_*.deb")
+    let upgrade = try await machine.run("dpkg -i /mnt/lab/license-agent_\(ProductVersion.current)-2_*.deb")
     #expect(upgrade.status == 0, "upgrade: \(upgrade.stdout) \(upgrade.stderr)")
     #expect(
-      try machine.run("dpkg-query -W -f '${Version}' license-agent").stdout == "\(ProductVersion.current)-2")
-    let upgradedPID = try machine.run("systemctl show -p MainPID --value license-agent").stdout
+      try await machine.run("dpkg-query -W -f '${Version}' license-agent").stdout
+        == "\(ProductVersion.current)-2")
+    let upgradedPID = try await machine.run("systemctl show -p MainPID --value license-agent").stdout
       .trimmingCharacters(in: .whitespacesAndNewlines)
     #expect(upgradedPID != restartedPID && upgradedPID != "0", "restarted on upgrade")
-    #expect(try machine.run("systemctl is-active license-agent").stdout == "active\n")
-    #expect(try machine.run("md5sum /var/lib/license-agent/state.json").stdout == stateBefore)
+    #expect(try await machine.run("systemctl is-active license-agent").stdout == "active\n")
+    #expect(try await machine.run("md5sum /var/lib/license-agent/state.json").stdout == stateBefore)
 
     // HTTPS activation's client program runs under the hardened unit: a code activated
     // against the reference server on loopback (the machine shares the host's network).
-    try machine.run(
+    try await machine.run(
       "printf '[activation]\\nurl = \"\(server.url)\"\\n' >/etc/license-agent/agent.toml && systemctl reload license-agent"
     )
-    let activated = try machine.run("agentctl activate --code-file /mnt/lab/code")
+    let activated = try await machine.run("agentctl activate --code-file /mnt/lab/code")
     #expect(activated.status == 0, "agentctl activate: \(activated.stdout) \(activated.stderr)")
-    let renewable = try machine.run("agentctl status --json").stdout
+    let renewable = try await machine.run("agentctl status --json").stdout
     #expect(renewable.contains("\"codeHint\":\"67890\""), "\(renewable)")
     // The code is in no journal entry and in no file others may read.
-    #expect(try machine.run("journalctl -o export | grep -c \(code)").stdout == "0\n")
-    let readable = try machine.run(
+    #expect(try await machine.run("journalctl -o export | grep -c \(code)").stdout == "0\n")
+    let readable = try await machine.run(
       "find /var/lib/license-agent /etc/license-agent /run/license-agent -type f -perm /044 -exec grep -l \(code) {} +"
     )
     #expect(readable.stdout.isEmpty, "\(readable.stdout)")
@@ -266,17 +274,19 @@ import Testing
     #expect(!watchdog.contains("Failed to set thread priority"), "libdispatch's renice is allowed")
 
     // Removal stops the agent and keeps the state; purge removes it.
-    #expect(try machine.run("test -f \(metrics)").status == 0, "the restarted agent wrote its metrics again")
-    let remove = try machine.run("dpkg --remove license-agent")
+    #expect(
+      try await machine.run("test -f \(metrics)").status == 0, "the restarted agent wrote its metrics again")
+    let remove = try await machine.run("dpkg --remove license-agent")
     #expect(remove.status == 0, "\(remove.stderr)")
-    #expect(try machine.run("systemctl is-active license-agent").stdout != "active\n")
-    #expect(try machine.run("test -e \(metrics)").status != 0, "the metrics go with the agent")
-    #expect(try machine.run("test -f /var/lib/license-agent/state.json").status == 0, "state kept on remove")
-    let purge = try machine.run("dpkg --purge license-agent")
+    #expect(try await machine.run("systemctl is-active license-agent").stdout != "active\n")
+    #expect(try await machine.run("test -e \(metrics)").status != 0, "the metrics go with the agent")
+    #expect(
+      try await machine.run("test -f /var/lib/license-agent/state.json").status == 0, "state kept on remove")
+    let purge = try await machine.run("dpkg --purge license-agent")
     #expect(purge.status == 0, "\(purge.stderr)")
-    #expect(try machine.run("test -e /var/lib/license-agent").status != 0, "state removed on purge")
-    #expect(try machine.run("test -e /etc/license-agent").status != 0, "configuration removed on purge")
-    let aclAfter = try machine.run("getfacl -p /var/lib/prometheus/node-exporter").stdout
+    #expect(try await machine.run("test -e /var/lib/license-agent").status != 0, "state removed on purge")
+    #expect(try await machine.run("test -e /etc/license-agent").status != 0, "configuration removed on purge")
+    let aclAfter = try await machine.run("getfacl -p /var/lib/prometheus/node-exporter").stdout
     #expect(!aclAfter.contains("license-agent"), "the ACL entry goes with the package: \(aclAfter)")
   }
 }

@@ -14,14 +14,15 @@ import Testing
 /// the agent started on each.
 @Suite(.serialized) struct VirtualMachineTests {
   /// Runs `scripts/vm-proof --json --deb <the built package> ARGUMENTS`: its report and how
-  /// it ended; nil (recorded as an issue) when not root.
-  func vmProof(_ arguments: [String]) throws -> (report: [String: Any], result: ProcessResult)? {
+  /// it ended; nil (recorded as an issue) when not root. Awaited on a thread of its own: the
+  /// guest runs for minutes, and the other suites go on meanwhile.
+  func vmProof(_ arguments: [String]) async throws -> (report: [String: Any], result: ProcessResult)? {
     if getuid() != 0 {
       Issue.record("the virtual machine proof needs root (chroot, mkfs.ext4 -d, qemu, mount)")
       return nil
     }
     let deb = try SystemdEndToEndTests.builtPackage()
-    let result = try runProcess(
+    let result = try await runProcessInBackground(
       BootedContainer.repository + "/scripts/vm-proof", ["--json", "--deb", deb] + arguments)
     let report = try #require(
       try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
@@ -29,8 +30,8 @@ import Testing
     return (report, result)
   }
 
-  @Test func aRealGuestPromotesAcrossAPauseASaveRestoreAndRealClockStepsOnce() throws {
-    guard let (report, result) = try vmProof(["--pause", "20"]) else { return }
+  @Test func aRealGuestPromotesAcrossAPauseASaveRestoreAndRealClockStepsOnce() async throws {
+    guard let (report, result) = try await vmProof(["--pause", "20"]) else { return }
     #expect(
       report["finished"] as? Bool == true,
       "the guest's scenario did not finish: \(result.stderr.suffix(3000))")
@@ -49,8 +50,8 @@ import Testing
   /// between them, unflushed writes dropped or torn), each mounted and the host's agent
   /// started on it: it starts, loses nothing announced or acknowledged before the cut, and
   /// announces nothing twice.
-  @Test func powerCutsReplayedFromTheWriteLogLoseNothingAnnounced() throws {
-    guard let (report, result) = try vmProof(["--power-cuts", "12", "--chain", "5"]) else { return }
+  @Test func powerCutsReplayedFromTheWriteLogLoseNothingAnnounced() async throws {
+    guard let (report, result) = try await vmProof(["--power-cuts", "12", "--chain", "5"]) else { return }
     #expect(
       report["finished"] as? Bool == true, "the guest's story did not finish: \(result.stderr.suffix(3000))")
     #expect(report["states"] as? Int == 12)
