@@ -69,20 +69,15 @@ import Testing
       "/usr/bin/dpkg-deb", ["--root-owner-group", "--build", probe, lab + "/textfile-directory-probe.deb"])
     try #require(built.status == 0, "dpkg-deb: \(built.stderr)")
 
-    // Keys and an issuer made here, handed to the machine through a read-only folder.
+    // Keys and an issuer made here, handed to the machine through a read-only folder (the
+    // keys just before they are added: the machine may take a while to boot under load).
     let issuer = TestIssuer(kid: "e2e-issuer")
-    let now = AgentHarness.now()
-    let expiry = now + .seconds(25)
     try issuer.jwk.publicJSON.write(toFile: lab + "/e2e-issuer.jwk", atomically: true, encoding: .utf8)
-    try issuer.key("E2E-A", nbf: now - .days(1), exp: expiry).write(
-      toFile: lab + "/active.jws", atomically: true, encoding: .utf8)
-    try issuer.key("E2E-R", nbf: now - .days(1), exp: now + .days(90)).write(
-      toFile: lab + "/reserve.jws", atomically: true, encoding: .utf8)
     let code = "ABCDE-12345-FGHIJ-67890"
     let server = try ActivationLab(issuer: issuer, root: lab, codes: [code: ("valid", "90d")])
     try code.write(toFile: lab + "/code", atomically: true, encoding: .utf8)
     chmod(lab, 0o755)
-    for file in ["e2e-issuer.jwk", "active.jws", "reserve.jws"] { chmod(lab + "/" + file, 0o644) }
+    chmod(lab + "/e2e-issuer.jwk", 0o644)
     chmod(lab + "/code", 0o600)
 
     let machine = try await BootedContainer.boot(
@@ -113,6 +108,13 @@ import Testing
     #expect(try await machine.run("systemctl is-active license-agent").stdout == "active\n")
 
     // agentctl: refused to an unprivileged user (77, naming the group), allowed to root.
+    let now = AgentHarness.now()
+    let expiry = now + .seconds(20)
+    try issuer.key("E2E-A", nbf: now - .days(1), exp: expiry).write(
+      toFile: lab + "/active.jws", atomically: true, encoding: .utf8)
+    try issuer.key("E2E-R", nbf: now - .days(1), exp: now + .days(90)).write(
+      toFile: lab + "/reserve.jws", atomically: true, encoding: .utf8)
+    for file in ["active.jws", "reserve.jws"] { chmod(lab + "/" + file, 0o644) }
     try await machine.run("useradd --create-home svmop")
     let refused = try await machine.run("runuser -u svmop -- agentctl add-key /mnt/lab/active.jws")
     #expect(refused.status == 77, "\(refused.stdout) \(refused.stderr)")
