@@ -1,9 +1,7 @@
-import FoundationEssentials
-
 /// A JSON value, for documents whose every field must be checked by hand (key headers and
 /// claims, so that each defect gets its own reason; Varlink messages, whose parameters are
 /// checked by name) and for writing JSON with a stable key order.
-public enum JSONValue: Sendable, Equatable, Decodable {
+public enum JSONValue: Sendable, Equatable {
   case null
   case bool(Bool)
   case number(Double)
@@ -11,26 +9,11 @@ public enum JSONValue: Sendable, Equatable, Decodable {
   case array([JSONValue])
   case object([String: JSONValue])
 
-  public init(from decoder: Decoder) throws {
-    let container = try decoder.singleValueContainer()
-    if container.decodeNil() {
-      self = .null
-    } else if let value = try? container.decode(Bool.self) {
-      self = .bool(value)
-    } else if let value = try? container.decode(Double.self) {
-      self = .number(value)
-    } else if let value = try? container.decode(String.self) {
-      self = .string(value)
-    } else if let value = try? container.decode([JSONValue].self) {
-      self = .array(value)
-    } else {
-      self = .object(try container.decode([String: JSONValue].self))
-    }
-  }
-
-  /// Parses a whole document; nil when it is not valid JSON.
+  /// Parses a whole document (strict RFC 8259, ``JSONParser``); nil when it is not valid
+  /// JSON.
   public static func parse(_ bytes: some Sequence<UInt8>) -> JSONValue? {
-    try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+    if let parsed = bytes.withContiguousStorageIfAvailable({ JSONParser.parse($0) }) { return parsed }
+    return Array(bytes).withUnsafeBufferPointer { JSONParser.parse($0) }
   }
 
   /// A short name of the value's JSON type, for messages ("a number", "a string").

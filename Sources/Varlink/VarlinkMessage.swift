@@ -145,39 +145,67 @@ public enum VarlinkReply: Sendable, Equatable {
 }
 
 /// Splits a byte stream into NUL-terminated messages.
+///
+/// Taken messages are not shifted out of the buffer one by one (a stream of small calls
+/// would move the whole buffer per message): a read offset advances, and the buffer is
+/// compacted once what was taken is at least half of it. The search for the terminator
+/// resumes where the previous one stopped, so a large message arriving in many reads is
+/// scanned once.
 public struct MessageFramer: Sendable {
   /// The largest message accepted; a larger one is a protocol error.
-  public let maximumMessageSize: Int
+  public private(set) var maximumMessageSize: Int
   private var buffer: [UInt8] = []
+  /// Where the untaken bytes start.
+  private var start = 0
+  /// Bytes from `start` already known to hold no NUL.
+  private var scanned = 0
 
   public init(maximumMessageSize: Int = 1 << 20) { self.maximumMessageSize = maximumMessageSize }
+
+  /// Changes the limit (a connection's peer decides it, once known).
+  public mutating func limit(to size: Int) { maximumMessageSize = size }
 
   /// Adds received bytes.
   public mutating func append(_ bytes: some Sequence<UInt8>) { buffer.append(contentsOf: bytes) }
 
   /// The next complete message, without its NUL; nil when none is complete yet.
   public mutating func next() throws(VarlinkProtocolError) -> [UInt8]? {
-    guard let end = buffer.firstIndex(of: 0) else {
-      if buffer.count > maximumMessageSize {
+    let from = start + scanned
+    guard let end = buffer[from...].firstIndex(of: 0) else {
+      scanned = buffer.count - start
+      if scanned > maximumMessageSize {
         throw VarlinkProtocolError("a message exceeds \(maximumMessageSize) bytes")
       }
       return nil
     }
-    guard end <= maximumMessageSize else {
+    guard end - start <= maximumMessageSize else {
       throw VarlinkProtocolError("a message exceeds \(maximumMessageSize) bytes")
     }
-    let message = Array(buffer[..<end])
-    buffer.removeSubrange(...end)
+    let message = Array(buffer[start..<end])
+    start = end + 1
+    scanned = 0
+    if start == buffer.count {
+      buffer.removeAll(keepingCapacity: buffer.capacity <= 1 << 16)
+      start = 0
+    } else if start >= buffer.count / 2 {
+      buffer.removeSubrange(..<start)
+      start = 0
+    }
     return message
   }
 
+  /// True when a whole message is waiting, or bytes past the limit that ``next()`` refuses.
+  public var hasCompleteMessage: Bool {
+    buffer[(start + scanned)...].contains(0) || bufferedCount > maximumMessageSize
+  }
+
   /// True when bytes of an unfinished message are waiting.
-  public var hasPartialMessage: Bool { !buffer.isEmpty }
+  public var hasPartialMessage: Bool { start < buffer.count }
 
   /// The bytes received and not yet taken as messages.
-  public var bufferedCount: Int { buffer.count }
+  public var bufferedCount: Int { buffer.count - start }
 
   /// Whether the buffer already holds more than one message may be, complete or not (a
   /// client that keeps sending while its earlier call waits for a deferred reply).
-  public var exceedsLimit: Bool { buffer.count > maximumMessageSize + 1 }
+  public var exceedsLimit: Bool { bufferedCount > maximumMessageSize + 1 }
 }
