@@ -301,6 +301,12 @@ private struct Reader {
       throw error(
         key, section, "must be a duration string such as \"250ms\", \"5s\", \"10m\", \"1h\" or \"30d\"")
     }
+    // Every instant the agent computes from a setting stays far from the end of the range.
+    guard span <= TimeSpan.maximumSetting else {
+      throw error(
+        key, section,
+        "is \"\(text)\", longer than 100 years (\(TimeSpan.maximumSetting)); use a shorter duration")
+    }
     return span
   }
 }

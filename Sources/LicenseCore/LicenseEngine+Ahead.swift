@@ -94,7 +94,7 @@ extension LicenseEngine {
       // ahead: 12 requests in the busiest second, 3.1/s in the busiest minute).
       let width = max(configuration.retryMax.microseconds, timeLeft.microseconds / 4)
       let spread = Int64((Double(width) * min(max(jitter, 0), 1)).rounded(.down))
-      return TimeSpan(microseconds: (retryAfter?.microseconds ?? 0) + spread)
+      return TimeSpan(microseconds: saturatingSum(retryAfter?.microseconds ?? 0, spread))
     }
     return renewalRetryDelay(
       failures: failures, initial: configuration.retryInitial, maximum: cap, jitter: jitter,
@@ -284,7 +284,8 @@ extension LicenseEngine {
               .init("LICENSE_AHEAD", "1"),
             ]))
       }
-    case .permanent(let error):
+    case .permanent:
+      let error = failure.error
       ahead.lastError = error
       ahead.stopped = true
       ahead.nextAttemptAt = nil

@@ -7,10 +7,26 @@ public struct TimeSpan: Hashable, Comparable, Sendable, Codable, CustomStringCon
   public var microseconds: Int64
 
   public init(microseconds: Int64) { self.microseconds = microseconds }
-  public static func seconds(_ s: Int64) -> TimeSpan { TimeSpan(microseconds: s * 1_000_000) }
-  public static func minutes(_ m: Int64) -> TimeSpan { .seconds(m * 60) }
-  public static func hours(_ h: Int64) -> TimeSpan { .seconds(h * 3600) }
-  public static func days(_ d: Int64) -> TimeSpan { .seconds(d * 86_400) }
+  // Saturating, as every operation on spans and instants: an absurd span is "forever".
+  public static func seconds(_ s: Int64) -> TimeSpan {
+    TimeSpan(microseconds: saturatingProduct(s, 1_000_000))
+  }
+  public static func minutes(_ m: Int64) -> TimeSpan { .seconds(saturatingProduct(m, 60)) }
+  public static func hours(_ h: Int64) -> TimeSpan { .seconds(saturatingProduct(h, 3600)) }
+  public static func days(_ d: Int64) -> TimeSpan { .seconds(saturatingProduct(d, 86_400)) }
+
+  /// The longest span a setting may have: 100 years. Longer ones are refused where they
+  /// are read (the configuration), so that no instant computed from one is ever near the
+  /// end of the range.
+  public static let maximumSetting = TimeSpan.days(36_525)
+
+  public static func + (lhs: TimeSpan, rhs: TimeSpan) -> TimeSpan {
+    TimeSpan(microseconds: saturatingSum(lhs.microseconds, rhs.microseconds))
+  }
+
+  public static func * (lhs: TimeSpan, rhs: Int64) -> TimeSpan {
+    TimeSpan(microseconds: saturatingProduct(lhs.microseconds, rhs))
+  }
 
   public static func < (lhs: TimeSpan, rhs: TimeSpan) -> Bool { lhs.microseconds < rhs.microseconds }
 
@@ -64,7 +80,9 @@ extension Timestamp {
     lhs.adding(microseconds: rhs.microseconds)
   }
   public static func - (lhs: Timestamp, rhs: TimeSpan) -> Timestamp {
-    lhs.adding(microseconds: -rhs.microseconds)
+    // -Int64.min does not exist: subtracting the most negative span saturates forward.
+    rhs.microseconds == .min
+      ? Timestamp(microseconds: .max) : lhs.adding(microseconds: -rhs.microseconds)
   }
 
   /// Parses what an operator types for an instant: RFC 3339, `now`, or a span relative to

@@ -10,8 +10,8 @@ public struct Timestamp: Hashable, Comparable, Sendable, Codable, CustomStringCo
 
   public init(microseconds: Int64) { self.microseconds = microseconds }
 
-  /// Whole seconds since the epoch.
-  public init(seconds: Int64) { self.microseconds = seconds * 1_000_000 }
+  /// Whole seconds since the epoch (saturating).
+  public init(seconds: Int64) { self.microseconds = saturatingProduct(seconds, 1_000_000) }
 
   /// Converts a JSON number of seconds (fractions allowed) to the nearest microsecond.
   /// Returns nil when the value is not finite or out of the representable range.
@@ -22,13 +22,19 @@ public struct Timestamp: Hashable, Comparable, Sendable, Codable, CustomStringCo
 
   public static func < (lhs: Timestamp, rhs: Timestamp) -> Bool { lhs.microseconds < rhs.microseconds }
 
-  /// Shifts by a number of microseconds (negative goes back).
+  /// Shifts by a number of microseconds (negative goes back), saturating at the ends of
+  /// the range: an instant computed from an absurd duration is "never", not a crash
+  /// (`alert-after = "106751990d"` once overflowed at every expiry, issue 20).
   public func adding(microseconds delta: Int64) -> Timestamp {
-    Timestamp(microseconds: microseconds + delta)
+    Timestamp(microseconds: saturatingSum(microseconds, delta))
   }
 
-  /// Signed microseconds from `other` to `self`.
-  public func microseconds(since other: Timestamp) -> Int64 { microseconds - other.microseconds }
+  /// Signed microseconds from `other` to `self`, saturating.
+  public func microseconds(since other: Timestamp) -> Int64 {
+    let (difference, overflow) = microseconds.subtractingReportingOverflow(other.microseconds)
+    guard overflow else { return difference }
+    return microseconds < other.microseconds ? .min : .max
+  }
 
   /// Seconds since the epoch as a JSON number: integral when whole, else with up to six
   /// decimals and no trailing zeros (`1767225600`, `1767225600.5`).
@@ -119,6 +125,20 @@ public struct Timestamp: Hashable, Comparable, Sendable, Codable, CustomStringCo
     let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offsetSeconds
     self.microseconds = seconds * 1_000_000 + fraction
   }
+}
+
+/// `a + b`, clamped to `Int64`'s range instead of trapping.
+func saturatingSum(_ a: Int64, _ b: Int64) -> Int64 {
+  let (sum, overflow) = a.addingReportingOverflow(b)
+  guard overflow else { return sum }
+  return b < 0 ? .min : .max
+}
+
+/// `a * b`, clamped to `Int64`'s range instead of trapping.
+func saturatingProduct(_ a: Int64, _ b: Int64) -> Int64 {
+  let (product, overflow) = a.multipliedReportingOverflow(by: b)
+  guard overflow else { return product }
+  return (a < 0) != (b < 0) ? .min : .max
 }
 
 private func pad(_ value: Int64, _ width: Int) -> String {

@@ -69,6 +69,11 @@ import Testing
     ),
     ("[metrics]\ntextfile = \"/var/lib/x/license-agent.txt\"\n", 2, "metrics.textfile", ".prom"),
     ("[metrics]\ntext-file = \"/x.prom\"\n", 2, "metrics.text-file", "not a known setting"),
+    // Every duration is at most 100 years (issue 20: this one crashed the agent at expiry).
+    ("[activation]\nalert-after = \"106751990d\"\n", 2, "activation.alert-after", "longer than 100 years"),
+    ("[activation]\nretry-max = \"36526d\"\n", 2, "activation.retry-max", "longer than 100 years"),
+    ("\n[warnings]\nbefore = [\"30d\", \"40000d\"]\n", 3, "warnings.before", "longer than 100 years"),
+    ("[activation]\nrenew-before = \"999999999h\"\n", 2, "activation.renew-before", "longer than 100 years"),
   ])
   func namesTheFileLineAndKeyOfAnError(text: String, line: Int, key: String, problem: String) {
     do {

@@ -1,4 +1,5 @@
 import LicenseCore
+import LicenseTestSupport
 import Testing
 
 @Suite struct TimestampTests {
@@ -78,5 +79,49 @@ import Testing
     #expect(Timestamp(instant: "now", now: now) == now)
     #expect(Timestamp(instant: "2027-01-02T00:00:00Z", now: now) == now + .days(1))
     #expect(Timestamp(instant: "tomorrow", now: now) == nil)
+  }
+
+  /// An absurd duration saturates instead of trapping (issue 20: `alert-after =
+  /// "106751990d"` crashed the agent at every expiry).
+  @Test func arithmeticSaturatesAtTheEndsOfTheRange() {
+    let far = TimeSpan(microseconds: .max)
+    let now = Timestamp(seconds: 1_798_761_600)
+    #expect((now + far).microseconds == .max)
+    #expect((now - far).microseconds == .min + 1 || (now - far).microseconds < 0)
+    #expect((now - TimeSpan(microseconds: .min)).microseconds == .max)
+    #expect(Timestamp(microseconds: .min).microseconds(since: now) == .min)
+    #expect(Timestamp(microseconds: .max).microseconds(since: Timestamp(microseconds: -1)) == .max)
+    #expect(TimeSpan.days(106_751_991_167).microseconds == .max)
+    #expect(TimeSpan.seconds(.min).microseconds == .min)
+    #expect((far + far).microseconds == .max)
+    #expect((far * 2).microseconds == .max)
+    #expect(Timestamp(seconds: .max).microseconds == .max)
+    // In range, exact.
+    #expect(now + .days(1) - .days(1) == now)
+  }
+
+  @Test func anAbsurdAlertDelayNeverTrapsThroughTheEngine() {
+    let issuer = TestIssuer()
+    var configuration = EngineConfiguration()
+    configuration.alertAfter = TimeSpan(microseconds: .max)
+    configuration.retryMax = TimeSpan(microseconds: .max)
+    configuration.retryInitial = TimeSpan(microseconds: .max / 2)
+    let engine = LicenseEngine(configuration: configuration, trust: issuer.trust)
+    let t0 = TestIssuer.t0
+    let exp = t0 + .days(1)
+    let code = ActivationCode("abcde-12345-fghij-67890")!
+    var state = engine.addKey(
+      issuer.key("C", exp: exp), role: .active, code: code, now: t0, state: LicenseState()
+    )
+    .state
+    state = engine.timeReached(now: exp, state: state).state
+    state =
+      engine.activationFailed(
+        slot: .server, failure: .transient(error: "network", retryAfter: nil), jitter: 0.99, now: exp,
+        state: state
+      ).state
+    #expect(state[.server].renewal?.attempts == 1)
+    #expect(engine.nextWake(state) != nil)
+    _ = engine.timeReached(now: Timestamp(microseconds: .max), state: state)
   }
 }
