@@ -37,11 +37,14 @@ public struct ExecActivationClient: ActivationClient {
   public var product: String
   public var machineID: String
   public var logStderr: @Sendable (String) -> Void
+  /// Where each attempt gets a cgroup of its own (under systemd), or nil.
+  public var cgroups: AttemptCgroups?
 
   public init(
     command: [String], url: String?, proxy: String?, caFile: String?, timeout: TimeSpan, product: String,
-    machineID: String, logStderr: @escaping @Sendable (String) -> Void
+    machineID: String, cgroups: AttemptCgroups? = nil, logStderr: @escaping @Sendable (String) -> Void
   ) {
+    self.cgroups = cgroups
     self.command = command
     self.url = url
     self.proxy = proxy
@@ -87,16 +90,22 @@ public struct ExecActivationClient: ActivationClient {
     let result = runChild(
       command, environment: environment(),
       input: Array(body.utf8),
-      timeout: timeout)
+      timeout: timeout, maximumOutput: Self.maximumOutput, cgroups: cgroups)
     let stderr = String(decoding: result.stderr, as: UTF8.self).trimmingWhitespace()
-    if !stderr.isEmpty { logStderr(String(stderr.prefix(4000))) }
+    if !stderr.isEmpty { logStderr(ExternalText.bounded(stderr, limit: ExternalText.diagnosticsLimit)) }
     if result.leftoverProcesses && !result.timedOut {
       logStderr("the program exited leaving processes behind in its group; they were killed")
     }
     return Self.outcome(of: result, timeout: timeout)
   }
 
-  /// Classifies a finished attempt (contract §3).
+  /// What is read of the program's standard output and of its standard error, each: a
+  /// reply is one small JSON object (a key is about a kilobyte).
+  public static let maximumOutput = 64 << 10
+
+  /// Classifies a finished attempt (contract §3). The reply's `error` and `message` come
+  /// from outside (the site's program, or the server through the shipped client): bounded
+  /// here, where they enter, so that what the state keeps and every status shows is small.
   public static func outcome(of result: ChildResult, timeout: TimeSpan) -> ActivationOutcome {
     if let spawnError = result.spawnError {
       return .failure(.transient(error: spawnError, retryAfter: nil))
@@ -114,8 +123,10 @@ public struct ExecActivationClient: ActivationClient {
           retryAfter: nil))
     }
     let reply = JSONValue.parse(result.stdout)?.objectValue ?? [:]
-    let error = reply["error"]?.stringValue
-    let message = reply["message"]?.stringValue
+    let error = reply["error"]?.stringValue.map(ExternalText.code)
+    let message = reply["message"]?.stringValue.map {
+      ExternalText.bounded($0, limit: ExternalText.messageLimit)
+    }
     let described = [error, message].compactMap { $0 }.joined(separator: ": ")
     switch result.exitStatus {
     case 0?:

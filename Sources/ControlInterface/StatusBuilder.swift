@@ -1,7 +1,9 @@
 import LicenseCore
 
 /// Builds the status an operator sees from the state, the rules and the time: computed on
-/// demand, never stored (one source of truth). Used by the daemon's `GetStatus`, and by
+/// demand, never stored (one source of truth). Text that came from outside (a renewal's
+/// last error, from the server or the client program) appears once, in its slot's
+/// `renewal` or `renewalAhead`; alerts and warnings refer to it rather than repeat it. Used by the daemon's `GetStatus`, and by
 /// `agentctl status` to show the state file when the agent cannot be reached.
 public enum StatusBuilder {
   public static func build(
@@ -28,14 +30,14 @@ public enum StatusBuilder {
         if let ahead, let code = active.activationCode {
           if ahead.alert {
             alerts.append(
-              "\(slot.rawValue): MANUAL ACTIVATION REQUIRED: \(active.serial) expires at \(active.expiresAt) and renewing it ahead with the code …\(code.hint) was refused (\(ahead.lastError ?? "refused")); run agentctl activate --code-file FILE, or add a reserve key, before then."
+              "\(slot.rawValue): MANUAL ACTIVATION REQUIRED: \(active.serial) expires at \(active.expiresAt) and renewing it ahead with the code …\(code.hint) was refused (the slot's last error says why); run agentctl activate --code-file FILE, or add a reserve key, before then."
             )
           } else if ahead.attempts > 0 && ahead.lastError != "not_yet_available" {
             warnings.append(
               StatusWarning(
                 slot: slot.rawValue, code: "renewal_ahead_failing",
                 message:
-                  "\(slot.rawValue): renewing \(active.serial) ahead of its expiry (\(active.expiresAt)) failed \(ahead.attempts) time\(ahead.attempts == 1 ? "" : "s") (last: \(ahead.lastError ?? "?")); \(ahead.nextAttemptAt.map { "next attempt at \($0)" } ?? "the agent renews at expiry")."
+                  "\(slot.rawValue): renewing \(active.serial) ahead of its expiry (\(active.expiresAt)) failed \(ahead.attempts) time\(ahead.attempts == 1 ? "" : "s") (the slot's last error says why); \(ahead.nextAttemptAt.map { "next attempt at \($0)" } ?? "the agent renews at expiry")."
               ))
           }
         }
@@ -66,7 +68,7 @@ public enum StatusBuilder {
         if let renewal = slotState.renewal {
           if renewal.alertRaised {
             alerts.append(
-              "\(slot.rawValue): MANUAL ACTIVATION REQUIRED: \(expired.serial) expired at \(expired.expiresAt) and renewal with the code …\(renewal.code.hint) failed (\(renewal.lastError ?? "not renewed in time")); run agentctl activate --code-file FILE."
+              "\(slot.rawValue): MANUAL ACTIVATION REQUIRED: \(expired.serial) expired at \(expired.expiresAt) and renewal with the code …\(renewal.code.hint) \(renewal.lastError == nil ? "did not succeed in time" : "failed (the slot's last error says why)"); run agentctl activate --code-file FILE."
             )
           }
           let stopped = renewal.nextAttemptAt == nil && renewal.attemptStartedAt == nil
@@ -74,7 +76,7 @@ public enum StatusBuilder {
             StatusWarning(
               slot: slot.rawValue, code: stopped ? "renewal_stopped" : "renewing",
               message:
-                "\(slot.rawValue): key \(expired.serial) expired at \(expired.expiresAt); \(stopped ? "renewal stopped" : "renewing") with the activation code …\(renewal.code.hint) (\(renewal.attempts) failed attempt\(renewal.attempts == 1 ? "" : "s")\(renewal.lastError.map { ", last: \($0)" } ?? ""))."
+                "\(slot.rawValue): key \(expired.serial) expired at \(expired.expiresAt); \(stopped ? "renewal stopped" : "renewing") with the activation code …\(renewal.code.hint) (\(renewal.attempts) failed attempt\(renewal.attempts == 1 ? "" : "s"))."
             ))
         } else {
           warnings.append(

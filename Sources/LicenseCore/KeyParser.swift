@@ -21,6 +21,9 @@ public enum KeyDefect: Error, Equatable, Sendable, CustomStringConvertible {
   case osTypeMissing
   case nonPositiveUnits(Int)
   case expiryNotAfterNotBefore
+  /// A string claim (or the header's `kid`) longer than ``KeyParser/maximumClaimLength``:
+  /// it would be stored, shown and logged with every status.
+  case claimTooLong(String, limit: Int)
 
   /// The machine-readable reason, stable across versions.
   public var reason: String {
@@ -36,6 +39,7 @@ public enum KeyDefect: Error, Equatable, Sendable, CustomStringConvertible {
     case .osTypeMissing: return "os_type_missing"
     case .nonPositiveUnits: return "non_positive_units"
     case .expiryNotAfterNotBefore: return "exp_not_after_nbf"
+    case .claimTooLong: return "claim_too_long"
     }
   }
 
@@ -71,6 +75,8 @@ public enum KeyDefect: Error, Equatable, Sendable, CustomStringConvertible {
       return "\"units\" is \(units); it must be at least 1"
     case .expiryNotAfterNotBefore:
       return "\"exp\" is not after \"nbf\"; the key is never valid"
+    case .claimTooLong(let name, let limit):
+      return "the claim \"\(name)\" is longer than \(limit) characters; no real key has one that long"
     }
   }
 }
@@ -89,16 +95,41 @@ public enum KeyParser {
   /// The signature algorithms that mean Ed25519 (RFC 8037 and its successor RFC 9864).
   public static let acceptedAlgorithms: Set<String> = ["EdDSA", "Ed25519"]
 
+  /// The longest key text read (a real one is under a kilobyte): a longer one is malformed
+  /// before anything in it is decoded.
+  public static let maximumKeyLength = 16 << 10
+
+  /// The longest string claim kept (`iss`, `jti`, `product`) and the longest `kid`: text
+  /// from outside is bounded where it enters, since the state keeps it and every status
+  /// shows it.
+  public static let maximumClaimLength = 256
+
   /// Reads a key and checks its signature against `trust`, then its claims.
   /// The signature is checked before any claim is believed.
+  ///
+  /// This is where keys enter (an operator's, a server's): text from outside is bounded
+  /// here. A key text over ``maximumKeyLength`` is malformed before anything in it is
+  /// decoded, and a string claim or `kid` over ``maximumClaimLength`` is `claim_too_long`.
+  /// (Keys already accepted, read back from the state, are not refused by these bounds.)
   public static func verify(_ text: String, trust: TrustStore) throws(KeyDefect) -> LicenseKey {
+    guard text.utf8.count <= maximumKeyLength + 4096 else {
+      throw .malformed("the key is longer than \(maximumKeyLength) bytes")
+    }
     let parts = try split(text)
+    guard parts.compact.utf8.count <= maximumKeyLength else {
+      throw .malformed("the key is longer than \(maximumKeyLength) bytes")
+    }
+    guard parts.kid.count <= maximumClaimLength else { throw .claimTooLong("kid", limit: maximumClaimLength) }
     guard let issuerKey = trust.keys[parts.kid] else { throw .untrustedIssuer(kid: parts.kid) }
     guard
       Ed25519.verify(signature: parts.signature, message: parts.signingInput, publicKey: issuerKey.publicKey)
     else { throw .badSignature }
-    return LicenseKey(
-      compact: parts.compact, kid: parts.kid, alg: parts.alg, claims: try claims(parts.payload))
+    let claims = try claims(parts.payload)
+    for (name, value) in [("iss", claims.issuer), ("jti", claims.serial), ("product", claims.product)]
+    where value.count > maximumClaimLength {
+      throw .claimTooLong(name, limit: maximumClaimLength)
+    }
+    return LicenseKey(compact: parts.compact, kid: parts.kid, alg: parts.alg, claims: claims)
   }
 
   /// Reads a key and checks its shape and claims without checking the signature: for keys

@@ -104,7 +104,8 @@ extension LicenseEngine {
         renewal.alertRaised = true
         events.append(manualActivationRequired(slot: slot, renewal: renewal))
       }
-    case .permanent(let error):
+    case .permanent:
+      let error = failure.error
       renewal.lastError = error
       renewal.nextAttemptAt = nil
       next.counters[slot, default: SlotCounters()].permanentFailures += 1

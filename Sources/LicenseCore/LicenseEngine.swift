@@ -1,3 +1,5 @@
+import SimpleJSON
+
 /// What the runtime must do after the engine decided: make the new state durable, announce
 /// events, and sleep until the next instant.
 public enum Action: Sendable, Equatable {
@@ -51,12 +53,21 @@ public enum ActivationFailure: Sendable, Equatable {
   /// inside the window, never sooner than `retryAfter`; after `exp`, transient.
   case notYetAvailable(retryAfter: TimeSpan?)
 
-  /// What the client reported (`not_yet_available` for that answer).
+  /// What the client reported (`not_yet_available` for that answer), bounded: it is text
+  /// from outside, kept in the state and shown with every status.
   public var error: String {
     switch self {
-    case .transient(let error, _), .permanent(let error): return error
+    case .transient(let error, _), .permanent(let error): return Self.stored(error)
     case .notYetAvailable: return "not_yet_available"
     }
+  }
+
+  /// The longest error text kept: a code, ": ", and a server's message.
+  public static let maximumErrorLength = ExternalText.codeLimit + 2 + ExternalText.messageLimit
+
+  /// `error` as it is kept and shown.
+  public static func stored(_ error: String) -> String {
+    ExternalText.bounded(error, limit: maximumErrorLength)
   }
   /// The server's `Retry-After`, if any.
   public var retryAfter: TimeSpan? {

@@ -80,8 +80,11 @@ struct ActivateHTTPS {
       }
       finish(0, ["key": key])
     }
-    let serverError = json?["error"]?.stringValue
-    let serverMessage = json?["message"]?.stringValue
+    // What the server says is bounded here, where it enters (the agent bounds it again).
+    let serverError = json?["error"]?.stringValue.map(ExternalText.code)
+    let serverMessage = json?["message"]?.stringValue.map {
+      ExternalText.bounded($0, limit: ExternalText.messageLimit)
+    }
     if status == 409 && serverError == "not_yet_available" {
       // C6: the next period is not open yet; the agent retries inside its window.
       finish(

@@ -176,7 +176,10 @@ import Testing
     let status = build(refused, now: due)
     #expect(status.slots.first?.renewalAhead?.state == "stopped")
     #expect(status.alerts.count == 1 && status.alerts[0].contains("MANUAL ACTIVATION REQUIRED"))
-    #expect(status.alerts[0].contains("code_blocked") && !status.alerts[0].contains(code.value))
+    // The error is said once, in the slot's renewal ahead; the alert refers to it.
+    #expect(status.alerts[0].contains("last error") && !status.alerts[0].contains(code.value))
+    #expect(!status.alerts[0].contains("code_blocked"))
+    #expect(status.slots.first?.renewalAhead?.lastError == "code_blocked")
     #expect(StatusBuilder.exitCode(status) == 2)
     let metrics = MetricsText.render(
       state: refused, engine: engine, version: "t", product: "svm-protection", stateWriteFailures: 0)

@@ -143,6 +143,30 @@ import Testing
     if case .illTypedClaim(let claim, _)? = found { #expect(claim == name) }
   }
 
+  /// Text from outside is bounded where it enters: a claim kept in the state and shown by
+  /// every status cannot be a megabyte (issue 20).
+  @Test(arguments: ["iss", "jti", "product"])
+  func refusesAStringClaimLongerThanTheBound(name: String) {
+    let long = String(repeating: "x", count: KeyParser.maximumClaimLength + 1)
+    #expect(
+      defect(issuer.raw(header: issuer.header(), payload: payload([name: "\"\(long)\""])))
+        == .claimTooLong(name, limit: KeyParser.maximumClaimLength))
+    let longest = String(repeating: "x", count: KeyParser.maximumClaimLength)
+    #expect(defect(issuer.raw(header: issuer.header(), payload: payload(["jti": "\"\(longest)\""]))) == nil)
+  }
+
+  @Test func refusesAKeyTextOverTheBoundBeforeDecodingIt() {
+    let padding = String(repeating: "y", count: KeyParser.maximumKeyLength)
+    let key = issuer.raw(header: issuer.header(), payload: payload(["note": "\"\(padding)\""]))
+    guard case .malformed(let detail)? = defect(key) else {
+      Issue.record("not malformed: \(String(describing: defect(key)))")
+      return
+    }
+    #expect(detail.contains("longer than \(KeyParser.maximumKeyLength) bytes"))
+    let header = "{\"alg\":\"EdDSA\",\"typ\":\"JWT\",\"kid\":\"\(String(repeating: "k", count: 257))\"}"
+    #expect(defect(issuer.raw(header: header, payload: payload())) == .claimTooLong("kid", limit: 256))
+  }
+
   @Test(arguments: [
     ("edition", "premium"), ("scheme", "sockets"), ("os_type", "desktop"), ("license_type", "perpetual"),
   ])
@@ -187,7 +211,7 @@ import Testing
       .malformed("x"), .unsupportedAlg("x"), .untrustedIssuer(kid: "x"), .badSignature, .missingClaim("x"),
       .illTypedClaim("x", expected: "y"), .unknownEnumValue(claim: "x", value: "y"),
       .osTypeUnexpected(scheme: "x"),
-      .osTypeMissing, .nonPositiveUnits(0), .expiryNotAfterNotBefore,
+      .osTypeMissing, .nonPositiveUnits(0), .expiryNotAfterNotBefore, .claimTooLong("x", limit: 1),
     ]
     #expect(Set(reasons.map(\.reason)).count == reasons.count)
     let readme = try String(
