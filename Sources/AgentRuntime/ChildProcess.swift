@@ -1,4 +1,5 @@
 import CLinux
+import FoundationEssentials
 import Glibc
 import LicenseCore
 
@@ -32,22 +33,24 @@ public struct ChildResult: Sendable, Equatable {
   }
 }
 
-/// Runs a program without a shell (`posix_spawn`), feeds it `input` on standard input,
-/// collects its standard output and error (each capped at `maximumOutput` bytes), and kills
-/// it when `timeout` passes. Blocking: call it from a queue of its own.
+/// Runs a program without a shell, feeds it `input` on standard input, collects its
+/// standard output and error (each capped at `maximumOutput` bytes), and kills it when
+/// `timeout` passes. Blocking: call it from a queue of its own.
 ///
-/// The program runs in a process group of its own. Nothing here waits past the deadline:
-/// at the deadline the whole group is killed (SIGKILL) and reaped, whether the program
-/// still writes, has closed its output and hangs, or exited while a background child holds
-/// its pipes; once it has exited, whatever it left in its group is killed and reaped too.
-/// The calling process is made a child subreaper, so that those orphans are reaped here.
+/// The program runs in a process group of its own, with no descriptor of the agent's but
+/// its three pipes (``clinux_spawn``), and, under systemd with a delegated cgroup
+/// (`cgroups`), in a cgroup of its own before its first instruction. Nothing here waits past
+/// the deadline: at the deadline, or once the program has exited, whatever is left of it
+/// is killed and reaped: the whole cgroup (`cgroup.kill`), which nothing it starts can
+/// leave, `setsid` or not; else the process group. The calling process is made a child
+/// subreaper, so that orphans are reaped here.
 ///
-/// Written with `posix_spawn` and `poll` rather than Foundation's `Process`, which waits
-/// for children on libdispatch's global queues: the first job there starts a 1-second timer
+/// Written with `fork`/`execve` (in C) and `poll` rather than Foundation's `Process`, which waits for
+/// children on libdispatch's global queues: the first job there starts a 1-second timer
 /// that would wake the idle agent forever (see QueueTaskExecutor).
 public func runChild(
   _ argv: [String], environment: [String: String], input: [UInt8], timeout: TimeSpan,
-  maximumOutput: Int = 1 << 20
+  maximumOutput: Int = 1 << 20, cgroups: AttemptCgroups? = nil
 ) -> ChildResult {
   var result = ChildResult(exitStatus: nil, stdout: [], stderr: [], timedOut: false, spawnError: nil)
   guard let program = argv.first else {
@@ -67,28 +70,8 @@ public func runChild(
     for fd in inPipe + outPipe { close(fd) }
     return failed(&result, "pipe")
   }
-  var actions = posix_spawn_file_actions_t()
-  posix_spawn_file_actions_init(&actions)
-  defer { posix_spawn_file_actions_destroy(&actions) }
-  posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-  posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-  posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
-  var attributes = posix_spawnattr_t()
-  posix_spawnattr_init(&attributes)
-  defer { posix_spawnattr_destroy(&attributes) }
-  // The child starts with default signal handling (the agent ignores SIGPIPE).
-  var defaults = sigset_t()
-  sigemptyset(&defaults)
-  sigaddset(&defaults, SIGPIPE)
-  posix_spawnattr_setsigdefault(&attributes, &defaults)
-  var mask = sigset_t()
-  sigemptyset(&mask)
-  posix_spawnattr_setsigmask(&attributes, &mask)
-  // A process group of its own (pgid = its pid): at the deadline the whole group is killed.
-  posix_spawnattr_setpgroup(&attributes, 0)
-  posix_spawnattr_setflags(
-    &attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
   _ = clinux_set_child_subreaper()
+  let cgroup = cgroups?.make()
 
   let cArguments = argv.map { strdup($0) } + [nil]
   let cEnvironment = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -96,18 +79,20 @@ public func runChild(
     for pointer in cArguments { free(pointer) }
     for pointer in cEnvironment { free(pointer) }
   }
-  var pid: pid_t = 0
-  let spawned = posix_spawn(&pid, program, &actions, &attributes, cArguments, cEnvironment)
+  let spawned = clinux_spawn(
+    program, cArguments, cEnvironment, inPipe[0], outPipe[1], errPipe[1], cgroup?.procs ?? -1)
   close(inPipe[0])
   close(outPipe[1])
   close(errPipe[1])
-  guard spawned == 0 else {
+  guard spawned > 0 else {
     close(inPipe[1])
     close(outPipe[0])
     close(errPipe[0])
-    result.spawnError = "cannot run \(program): \(String(cString: strerror(spawned)))"
+    cgroup?.end()
+    result.spawnError = "cannot run \(program): \(String(cString: strerror(-spawned)))"
     return result
   }
+  let pid = pid_t(spawned)
 
   let deadline = monotonicMilliseconds() + timeout.microseconds / 1000
   for fd in [inPipe[1], outPipe[0], errPipe[0]] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
@@ -172,8 +157,12 @@ public func runChild(
     }
     usleep(5_000)
   }
-  // Whatever is left in the program's group is killed: the program itself at the deadline,
-  // a background child that holds its pipes, or one it left behind when it exited.
+  // Whatever is left of the program is killed: the program itself at the deadline, a
+  // background child that holds its pipes, or one it left behind when it exited; in its
+  // cgroup all of them, wherever they moved (another session, another group).
+  if let cgroup {
+    if cgroup.end() && exited { result.leftoverProcesses = true }
+  }
   if kill(-pid, SIGKILL) == 0 && exited { result.leftoverProcesses = true }
   if !exited {
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
@@ -194,6 +183,116 @@ private func reapGroup(_ group: pid_t) {
     if reaped < 0 && errno == EINTR { continue }
     if reaped < 0 { return }  // ECHILD: none left
     if reaped == 0 { usleep(2_000) }
+  }
+}
+
+/// Reaps every exited child and orphan of this process (it is their subreaper) without
+/// waiting: a process that escaped an attempt's group (`setsid`) and exited later would
+/// otherwise stay a zombie of the agent. Only for a process whose children are all
+/// started by ``runChild`` (the daemon), on the queue that runs it.
+public func reapExitedChildren() -> Int {
+  var reaped = 0
+  while clinux_reap_any() > 0 { reaped += 1 }
+  return reaped
+}
+
+/// The cgroup subtree systemd delegates to the agent's unit (`Delegate=yes`), where each
+/// activation attempt gets a cgroup of its own, ended whole (`cgroup.kill`) when the
+/// attempt ends: a client cannot escape it, whatever it does (issue 20: `setsid sleep 300 &`
+/// outlived the attempt and the agent). Outside systemd, or when the subtree is not the
+/// agent's to write, there is none, and attempts end by their process group.
+public struct AttemptCgroups: Sendable {
+  /// The unit's cgroup folder (`/sys/fs/cgroup/system.slice/license-agent.service`).
+  public let folder: String
+
+  public init(folder: String) { self.folder = folder }
+
+  /// The delegated subtree of this process: under systemd (`INVOCATION_ID` set), this
+  /// process's own cgroup v2 folder (where the cgroup2 file system is mounted:
+  /// /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host) writable by it; nil
+  /// otherwise.
+  public static func delegated(environment: [String: String]) -> AttemptCgroups? {
+    guard environment["INVOCATION_ID"] != nil,
+      let text = MemoryTrim.readCloseOnExec("/proc/self/cgroup"),
+      let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::/") }),
+      let mounts = MemoryTrim.readCloseOnExec("/proc/self/mountinfo"),
+      let unified = mounts.split(separator: "\n").first(where: { $0.contains(" - cgroup2 ") })?
+        .split(separator: " ").dropFirst(4).first
+    else { return nil }
+    let folder = String(unified) + line.dropFirst(3)
+    guard access(folder, W_OK) == 0, access(folder + "/cgroup.procs", W_OK) == 0,
+      access(folder + "/cgroup.kill", F_OK) == 0
+    else { return nil }
+    return AttemptCgroups(folder: folder)
+  }
+
+  /// A new, empty cgroup for one attempt; nil when it cannot be made (the attempt then runs
+  /// by its process group alone).
+  func make() -> AttemptCgroup? {
+    let path = folder + "/attempt-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    guard mkdir(path, 0o755) == 0 else { return nil }
+    let procs = open(path + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+    guard procs >= 0 else {
+      rmdir(path)
+      return nil
+    }
+    return AttemptCgroup(path: path, procs: procs)
+  }
+}
+
+/// One attempt's cgroup: its folder, and its `cgroup.procs` open for writing (the child
+/// writes itself there before it runs the program).
+final class AttemptCgroup {
+  let path: String
+  let procs: Int32
+  private var ended = false
+
+  init(path: String, procs: Int32) {
+    self.path = path
+    self.procs = procs
+  }
+
+  /// Kills every process in it (`cgroup.kill`, Linux 5.14), waits until it is empty (at
+  /// most a second), and removes it. Returns whether any process was still there.
+  @discardableResult
+  func end() -> Bool {
+    guard !ended else { return false }
+    ended = true
+    let populated = isPopulated()
+    if populated { write("1", to: "cgroup.kill") }
+    let until = monotonicMilliseconds() + 1000
+    while isPopulated() && monotonicMilliseconds() < until {
+      _ = reapExitedChildrenOf()
+      usleep(2_000)
+    }
+    close(procs)
+    rmdir(path)
+    return populated
+  }
+
+  /// The killed processes are this process's children or orphans (it is their subreaper):
+  /// reaped as they die, so that the cgroup empties.
+  private func reapExitedChildrenOf() -> Int {
+    var status: Int32 = 0
+    var reaped = 0
+    for line in ((try? String(contentsOfFile: path + "/cgroup.procs", encoding: .utf8)) ?? "").split(
+      separator: "\n")
+    {
+      if let pid = pid_t(line), waitpid(pid, &status, WNOHANG) == pid { reaped += 1 }
+    }
+    return reaped
+  }
+
+  private func isPopulated() -> Bool {
+    let events = (try? String(contentsOfFile: path + "/cgroup.events", encoding: .utf8)) ?? ""
+    return events.contains("populated 1")
+  }
+
+  private func write(_ text: String, to file: String) {
+    let fd = open(path + "/" + file, O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    _ = text.withCString { Glibc.write(fd, $0, strlen($0)) }
+    close(fd)
   }
 }
 

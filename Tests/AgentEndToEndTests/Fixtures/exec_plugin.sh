@@ -4,7 +4,10 @@
 #   mode      "ok" (default), "fail N" (exit 75 with retryAfter 1, N times), "permanent", "sleep",
 #             and clients that misbehave: "closed-hang" (closes its output, keeps running),
 #             "background" (answers, exits, a background child keeps its output open),
-#             "orphan" (answers, exits, leaves a child that holds nothing of it)
+#             "orphan" (answers, exits, leaves a child that holds nothing of it),
+#             "huge BYTES" (refuses with a message of BYTES), "setsid" (answers, leaving a
+#             child in a session of its own that exits a second later), "setsid-long" (the
+#             same, for 300 s), "fds" (answers, its open descriptors listed in $PLUGIN_DIR/fds)
 #   key       the key to answer with
 # Each request is appended to $PLUGIN_DIR/requests, with the environment it received;
 # the last attempt's arguments and environment are in $PLUGIN_DIR/argv and env.
@@ -40,5 +43,17 @@ case "$mode" in
   orphan)
     sleep 30 </dev/null >/dev/null 2>&1 &
     echo "$$ $!" >"$dir/pids" ;;
+  huge*)
+    head -c "${mode#huge }" /dev/zero | tr '\0' 'm' >"$dir/message"
+    printf '{"error": "code_blocked", "message": "%s"}\n' "$(cat "$dir/message")"
+    exit 1 ;;
+  setsid)
+    setsid sh -c 'sleep 1' </dev/null >/dev/null 2>&1 &
+    echo "$$ $!" >"$dir/pids" ;;
+  setsid-long)
+    setsid sleep 300 </dev/null >/dev/null 2>&1 &
+    echo "$$ $!" >"$dir/pids" ;;
+  fds)
+    ls -l "/proc/$$/fd" >"$dir/fds" ;;
 esac
 printf '{"key": "%s"}\n' "$(cat "$dir/key")"
