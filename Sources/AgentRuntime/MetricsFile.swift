@@ -13,12 +13,25 @@ public enum MetricsFile {
     return slash == path.startIndex ? "/" : String(path[..<slash])
   }
 
-  /// The temporary file: in the same directory, and not `*.prom`, which node_exporter would read.
-  public static func temporaryPath(of path: String) -> String { path + ".tmp" }
+  /// The prefix of temporary files: in the same directory, and not `*.prom`, which
+  /// node_exporter would read.
+  public static func temporaryPrefix(of path: String) -> String { path + ".tmp." }
+
+  /// A new temporary file's name: unpredictable, and created with `O_EXCL`, so that nothing
+  /// put there beforehand (a FIFO would block the open, a symlink redirect the write) is
+  /// ever opened.
+  static func temporaryPath(of path: String) -> String {
+    let letters = Array("abcdefghijklmnopqrstuvwxyz0123456789")
+    return temporaryPrefix(of: path) + String((0..<12).map { _ in letters.randomElement()! })
+  }
 
   public static func write(_ text: String, to path: String) -> Result<Void, WriteError> {
-    let temporary = temporaryPath(of: path)
-    let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
+    var temporary = temporaryPath(of: path)
+    var fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o644)
+    for _ in 0..<3 where fd < 0 && errno == EEXIST {
+      temporary = temporaryPath(of: path)
+      fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o644)
+    }
     guard fd >= 0 else {
       return .failure(WriteError(description: "cannot create \(temporary): \(errnoText())"))
     }
@@ -49,10 +62,25 @@ public enum MetricsFile {
     return .success(())
   }
 
-  /// Removes the file (and a temporary one a crash left); a file that is not there is fine.
+  /// Removes the file, and the temporary ones a crash left (regular files only); a file
+  /// that is not there is fine. Never blocks: unlink does not open anything.
   public static func remove(_ path: String) {
     unlink(path)
-    unlink(temporaryPath(of: path))
+    let directory = directory(of: path)
+    let prefix = String(temporaryPrefix(of: path).dropFirst(directory == "/" ? 1 : directory.count + 1))
+    guard let folder = opendir(directory) else { return }
+    defer { closedir(folder) }
+    var leftovers: [String] = []
+    while let entry = readdir(folder) {
+      let name = withUnsafeBytes(of: entry.pointee.d_name) {
+        String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+      }
+      if name.hasPrefix(prefix) { leftovers.append(directory + "/" + name) }
+    }
+    for leftover in leftovers {
+      var info = stat()
+      if lstat(leftover, &info) == 0 && (info.st_mode & S_IFMT) == S_IFREG { unlink(leftover) }
+    }
   }
 
   static func errnoText() -> String { String(cString: strerror(errno)) }

@@ -1,29 +1,45 @@
 import FoundationEssentials
+import Glibc
 import LicenseCore
 
 /// Reads the trusted issuers: one public JWK per `*.jwk` file in the trust directory
 /// (`trusted-issuers/` in the configuration directory).
 public enum TrustDirectory {
   /// A file that was not used, and why; the daemon logs these loudly.
-  public struct Problem: Sendable, Equatable, CustomStringConvertible {
+  public struct Problem: Error, Sendable, Equatable, CustomStringConvertible {
     public var file: String
     public var problem: String
     public var description: String { "\(file): \(problem)" }
   }
 
+  /// The most files read (a real directory holds a few issuers), and the largest file (a
+  /// JWK is about 150 bytes): the directory is read at every reload, on the agent's queue.
+  public static let maximumFiles = 256
+  public static let maximumFileSize = 64 << 10
+
   /// Loads every `*.jwk` file of `directory`, in name order. Files that are not valid
   /// public Ed25519 JWKs, that hold a private key, or whose `kid` an earlier file already
-  /// used are skipped and reported. A missing directory is an empty trust store.
+  /// used are skipped and reported; so are files that are not regular files (a FIFO would
+  /// block the read forever) or are larger than ``maximumFileSize``, and files past the
+  /// first ``maximumFiles``. A missing directory is an empty trust store.
   public static func load(_ directory: String) -> (trust: TrustStore, problems: [Problem]) {
     guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else {
       return (TrustStore(), [])
     }
     var keys: [JWK] = []
     var problems: [Problem] = []
-    for name in names.sorted() where name.hasSuffix(".jwk") {
+    let files = names.sorted().filter { $0.hasSuffix(".jwk") }
+    for name in files.dropFirst(maximumFiles) {
+      problems.append(
+        Problem(file: directory + "/" + name, problem: "is past the first \(maximumFiles) files: not read"))
+    }
+    for name in files.prefix(maximumFiles) {
       let path = directory + "/" + name
-      guard let data = FileManager.default.contents(atPath: path) else {
-        problems.append(Problem(file: path, problem: "cannot be read"))
+      let data: Data
+      switch readRegularFile(path, limit: maximumFileSize) {
+      case .success(let bytes): data = bytes
+      case .failure(let problem):
+        problems.append(problem)
         continue
       }
       do {
@@ -45,5 +61,38 @@ public enum TrustDirectory {
       }
     }
     return (TrustStore(keys), problems)
+  }
+
+  /// A regular file's bytes, opened without blocking (O_NONBLOCK: a FIFO is refused, not
+  /// waited on) and read to at most `limit` bytes.
+  static func readRegularFile(_ path: String, limit: Int) -> Result<Data, Problem> {
+    let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY)
+    guard fd >= 0 else { return .failure(Problem(file: path, problem: "cannot be read")) }
+    defer { close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+      return .failure(Problem(file: path, problem: "is not a regular file: not read"))
+    }
+    guard info.st_size <= limit else {
+      return .failure(
+        Problem(file: path, problem: "is larger than \(limit) bytes: not read (a JWK is a few hundred)"))
+    }
+    var bytes = [UInt8](repeating: 0, count: limit + 1)
+    var total = 0
+    while total <= limit {
+      let count = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + total, $0.count - total) }
+      if count > 0 {
+        total += count
+      } else if count < 0 && errno == EINTR {
+        continue
+      } else {
+        break
+      }
+    }
+    guard total <= limit else {
+      return .failure(
+        Problem(file: path, problem: "is larger than \(limit) bytes: not read (a JWK is a few hundred)"))
+    }
+    return .success(Data(bytes.prefix(total)))
   }
 }
