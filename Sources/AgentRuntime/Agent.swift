@@ -32,11 +32,20 @@ public actor Agent: DispatchQueueActor {
   public static let version = ProductVersion.current
 
   public nonisolated let executor = DispatchQueueExecutor(
-    queue: DispatchQueue(label: "license-agent", qos: .userInteractive))
+    queue: DispatchQueue(label: "license-agent", qos: Agent.queueQoS))
+
+  /// The quality of service of every queue of the agent's (its own, the control socket's,
+  /// the activation and metrics queues, the daemon's service and signal queues). One for
+  /// all: libdispatch gives each its thread priority (nice), and a worker thread created
+  /// from a thread of a lower one would have to lower its nice value, which an unprivileged
+  /// process may not do (`Failed to set thread priority for worker thread`, errno 13, in
+  /// the journal; the unit's `LimitNICE=` allows it where the service manager may raise
+  /// that limit, not in every container).
+  public static let queueQoS = DispatchQoS.userInteractive
   public nonisolated let paths: AgentPaths
   private var configuration: AgentConfiguration
-  private var engine: LicenseEngine
-  private var state = LicenseState()
+  private var engine: LicenseEngine { didSet { publishView() } }
+  private var state = LicenseState() { didSet { publishView() } }
   private let store: StateStore
   private let sink: EventSink
   private let clock: WallClock
@@ -46,18 +55,24 @@ public actor Agent: DispatchQueueActor {
   private var clockMonitor: ClockChangeMonitor?
   private var watchdog: DispatchSourceTimer?
   private var server: VarlinkServer?
-  private var adminGroupID: gid_t?
+  /// The control socket's half (``ControlPlane``), on a queue of its own.
+  private var control: ControlPlane?
+  private var adminGroupID: gid_t? { didSet { publishView() } }
   /// While the state cannot be written, time processing is retried with this delay.
   private var persistRetry: TimeSpan?
   /// Activation attempts run here, one at a time, off the agent's queue (they block).
-  private let activationQueue = DispatchQueue(label: "license-agent.activation")
+  private let activationQueue = DispatchQueue(label: "license-agent.activation", qos: Agent.queueQoS)
   /// Slots whose renewal attempt is under way.
   private var attemptsInFlight: Set<Slot> = []
   /// Makes the activation client from the configuration (replaceable by tests).
   private let makeActivationClient: @Sendable (AgentConfiguration, Logger) -> ActivationClient
+  /// Whether this process reaps every exited child (the daemon, whose children are all its
+  /// activation clients): not in a test process, whose other children are Foundation's.
+  private let reapsChildren: Bool
+  private var reaper: DispatchSourceSignal?
   /// Makes the wall-clock timer on the agent's queue (a manual twin in the runtime's tests).
   private let makeTimer: @Sendable (DispatchQueue, @escaping @Sendable () -> Void) -> any WallClockTimer
-  private(set) var startedAt: Timestamp
+  private(set) var startedAt: Timestamp { didSet { publishView() } }
 
   public init(
     paths: AgentPaths, configuration: AgentConfiguration, trust: TrustStore, store: StateStore,
@@ -67,8 +82,10 @@ public actor Agent: DispatchQueueActor {
       .execClient,
     makeTimer: @escaping @Sendable (DispatchQueue, @escaping @Sendable () -> Void) -> any WallClockTimer = {
       DispatchWallClockTimer(queue: $0, handler: $1)
-    }
+    },
+    reapsChildren: Bool = false
   ) {
+    self.reapsChildren = reapsChildren
     self.makeActivationClient = makeActivationClient
     self.makeTimer = makeTimer
     self.paths = paths
@@ -144,27 +161,37 @@ public actor Agent: DispatchQueueActor {
     // Renewal attempts a crash interrupted are made again.
     for request in engine.interruptedAttempts(state) { startAttempt(request) }
 
+    // The control socket runs on a queue of its own (ControlPlane): nothing a client does
+    // waits in front of the timer, the clock watch or the watchdog on this one.
+    let control = ControlPlane(
+      view: currentView(), clock: clock, logger: logger, version: Self.version,
+      forward: { [weak self] call, peer, respond in
+        guard let self else { return }
+        self.queue.async {
+          self.assumeIsolated { agent in
+            if let reply = agent.handle(call, peer: peer, respond: respond) { respond(reply) }
+          }
+        }
+      })
+    self.control = control
     let server = VarlinkServer(
-      path: paths.socketPath, executor: executor,
+      path: paths.socketPath, executor: control.executor,
       info: VarlinkServiceInfo(
         vendor: "license-agent", product: "license-agent", version: Self.version,
         url: "https://github.com/license-agent/license-agent"),
       interfaces: [
         VarlinkInterface(
           name: AgentInterface.name, description: AgentInterface.description, methods: AgentInterface.methods
-        ) {
-          [unowned self] call, peer, respond in
-          // The server shares the agent's executor: its handlers run where the agent is.
-          self.assumeIsolated { $0.handle(call, peer: peer, respond: respond) }
+        ) { call, peer, respond in
+          // The server shares the control plane's executor: its handlers run where it is.
+          control.assumeIsolated { $0.handle(call, peer: peer, respond: respond) }
         }
       ],
       // Root and the admin group keep capacity of their own and have no per-UID limit.
-      isPrivileged: { [unowned self] peer in self.assumeIsolated { $0.isAdmin(peer) } },
-      onDrop: { [unowned self] reason, peer in
-        self.assumeIsolated { $0.connectionDropped(reason, peer: peer) }
-      })
+      isPrivileged: { peer in control.isAdmin(peer) },
+      onDrop: { reason, peer in control.assumeIsolated { $0.connectionDropped(reason, peer: peer) } })
     do {
-      try server.assumeIsolated { try $0.start() }
+      try server.sync { try $0.start() }
     } catch {
       throw AgentStartError(
         description:
@@ -173,6 +200,7 @@ public actor Agent: DispatchQueueActor {
     }
     self.server = server
     startWatchdog()
+    startReaper()
     checkMetricsDirectory()
     scheduleMetrics()
     if announceReady { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
@@ -466,9 +494,14 @@ public actor Agent: DispatchQueueActor {
     return ExecActivationClient(
       command: command, url: activation.url, proxy: activation.proxy, caFile: activation.caFile,
       timeout: activation.attemptTimeout, product: configuration.product,
-      machineID: ExecActivationClient.machineID(),
+      machineID: ExecActivationClient.machineID(), cgroups: attemptCgroups,
       logStderr: { text in logger.warning("Activation client: \(text)") })
   }
+
+  /// The cgroup subtree systemd delegates to the unit (`Delegate=yes`), where every attempt
+  /// runs in a cgroup of its own; nil outside systemd (attempts end by their process group).
+  public static let attemptCgroups = AttemptCgroups.delegated(
+    environment: ProcessInfo.processInfo.environment)
 
   /// Runs one renewal attempt off the queue; its outcome goes back through the engine.
   private func startAttempt(_ request: ActivationRequest) {
@@ -587,7 +620,7 @@ public actor Agent: DispatchQueueActor {
   private var metricsFailureLogged = false
   /// The file is written here, off the agent's queue: a slow or failing disk never delays
   /// a promotion or a reply. (Internal: tests wait on it.)
-  nonisolated let metricsQueue = DispatchQueue(label: "license-agent.metrics")
+  nonisolated let metricsQueue = DispatchQueue(label: "license-agent.metrics", qos: Agent.queueQoS)
 
   /// At start and on reload: a textfile whose directory does not exist (node_exporter not
   /// installed) is not written, and the agent says so once.
@@ -647,11 +680,17 @@ public actor Agent: DispatchQueueActor {
   }
 
   /// At stop: the file goes, so that monitoring sees the agent is down (the unit's
-  /// ExecStopPost does the same after a crash). Waits for a write under way.
+  /// ExecStopPost does the same after a crash). After a write under way, on the metrics
+  /// queue; waited for at most a second, so that a stuck disk never holds this queue.
   private func removeMetrics() {
     guard let path = metricsFile else { return }
     metricsFile = nil
-    metricsQueue.sync { MetricsFile.remove(path) }
+    let removed = DispatchSemaphore(value: 0)
+    metricsQueue.async {
+      MetricsFile.remove(path)
+      removed.signal()
+    }
+    _ = removed.wait(timeout: .now() + 1)
   }
 
   // MARK: - Status
@@ -688,15 +727,38 @@ public actor Agent: DispatchQueueActor {
     }
   }
 
+  /// What the control plane reads without this queue (``ControlView``).
+  private func currentView() -> ControlView {
+    ControlView(
+      state: state, engine: engine, startedAt: startedAt, adminGroup: configuration.adminGroup,
+      adminGroupID: adminGroupID)
+  }
+
+  /// After every change: the control plane answers from this (a copy of values, no lock
+  /// held while it builds a reply).
+  private func publishView() {
+    guard let control else { return }
+    let view = currentView()
+    control.view.withLock { $0 = view }
+  }
+
   private func isAdmin(_ peer: PeerCredentials) -> Bool {
     peer.uid == 0 || peer.uid == getuid() || (adminGroupID.map(peer.isMember) ?? false)
   }
 
-  /// Answers one call of `io.licenseagent.Agent` (on `queue`); nil when `respond` will.
+  /// Carries out a call of `io.licenseagent.Agent` of root or the admin group that changes
+  /// the state, or asks for the status (on `queue`); nil when `respond` will. The control
+  /// plane answers the others, refuses non-admins (and logs that, at a bounded rate) and
+  /// forwards only these; the check here is a second one.
   func handle(_ call: VarlinkCall, peer: PeerCredentials, respond: VarlinkResponder) -> VarlinkReply? {
+    guard isAdmin(peer) else {
+      return .failure(Self.permissionDenied(call.member, adminGroup: configuration.adminGroup))
+    }
     switch call.member {
+    case "GetStatus":
+      if let error = call.unexpectedParameter() { return .failure(error) }
+      return .success(varlinkParameters(status()))
     case "Activate":
-      if let denied = deny(peer, call.member) { return denied }
       if let error = call.unexpectedParameter(allowed: ["code", "role"]) { return .failure(error) }
       guard let text = call.parameters["code"]?.stringValue else {
         return .failure(.invalidParameter("code"))
@@ -710,33 +772,16 @@ public actor Agent: DispatchQueueActor {
       }
       activate(code: code, role: role, respond: respond)
       return nil
-    case "GetStatus":
-      if let error = call.unexpectedParameter() { return .failure(error) }
-      return .success(varlinkParameters(status()))
-    case "AddKey", "CheckKey":
-      let changes = call.member == "AddKey"
-      if changes, let denied = deny(peer, call.member) { return denied }
-      if let error = call.unexpectedParameter(allowed: ["key", "role", "replaceScheme"]) {
-        return .failure(error)
+    case "AddKey":
+      let parameters: KeyCallParameters
+      switch KeyCallParameters.parse(call) {
+      case .success(let parsed): parameters = parsed
+      case .failure(let error): return .failure(error)
       }
-      guard let key = call.parameters["key"]?.stringValue else { return .failure(.invalidParameter("key")) }
-      guard let role = call.parameters["role"]?.stringValue.flatMap(Role.init(rawValue:)) else {
-        return .failure(.invalidParameter("role"))
-      }
-      var replaceScheme = false
-      switch call.parameters["replaceScheme"] {
-      case nil, .null?: break
-      case .bool(let flag)?: replaceScheme = flag
-      default: return .failure(.invalidParameter("replaceScheme"))
-      }
+      let role = parameters.role
       let now = clock.now()
-      if !changes {
-        switch engine.checkKey(key, role: role, replaceScheme: replaceScheme, now: now, state: state) {
-        case .success(let added): return .success(varlinkParameters(AddKeyReply(added, checkOnly: true)))
-        case .failure(let violation): return .failure(Self.error(violation))
-        }
-      }
-      let decision = engine.addKey(key, role: role, replaceScheme: replaceScheme, now: now, state: state)
+      let decision = engine.addKey(
+        parameters.key, role: role, replaceScheme: parameters.replaceScheme, now: now, state: state)
       switch decision.result {
       case .failure(let violation):
         carryOut(decision, decidedAt: now)
@@ -754,7 +799,6 @@ public actor Agent: DispatchQueueActor {
         return .success(varlinkParameters(AddKeyReply(added, checkOnly: false)))
       }
     case "RemoveReserve":
-      if let denied = deny(peer, call.member) { return denied }
       if let error = call.unexpectedParameter(allowed: ["slot"]) { return .failure(error) }
       guard let slot = call.parameters["slot"]?.stringValue.flatMap(Slot.init(rawValue:)) else {
         return .failure(.invalidParameter("slot"))
@@ -773,44 +817,14 @@ public actor Agent: DispatchQueueActor {
     }
   }
 
-  private var dropLog = RateLimiter<VarlinkDropReason>(intervalMilliseconds: 60_000)
-
-  /// A connection the control server refused or closed: logged once a minute per reason at
-  /// most, with how many were not logged, so that a flood never floods the journal.
-  private func connectionDropped(_ reason: VarlinkDropReason, peer: PeerCredentials) {
-    guard let unlogged = dropLog.admit(reason, nowMilliseconds: monotonicMilliseconds()) else { return }
-    let what: String
-    switch reason {
-    case .serverFull:
-      what = "Control connection refused: every connection open to unprivileged users is in use"
-    case .userLimit: what = "Control connection refused: this user has too many connections open"
-    case .stalled: what = "Control connection closed: a message was begun and not finished in time"
-    case .bufferLimit: what = "Control connection closed: unprivileged clients held too much unfinished input"
-    case .protocolError:
-      what = "Control connection closed: the client did not speak Varlink, or sent an oversized message"
-    case .unreadReplies: what = "Control connection closed: the client left too many replies unread"
-    }
-    logger.warning(
-      "\(what)",
-      metadata: [
-        "reason": "\(reason.rawValue)", "peer_uid": "\(peer.uid)", "peer_pid": "\(peer.pid)",
-        "not_logged_since_last": "\(unlogged)",
+  static func permissionDenied(_ method: String, adminGroup: String) -> VarlinkError {
+    VarlinkError(
+      AgentInterface.permissionDenied,
+      [
+        "message": .string(
+          "\(method) changes the licence state: run it as root or as a member of the group \"\(adminGroup)\"."
+        )
       ])
-  }
-
-  private func deny(_ peer: PeerCredentials, _ method: String) -> VarlinkReply? {
-    guard !isAdmin(peer) else { return nil }
-    logger.notice(
-      "State change refused: caller is not an admin",
-      metadata: ["method": "\(method)", "peer_uid": "\(peer.uid)"])
-    return .failure(
-      VarlinkError(
-        AgentInterface.permissionDenied,
-        [
-          "message": .string(
-            "\(method) changes the licence state: run it as root or as a member of the group \"\(configuration.adminGroup)\"."
-          )
-        ]))
   }
 
   static func error(_ violation: RuleViolation) -> VarlinkError {
@@ -828,11 +842,34 @@ public actor Agent: DispatchQueueActor {
       AgentInterface.storageFailure, ["message": .string("Nothing was changed: \(error.description)")])
   }
 
+  // MARK: - Children
+
+  /// As the subreaper of its activation clients, the daemon reaps whatever exits, on the
+  /// activation queue, which also runs the attempts (so never while an attempt waits for
+  /// its own child): a process that escaped an attempt (outside systemd, `setsid`) is not
+  /// left a zombie when it exits later.
+  private func startReaper() {
+    guard reapsChildren else { return }
+    if let cgroups = Self.attemptCgroups {
+      logger.info(
+        "Activation attempts run each in a cgroup of their own, ended whole",
+        metadata: ["cgroup": "\(cgroups.folder)"])
+    } else {
+      logger.info("Activation attempts run each in a process group of their own (no delegated cgroup)")
+    }
+    let source = DispatchSource.makeSignalSource(signal: SIGCHLD, queue: activationQueue)
+    source.setEventHandler { _ = reapExitedChildren() }
+    reaper = source
+    source.resume()
+  }
+
   // MARK: - Watchdog
 
   private func startWatchdog() {
     guard let timeout = ServiceNotifier.watchdogTimeout() else { return }
-    let interval = DispatchTimeInterval.microseconds(Int(timeout / 2))
+    // A little more often than half the timeout, systemd's advice: the largest gap between
+    // two pings stays under half of it, jitter included.
+    let interval = DispatchTimeInterval.microseconds(Int(timeout * 45 / 100))
     let source = DispatchSource.makeTimerSource(queue: queue)
     // Pinged from the agent's own queue: a stuck agent stops pinging and is restarted.
     source.setEventHandler { [notifier] in notifier.notify("WATCHDOG=1") }

@@ -93,6 +93,21 @@ public struct VarlinkConnectionLimits: Sendable, Equatable {
   /// Bytes held for unprivileged peers in all (what they sent and have not finished, and
   /// replies they have not read); past it, the connection that holds the most is closed.
   public var maximumUnprivilegedBuffered = 4 << 20
+  /// The largest message a privileged peer may send.
+  public var maximumMessageSize = 1 << 20
+  /// The largest message an unprivileged peer may send: far below a privileged peer's, and
+  /// far above any call it may make (a key to check is about a kilobyte).
+  public var maximumUnprivilegedMessageSize = 64 << 10
+  /// Calls an unprivileged UID may make per second, over all its connections, `oneway`
+  /// ones included, and how many it may make at once after a quiet while. Past them its
+  /// connections are not read until the budget allows the next call: the client waits
+  /// (its socket fills), and the server does no work for it meanwhile.
+  public var unprivilegedCallsPerSecond = 20.0
+  public var unprivilegedCallBurst = 40.0
+  /// What one wake-up of a connection may do before the queue goes to others: bytes read,
+  /// calls answered. The rest is done in a later turn.
+  public var readBudgetBytes = 64 << 10
+  public var callsPerWakeup = 16
 
   public init() {}
 }
@@ -141,6 +156,8 @@ public actor VarlinkServer: DispatchQueueActor {
   private let isPrivileged: @Sendable (PeerCredentials) -> Bool
   /// Told of every connection refused or closed by the server (on the queue).
   private let onDrop: @Sendable (VarlinkDropReason, PeerCredentials) -> Void
+  /// The call budget of each unprivileged UID (``VarlinkConnectionLimits``).
+  private var budgets: [uid_t: CallBudget] = [:]
 
   public init(
     path: String, executor: DispatchQueueExecutor, info: VarlinkServiceInfo, interfaces: [VarlinkInterface],
@@ -183,17 +200,22 @@ public actor VarlinkServer: DispatchQueueActor {
     }
     withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes + [0]) }
     unlink(path)
+    // The socket file is made 0666 by bind itself (under a umask that keeps read and write
+    // for all), never by a chmod of its path afterwards, which would follow a symlink put
+    // there in between.
+    let previousMask = umask(0o111)
     let bound = withUnsafePointer(to: &address) {
       $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
         bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
       }
     }
+    let bindError = errno
+    umask(previousMask)
     guard bound == 0 else {
-      let text = errnoText()
+      let text = String(cString: strerror(bindError))
       Glibc.close(fd)
       throw VarlinkServerError(description: "cannot bind \(path): \(text)")
     }
-    chmod(path, 0o666)
     guard listen(fd, 64) == 0 else {
       let text = errnoText()
       Glibc.close(fd)
@@ -235,11 +257,13 @@ public actor VarlinkServer: DispatchQueueActor {
       }
       connectionSerial += 1
       let connection = Connection(fd: fd, serial: connectionSerial, peer: peer, privileged: privileged)
+      connection.framer.limit(
+        to: privileged ? limits.maximumMessageSize : limits.maximumUnprivilegedMessageSize)
       connections[fd] = connection
       let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
       let serial = connectionSerial
       source.setEventHandler { [weak self] in
-        self?.assumeIsolated { server in server.open(fd, serial).map(server.readAvailable) }
+        self?.assumeIsolated { server in server.open(fd, serial).map(server.service) }
       }
       source.setCancelHandler { Glibc.close(fd) }
       connection.readSource = source
@@ -273,31 +297,136 @@ public actor VarlinkServer: DispatchQueueActor {
 
   // MARK: - Connections
 
-  private func readAvailable(_ connection: Connection) {
-    var buffer = [UInt8](repeating: 0, count: 65_536)
-    while !connection.closed {
-      let count = read(connection.fd, &buffer, buffer.count)
-      if count > 0 {
-        connection.framer.append(buffer[0..<count])
-        if connection.framer.exceedsLimit {
-          close(connection, reason: .protocolError)
-          return
-        }
-        processMessages(connection)
-        if connection.closed { return }
-        enforceBufferBound()
-        continue
-      }
-      if count < 0 && (errno == EAGAIN || errno == EINTR) { return }
-      // End of stream or a read error: the client is gone.
-      close(connection, reason: nil)
+  /// One turn of a connection, when it is readable or its turn comes again: its buffered
+  /// calls first, then at most one read of ``VarlinkConnectionLimits/readBudgetBytes``,
+  /// at most ``VarlinkConnectionLimits/callsPerWakeup`` calls in all. What is left waits for
+  /// a later turn, queued behind whatever else the queue has to do, so that no client, however
+  /// fast it writes, holds the queue.
+  private func service(_ connection: Connection) {
+    guard !connection.closed, connection.pauseTimer == nil else { return }
+    var calls = limits.callsPerWakeup
+    processMessages(connection, calls: &calls)
+    guard !connection.closed, connection.pauseTimer == nil else { return }
+    if calls == 0 {
+      scheduleTurn(connection)
       return
+    }
+    // Reading costs too: an unprivileged peer whose budget is spent is not read at all.
+    guard hasBudget(connection) else { return }
+    var buffer = [UInt8](repeating: 0, count: limits.readBudgetBytes)
+    let count = read(connection.fd, &buffer, buffer.count)
+    if count > 0 {
+      connection.framer.append(buffer[0..<count])
+      if connection.framer.exceedsLimit {
+        close(connection, reason: .protocolError)
+        return
+      }
+      processMessages(connection, calls: &calls)
+      if connection.closed { return }
+      enforceBufferBound()
+      // More may be waiting, in the socket or in the framer: another turn, later.
+      if !connection.closed, connection.pauseTimer == nil, count == buffer.count || calls == 0 {
+        scheduleTurn(connection)
+      }
+      return
+    }
+    if count < 0 && (errno == EAGAIN || errno == EINTR) { return }
+    // End of stream or a read error: the client is gone.
+    close(connection, reason: nil)
+  }
+
+  /// Queues another turn of `connection` (once: a turn already queued is enough).
+  private func scheduleTurn(_ connection: Connection) {
+    guard !connection.turnQueued else { return }
+    connection.turnQueued = true
+    let (fd, serial) = (connection.fd, connection.serial)
+    queue.async { [weak self] in
+      self?.assumeIsolated { server in
+        guard let connection = server.open(fd, serial) else { return }
+        connection.turnQueued = false
+        server.service(connection)
+      }
     }
   }
 
-  private func processMessages(_ connection: Connection) {
+  /// Whether `connection`'s UID may be read now; when not, the connection is paused until
+  /// its budget allows one call.
+  private func hasBudget(_ connection: Connection) -> Bool {
+    guard !connection.privileged else { return true }
+    let now = monotonicMilliseconds()
+    var budget = budgets[connection.peer.uid] ?? CallBudget(tokens: limits.unprivilegedCallBurst, at: now)
+    budget.refill(at: now, rate: limits.unprivilegedCallsPerSecond, burst: limits.unprivilegedCallBurst)
+    budgets[connection.peer.uid] = budget
+    guard budget.tokens < 1 else { return true }
+    let wait = Int(((1 - budget.tokens) / limits.unprivilegedCallsPerSecond * 1000).rounded(.up))
+    pause(connection, milliseconds: max(wait, 1))
+    return false
+  }
+
+  /// A message that broke the protocol (oversized, not Varlink) costs its unprivileged UID
+  /// its whole burst: its other connections are not read for a while, so that a client
+  /// sending oversized messages on one new connection after another makes the server read
+  /// little (each costs one read, then nothing until the budget is back).
+  private func charge(_ connection: Connection) {
+    guard !connection.privileged else { return }
+    let now = monotonicMilliseconds()
+    var budget = budgets[connection.peer.uid] ?? CallBudget(tokens: limits.unprivilegedCallBurst, at: now)
+    budget.refill(at: now, rate: limits.unprivilegedCallsPerSecond, burst: limits.unprivilegedCallBurst)
+    budget.tokens -= limits.unprivilegedCallBurst
+    budgets[connection.peer.uid] = budget
+  }
+
+  /// Takes one call from the budget of `connection`'s UID; false (and the connection
+  /// paused until the budget allows a call) when there is none.
+  private func takeCall(_ connection: Connection) -> Bool {
+    guard !connection.privileged else { return true }
+    let now = monotonicMilliseconds()
+    var budget = budgets[connection.peer.uid] ?? CallBudget(tokens: limits.unprivilegedCallBurst, at: now)
+    budget.refill(at: now, rate: limits.unprivilegedCallsPerSecond, burst: limits.unprivilegedCallBurst)
+    if budget.tokens >= 1 {
+      budget.tokens -= 1
+      budgets[connection.peer.uid] = budget
+      return true
+    }
+    budgets[connection.peer.uid] = budget
+    let wait = Int(((1 - budget.tokens) / limits.unprivilegedCallsPerSecond * 1000).rounded(.up))
+    pause(connection, milliseconds: max(wait, 1))
+    if budgets.count > 4096 { budgets = budgets.filter { $0.value.tokens < limits.unprivilegedCallBurst } }
+    return false
+  }
+
+  /// Stops reading `connection` for `milliseconds`: the kernel holds what it sends, and its
+  /// writes block once the socket is full.
+  private func pause(_ connection: Connection, milliseconds: Int) {
+    guard connection.pauseTimer == nil else { return }
+    connection.readSource?.suspend()
+    let timer = DispatchSource.makeTimerSource(queue: queue)
+    let (fd, serial) = (connection.fd, connection.serial)
+    timer.setEventHandler { [weak self] in
+      self?.assumeIsolated { server in
+        guard let connection = server.open(fd, serial) else { return }
+        server.unpause(connection)
+        server.service(connection)
+      }
+    }
+    timer.schedule(deadline: .now() + .milliseconds(milliseconds))
+    connection.pauseTimer = timer
+    timer.resume()
+  }
+
+  private func unpause(_ connection: Connection) {
+    guard let timer = connection.pauseTimer else { return }
+    timer.cancel()
+    connection.pauseTimer = nil
+    connection.readSource?.resume()
+  }
+
+  private func processMessages(_ connection: Connection, calls: inout Int) {
     do {
-      while !connection.closed, !connection.awaitingReply, let message = try connection.framer.next() {
+      while calls > 0, !connection.closed, !connection.awaitingReply, connection.framer.hasCompleteMessage {
+        guard takeCall(connection) else { break }
+        guard let message = try connection.framer.next() else { break }
+        calls -= 1
         let call = try VarlinkCall.parse(message)
         let queue = self.queue
         let oneway = call.oneway
@@ -352,7 +481,8 @@ public actor VarlinkServer: DispatchQueueActor {
     guard let connection = open(fd, serial) else { return }
     connection.awaitingReply = false
     if !oneway { send(reply.serialized, to: connection) }
-    processMessages(connection)
+    // The calls that waited behind it, in a turn of their own.
+    if !connection.closed { scheduleTurn(connection) }
   }
 
   private func send(_ text: String, to connection: Connection) {
@@ -396,10 +526,18 @@ public actor VarlinkServer: DispatchQueueActor {
   private func close(_ connection: Connection, reason: VarlinkDropReason?) {
     guard !connection.closed else { return }
     connection.closed = true
+    if reason == .protocolError { charge(connection) }
     connection.stallTimer?.cancel()
     connection.stallTimer = nil
     connection.writeSource?.cancel()
     connection.writeSource = nil
+    // A suspended source is resumed first: its cancellation (which closes the descriptor)
+    // runs only once it is not suspended.
+    if let timer = connection.pauseTimer {
+      timer.cancel()
+      connection.pauseTimer = nil
+      connection.readSource?.resume()
+    }
     connection.readSource?.cancel()
     connection.readSource = nil
     if connections[connection.fd] === connection { connections[connection.fd] = nil }
@@ -496,6 +634,10 @@ private final class Connection {
   var framer = MessageFramer()
   var readSource: DispatchSourceRead?
   var writeSource: DispatchSourceWrite?
+  /// Armed while the peer's call budget is spent: the read source is suspended meanwhile.
+  var pauseTimer: DispatchSourceTimer?
+  /// Another turn is queued (``VarlinkServer/service(_:)``).
+  var turnQueued = false
   var pending: [UInt8] = []
   var closed = false
   /// A client that leaves this much of its replies unread is disconnected.
@@ -510,6 +652,24 @@ private final class Connection {
 
   /// What this connection holds: received bytes not yet taken, replies not yet sent.
   var bufferedBytes: Int { framer.bufferedCount + pending.count }
+}
+
+/// An unprivileged UID's calls: a token bucket refilled at a steady rate.
+private struct CallBudget {
+  var tokens: Double
+  var at: Int64
+
+  mutating func refill(at now: Int64, rate: Double, burst: Double) {
+    tokens = min(burst, tokens + Double(max(now - at, 0)) / 1000 * rate)
+    at = now
+  }
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds (budgets are durations: a clock step must not move them).
+func monotonicMilliseconds() -> Int64 {
+  var now = timespec()
+  clock_gettime(CLOCK_MONOTONIC, &now)
+  return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
 }
 
 func errnoText() -> String { String(cString: strerror(errno)) }

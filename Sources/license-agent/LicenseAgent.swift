@@ -142,7 +142,8 @@ struct LicenseAgentMain {
     }
     let sink: EventSink = useJournal ? JournalEventSink() : ConsoleEventSink()
     let agent = Agent(
-      paths: paths, configuration: configuration, trust: trust, store: store, sink: sink, logger: logger)
+      paths: paths, configuration: configuration, trust: trust, store: store, sink: sink, logger: logger,
+      reapsChildren: true)
     // SIGHUP is handled from before READY=1: systemd may reload as soon as it sees READY.
     let reload = installReloadHandler(agent)
     do {
@@ -162,7 +163,8 @@ struct LicenseAgentMain {
         gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     // The services' tasks run on a queue of their own, never on libdispatch's global queues
     // (see QueueTaskExecutor: an idle agent must not wake up every second).
-    let executor = QueueTaskExecutor(queue: DispatchQueue(label: "license-agent.services"))
+    let executor = QueueTaskExecutor(
+      queue: DispatchQueue(label: "license-agent.services", qos: Agent.queueQoS))
     await withTaskExecutorPreference(executor) {
       do {
         try await group.run()
@@ -178,7 +180,7 @@ struct LicenseAgentMain {
 func installReloadHandler(_ agent: Agent) -> DispatchSourceSignal {
   signal(SIGHUP, SIG_IGN)
   let source = DispatchSource.makeSignalSource(
-    signal: SIGHUP, queue: DispatchQueue(label: "license-agent.sighup"))
+    signal: SIGHUP, queue: DispatchQueue(label: "license-agent.sighup", qos: Agent.queueQoS))
   source.setEventHandler { @Sendable in agent.requestReload() }
   source.resume()
   return source

@@ -95,17 +95,32 @@ import Testing
 
   @Test func halfSentMessagesAreBoundedInAllAndCutOffAtTheirDeadline() throws {
     let agent = try agent()
-    // 16 connections each begin a 900,000-byte message and never finish it: past 4 MiB in
-    // all, the agent closes the connections that hold the most, so 4 stay (3.6 MB)...
-    let hog = try HostileClient(socket: agent.socketPath, uid: 65520, ["half", "16", "900000"])
-    defer { hog.release() }
-    #expect(hog.line() == "open 4")
+    // Five users, 16 connections each, begin a message of 60,000 bytes (under a user's
+    // 64 KiB message limit) and never finish it: past 4 MiB in all (4.8 MB), the agent
+    // closes the connections that hold the most, so 69 stay (4.14 MB)...
+    var hogs: [HostileClient] = []
+    defer { for hog in hogs { hog.release() } }
+    for uid in uid_t(65520)..<65525 {
+      hogs.append(try HostileClient(socket: agent.socketPath, uid: uid, ["half", "16", "60000", "4"]))
+    }
+    let open = hogs.map { $0.line() }.compactMap { Int($0.split(separator: " ").last ?? "") }.reduce(0, +)
+    #expect(open == 69, "\(open) open")
     let root = try agent.agentctl(["status"])
     #expect(root.status == 0, "\(root.stderr)")
-    // ... and those 4 are closed when their message's deadline (10 s) passes.
-    #expect(hog.line() == "closed 16")
-    #expect(try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=buffer_limit"]).count == 1)
-    #expect(try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=stalled"]).count == 1)
+    // ... and those are closed when their message's deadline (10 s) passes.
+    #expect(hogs.map { $0.line() } == Array(repeating: "closed 16", count: 5))
+    #expect(try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=buffer_limit"]).count >= 1)
+    #expect(try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=stalled"]).count >= 1)
     #expect(try agent.agentctl(["status"], asUser: 65520).status == 0)
+  }
+
+  /// A message over an unprivileged user's limit (64 KiB) ends its connection at once.
+  @Test func aMessageOverAUsersLimitEndsItsConnection() throws {
+    let agent = try agent()
+    let hog = try HostileClient(socket: agent.socketPath, uid: 65530, ["half", "1", "70000"])
+    defer { hog.release() }
+    #expect(hog.line() == "open 0")
+    let logged = try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=protocol_error"])
+    #expect(logged.first?["PEER_UID"] == "65530")
   }
 }

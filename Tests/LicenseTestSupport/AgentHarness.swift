@@ -10,6 +10,7 @@ public final class NotifyListener: @unchecked Sendable {
   private let fd: Int32
   private let lock = NSLock()
   private var received: [String] = []
+  private var arrivals: [Double] = []
   private let source: DispatchSourceRead
 
   public init(path: String) {
@@ -34,7 +35,11 @@ public final class NotifyListener: @unchecked Sendable {
         let count = recv(fd, &buffer, buffer.count, 0)
         guard count > 0 else { return }
         let text = String(decoding: buffer[0..<count], as: UTF8.self)
-        self?.lock.withLock { self?.received.append(text) }
+        let at = ProcessInfo.processInfo.systemUptime
+        self?.lock.withLock {
+          self?.received.append(text)
+          self?.arrivals.append(at)
+        }
       }
     }
     source.setCancelHandler { close(fd) }
@@ -45,6 +50,13 @@ public final class NotifyListener: @unchecked Sendable {
 
   /// Every datagram received so far.
   public var messages: [String] { lock.withLock { received } }
+
+  /// When each datagram containing `assignment` arrived (monotonic seconds).
+  public func arrivals(of assignment: String) -> [Double] {
+    lock.withLock {
+      zip(received, arrivals).filter { $0.0.split(separator: "\n").contains(Substring(assignment)) }.map(\.1)
+    }
+  }
 
   /// Waits (up to `seconds`) for a datagram containing `assignment` (e.g. `READY=1`) after
   /// the first `skip` datagrams; returns its index.
@@ -171,13 +183,21 @@ public final class AgentHarness: @unchecked Sendable {
     return notify.wait(for: "READY=1", after: skip, while: { process.isRunning }) != nil && process.isRunning
   }
 
-  /// SIGTERM, and waits for the exit status.
+  /// SIGTERM, and waits for the exit status; an agent that has not stopped 20 s later is
+  /// killed (SIGKILL) and nil returned, so that a hung agent fails its test instead of
+  /// holding the suite.
   @discardableResult
   public func stop() -> Int32? {
     guard let process else { return nil }
     if process.isRunning { kill(process.processIdentifier, SIGTERM) }
-    process.waitUntilExit()
+    for _ in 0..<400 where process.isRunning { usleep(50_000) }
     self.process = nil
+    if process.isRunning {
+      kill(process.processIdentifier, SIGKILL)
+      process.waitUntilExit()
+      return nil
+    }
+    process.waitUntilExit()
     return process.terminationStatus
   }
 

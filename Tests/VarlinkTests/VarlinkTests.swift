@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import LicenseTestSupport
 import SimpleJSON
+import Synchronization
 import Testing
 import Varlink
 
@@ -60,7 +61,14 @@ import Varlink
     let server: VarlinkServer
     var path: String { server.path }
 
-    init() throws {
+    /// The drops the server reported.
+    final class Drops: Sendable {
+      let reasons = Mutex<[VarlinkDropReason]>([])
+    }
+    let drops = Drops()
+
+    init(limits: VarlinkConnectionLimits = VarlinkConnectionLimits(), privileged: Bool = true) throws {
+      let drops = self.drops
       server = VarlinkServer(
         path: dir + "/test.socket", queue: queue,
         info: VarlinkServiceInfo(vendor: "v", product: "p", version: "1", url: "u"),
@@ -82,7 +90,8 @@ import Varlink
             reply["uid"] = .number(Double(peer.uid))
             return .success(reply)
           }
-        ])
+        ], limits: limits, isPrivileged: { _ in privileged },
+        onDrop: { reason, _ in drops.reasons.withLock { $0.append(reason) } })
       try server.sync { try $0.start() }
     }
 
@@ -125,6 +134,66 @@ import Varlink
         == .success(["x": .object(["k": .string("v")]), "uid": .number(Double(getuid()))]))
     #expect(try client.call("org.example.test.Nope") == .failure(.methodNotFound("org.example.test.Nope")))
     #expect(try client.call("org.example.other.Echo") == .failure(.interfaceNotFound("org.example.other")))
+  }
+
+  /// Issue 20: one unprivileged connection sending calls back to back held the agent's
+  /// queue for tens of seconds. Its calls are now read at its UID's budget.
+  @Test func anUnprivilegedPeersCallsAreAnsweredAtItsBudgetAndNoFaster() throws {
+    var limits = VarlinkConnectionLimits()
+    limits.unprivilegedCallsPerSecond = 2
+    limits.unprivilegedCallBurst = 3
+    let f = try Fixture(limits: limits, privileged: false)
+    let client = try VarlinkClient(path: f.path)
+    for index in 0..<7 {
+      try client.send(
+        VarlinkCall(method: "org.example.test.Echo", parameters: ["x": .number(Double(index))]).serialized)
+    }
+    let start = Date()
+    var answered: [Double] = []
+    for index in 0..<7 {
+      #expect(
+        try client.receive() == .success(["x": .number(Double(index)), "uid": .number(Double(getuid()))]))
+      answered.append(Date().timeIntervalSince(start))
+    }
+    // The burst, then two a second: the last four take at least 1.5 s (2 s at the rate).
+    #expect(answered[6] >= 1.4, "answered at \(answered)")
+    // A privileged peer has no such budget: the same seven at once.
+    let free = try Fixture(limits: limits, privileged: true)
+    let root = try VarlinkClient(path: free.path)
+    for index in 0..<7 {
+      try root.send(
+        VarlinkCall(method: "org.example.test.Echo", parameters: ["x": .number(Double(index))]).serialized)
+    }
+    let rootStart = Date()
+    for _ in 0..<7 { _ = try root.receive() }
+    #expect(Date().timeIntervalSince(rootStart) < 1.4)
+  }
+
+  @Test func anUnprivilegedPeersMessageIsBoundedFarBelowAPrivilegedOnes() throws {
+    let big = VarlinkCall(
+      method: "org.example.test.Echo",
+      parameters: ["x": .object(["k": .string(String(repeating: "x", count: 200_000))])])
+    let f = try Fixture(privileged: false)
+    let client = try VarlinkClient(path: f.path)
+    try client.send(big.serialized)
+    #expect(throws: (any Error).self) { try client.receive() }
+    for _ in 0..<100 where f.drops.reasons.withLock({ $0.isEmpty }) { usleep(10_000) }
+    #expect(f.drops.reasons.withLock { $0 } == [.protocolError])
+    // Just under the bound is a message like any other.
+    let fits = VarlinkCall(
+      method: "org.example.test.Echo",
+      parameters: ["x": .object(["k": .string(String(repeating: "x", count: 60_000))])])
+    let second = try VarlinkClient(path: f.path)
+    guard case .success = try second.call(fits.method, fits.parameters) else {
+      Issue.record("a 60 kB call was refused")
+      return
+    }
+    let root = try Fixture(privileged: true)
+    let privileged = try VarlinkClient(path: root.path)
+    guard case .success = try privileged.call(big.method, big.parameters) else {
+      Issue.record("a privileged 200 kB call was refused")
+      return
+    }
   }
 
   @Test func onewayCallsGetNoReplyAndOrderIsKept() throws {

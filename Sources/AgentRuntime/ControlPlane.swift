@@ -1,0 +1,239 @@
+import ControlInterface
+import Dispatch
+import Glibc
+import LicenseCore
+import Logging
+import SimpleJSON
+import Synchronization
+import SystemClock
+import Varlink
+
+/// What the control socket reads of the agent without touching the agent's queue: the
+/// state and rules as of the last change, published by the agent after each one.
+struct ControlView: Sendable {
+  var state: LicenseState
+  var engine: LicenseEngine
+  var startedAt: Timestamp
+  var adminGroup: String
+  var adminGroupID: gid_t?
+}
+
+/// The control socket's half of the agent, on a queue of its own.
+///
+/// The licensing timeline (the expiry timer, the clock watch, the watchdog, every decision)
+/// runs on the agent's queue; control traffic runs here, with the Varlink server, on a
+/// queue of its own. Whatever any local user sends (calls back to back on one
+/// connection without reading, refused calls, large messages) is read, parsed, budgeted
+/// and answered here: what only reads (`GetStatus`, `CheckKey`) is answered from the
+/// published ``ControlView``, refusals are decided here, and only the calls of root and
+/// the admin group (their changes, and their `GetStatus`, which so sees the agent's work
+/// in order) reach the agent's queue, one at a time. So no
+/// client can delay a promotion or the watchdog (issue 20: one unprivileged connection
+/// delayed a promotion by 15 s and the watchdog by 71 s).
+actor ControlPlane: DispatchQueueActor {
+  nonisolated let executor = DispatchQueueExecutor(
+    queue: DispatchQueue(label: "license-agent.control", qos: Agent.queueQoS))
+  /// Published by the agent after every change.
+  nonisolated let view: Mutex<ControlView>
+  private let clock: WallClock
+  private let logger: Logger
+  private let version: String
+  /// Hands a state-changing call of a privileged peer to the agent, which answers it.
+  private let forward: @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder) -> Void
+  private var refusals = RefusalLog()
+
+  init(
+    view: ControlView, clock: WallClock, logger: Logger, version: String,
+    forward: @escaping @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder) -> Void
+  ) {
+    self.view = Mutex(view)
+    self.clock = clock
+    self.logger = logger
+    self.version = version
+    self.forward = forward
+  }
+
+  /// Root, the agent's own user, and members of the admin group.
+  nonisolated func isAdmin(_ peer: PeerCredentials) -> Bool {
+    let group = view.withLock { $0.adminGroupID }
+    return peer.uid == 0 || peer.uid == getuid() || (group.map(peer.isMember) ?? false)
+  }
+
+  /// Answers one call of `io.licenseagent.Agent` (on this queue); nil when `respond` will.
+  func handle(_ call: VarlinkCall, peer: PeerCredentials, respond: VarlinkResponder) -> VarlinkReply? {
+    switch call.member {
+    case "GetStatus":
+      if let error = call.unexpectedParameter() { return .failure(error) }
+      // Root's and the admin group's status is answered on the agent's queue, in order with
+      // its work (a status after a change, or after an expiry, sees what it did); other
+      // users' from the last published state, here.
+      if isAdmin(peer) {
+        forward(call, peer, respond)
+        return nil
+      }
+      let current = view.withLock { $0 }
+      return .success(
+        varlinkParameters(
+          StatusBuilder.build(
+            state: current.state, engine: current.engine, now: clock.now(), version: version,
+            startedAt: current.startedAt)))
+    case "CheckKey":
+      let parameters: KeyCallParameters
+      switch KeyCallParameters.parse(call) {
+      case .success(let parsed): parameters = parsed
+      case .failure(let error): return .failure(error)
+      }
+      let current = view.withLock { $0 }
+      switch current.engine.checkKey(
+        parameters.key, role: parameters.role, replaceScheme: parameters.replaceScheme, now: clock.now(),
+        state: current.state)
+      {
+      case .success(let added): return .success(varlinkParameters(AddKeyReply(added, checkOnly: true)))
+      case .failure(let violation): return .failure(Agent.error(violation))
+      }
+    case "AddKey", "RemoveReserve", "Activate":
+      guard isAdmin(peer) else { return denied(peer, call.member) }
+      forward(call, peer, respond)
+      return nil
+    default:
+      return .failure(.methodNotFound(call.method))
+    }
+  }
+
+  private func denied(_ peer: PeerCredentials, _ method: String) -> VarlinkReply {
+    let group = view.withLock { $0.adminGroup }
+    log(
+      .denied, peer, "State change refused: caller is not an admin",
+      metadata: ["method": "\(method)"], level: .notice)
+    return .failure(Agent.permissionDenied(method, adminGroup: group))
+  }
+
+  /// A connection the control server refused or closed.
+  func connectionDropped(_ reason: VarlinkDropReason, peer: PeerCredentials) {
+    let what: String
+    switch reason {
+    case .serverFull:
+      what = "Control connection refused: every connection open to unprivileged users is in use"
+    case .userLimit: what = "Control connection refused: this user has too many connections open"
+    case .stalled: what = "Control connection closed: a message was begun and not finished in time"
+    case .bufferLimit: what = "Control connection closed: unprivileged clients held too much unfinished input"
+    case .protocolError:
+      what = "Control connection closed: the client did not speak Varlink, or sent an oversized message"
+    case .unreadReplies: what = "Control connection closed: the client left too many replies unread"
+    }
+    log(.dropped(reason), peer, what, metadata: ["reason": "\(reason.rawValue)"], level: .warning)
+  }
+
+  /// At most one line per minute for each kind of refusal and each UID, saying how many
+  /// were not logged since the previous one; and, a minute after the last line, one more
+  /// with the count of those that followed it, so that a flood that stops is counted too.
+  /// A flood of refusals never floods the journal, whose rate limit would then drop the
+  /// agent's own events.
+  private func log(
+    _ kind: RefusalKind, _ peer: PeerCredentials, _ message: String, metadata: Logger.Metadata,
+    level: Logger.Level
+  ) {
+    let key = RefusalLog.Key(kind: kind, uid: peer.uid)
+    var fields = metadata
+    fields["peer_uid"] = "\(peer.uid)"
+    fields["peer_pid"] = "\(peer.pid)"
+    switch refusals.admit(key, now: monotonicMilliseconds()) {
+    case .log(let unlogged):
+      fields["not_logged_since_last"] = "\(unlogged)"
+      logger.log(level: level, "\(message)", metadata: fields)
+    case .suppressed(let firstSinceLine):
+      guard firstSinceLine else { return }
+      let delay = DispatchTimeInterval.milliseconds(Int(RefusalLog.intervalMilliseconds))
+      queue.asyncAfter(deadline: .now() + delay) { [weak self] in
+        self?.assumeIsolated { $0.flush(key, message: message, level: level, metadata: metadata) }
+      }
+    }
+  }
+
+  private func flush(_ key: RefusalLog.Key, message: String, level: Logger.Level, metadata: Logger.Metadata) {
+    guard let count = refusals.takeSuppressed(key, now: monotonicMilliseconds()), count > 0 else { return }
+    var fields = metadata
+    fields["peer_uid"] = "\(key.uid)"
+    fields["not_logged_since_last"] = "\(count)"
+    logger.log(
+      level: level, "\(message) (\(count) more from this user in the last minute were not logged)",
+      metadata: fields)
+  }
+}
+
+/// What is refused, for the rate of its log lines.
+enum RefusalKind: Hashable, Sendable {
+  case denied
+  case dropped(VarlinkDropReason)
+}
+
+/// The bookkeeping of ``ControlPlane``'s rate-limited refusal lines (a value, tested alone).
+struct RefusalLog: Sendable {
+  struct Key: Hashable, Sendable {
+    var kind: RefusalKind
+    var uid: uid_t
+  }
+
+  enum Admission: Equatable {
+    /// Log it, with this many not logged since the previous line.
+    case log(unlogged: Int)
+    /// Drop it; `firstSinceLine` when it is the first dropped since the last line (the
+    /// caller then arranges the closing line).
+    case suppressed(firstSinceLine: Bool)
+  }
+
+  static let intervalMilliseconds: Int64 = 60_000
+  /// Keys kept at most (one per kind and UID); the oldest quiet ones go first.
+  static let maximumKeys = 4096
+
+  private var lastLogged: [Key: Int64] = [:]
+  private var suppressed: [Key: Int] = [:]
+
+  /// How many keys are kept (for tests).
+  var keyCount: Int { lastLogged.count }
+
+  mutating func admit(_ key: Key, now: Int64) -> Admission {
+    if let last = lastLogged[key], now - last < Self.intervalMilliseconds {
+      let count = suppressed[key, default: 0]
+      suppressed[key] = count + 1
+      return .suppressed(firstSinceLine: count == 0)
+    }
+    if lastLogged.count >= Self.maximumKeys {
+      lastLogged = lastLogged.filter { now - $0.value < Self.intervalMilliseconds }
+    }
+    lastLogged[key] = now
+    return .log(unlogged: suppressed.removeValue(forKey: key) ?? 0)
+  }
+
+  /// The count dropped since the last line, which the closing line reports (it counts as a
+  /// line: the next refusal waits a minute after it).
+  mutating func takeSuppressed(_ key: Key, now: Int64) -> Int? {
+    guard let count = suppressed.removeValue(forKey: key) else { return nil }
+    lastLogged[key] = now
+    return count
+  }
+}
+
+/// The parameters of `AddKey` and `CheckKey`, checked by name and type.
+struct KeyCallParameters {
+  var key: String
+  var role: Role
+  var replaceScheme: Bool
+
+  static func parse(_ call: VarlinkCall) -> Result<KeyCallParameters, VarlinkError> {
+    if let error = call.unexpectedParameter(allowed: ["key", "role", "replaceScheme"]) {
+      return .failure(error)
+    }
+    guard let key = call.parameters["key"]?.stringValue else { return .failure(.invalidParameter("key")) }
+    guard let role = call.parameters["role"]?.stringValue.flatMap(Role.init(rawValue:)) else {
+      return .failure(.invalidParameter("role"))
+    }
+    var replaceScheme = false
+    switch call.parameters["replaceScheme"] {
+    case nil, .null?: break
+    case .bool(let flag)?: replaceScheme = flag
+    default: return .failure(.invalidParameter("replaceScheme"))
+    }
+    return .success(KeyCallParameters(key: key, role: role, replaceScheme: replaceScheme))
+  }
+}
