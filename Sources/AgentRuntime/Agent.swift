@@ -139,11 +139,26 @@ public actor Agent: DispatchQueueActor {
         "State file recovered from its last good copy",
         metadata: ["damaged_copy": "\(recovery.quarantinedFile)"])
     }
-    if state.stateID.isEmpty {
-      state.stateID = UUID().uuidString.lowercased()
-      do { try store.save(state) } catch { throw AgentStartError(description: error.description) }
-    }
+    // A new boot, or a state the last run did not close: the journal may have lost events
+    // it took (a power cut before journald synced them), which are checked below.
+    let boot = Self.bootID()
+    let unclean = !state.closedCleanly || state.openedInBoot != boot
+    if state.stateID.isEmpty { state.stateID = UUID().uuidString.lowercased() }
+    state.openedInBoot = boot
+    state.closedCleanly = false
+    do { try store.save(state) } catch { throw AgentStartError(description: error.description) }
+    // What the journal took before this start (not what the outbox's replay sends now,
+    // which the journal may not show yet: each of those gets its own check later). What
+    // it took in the last seconds before a crash is looked for a few seconds from now:
+    // journald may not have written it yet.
+    let takenBefore = unclean ? state.delivered.filter { !$0.replayed } : []
+    let settled = clock.now() - Self.journalSettleDelay
     redeliverOutbox()
+    if unclean {
+      let due = monotonicMilliseconds() + Self.journalSettleDelay.microseconds / 1000
+      verifications += takenBefore.filter { $0.deliveredAt > settled }.map { ($0.event, due) }
+      checkDelivered(takenBefore.filter { $0.deliveredAt <= settled }.map(\.event), afterUncleanStop: true)
+    }
     resolveAdminGroup()
 
     let timer = makeTimer(queue) { [weak self] in self?.assumeIsolated { $0.timerFired() } }
@@ -216,17 +231,25 @@ public actor Agent: DispatchQueueActor {
       ])
   }
 
-  /// Stops everything; STOPPING=1 first, as systemd expects.
+  /// Stops everything; STOPPING=1 first, as systemd expects. The state is marked closed
+  /// cleanly (a start that does not find it so checks what the journal took).
   public func stop() {
     notifier.notify("STOPPING=1")
-    server?.assumeIsolated { $0.stop() }
+    state.closedCleanly = true
+    saveCounted(state)
+    verificationTimer?.cancel()
+    verificationTimer = nil
+    server?.sync { $0.stop() }
     server = nil
+    control = nil
     timer?.arm(at: nil)
     timer = nil
     clockMonitor = nil
     removeMetrics()
     watchdog?.cancel()
     watchdog = nil
+    reaper?.cancel()
+    reaper = nil
     logger.info("license-agent stopped")
   }
 
@@ -414,10 +437,12 @@ public actor Agent: DispatchQueueActor {
   private func deliverOutbox() {
     var remaining = state.outbox[...]
     var refused: Int32?
+    var taken: [JournalEvent] = []
     while let event = remaining.first {
       let name = event.transitionID.map(state.transitionName)
       switch sink.send(event, transition: name) {
       case .delivered:
+        taken.append(event)
         remaining.removeFirst()
       case .unavailable:
         console.send(event, transition: name)
@@ -438,7 +463,9 @@ public actor Agent: DispatchQueueActor {
     if remaining.count != state.outbox.count {
       // In memory at once, so that this process never sends an event twice; on disk as the
       // acknowledgement (if that write fails, a restart's replay finds them in the journal).
+      // What the journal took is kept a while, to be checked against it.
       state.outbox = Array(remaining)
+      recordDelivered(taken)
       saveCounted(state)
     }
     guard let refused else {
@@ -480,6 +507,109 @@ public actor Agent: DispatchQueueActor {
       "Events of an interrupted change are replayed",
       metadata: ["replayed": "\(state.outbox.count)", "already_delivered": "\(before - state.outbox.count)"])
     if state.outbox.count != before { saveCounted(state) }
+    deliverOutbox()
+  }
+
+  // MARK: - Events the journal lost (contract §4, LICENSE_REPLAYED)
+
+  /// How long after an event is taken the journal is asked whether it holds it: past
+  /// journald's rate-limit window (`RateLimitIntervalSec=`, 30 s by default), whose drops
+  /// `sd_journal_sendv` reports as success; by then journald has written what it did take.
+  static let journalCheckDelay = TimeSpan.seconds(35)
+  /// How long journald may take to write what it took (it writes asynchronously).
+  static let journalSettleDelay = TimeSpan.seconds(5)
+  /// Delivered events are kept for checking this long at most.
+  static let deliveredRetention = TimeSpan.days(1)
+  private var verificationTimer: DispatchSourceTimer?
+  /// Events to look for in the journal, with when (monotonic milliseconds).
+  private var verifications: [(event: JournalEvent, due: Int64)] = []
+
+  /// This machine's boot id, or "" when it cannot be read.
+  static func bootID() -> String {
+    (MemoryTrim.readCloseOnExec("/proc/sys/kernel/random/boot_id") ?? "").trimmingWhitespace()
+  }
+
+  /// The events the journal took: kept in the state (the newest ``LicenseState/maximumDelivered``,
+  /// for at most ``deliveredRetention``), and each looked for in the journal once
+  /// ``journalCheckDelay`` has passed. Only where the journal can be read back.
+  private func recordDelivered(_ events: [JournalEvent]) {
+    guard !events.isEmpty else { return }
+    let now = clock.now()
+    state.delivered += events.map { DeliveredEvent(event: $0, deliveredAt: now) }
+    state.delivered.removeAll { $0.deliveredAt + Self.deliveredRetention < now }
+    if state.delivered.count > LicenseState.maximumDelivered {
+      state.delivered.removeFirst(state.delivered.count - LicenseState.maximumDelivered)
+    }
+    let due = monotonicMilliseconds() + Self.journalCheckDelay.microseconds / 1000
+    verifications += events.map { ($0, due) }
+    armVerification()
+  }
+
+  static let replayedField = "LICENSE_REPLAYED"
+  /// How many times an event lost by the journal is sent again at most.
+  static let maximumSends = 3
+
+  private func armVerification() {
+    guard let first = verifications.map(\.due).min() else {
+      verificationTimer?.cancel()
+      verificationTimer = nil
+      return
+    }
+    if verificationTimer == nil {
+      let timer = DispatchSource.makeTimerSource(queue: queue)
+      timer.setEventHandler { [weak self] in self?.assumeIsolated { $0.checkDueDeliveries() } }
+      verificationTimer = timer
+      timer.resume()
+    }
+    let wait = max(first - monotonicMilliseconds(), 0)
+    verificationTimer?.schedule(deadline: .now() + .milliseconds(Int(wait)), leeway: .milliseconds(500))
+  }
+
+  /// The events whose check is due (``journalCheckDelay`` after they were taken).
+  private func checkDueDeliveries() {
+    let now = monotonicMilliseconds()
+    let due = verifications.filter { $0.due <= now }.map(\.event)
+    verifications.removeAll { $0.due <= now }
+    checkDelivered(due, afterUncleanStop: false)
+  }
+
+  /// Looks for delivered events in the journal (by every field and the transition, from
+  /// this agent's user and unit only: ``JournalEventSink``) and sends again, with
+  /// `LICENSE_REPLAYED=1`, those it does not hold: after an unclean stop, every one taken
+  /// before it; else those whose check is due. An event the journal cannot be asked about
+  /// is left alone (nothing is sent twice on a guess).
+  private func checkDelivered(_ due: [JournalEvent], afterUncleanStop: Bool) {
+    var lost: [JournalEvent] = []
+    for event in due {
+      guard let id = event.transitionID,
+        let index = state.delivered.firstIndex(where: { $0.event == event && !$0.replayed })
+      else { continue }
+      guard sink.wasDelivered(event, transition: state.transitionName(id)) == false else { continue }
+      state.delivered[index].replayed = true
+      var copy = event
+      copy.set(Self.replayedField, "1")
+      // A copy the journal lost too (its rate limit still dropping) is sent again, at most
+      // `maximumSends` times in all: only ever while the journal does not hold it.
+      let sent = state.delivered.count { $0.event == copy }
+      guard sent < Self.maximumSends else {
+        logger.critical(
+          "The journal keeps losing an event: it is not sent again",
+          metadata: ["event": "\(event.kind.rawValue)", "sent": "\(sent + 1)"])
+        continue
+      }
+      lost.append(copy)
+    }
+    armVerification()
+    guard !lost.isEmpty else { return }
+    logger.warning(
+      "The journal does not hold events it took: they are sent again with LICENSE_REPLAYED=1",
+      metadata: [
+        "events": "\(lost.map(\.kind.rawValue).joined(separator: ","))",
+        "after": "\(afterUncleanStop ? "an unclean stop" : "the rate-limit window")",
+      ])
+    // Through the outbox, as any announcement: durable first, then sent exactly once.
+    state.outbox += lost
+    saveCounted(state)
     deliverOutbox()
   }
 

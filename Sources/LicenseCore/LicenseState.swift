@@ -203,10 +203,23 @@ public struct LicenseState: Sendable, Equatable, Codable {
   /// Per slot, what the metrics count (promotions, renewal attempts); kept when a slot
   /// empties.
   public var counters: [Slot: SlotCounters]
+  /// The events the journal took lately, oldest first (at most ``maximumDelivered``): the
+  /// journal may still lose them (journald writes entries below crit to disk only every
+  /// `SyncIntervalSec`, and its rate limit drops entries it reported as taken), so the
+  /// runtime checks them against the journal and sends again, once, those it lost.
+  public var delivered: [DeliveredEvent]
+  /// The boot (`/proc/sys/kernel/random/boot_id`) in which the agent last opened the state,
+  /// and whether it closed it cleanly since: a new boot or an unclean close is when the
+  /// journal may have lost what it took.
+  public var openedInBoot: String
+  public var closedCleanly: Bool
+
+  /// How many delivered events are kept for checking.
+  public static let maximumDelivered = 64
 
   public init(
     stateID: String = "", slots: [Slot: SlotState] = [:], lastTransitionID: UInt64 = 0,
-    outbox: [JournalEvent] = [], counters: [Slot: SlotCounters] = [:]
+    outbox: [JournalEvent] = [], counters: [Slot: SlotCounters] = [:], delivered: [DeliveredEvent] = []
   ) {
     self.schemaVersion = Self.currentSchemaVersion
     self.stateID = stateID
@@ -214,6 +227,9 @@ public struct LicenseState: Sendable, Equatable, Codable {
     self.lastTransitionID = lastTransitionID
     self.outbox = outbox
     self.counters = counters
+    self.delivered = delivered
+    self.openedInBoot = ""
+    self.closedCleanly = true
   }
 
   /// Reads a state file; one written before the counters existed has none yet (zero).
@@ -222,9 +238,18 @@ public struct LicenseState: Sendable, Equatable, Codable {
     schemaVersion = try container.decode(Int.self, forKey: .schemaVersion)
     stateID = try container.decode(String.self, forKey: .stateID)
     slots = try container.decode([Slot: SlotState].self, forKey: .slots)
+    // A state written before text from outside was bounded may hold a long error: bounded
+    // as it is read, as it would have been when it entered.
+    for (slot, value) in slots {
+      slots[slot]?.renewal?.lastError = value.renewal?.lastError.map(ActivationFailure.stored)
+      slots[slot]?.ahead?.lastError = value.ahead?.lastError.map(ActivationFailure.stored)
+    }
     lastTransitionID = try container.decode(UInt64.self, forKey: .lastTransitionID)
     outbox = try container.decode([JournalEvent].self, forKey: .outbox)
     counters = try container.decodeIfPresent([Slot: SlotCounters].self, forKey: .counters) ?? [:]
+    delivered = try container.decodeIfPresent([DeliveredEvent].self, forKey: .delivered) ?? []
+    openedInBoot = try container.decodeIfPresent(String.self, forKey: .openedInBoot) ?? ""
+    closedCleanly = try container.decodeIfPresent(Bool.self, forKey: .closedCleanly) ?? true
   }
 
   public subscript(slot: Slot) -> SlotState {
@@ -243,6 +268,22 @@ public struct LicenseState: Sendable, Equatable, Codable {
     var copy = self
     copy.outbox.removeAll { ($0.transitionID ?? 0) <= transitionID }
     return copy
+  }
+}
+
+/// An event the journal took (``LicenseState/delivered``).
+public struct DeliveredEvent: Sendable, Equatable, Codable {
+  /// The event as it was sent (its transition id included).
+  public var event: JournalEvent
+  public var deliveredAt: Timestamp
+  /// Looked for in the journal and not found, so sent again (a copy with
+  /// `LICENSE_REPLAYED=1`, itself an entry here): this one is not looked for again.
+  public var replayed: Bool
+
+  public init(event: JournalEvent, deliveredAt: Timestamp, replayed: Bool = false) {
+    self.event = event
+    self.deliveredAt = deliveredAt
+    self.replayed = replayed
   }
 }
 

@@ -44,7 +44,40 @@ public struct JournalEventSink: EventSink {
   /// restarts, so that an event replayed from the outbox is not logged twice.
   public static let transitionField = "LICENSE_TRANSITION"
 
-  public init() {}
+  /// The fields journald itself adds, which no client can forge, that an entry must carry to
+  /// count as this agent's: its user (`_UID`) and, under systemd, its unit
+  /// (`_SYSTEMD_UNIT`). Any local user can write an entry with an event's fields to the
+  /// journal socket (issue 20: one made the agent skip an event it never sent); not with
+  /// these.
+  public let trustedFields: [(name: String, value: String)]
+
+  public init(trustedFields: [(name: String, value: String)] = JournalEventSink.ownTrustedFields()) {
+    self.trustedFields = trustedFields
+  }
+
+  /// `_UID` of this process, and `_SYSTEMD_UNIT` when it runs in a systemd unit
+  /// (`INVOCATION_ID` set, and its cgroup a `.service`'s).
+  public static func ownTrustedFields() -> [(name: String, value: String)] {
+    var fields = [(name: "_UID", value: String(getuid()))]
+    if getenv("INVOCATION_ID") != nil, let unit = ownUnit() {
+      fields.append((name: "_SYSTEMD_UNIT", value: unit))
+    }
+    return fields
+  }
+
+  /// The unit whose cgroup this process is in (`license-agent.service`), from
+  /// /proc/self/cgroup.
+  static func ownUnit() -> String? {
+    let fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    let count = read(fd, &buffer, buffer.count)
+    guard count > 0 else { return nil }
+    let text = String(decoding: buffer[0..<count], as: UTF8.self)
+    guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::/") }) else { return nil }
+    return line.split(separator: "/").last { $0.hasSuffix(".service") }.map(String.init)
+  }
 
   @discardableResult
   public func send(_ event: JournalEvent, transition: String?) -> EventDelivery {
@@ -55,7 +88,7 @@ public struct JournalEventSink: EventSink {
 
   public func wasDelivered(_ event: JournalEvent, transition: String) -> Bool? {
     Journal.contains(
-      [(Self.transitionField, transition), ("MESSAGE_ID", event.kind.messageID)]
+      trustedFields + [(Self.transitionField, transition), ("MESSAGE_ID", event.kind.messageID)]
         + event.fields.map { ($0.name, $0.value) })
   }
 }

@@ -57,16 +57,16 @@ import Testing
   final class RecordingSink: EventSink {
     let log: Log
     let delivered: Set<String>
-    private let sent = Mutex<[JournalEvent]>([])
+    private let sent = Mutex<[(event: JournalEvent, transition: String?)]>([])
     init(log: Log, alreadyDelivered: Set<String> = []) {
       self.log = log
       delivered = alreadyDelivered
     }
     private let arrivals = DispatchSemaphore(value: 0)
-    var events: [JournalEvent] { sent.withLock { $0 } }
+    var events: [JournalEvent] { sent.withLock { $0.map(\.event) } }
     func send(_ event: JournalEvent, transition: String?) -> EventDelivery {
       log.append("send \(event.kind.rawValue)")
-      sent.withLock { $0.append(event) }
+      sent.withLock { $0.append((event, transition)) }
       arrivals.signal()
       return .delivered
     }
@@ -79,9 +79,11 @@ import Testing
       }
       return true
     }
-    /// `alreadyDelivered` names events as "<transition> <KIND> <slot>".
+    /// What a journal holds: what this sink was sent, and what `alreadyDelivered` names as
+    /// "<transition> <KIND> <slot>" (sent by an earlier process).
     func wasDelivered(_ event: JournalEvent, transition: String) -> Bool? {
       delivered.contains("\(transition) \(event.kind.rawValue) \(event[field: "LICENSE_SLOT"] ?? "")")
+        || sent.withLock { $0.contains { $0.event == event && $0.transition == transition } }
     }
   }
 

@@ -147,16 +147,26 @@ import Testing
     #expect(after.contains("Status: \"server: E2E-R until"), "\(after)")
 
     // Exactly once under the real unit: the agent stopped as if killed after it announced
-    // the promotion and before it acknowledged it (its state before the acknowledgement,
-    // kept as state.json.prev, put back), then started: it must read the system journal
-    // (SupplementaryGroups=systemd-journal) to see that KEY_PROMOTED is there already, and
-    // not send it again. Without that group it cannot read its own entries back.
+    // the promotion and before it acknowledged it (its state with KEY_PROMOTED put back in
+    // the outbox, as it was before the acknowledgement), then started: it must read the
+    // system journal (SupplementaryGroups=systemd-journal), from its own user and unit, to
+    // see that KEY_PROMOTED is there already, and not send it again. Without that group it
+    // cannot read its own entries back.
     try await machine.run("systemctl stop license-agent")
     let unacknowledged = try await machine.run(
-      "python3 -c 'import json; print(len(json.load(open(\"/var/lib/license-agent/state.json.prev\"))[\"outbox\"]))'"
-    )
+      """
+      python3 -c '
+      import json
+      path = "/var/lib/license-agent/state.json"
+      state = json.load(open(path))
+      promoted = [d for d in state["delivered"] if d["event"]["kind"] == "KEY_PROMOTED"]
+      state["outbox"] = [promoted[-1]["event"]]
+      state["delivered"].remove(promoted[-1])
+      state["closedCleanly"] = False
+      json.dump(state, open(path, "w"))
+      print(len(state["outbox"]))'
+      """)
     #expect(unacknowledged.stdout == "1\n", "\(unacknowledged.stdout) \(unacknowledged.stderr)")
-    try await machine.run("cp -p /var/lib/license-agent/state.json.prev /var/lib/license-agent/state.json")
     #expect(try await machine.run("systemctl start license-agent").status == 0)
     let replayed = try await Self.poll(tries: 100) {
       try await machine.run(
@@ -171,6 +181,40 @@ import Testing
     let promotions = try await machine.run(
       "journalctl -o cat --no-pager MESSAGE_ID=\(Self.promotionID) LICENSE_SERIAL=E2E-R | wc -l")
     #expect(promotions.stdout == "1\n", "KEY_PROMOTED sent again after the restart: \(promotions.stdout)")
+
+    // journald's rate limit drops an event it reported as taken (issue 20). With a burst of 1
+    // entry per 10 s for the unit (a drop-in, as an administrator may set; journald scales
+    // it with the free space, per priority), reserves added one after another until one's
+    // RESERVE_ADDED (info) is missing: journald dropped it. The agent finds it missing 35 s
+    // later, past the window, and sends it again with LICENSE_REPLAYED=1, once.
+    let dropIn = "/etc/systemd/system/license-agent.service.d/ratelimit.conf"
+    try await machine.run(
+      "mkdir -p \(dropIn.dropLast(14)) && printf '[Service]\\nLogRateLimitIntervalSec=10s\\nLogRateLimitBurst=1\\n' >\(dropIn)"
+        + " && systemctl daemon-reload && systemctl restart license-agent")
+    let later = AgentHarness.now()
+    var dropped: String?
+    for index in 1...40 where dropped == nil {
+      let serial = "E2E-B\(index)"
+      try issuer.key(serial, nbf: later - .days(1), exp: later + .days(100 + Int64(index))).write(
+        toFile: lab + "/b.jws", atomically: true, encoding: .utf8)
+      chmod(lab + "/b.jws", 0o644)
+      #expect(try await machine.run("agentctl add-key --reserve /mnt/lab/b.jws").status == 0)
+      let seen = try await machine.run(
+        "journalctl --sync; journalctl -u license-agent -o cat --no-pager MESSAGE_ID=\(EventKind.reserveAdded.messageID) LICENSE_SERIAL=\(serial) | wc -l"
+      )
+      if seen.stdout == "0\n" { dropped = serial }
+    }
+    let lostSerial = try #require(dropped, "journald's rate limit dropped no RESERVE_ADDED in 40 adds")
+    let added =
+      "journalctl -u license-agent -o json --no-pager MESSAGE_ID=\(EventKind.reserveAdded.messageID) LICENSE_SERIAL=\(lostSerial)"
+    let resent = try await Self.poll(tries: 700) {
+      try await machine.run(added).stdout
+    } until: {
+      !$0.isEmpty
+    }
+    #expect(resent.contains("\"LICENSE_REPLAYED\":\"1\""), "\(resent)")
+    #expect(resent.split(separator: "\n").count == 1, "sent again once: \(resent)")
+    try await machine.run("rm \(dropIn) && systemctl daemon-reload && systemctl restart license-agent")
 
     // Metrics: under the hardened unit the agent writes node_exporter's textfile directory
     // (root's; the package's tmpfiles ACL lets the agent's user in), and Debian's
@@ -271,6 +315,34 @@ import Testing
       "find /var/lib/license-agent /etc/license-agent /run/license-agent -type f -perm /044 -exec grep -l \(code) {} +"
     )
     #expect(readable.stdout.isEmpty, "\(readable.stdout)")
+
+    // A client cannot escape its attempt (issue 20): one that leaves `setsid sleep 300 &`
+    // behind. Under the unit (Delegate=yes) each attempt has a cgroup of its own, ended whole.
+    let escapeNow = AgentHarness.now()
+    try issuer.key("E2E-ESC", nbf: escapeNow - .days(1), exp: escapeNow + .days(30)).write(
+      toFile: lab + "/escape.jws", atomically: true, encoding: .utf8)
+    try """
+    #!/bin/sh
+    cat >/dev/null
+    setsid sleep 300 </dev/null >/dev/null 2>&1 &
+    printf '{"key": "%s"}\\n' "$(cat /mnt/lab/escape.jws)"
+
+    """.write(toFile: lab + "/escape-client", atomically: true, encoding: .utf8)
+    chmod(lab + "/escape.jws", 0o644)
+    chmod(lab + "/escape-client", 0o755)
+    try await machine.run(
+      "printf '[activation]\\nclient = \"exec\"\\ncommand = [\"/mnt/lab/escape-client\"]\\n' >/etc/license-agent/agent.toml && systemctl reload license-agent"
+    )
+    let escaped = try await machine.run("agentctl activate --code-file /mnt/lab/code")
+    #expect(escaped.status == 0, "\(escaped.stdout) \(escaped.stderr)")
+    #expect(try await machine.run("pgrep -x sleep").stdout.isEmpty, "the client's setsid child was ended")
+    let unitCgroup = try await machine.run(
+      "ls /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/$(systemctl show -p MainPID --value license-agent)/cgroup)"
+    )
+    #expect(!unitCgroup.stdout.contains("attempt-"), "no attempt's cgroup is left: \(unitCgroup.stdout)")
+    let mode = try await machine.run(
+      "journalctl -u license-agent -o cat --no-pager | grep -c 'in a cgroup of their own'")
+    #expect(mode.stdout != "0\n", "the agent runs its attempts in cgroups under the unit")
 
     // Nothing in the unit's journal from a refused system call.
     #expect(!watchdog.contains("Failed to set thread priority"), "libdispatch's renice is allowed")

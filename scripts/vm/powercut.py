@@ -247,9 +247,15 @@ def judge(marks, replayed, run):
     if len(set(promoted)) != len(promoted):
         violations.append(f"a key promoted twice: {promoted}")
     # Announcements the guest saw (marks) that neither the replayed journal nor the agent
-    # now has: the journal lost them (its entries are not flushed at once).
+    # now has: the journal lost them (journald syncs entries below crit only every
+    # SyncIntervalSec) and the agent did not send them again. The agent keeps what the
+    # journal took and, after an unclean stop, sends again (LICENSE_REPLAYED=1) what the
+    # journal no longer holds: a lost announcement is a violation.
     in_journal = {(e.get("LICENSE_TRANSITION"), e.get("MESSAGE_ID", "")[:8], e.get("LICENSE_SERIAL", ""))
                   for e in replayed + said}
+    resent = [e for e in said if e.get("LICENSE_REPLAYED") == "1"]
+    if resent:
+        notes.append(f"sent again: {len(resent)}")
     # "event:<MESSAGE_ID's first 8>:<transition, itself with a colon>:<serial>"
     events = []
     for m in marks:
@@ -260,6 +266,7 @@ def judge(marks, replayed, run):
     lost = [f"{t}:{s}" for i, t, s in events if (t, i, s) not in in_journal]
     if lost:
         notes.append(f"seen live before the cut, in no journal after it: {lost}")
+        violations.append(f"announced before the cut, lost by the journal and not sent again: {lost}")
     # Nothing said or acknowledged is lost: each slot's chain reaches at least the last key
     # announced (promoted, obtained by renewal) or added.
     status = run["status"]
