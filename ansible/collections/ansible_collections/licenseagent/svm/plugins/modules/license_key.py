@@ -33,6 +33,8 @@ options:
         is ignored).
       - Required with O(state=present). With O(state=absent) the reserve is removed only if
         it is this key.
+      - Never shown in Ansible's output or logs (C(no_log)), since whoever holds a key can
+        install it. Results name the key by its serial.
     type: str
   role:
     description:
@@ -287,7 +289,7 @@ def absent(module, client, result, status, serial, slot):
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            key=dict(type="str", no_log=False),
+            key=dict(type="str", no_log=True),
             role=dict(type="str", choices=["active", "reserve"], default="reserve"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             slot=dict(type="str", choices=list(la.SLOTS)),
