@@ -120,6 +120,7 @@ actor ControlPlane: DispatchQueueActor {
     case .protocolError:
       what = "Control connection closed: the client did not speak Varlink, or sent an oversized message"
     case .unreadReplies: what = "Control connection closed: the client left too many replies unread"
+    case .rateLimit: what = "Control connection refused: this user opens connections faster than it may"
     }
     log(.dropped(reason), peer, what, metadata: ["reason": "\(reason.rawValue)"], level: .warning)
   }

@@ -159,6 +159,8 @@ public struct MessageFramer: Sendable {
   private var start = 0
   /// Bytes from `start` already known to hold no NUL.
   private var scanned = 0
+  /// Bytes searched for a NUL in all (tests check that nothing is searched twice).
+  private(set) var bytesSearched = 0
 
   public init(maximumMessageSize: Int = 1 << 20) { self.maximumMessageSize = maximumMessageSize }
 
@@ -170,10 +172,8 @@ public struct MessageFramer: Sendable {
 
   /// The next complete message, without its NUL; nil when none is complete yet.
   public mutating func next() throws(VarlinkProtocolError) -> [UInt8]? {
-    let from = start + scanned
-    guard let end = buffer[from...].firstIndex(of: 0) else {
-      scanned = buffer.count - start
-      if scanned > maximumMessageSize {
+    guard let end = terminator() else {
+      if bufferedCount > maximumMessageSize {
         throw VarlinkProtocolError("a message exceeds \(maximumMessageSize) bytes")
       }
       return nil
@@ -194,13 +194,29 @@ public struct MessageFramer: Sendable {
     return message
   }
 
-  /// True when a whole message is waiting, or bytes past the limit that ``next()`` refuses.
-  public var hasCompleteMessage: Bool {
-    buffer[(start + scanned)...].contains(0) || bufferedCount > maximumMessageSize
+  /// The index of the next message's NUL, searching only bytes not searched before: a
+  /// message that arrives a byte at a time is scanned once in all, not once per byte.
+  private mutating func terminator() -> Int? {
+    let from = start + scanned
+    if let end = buffer[from...].firstIndex(of: 0) {
+      bytesSearched += end - from
+      scanned = end - start
+      return end
+    }
+    bytesSearched += buffer.count - from
+    scanned = buffer.count - start
+    return nil
   }
 
-  /// True when bytes of an unfinished message are waiting.
-  public var hasPartialMessage: Bool { start < buffer.count }
+  /// True when a whole message is waiting, or bytes past the limit that ``next()`` refuses.
+  /// Searches only the bytes that arrived since the last search.
+  public var hasCompleteMessage: Bool {
+    mutating get { terminator() != nil || bufferedCount > maximumMessageSize }
+  }
+
+  /// True when bytes of an unfinished message are waiting: bytes after the last NUL (calls
+  /// that are complete and only wait for their turn do not count).
+  public var hasPartialMessage: Bool { start < buffer.count && buffer.last != 0 }
 
   /// The bytes received and not yet taken as messages.
   public var bufferedCount: Int { buffer.count - start }

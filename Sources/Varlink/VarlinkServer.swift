@@ -108,6 +108,16 @@ public struct VarlinkConnectionLimits: Sendable, Equatable {
   /// calls answered. The rest is done in a later turn.
   public var readBudgetBytes = 64 << 10
   public var callsPerWakeup = 16
+  /// A read that completes no call costs an unprivileged UID this share of a call: a
+  /// client that trickles bytes is read at a bounded rate too, not once per byte.
+  public var unprivilegedReadCost = 0.125
+  /// New connections an unprivileged UID may open per second, and at once after a quiet
+  /// while; past them a connection is closed as soon as it is accepted (`rate_limit`), so
+  /// that connecting and closing in a loop costs the server an accept and a close.
+  public var unprivilegedConnectionsPerSecond = 10.0
+  public var unprivilegedConnectionBurst = 20.0
+  /// Connections accepted in one wake-up before the queue goes to others.
+  public var acceptsPerWakeup = 16
 
   public init() {}
 }
@@ -126,6 +136,8 @@ public enum VarlinkDropReason: String, Sendable, CaseIterable {
   case protocolError = "protocol_error"
   /// The client left too much of its replies unread.
   case unreadReplies = "unread_replies"
+  /// The peer's UID opened new connections faster than it may.
+  case rateLimit = "rate_limit"
 }
 
 /// Why the server could not start.
@@ -158,6 +170,12 @@ public actor VarlinkServer: DispatchQueueActor {
   private let onDrop: @Sendable (VarlinkDropReason, PeerCredentials) -> Void
   /// The call budget of each unprivileged UID (``VarlinkConnectionLimits``).
   private var budgets: [uid_t: CallBudget] = [:]
+  /// The budget of new connections of each unprivileged UID.
+  private var connectionBudgets: [uid_t: CallBudget] = [:]
+  /// Where every read goes (one buffer, not one allocated per read).
+  private var readBuffer: [UInt8] = []
+  /// More connections wait to be accepted in a later turn.
+  private var acceptTurnQueued = false
 
   public init(
     path: String, executor: DispatchQueueExecutor, info: VarlinkServiceInfo, interfaces: [VarlinkInterface],
@@ -216,7 +234,7 @@ public actor VarlinkServer: DispatchQueueActor {
       Glibc.close(fd)
       throw VarlinkServerError(description: "cannot bind \(path): \(text)")
     }
-    guard listen(fd, 64) == 0 else {
+    guard listen(fd, 128) == 0 else {
       let text = errnoText()
       Glibc.close(fd)
       throw VarlinkServerError(description: "cannot listen on \(path): \(text)")
@@ -241,8 +259,12 @@ public actor VarlinkServer: DispatchQueueActor {
   /// The number of open connections (for tests and status).
   public var connectionCount: Int { connections.count }
 
+  /// Accepts waiting connections, ``VarlinkConnectionLimits/acceptsPerWakeup`` at a time:
+  /// the rest in a later turn, behind whatever else the queue has to do, so that clients
+  /// connecting in a loop never hold it (issue 20: four users doing so delayed root's calls
+  /// by up to 1.7 s).
   private func acceptConnections(_ listener: Int32) {
-    while true {
+    for _ in 0..<limits.acceptsPerWakeup {
       let fd = clinux_accept_nonblocking(listener)
       guard fd >= 0 else { return }
       guard let peer = PeerCredentials.of(socket: fd) else {
@@ -269,12 +291,26 @@ public actor VarlinkServer: DispatchQueueActor {
       connection.readSource = source
       source.resume()
     }
+    guard !acceptTurnQueued else { return }
+    acceptTurnQueued = true
+    queue.async { [weak self] in
+      self?.assumeIsolated { server in
+        server.acceptTurnQueued = false
+        if server.listenSource != nil { server.acceptConnections(listener) }
+      }
+    }
   }
 
   /// Why a new connection of `peer` is refused, or nil when it may stay.
   private func refusal(of peer: PeerCredentials, privileged: Bool) -> VarlinkDropReason? {
     if connections.count >= limits.maximumConnections { return .serverFull }
     if privileged { return nil }
+    if !take(
+      1, from: &connectionBudgets, peer.uid, rate: limits.unprivilegedConnectionsPerSecond,
+      burst: limits.unprivilegedConnectionBurst)
+    {
+      return .rateLimit
+    }
     let unprivileged = connections.values.filter { !$0.privileged }
     if unprivileged.count >= limits.maximumConnections - limits.reservedForPrivileged { return .serverFull }
     if unprivileged.count(where: { $0.peer.uid == peer.uid }) >= limits.maximumPerUser { return .userLimit }
@@ -306,26 +342,36 @@ public actor VarlinkServer: DispatchQueueActor {
     guard !connection.closed, connection.pauseTimer == nil else { return }
     var calls = limits.callsPerWakeup
     processMessages(connection, calls: &calls)
+    // Replies this turn left unread count against what unprivileged peers may hold.
+    enforceBufferBound()
     guard !connection.closed, connection.pauseTimer == nil else { return }
     if calls == 0 {
       scheduleTurn(connection)
       return
     }
     // Reading costs too: an unprivileged peer whose budget is spent is not read at all.
-    guard hasBudget(connection) else { return }
-    var buffer = [UInt8](repeating: 0, count: limits.readBudgetBytes)
-    let count = read(connection.fd, &buffer, buffer.count)
+    guard hasBudget(connection) else {
+      enforceBufferBound()
+      return
+    }
+    if readBuffer.count != limits.readBudgetBytes {
+      readBuffer = [UInt8](repeating: 0, count: limits.readBudgetBytes)
+    }
+    let count = readBuffer.withUnsafeMutableBytes { read(connection.fd, $0.baseAddress, $0.count) }
     if count > 0 {
-      connection.framer.append(buffer[0..<count])
+      connection.framer.append(readBuffer[0..<count])
       if connection.framer.exceedsLimit {
         close(connection, reason: .protocolError)
         return
       }
+      let before = calls
       processMessages(connection, calls: &calls)
       if connection.closed { return }
+      // A read that completed no call still costs a share of one.
+      if calls == before && !connection.privileged { charge(connection, limits.unprivilegedReadCost) }
       enforceBufferBound()
       // More may be waiting, in the socket or in the framer: another turn, later.
-      if !connection.closed, connection.pauseTimer == nil, count == buffer.count || calls == 0 {
+      if !connection.closed, connection.pauseTimer == nil, count == readBuffer.count || calls == 0 {
         scheduleTurn(connection)
       }
       return
@@ -353,46 +399,68 @@ public actor VarlinkServer: DispatchQueueActor {
   /// its budget allows one call.
   private func hasBudget(_ connection: Connection) -> Bool {
     guard !connection.privileged else { return true }
-    let now = monotonicMilliseconds()
-    var budget = budgets[connection.peer.uid] ?? CallBudget(tokens: limits.unprivilegedCallBurst, at: now)
-    budget.refill(at: now, rate: limits.unprivilegedCallsPerSecond, burst: limits.unprivilegedCallBurst)
-    budgets[connection.peer.uid] = budget
-    guard budget.tokens < 1 else { return true }
-    let wait = Int(((1 - budget.tokens) / limits.unprivilegedCallsPerSecond * 1000).rounded(.up))
-    pause(connection, milliseconds: max(wait, 1))
+    let tokens = refilled(
+      &budgets, connection.peer.uid, rate: limits.unprivilegedCallsPerSecond,
+      burst: limits.unprivilegedCallBurst)
+    guard tokens < 1 else { return true }
+    pauseUntilBudget(connection, tokens: tokens)
     return false
   }
 
   /// A message that broke the protocol (oversized, not Varlink) costs its unprivileged UID
   /// its whole burst: its other connections are not read for a while, so that a client
   /// sending oversized messages on one new connection after another makes the server read
-  /// little (each costs one read, then nothing until the budget is back).
-  private func charge(_ connection: Connection) {
+  /// little (each costs one read, then nothing until the budget is back). A read that
+  /// completed no call costs a share of one.
+  private func charge(_ connection: Connection, _ cost: Double) {
     guard !connection.privileged else { return }
-    let now = monotonicMilliseconds()
-    var budget = budgets[connection.peer.uid] ?? CallBudget(tokens: limits.unprivilegedCallBurst, at: now)
-    budget.refill(at: now, rate: limits.unprivilegedCallsPerSecond, burst: limits.unprivilegedCallBurst)
-    budget.tokens -= limits.unprivilegedCallBurst
-    budgets[connection.peer.uid] = budget
+    _ = refilled(
+      &budgets, connection.peer.uid, rate: limits.unprivilegedCallsPerSecond,
+      burst: limits.unprivilegedCallBurst)
+    budgets[connection.peer.uid]?.tokens -= cost
   }
 
   /// Takes one call from the budget of `connection`'s UID; false (and the connection
   /// paused until the budget allows a call) when there is none.
   private func takeCall(_ connection: Connection) -> Bool {
     guard !connection.privileged else { return true }
-    let now = monotonicMilliseconds()
-    var budget = budgets[connection.peer.uid] ?? CallBudget(tokens: limits.unprivilegedCallBurst, at: now)
-    budget.refill(at: now, rate: limits.unprivilegedCallsPerSecond, burst: limits.unprivilegedCallBurst)
-    if budget.tokens >= 1 {
-      budget.tokens -= 1
-      budgets[connection.peer.uid] = budget
+    if take(
+      1, from: &budgets, connection.peer.uid, rate: limits.unprivilegedCallsPerSecond,
+      burst: limits.unprivilegedCallBurst)
+    {
       return true
     }
-    budgets[connection.peer.uid] = budget
-    let wait = Int(((1 - budget.tokens) / limits.unprivilegedCallsPerSecond * 1000).rounded(.up))
-    pause(connection, milliseconds: max(wait, 1))
-    if budgets.count > 4096 { budgets = budgets.filter { $0.value.tokens < limits.unprivilegedCallBurst } }
+    pauseUntilBudget(connection, tokens: budgets[connection.peer.uid]?.tokens ?? 0)
     return false
+  }
+
+  private func pauseUntilBudget(_ connection: Connection, tokens: Double) {
+    let wait = Int(((1 - tokens) / limits.unprivilegedCallsPerSecond * 1000).rounded(.up))
+    pause(connection, milliseconds: max(wait, 1))
+  }
+
+  /// The tokens of `uid` in `budgets`, refilled to now (a new UID starts with its burst).
+  private func refilled(_ budgets: inout [uid_t: CallBudget], _ uid: uid_t, rate: Double, burst: Double)
+    -> Double
+  {
+    let now = monotonicMilliseconds()
+    var budget = budgets[uid] ?? CallBudget(tokens: burst, at: now)
+    budget.refill(at: now, rate: rate, burst: burst)
+    budgets[uid] = budget
+    // The UIDs kept are bounded: those back at their burst carry nothing worth keeping.
+    if budgets.count > 4096 { budgets = budgets.filter { $0.value.tokens < burst } }
+    return budget.tokens
+  }
+
+  /// Takes `cost` from `uid`'s budget when it has that much; false otherwise.
+  private func take(
+    _ cost: Double, from budgets: inout [uid_t: CallBudget], _ uid: uid_t, rate: Double, burst: Double
+  )
+    -> Bool
+  {
+    guard refilled(&budgets, uid, rate: rate, burst: burst) >= cost else { return false }
+    budgets[uid]?.tokens -= cost
+    return true
   }
 
   /// Stops reading `connection` for `milliseconds`: the kernel holds what it sends, and its
@@ -526,7 +594,7 @@ public actor VarlinkServer: DispatchQueueActor {
   private func close(_ connection: Connection, reason: VarlinkDropReason?) {
     guard !connection.closed else { return }
     connection.closed = true
-    if reason == .protocolError { charge(connection) }
+    if reason == .protocolError { charge(connection, limits.unprivilegedCallBurst) }
     connection.stallTimer?.cancel()
     connection.stallTimer = nil
     connection.writeSource?.cancel()
