@@ -2,6 +2,7 @@ import CLinux
 import FoundationEssentials
 import Glibc
 import LicenseCore
+import StandardIO
 
 /// The result of running a program to completion (or to its deadline).
 public struct ChildResult: Sendable, Equatable {
@@ -94,7 +95,7 @@ public func runChild(
   }
   let pid = pid_t(spawned)
 
-  let deadline = monotonicMilliseconds() + timeout.microseconds / 1000
+  let deadline = MonotonicClock.milliseconds() + timeout.microseconds / 1000
   for fd in [inPipe[1], outPipe[0], errPipe[0]] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
   var stdinFD: Int32 = input.isEmpty ? -1 : inPipe[1]
   if input.isEmpty { close(inPipe[1]) }
@@ -102,7 +103,7 @@ public func runChild(
   var open: [Int32] = [outPipe[0], errPipe[0]]
   var buffer = [UInt8](repeating: 0, count: 65_536)
   while !open.isEmpty || stdinFD >= 0 {
-    let remaining = deadline - monotonicMilliseconds()
+    let remaining = deadline - MonotonicClock.milliseconds()
     if remaining <= 0 {
       result.timedOut = true
       break
@@ -150,7 +151,7 @@ public func runChild(
       break
     }
     if reaped < 0 && errno != EINTR { break }
-    if result.timedOut || monotonicMilliseconds() >= deadline {
+    if result.timedOut || MonotonicClock.milliseconds() >= deadline {
       result.outputClosedButRunning = !result.timedOut
       result.timedOut = true
       break
@@ -176,9 +177,9 @@ public func runChild(
 /// Reaps the members of process group `group` that were killed (they are this process's
 /// children, or its orphans as their subreaper), for at most a second.
 private func reapGroup(_ group: pid_t) {
-  let until = monotonicMilliseconds() + 1000
+  let until = MonotonicClock.milliseconds() + 1000
   var status: Int32 = 0
-  while monotonicMilliseconds() < until {
+  while MonotonicClock.milliseconds() < until {
     let reaped = waitpid(-group, &status, WNOHANG)
     if reaped < 0 && errno == EINTR { continue }
     if reaped < 0 { return }  // ECHILD: none left
@@ -213,9 +214,10 @@ public struct AttemptCgroups: Sendable {
   /// otherwise.
   public static func delegated(environment: [String: String]) -> AttemptCgroups? {
     guard environment["INVOCATION_ID"] != nil,
-      let text = MemoryTrim.readCloseOnExec("/proc/self/cgroup"),
+      let text = StandardStream.readFile("/proc/self/cgroup").map({ String(decoding: $0, as: UTF8.self) }),
       let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::/") }),
-      let mounts = MemoryTrim.readCloseOnExec("/proc/self/mountinfo"),
+      let mounts = StandardStream.readFile("/proc/self/mountinfo").map({ String(decoding: $0, as: UTF8.self) }
+      ),
       let unified = mounts.split(separator: "\n").first(where: { $0.contains(" - cgroup2 ") })?
         .split(separator: " ").dropFirst(4).first
     else { return nil }
@@ -260,8 +262,8 @@ final class AttemptCgroup {
     ended = true
     let populated = isPopulated()
     if populated { write("1", to: "cgroup.kill") }
-    let until = monotonicMilliseconds() + 1000
-    while isPopulated() && monotonicMilliseconds() < until {
+    let until = MonotonicClock.milliseconds() + 1000
+    while isPopulated() && MonotonicClock.milliseconds() < until {
       _ = reapExitedChildrenOf()
       usleep(2_000)
     }

@@ -1,5 +1,6 @@
 import FoundationEssentials
 import Glibc
+import StandardIO
 
 /// Releases the executable's code pages that start-up touched, so that an idle agent holds
 /// only what it uses.
@@ -16,7 +17,7 @@ public enum MemoryTrim {
   @discardableResult
   public static func releaseExecutablePages() -> Int {
     guard let executable = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"),
-      let maps = readCloseOnExec("/proc/self/maps")
+      let maps = StandardStream.readFile("/proc/self/maps").map({ String(decoding: $0, as: UTF8.self) })
     else { return 0 }
     var advised = 0
     for line in maps.split(separator: "\n") {
@@ -30,26 +31,5 @@ public enum MemoryTrim {
       if madvise(start, length, MADV_DONTNEED) == 0 { advised += length }
     }
     return advised
-  }
-
-  /// A file's text, read through a descriptor opened close-on-exec (a child started while
-  /// it is open must not inherit it: issue 20 found this file open in a client).
-  static func readCloseOnExec(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65_536)
-    while true {
-      let count = read(fd, &chunk, chunk.count)
-      if count > 0 {
-        bytes += chunk[0..<count]
-      } else if count < 0 && errno == EINTR {
-        continue
-      } else {
-        break
-      }
-    }
-    return String(decoding: bytes, as: UTF8.self)
   }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import StandardIO
 
 /// The metrics text file (contract §8): replaced atomically, a temporary file in the same
 /// directory renamed over it, mode 0644 whatever the umask, so that node_exporter never
@@ -27,27 +28,19 @@ public enum MetricsFile {
 
   public static func write(_ text: String, to path: String) -> Result<Void, WriteError> {
     var temporary = temporaryPath(of: path)
-    var fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o644)
+    var fd = StandardStream.createExclusive(temporary, mode: 0o644)
     for _ in 0..<3 where fd < 0 && errno == EEXIST {
       temporary = temporaryPath(of: path)
-      fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o644)
+      fd = StandardStream.createExclusive(temporary, mode: 0o644)
     }
     guard fd >= 0 else {
       return .failure(WriteError(description: "cannot create \(temporary): \(errnoText())"))
     }
-    _ = fchmod(fd, 0o644)
-    let bytes = Array(text.utf8)
-    var offset = 0
-    while offset < bytes.count {
-      let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, bytes.count - offset) }
-      if written < 0 {
-        if errno == EINTR { continue }
-        let text = errnoText()
-        close(fd)
-        unlink(temporary)
-        return .failure(WriteError(description: "cannot write \(temporary): \(text)"))
-      }
-      offset += written
+    guard StandardStream.write(Array(text.utf8), to: fd) else {
+      let text = errnoText()
+      close(fd)
+      unlink(temporary)
+      return .failure(WriteError(description: "cannot write \(temporary): \(text)"))
     }
     guard close(fd) == 0 else {
       let text = errnoText()
@@ -83,5 +76,4 @@ public enum MetricsFile {
     }
   }
 
-  static func errnoText() -> String { String(cString: strerror(errno)) }
 }

@@ -2,6 +2,7 @@ import CLinux
 import Dispatch
 import Glibc
 import SimpleJSON
+import StandardIO
 
 /// Who is at the other end of a connection, from the kernel (`SO_PEERCRED`,
 /// `SO_PEERGROUPS`): what state-changing methods authorize against.
@@ -443,7 +444,7 @@ public actor VarlinkServer: DispatchQueueActor {
   private func refilled(_ budgets: inout [uid_t: CallBudget], _ uid: uid_t, rate: Double, burst: Double)
     -> Double
   {
-    let now = monotonicMilliseconds()
+    let now = MonotonicClock.milliseconds()
     var budget = budgets[uid] ?? CallBudget(tokens: burst, at: now)
     budget.refill(at: now, rate: rate, burst: burst)
     budgets[uid] = budget
@@ -732,12 +733,3 @@ private struct CallBudget {
     at = now
   }
 }
-
-/// `CLOCK_MONOTONIC` in milliseconds (budgets are durations: a clock step must not move them).
-func monotonicMilliseconds() -> Int64 {
-  var now = timespec()
-  clock_gettime(CLOCK_MONOTONIC, &now)
-  return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
-}
-
-func errnoText() -> String { String(cString: strerror(errno)) }
