@@ -17,7 +17,6 @@ let package = Package(
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
-    .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     .package(url: "https://github.com/swhitty/FlyingFox", from: "0.27.1"),
   ],
   targets: [
@@ -44,26 +43,29 @@ let package = Package(
       dependencies: ["CSystemd", "LicenseCore", .product(name: "Logging", package: "swift-log")]
     ),
     // The Varlink protocol, domain-free: framing, errors, org.varlink.service, server, client.
-    .target(name: "Varlink", dependencies: ["SimpleJSON", "CLinux"]),
+    .target(name: "Varlink", dependencies: ["SimpleJSON", "CLinux", "StandardIO"]),
     // The io.licenseagent.Agent interface: IDL, wire types and status, shared by daemon and agentctl.
     .target(name: "ControlInterface", dependencies: ["LicenseCore", "SimpleJSON"]),
     // Edge: durable state and the trust directory, on real files.
-    .target(name: "LicenseStorage", dependencies: ["LicenseCore"]),
-    // Edge: the running agent (configuration, timers, clock watch, control server).
+    .target(name: "LicenseStorage", dependencies: ["LicenseCore", "StandardIO"]),
+    // The configuration (agent.toml, read by a small parser driven by a table of its
+    // settings) and the paths of contract §6: shared by the daemon and agentctl.
+    .target(name: "AgentSettings", dependencies: ["LicenseCore", "StandardIO"]),
+    // Edge: the running agent (timers, clock watch, control server, activation, metrics).
     .target(
       name: "AgentRuntime",
       dependencies: [
-        "CLinux", "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "StandardIO",
+        "AgentSettings", "CLinux", "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON",
+        "StandardIO",
         "SystemClock",
         "Systemd", "Varlink",
         .product(name: "Logging", package: "swift-log"),
-        .product(name: "TOMLKit", package: "TOMLKit"),
       ]
     ),
     .executableTarget(
       name: "license-agent",
       dependencies: [
-        "AgentRuntime", "LicenseCore", "LicenseStorage", "StandardIO", "Systemd",
+        "AgentRuntime", "AgentSettings", "LicenseCore", "LicenseStorage", "StandardIO", "Systemd",
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -73,8 +75,8 @@ let package = Package(
     .executableTarget(
       name: "agentctl",
       dependencies: [
-        "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "StandardIO", "SystemClock",
-        "Varlink",
+        "AgentSettings", "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "StandardIO",
+        "SystemClock", "Varlink",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -109,6 +111,11 @@ let package = Package(
     .target(
       name: "LicenseTestSupport", dependencies: ["LicenseCore", "SystemClock"],
       path: "Tests/LicenseTestSupport"),
+    // The runtime's twins (store, sink, clock, timer, notifier, activation client).
+    .target(
+      name: "RuntimeTestSupport",
+      dependencies: ["AgentRuntime", "LicenseCore", "LicenseStorage", "SystemClock", "Systemd"],
+      path: "Tests/RuntimeTestSupport"),
     // Fuzzing (Fuzz/README.md): libFuzzer targets when built with -DFUZZING and
     // -sanitize=fuzzer; built normally, each replays its corpus (the test suite does).
     .systemLibrary(name: "CFuzzer", path: "Fuzz/CFuzzer"),
@@ -118,10 +125,11 @@ let package = Package(
     .executableTarget(
       name: "fuzz-varlink", dependencies: ["FuzzSupport", "Varlink"], path: "Fuzz/VarlinkMessages"),
     .executableTarget(
-      name: "fuzz-configuration", dependencies: ["AgentRuntime", "FuzzSupport"], path: "Fuzz/Configuration"),
+      name: "fuzz-configuration", dependencies: ["AgentSettings", "FuzzSupport"], path: "Fuzz/Configuration"),
     .testTarget(name: "LicenseCoreTests", dependencies: ["LicenseCore", "LicenseTestSupport"]),
     .testTarget(
-      name: "LicenseStorageTests", dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport"]),
+      name: "LicenseStorageTests", dependencies: ["LicenseCore", "LicenseStorage", "LicenseTestSupport"],
+      exclude: ["Fixtures"]),
     .testTarget(
       name: "SystemdTests",
       dependencies: ["Systemd", "LicenseCore", .product(name: "Logging", package: "swift-log")]
@@ -133,7 +141,9 @@ let package = Package(
     .testTarget(
       name: "AgentRuntimeTests",
       dependencies: [
-        "AgentRuntime", "LicenseCore", "LicenseStorage", "LicenseTestSupport", "SimpleJSON", "SystemClock",
+        "AgentRuntime", "AgentSettings", "LicenseCore", "LicenseStorage", "LicenseTestSupport",
+        "RuntimeTestSupport",
+        "SimpleJSON", "SystemClock",
         "Systemd", "Varlink", .product(name: "Logging", package: "swift-log"),
       ]),
     .testTarget(
@@ -150,7 +160,9 @@ let package = Package(
     ),
     .testTarget(name: "StandardIOTests", dependencies: ["StandardIO"]),
     .testTarget(name: "FuzzCorpusTests", dependencies: ["LicenseTestSupport"]),
-    .testTarget(name: "PackagingTests", dependencies: ["AgentRuntime", "LicenseCore", "LicenseTestSupport"]),
+    .testTarget(
+      name: "PackagingTests",
+      dependencies: ["AgentRuntime", "AgentSettings", "LicenseCore", "LicenseTestSupport"]),
     .testTarget(
       name: "KeytoolTests",
       dependencies: ["LicenseCore", "LicenseTestSupport"],

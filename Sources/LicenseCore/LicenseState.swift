@@ -1,4 +1,4 @@
-/// How a key reached the SVM.
+/// How a key reached the SVM (the wire's `source`).
 public enum KeyOrigin: String, Sendable, Codable, Equatable {
   /// Added by an operator as a key (`agentctl add-key`, `AddKey`).
   case key
@@ -8,27 +8,26 @@ public enum KeyOrigin: String, Sendable, Codable, Equatable {
 }
 
 /// A key held in a slot, with where it came from.
-public struct InstalledKey: Sendable, Equatable, Codable {
+public struct InstalledKey: Sendable, Equatable {
   public var key: LicenseKey
-  public var origin: KeyOrigin
-  /// When the key was added to the SVM (as active or as reserve).
+  /// When the key was added to the SVM (as active or as reserve), or obtained ahead.
   public var addedAt: Timestamp
   /// When a reserve key became active by promotion (P1).
   public var promotedAt: Timestamp?
-  /// The code a key obtained with an activation code keeps (a secret: see ``ActivationCode``).
+  /// The code a key obtained with an activation code keeps (a secret: see ``ActivationCode``);
+  /// nil for a key an operator added.
   public var activationCode: ActivationCode?
 
   public init(
-    key: LicenseKey, origin: KeyOrigin, addedAt: Timestamp, promotedAt: Timestamp? = nil,
-    activationCode: ActivationCode? = nil
+    key: LicenseKey, addedAt: Timestamp, promotedAt: Timestamp? = nil, activationCode: ActivationCode? = nil
   ) {
     self.key = key
-    self.origin = origin
     self.addedAt = addedAt
     self.promotedAt = promotedAt
     self.activationCode = activationCode
   }
 
+  public var origin: KeyOrigin { activationCode == nil ? .key : .activationCode }
   public var claims: LicenseClaims { key.claims }
   public var serial: String { key.serial }
   public var expiresAt: Timestamp { key.claims.expiresAt }
@@ -39,126 +38,167 @@ public struct ExpiredKey: Sendable, Equatable, Codable {
   public var serial: String
   public var expiresAt: Timestamp
   public var scheme: Scheme
-}
 
-/// The renewal of a slot whose code-mode key expired with no reserve (rules C2–C4): the
-/// retry schedule survives restarts because it is part of the state.
-public struct RenewalState: Sendable, Equatable, Codable {
-  /// The code to renew with (a secret).
-  public var code: ActivationCode
-  /// The key that expired, and when (the alert delay counts from this instant).
-  public var expiredSerial: String
-  public var expiredAt: Timestamp
-  /// Failed attempts so far.
-  public var attempts: Int
-  /// When the next attempt is due; nil once a permanent failure stopped the retries.
-  public var nextAttemptAt: Timestamp?
-  /// The last failure, as the client reported it (`code_blocked`, `connection refused`...).
-  public var lastError: String?
-  /// MANUAL_ACTIVATION_REQUIRED was raised (once) and is pending.
-  public var alertRaised: Bool
-  /// When the attempt under way started; set while the client runs. An attempt found under
-  /// way at start-up was interrupted by a crash and is made again.
-  public var attemptStartedAt: Timestamp?
+  public init(serial: String, expiresAt: Timestamp, scheme: Scheme) {
+    self.serial = serial
+    self.expiresAt = expiresAt
+    self.scheme = scheme
+  }
 
-  public init(
-    code: ActivationCode, expiredSerial: String, expiredAt: Timestamp, attempts: Int = 0,
-    nextAttemptAt: Timestamp?,
-    lastError: String? = nil, alertRaised: Bool = false, attemptStartedAt: Timestamp? = nil
-  ) {
-    self.code = code
-    self.expiredSerial = expiredSerial
-    self.expiredAt = expiredAt
-    self.attempts = attempts
-    self.nextAttemptAt = nextAttemptAt
-    self.lastError = lastError
-    self.alertRaised = alertRaised
-    self.attemptStartedAt = attemptStartedAt
+  public init(_ key: InstalledKey) {
+    self.init(serial: key.serial, expiresAt: key.expiresAt, scheme: key.claims.scheme)
   }
 }
 
-/// The renewal ahead of expiry of a slot's code-mode active key (rule C6): the first request
-/// is made at an instant drawn once per key and persisted here, so that a restart (of one SVM
-/// or of a whole fleet) does not draw again; failures are retried inside the window, without
-/// an alert, until the key obtained ahead is stored as the slot's pending renewal.
+/// The attempts of a renewal with an activation code, at expiry (C2–C4) or ahead of it
+/// (C6): one shape for both, whose retry policy alone differs (``RenewalKind``). Part of
+/// the state, so that the schedule survives restarts.
+public struct RenewalAttempts: Sendable, Equatable {
+  /// When the next attempt is made.
+  public enum Schedule: Sendable, Equatable {
+    /// Ahead only: the first request falls at the instant drawn for the key.
+    case atDraw
+    /// The next attempt is due at this instant.
+    case due(Timestamp)
+    /// An attempt is under way since this instant. One found so at start-up was interrupted
+    /// by a crash and is made again.
+    case underWay(since: Timestamp)
+    /// No attempt is left: a permanent failure (at expiry or ahead), or, ahead, none before
+    /// the key's expiry (the renewal at expiry takes over then).
+    case stopped
+  }
+
+  /// Failed attempts so far.
+  public var failures: Int
+  public var schedule: Schedule
+  /// The last failure, as the client reported it (bounded: text from outside).
+  public var lastError: String?
+  /// MANUAL_ACTIVATION_REQUIRED was raised (once) and is pending.
+  public var alertRaised: Bool
+
+  public init(failures: Int = 0, schedule: Schedule, lastError: String? = nil, alertRaised: Bool = false) {
+    self.failures = failures
+    self.schedule = schedule
+    self.lastError = lastError
+    self.alertRaised = alertRaised
+  }
+
+  public var isStopped: Bool { schedule == .stopped }
+  public var isUnderWay: Bool { underWaySince != nil }
+  /// When the attempt under way started.
+  public var underWaySince: Timestamp? {
+    if case .underWay(let since) = schedule { return since } else { return nil }
+  }
+  /// The instant of the next attempt, when one is scheduled at an instant of its own.
+  public var dueAt: Timestamp? { if case .due(let at) = schedule { return at } else { return nil } }
+}
+
+/// The renewal ahead of expiry of a held slot's code-mode active key (rule C6): the first
+/// request is made at an instant drawn once per key and persisted here, so that a restart
+/// (of one SVM or of a whole fleet) does not draw again; failures are retried inside the
+/// window, without an alert, until the key obtained ahead becomes the slot's pending key.
+/// It always concerns the slot's active key (the record lives beside it).
 public struct AheadRenewal: Sendable, Equatable, Codable {
-  /// The active key this renewal continues.
-  public var serial: String
   /// Where, in the window, the first request falls: uniform in [0, 1), drawn once per key.
   public var draw: Double
   /// When the agent first saw the key (it was added, renewed or promoted, or the agent was
   /// upgraded): a window already open then is drawn in what is left of it.
   public var since: Timestamp
-  /// Failed attempts so far.
-  public var attempts: Int
-  /// When the next attempt is due after a failure; nil before the first attempt (due at the
-  /// drawn instant) and once the renewal ahead stopped.
-  public var nextAttemptAt: Timestamp?
-  /// True once no attempt is left before the key's expiry (a permanent refusal, or the next
-  /// retry would fall at or after `exp`): renewal at expiry (C2–C4) takes over.
-  public var stopped: Bool
-  /// The last failure, as the client reported it.
-  public var lastError: String?
-  /// MANUAL_ACTIVATION_REQUIRED was raised after a permanent refusal ahead.
-  public var alertRaised: Bool
-  /// When the attempt under way started (see ``RenewalState/attemptStartedAt``).
-  public var attemptStartedAt: Timestamp?
+  public var attempts: RenewalAttempts
 
-  public init(
-    serial: String, draw: Double, since: Timestamp, attempts: Int = 0, nextAttemptAt: Timestamp? = nil,
-    stopped: Bool = false, lastError: String? = nil, alertRaised: Bool = false,
-    attemptStartedAt: Timestamp? = nil
-  ) {
-    self.serial = serial
+  public init(draw: Double, since: Timestamp, attempts: RenewalAttempts = RenewalAttempts(schedule: .atDraw))
+  {
     self.draw = draw
     self.since = since
     self.attempts = attempts
-    self.nextAttemptAt = nextAttemptAt
-    self.stopped = stopped
-    self.lastError = lastError
-    self.alertRaised = alertRaised
-    self.attemptStartedAt = attemptStartedAt
   }
 }
 
-/// One slot: at most one active and one reserve key (rules A3, R9).
-public struct SlotState: Sendable, Equatable, Codable {
-  public var active: InstalledKey?
-  public var reserve: InstalledKey?
-  /// Set when the slot's active key expired with nothing to take over (P4, P6).
-  public var expired: ExpiredKey?
-  /// The EXPIRING_SOON thresholds (`30d`, `7d`, ...) already logged, or already passed when
-  /// the active key arrived, for the current active key (W1: never twice, never late).
-  public var warned: [String]
-  /// Set while the expired code-mode key is being renewed (C2–C4).
-  public var renewal: RenewalState?
-  /// The renewal ahead of the active key's expiry, while it is being asked for (C6).
-  public var ahead: AheadRenewal?
-  /// The key obtained ahead with the activation code (C6): it takes over at the active key's
-  /// `exp` as a reserve does. `addedAt` is when it was obtained.
-  public var pending: InstalledKey?
+/// What takes over from a held slot's active key when it expires: at most one of these
+/// (an operator's reserve takes precedence over renewal ahead, rule C6).
+public enum Successor: Sendable, Equatable {
+  case none
+  /// The operator's reserve key (R1–R9), promoted at `exp` (P1).
+  case reserve(InstalledKey)
+  /// The active key came from an activation code: the next key is being asked for ahead.
+  case renewingAhead(AheadRenewal)
+  /// The key obtained ahead with the activation code, promoted at `exp` as a reserve is.
+  case pending(InstalledKey)
+}
 
-  public init(
-    active: InstalledKey? = nil, reserve: InstalledKey? = nil, expired: ExpiredKey? = nil,
-    warned: [String] = [], renewal: RenewalState? = nil, ahead: AheadRenewal? = nil,
-    pending: InstalledKey? = nil
-  ) {
+/// A slot whose active key is valid (until time is processed past its `exp`).
+public struct HeldSlot: Sendable, Equatable {
+  public var active: InstalledKey
+  /// The EXPIRING_SOON thresholds already logged, or already passed when the active key
+  /// arrived (W1: never twice, never late).
+  public var warned: Set<TimeSpan>
+  public var successor: Successor
+
+  public init(active: InstalledKey, warned: Set<TimeSpan> = [], successor: Successor = .none) {
     self.active = active
-    self.reserve = reserve
-    self.expired = expired
     self.warned = warned
+    self.successor = successor
+  }
+
+  public var reserve: InstalledKey? {
+    if case .reserve(let key) = successor { return key } else { return nil }
+  }
+  public var pending: InstalledKey? {
+    if case .pending(let key) = successor { return key } else { return nil }
+  }
+  public var ahead: AheadRenewal? {
+    if case .renewingAhead(let renewal) = successor { return renewal } else { return nil }
+  }
+}
+
+/// The renewal of a lapsed slot whose code-mode key expired with nothing to take over
+/// (C2–C4). It continues the slot's expired key.
+public struct Renewal: Sendable, Equatable, Codable {
+  /// The code to renew with (a secret).
+  public var code: ActivationCode
+  public var attempts: RenewalAttempts
+
+  public init(code: ActivationCode, attempts: RenewalAttempts) {
+    self.code = code
+    self.attempts = attempts
+  }
+}
+
+/// A slot whose licence lapsed: its last key expired and nothing valid took over (P4, P6);
+/// with an activation code, being renewed (C2).
+public struct LapsedSlot: Sendable, Equatable, Codable {
+  public var expired: ExpiredKey
+  public var renewal: Renewal?
+
+  public init(expired: ExpiredKey, renewal: Renewal? = nil) {
+    self.expired = expired
     self.renewal = renewal
-    self.ahead = ahead
-    self.pending = pending
+  }
+}
+
+/// One slot's life: held (an active key and what succeeds it) or lapsed (the expired key,
+/// and its renewal at expiry). A slot with neither is not in the state at all.
+public enum SlotState: Sendable, Equatable {
+  case held(HeldSlot)
+  case lapsed(LapsedSlot)
+
+  /// The scheme of whatever the slot holds (its key, or the record of the expired one).
+  public var scheme: Scheme {
+    switch self {
+    case .held(let held): return held.active.claims.scheme
+    case .lapsed(let lapsed): return lapsed.expired.scheme
+    }
   }
 
-  /// True when the slot holds nothing worth keeping.
-  public var isEmpty: Bool {
-    active == nil && reserve == nil && expired == nil && renewal == nil && ahead == nil && pending == nil
-  }
-
-  /// The scheme of whatever the slot holds (keys or the record of an expired one).
-  var scheme: Scheme? { active?.claims.scheme ?? reserve?.claims.scheme ?? expired?.scheme }
+  // Read-only projections (for status, metrics and tests); the cases are the truth.
+  public var held: HeldSlot? { if case .held(let held) = self { return held } else { return nil } }
+  public var lapsed: LapsedSlot? { if case .lapsed(let lapsed) = self { return lapsed } else { return nil } }
+  public var active: InstalledKey? { held?.active }
+  public var reserve: InstalledKey? { held?.reserve }
+  public var pending: InstalledKey? { held?.pending }
+  public var ahead: AheadRenewal? { held?.ahead }
+  public var expired: ExpiredKey? { lapsed?.expired }
+  public var renewal: Renewal? { lapsed?.renewal }
 }
 
 /// What happened to a slot since the state was created, for the metrics (contract §8):
@@ -186,19 +226,21 @@ public struct SlotCounters: Sendable, Equatable, Codable {
 }
 
 /// Everything the agent owns: the slots, the id of the last transition, and the events of
-/// transitions not yet confirmed as delivered (the outbox). Persisted whole by the store.
-public struct LicenseState: Sendable, Equatable, Codable {
+/// transitions not yet confirmed as delivered (the outbox). Persisted whole by the store,
+/// as schema ``currentSchemaVersion`` (``LicenseStateCoding``); a state of schema 1 (what
+/// 0.1.0 writes) is read too, and can be written back as such for a downgrade.
+public struct LicenseState: Sendable, Equatable {
   /// The version of the persisted form; a file with a greater version is refused.
-  public static let currentSchemaVersion = 1
+  public static let currentSchemaVersion = 2
 
-  public var schemaVersion: Int
   /// A random id given to the state when it is first saved: with a transition id, it names
   /// a transition uniquely even across a state file started afresh.
   public var stateID: String
   public var slots: [Slot: SlotState]
   /// Every state change gets the next id; events carry it (exactly-once announcements).
   public var lastTransitionID: UInt64
-  /// Events of persisted transitions, waiting to be confirmed as sent to the journal.
+  /// Events of persisted transitions, rendered, waiting to be confirmed as sent to the
+  /// journal (replayed byte for byte after a crash).
   public var outbox: [JournalEvent]
   /// Per slot, what the metrics count (promotions, renewal attempts); kept when a slot
   /// empties.
@@ -219,46 +261,32 @@ public struct LicenseState: Sendable, Equatable, Codable {
 
   public init(
     stateID: String = "", slots: [Slot: SlotState] = [:], lastTransitionID: UInt64 = 0,
-    outbox: [JournalEvent] = [], counters: [Slot: SlotCounters] = [:], delivered: [DeliveredEvent] = []
+    outbox: [JournalEvent] = [], counters: [Slot: SlotCounters] = [:], delivered: [DeliveredEvent] = [],
+    openedInBoot: String = "", closedCleanly: Bool = true
   ) {
-    self.schemaVersion = Self.currentSchemaVersion
     self.stateID = stateID
     self.slots = slots
     self.lastTransitionID = lastTransitionID
     self.outbox = outbox
     self.counters = counters
     self.delivered = delivered
-    self.openedInBoot = ""
-    self.closedCleanly = true
+    self.openedInBoot = openedInBoot
+    self.closedCleanly = closedCleanly
   }
 
-  /// Reads a state file; one written before the counters existed has none yet (zero).
-  public init(from decoder: Decoder) throws {
-    let container = try decoder.container(keyedBy: CodingKeys.self)
-    schemaVersion = try container.decode(Int.self, forKey: .schemaVersion)
-    stateID = try container.decode(String.self, forKey: .stateID)
-    slots = try container.decode([Slot: SlotState].self, forKey: .slots)
-    // A state written before text from outside was bounded may hold a long error: bounded
-    // as it is read, as it would have been when it entered.
-    for (slot, value) in slots {
-      slots[slot]?.renewal?.lastError = value.renewal?.lastError.map(ActivationFailure.stored)
-      slots[slot]?.ahead?.lastError = value.ahead?.lastError.map(ActivationFailure.stored)
-    }
-    lastTransitionID = try container.decode(UInt64.self, forKey: .lastTransitionID)
-    outbox = try container.decode([JournalEvent].self, forKey: .outbox)
-    counters = try container.decodeIfPresent([Slot: SlotCounters].self, forKey: .counters) ?? [:]
-    delivered = try container.decodeIfPresent([DeliveredEvent].self, forKey: .delivered) ?? []
-    openedInBoot = try container.decodeIfPresent(String.self, forKey: .openedInBoot) ?? ""
-    closedCleanly = try container.decodeIfPresent(Bool.self, forKey: .closedCleanly) ?? true
-  }
-
-  public subscript(slot: Slot) -> SlotState {
-    get { slots[slot] ?? SlotState() }
-    set { slots[slot] = newValue.isEmpty ? nil : newValue }
+  /// The slot's state; nil for a slot not in use. Setting nil empties it.
+  public subscript(slot: Slot) -> SlotState? {
+    get { slots[slot] }
+    set { slots[slot] = newValue }
   }
 
   /// The slots that hold a key or an expiry record, in a fixed order.
   public var slotsInUse: [Slot] { slots.keys.sorted() }
+
+  /// The held slots, in order, with their state.
+  public var heldSlots: [(slot: Slot, held: HeldSlot)] {
+    slotsInUse.compactMap { slot in slots[slot]?.held.map { (slot, $0) } }
+  }
 
   /// `<state id>:<transition id>`: the journal's `LICENSE_TRANSITION` of an outbox event.
   public func transitionName(_ transitionID: UInt64) -> String { "\(stateID):\(transitionID)" }
@@ -268,6 +296,16 @@ public struct LicenseState: Sendable, Equatable, Codable {
     var copy = self
     copy.outbox.removeAll { ($0.transitionID ?? 0) <= transitionID }
     return copy
+  }
+
+  /// Rule R2's advice: an SVM protecting both OS types needs a reserve for each, because a
+  /// reserve serves only its own type. The slot without a reserve while the other has one,
+  /// and that other slot; nil when the advice does not apply.
+  public var reserveMissingForOSType: (missing: Slot, has: Slot)? {
+    guard let server = self[.server]?.held, let workstation = self[.workstation]?.held,
+      (server.reserve == nil) != (workstation.reserve == nil)
+    else { return nil }
+    return server.reserve == nil ? (.server, .workstation) : (.workstation, .server)
   }
 }
 
@@ -284,40 +322,5 @@ public struct DeliveredEvent: Sendable, Equatable, Codable {
     self.event = event
     self.deliveredAt = deliveredAt
     self.replayed = replayed
-  }
-}
-
-extension Slot: CodingKeyRepresentable {}
-
-extension LicenseKey: Codable {
-  /// Persisted as the compact JWS alone; the claims are read again from it on load, so the
-  /// key's text is the single source of truth.
-  public init(from decoder: Decoder) throws {
-    let text = try decoder.singleValueContainer().decode(String.self)
-    do {
-      self = try KeyParser.parseUnverified(text)
-    } catch {
-      throw DecodingError.dataCorrupted(
-        .init(codingPath: decoder.codingPath, debugDescription: "stored key is unreadable: \(error)"))
-    }
-  }
-
-  public func encode(to encoder: Encoder) throws {
-    var container = encoder.singleValueContainer()
-    try container.encode(compact)
-  }
-}
-
-extension LicenseState {
-  /// Rule R2's advice: an SVM protecting both OS types needs a reserve for each, because a
-  /// reserve serves only its own type. The slot without a reserve while the other has one,
-  /// and that other slot; nil when the advice does not apply.
-  public var reserveMissingForOSType: (missing: Slot, has: Slot)? {
-    let server = self[.server]
-    let workstation = self[.workstation]
-    guard server.active != nil, workstation.active != nil,
-      (server.reserve == nil) != (workstation.reserve == nil)
-    else { return nil }
-    return server.reserve == nil ? (.server, .workstation) : (.workstation, .server)
   }
 }

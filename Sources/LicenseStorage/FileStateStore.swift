@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Glibc
 import LicenseCore
+import StandardIO
 
 /// Where the agent keeps what it owns. One implementation writes files; tests may use others.
 public protocol StateStore: Sendable {
@@ -192,7 +193,20 @@ public final class FileStateStore: StateStore {
     try write(state, steps: true)
   }
 
-  private func write(_ state: LicenseState, steps: Bool) throws(StateStoreError) {
+  /// Rewrites the state in schema 1, the form 0.1.0 reads (it refuses a schema it does not
+  /// know), before a downgrade: `license-agent --write-state-schema 1`, which the package's
+  /// prerm runs when an older version replaces it. The last good copy too, so that nothing
+  /// 0.1.0 may read is of a newer schema. The agent must not be running. A later start of
+  /// this version reads schema 1 and writes it back as the current one.
+  public func downgradeToSchema1() throws(StateStoreError) -> LoadedState {
+    let loaded = try load()
+    let old = loaded.state.version1
+    try write(old, steps: false)
+    try write(old, steps: false)
+    return loaded
+  }
+
+  private func write(_ state: some Encodable, steps: Bool) throws(StateStoreError) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
     let data: Data
@@ -214,21 +228,9 @@ public final class FileStateStore: StateStore {
     }
 
     unlink(tempFile)
-    let fd = open(tempFile, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+    let fd = StandardStream.createExclusive(tempFile, mode: 0o600)
     guard fd >= 0 else { throw fail("creating \(tempFile)") }
-    fchmod(fd, 0o600)
-    var ok = data.withUnsafeBytes { buffer -> Bool in
-      var offset = 0
-      while offset < buffer.count {
-        let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-        if written < 0 {
-          if errno == EINTR { continue }
-          return false
-        }
-        offset += written
-      }
-      return true
-    }
+    var ok = StandardStream.write(data, to: fd)
     if !ok {
       let error = fail("writing \(tempFile)")
       close(fd)
@@ -268,5 +270,3 @@ public final class FileStateStore: StateStore {
     try step(.directorySynced)
   }
 }
-
-func errnoText() -> String { String(cString: strerror(errno)) }
