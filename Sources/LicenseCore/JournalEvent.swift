@@ -45,16 +45,17 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
   }
 }
 
-/// One journal entry to send: kind (and so MESSAGE_ID), priority, the sentence for a person,
-/// and the `LICENSE_*` fields in a fixed order.
+/// One journal entry, rendered from a ``LicenseEvent``: kind (and so MESSAGE_ID), priority,
+/// the sentence for a person, and the `LICENSE_*` fields in a fixed order. This is what the
+/// outbox keeps, so that an event replayed after a crash is sent byte for byte as decided.
 ///
 /// Events of a state change carry the id of their transition and wait in the state's outbox
 /// until delivered, so that a crash between "durable" and "announced" is replayed once.
 public struct JournalEvent: Sendable, Equatable, Codable {
   public struct Field: Sendable, Equatable, Codable {
-    public var name: String
+    public var name: JournalField
     public var value: String
-    public init(_ name: String, _ value: String) {
+    public init(_ name: JournalField, _ value: String) {
       self.name = name
       self.value = value
     }
@@ -79,18 +80,17 @@ public struct JournalEvent: Sendable, Equatable, Codable {
   }
 
   /// The value of a field, if present.
-  public subscript(field name: String) -> String? {
+  public subscript(field name: JournalField) -> String? {
     fields.first(where: { $0.name == name })?.value
   }
 
-  /// Sets a field, replacing its value when present: for `LICENSE_DELAY_USEC`, which the
-  /// runtime measures when the promotion is durable.
-  public mutating func set(_ name: String, _ value: String) {
-    if let index = fields.firstIndex(where: { $0.name == name }) {
-      fields[index].value = value
-    } else {
-      fields.append(Field(name, value))
-    }
+  /// The copy sent again because the journal lost it: `LICENSE_REPLAYED=1`, the same
+  /// transition (contract §4).
+  public var replayed: JournalEvent {
+    var copy = self
+    copy.fields.removeAll { $0.name == .replayed }
+    copy.fields.append(Field(.replayed, "1"))
+    return copy
   }
 
   /// A journal field name is upper-case letters, digits and `_`, not starting with `_` or
@@ -100,14 +100,5 @@ public struct JournalEvent: Sendable, Equatable, Codable {
       !(first >= 48 && first <= 57)
     else { return false }
     return name.utf8.allSatisfy { ($0 >= 65 && $0 <= 90) || ($0 >= 48 && $0 <= 57) || $0 == 95 }
-  }
-
-  /// STATE_RECOVERED, for the runtime when the store fell back to its last good copy.
-  public static func stateRecovered(error: String, file: String) -> JournalEvent {
-    JournalEvent(
-      .stateRecovered,
-      message:
-        "The state file \(file) was unreadable (\(error)); the agent restored the previous good copy and kept the bad file beside it. Check `agentctl status`: the last change before the damage may have to be made again.",
-      fields: [Field("LICENSE_ERROR", error)])
   }
 }

@@ -31,8 +31,8 @@ public func journalFields(of event: JournalEvent, transition: String?) -> [(name
     ("MESSAGE", event.message), ("MESSAGE_ID", event.kind.messageID), ("PRIORITY", String(event.priority)),
     ("SYSLOG_IDENTIFIER", "license-agent"), ("LICENSE_EVENT", event.kind.rawValue),
   ]
-  fields += event.fields.map { ($0.name, $0.value) }
-  if let transition { fields.append((JournalEventSink.transitionField, transition)) }
+  fields += event.fields.map { ($0.name.rawValue, $0.value) }
+  if let transition { fields.append((JournalField.transition.rawValue, transition)) }
   return fields
 }
 
@@ -42,7 +42,7 @@ public func journalFields(of event: JournalEvent, transition: String?) -> [(name
 public struct JournalEventSink: EventSink {
   /// `<state id>:<transition id>`: identifies the transition an event belongs to across
   /// restarts, so that an event replayed from the outbox is not logged twice.
-  public static let transitionField = "LICENSE_TRANSITION"
+  public static let transitionField = JournalField.transition.rawValue
 
   /// The fields journald itself adds, which no client can forge, that an entry must carry to
   /// count as this agent's: its user (`_UID`) and, under systemd, its unit
@@ -89,7 +89,7 @@ public struct JournalEventSink: EventSink {
   public func wasDelivered(_ event: JournalEvent, transition: String) -> Bool? {
     Journal.contains(
       trustedFields + [(Self.transitionField, transition), ("MESSAGE_ID", event.kind.messageID)]
-        + event.fields.map { ($0.name, $0.value) })
+        + event.fields.map { ($0.name.rawValue, $0.value) })
   }
 }
 
@@ -100,7 +100,7 @@ public struct ConsoleEventSink: EventSink {
 
   @discardableResult
   public func send(_ event: JournalEvent, transition: String?) -> EventDelivery {
-    let fields = event.fields.map { "\($0.name)=\($0.value)" }.joined(separator: " ")
+    let fields = event.fields.map { "\($0.name.rawValue)=\($0.value)" }.joined(separator: " ")
     let line = "<\(event.priority)>\(event.kind.rawValue): \(event.message) [\(fields)]\n"
     let written = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
     return written >= 0 ? .delivered : .unavailable

@@ -28,11 +28,11 @@ import Testing
 
   @Test func eventFieldsCarryTheContractsIdentifiers() {
     let event = JournalEvent(
-      .keyPromoted, message: "m", fields: [.init("LICENSE_SLOT", "server")], transitionID: 4)
+      .keyPromoted, message: "m", fields: [.init(.slot, "server")], transitionID: 4)
     let fields = journalFields(of: event, transition: "abc:4")
     let names = fields.map(\.name)
     #expect(names.contains("MESSAGE_ID") && names.contains("PRIORITY") && names.contains("SYSLOG_IDENTIFIER"))
-    #expect(fields.first { $0.name == "MESSAGE_ID" }?.value == "dd8dbaf0eb17480089e04f5c8d85f861")
+    #expect(fields.first { $0.name == "MESSAGE_ID" }?.value == EventKind.keyPromoted.messageID)
     #expect(fields.first { $0.name == "SYSLOG_IDENTIFIER" }?.value == "license-agent")
     #expect(fields.first { $0.name == "LICENSE_TRANSITION" }?.value == "abc:4")
     #expect(fields.allSatisfy { JournalEvent.isValidFieldName($0.name) })
