@@ -46,38 +46,3 @@ public struct ActivationCode: Sendable, Equatable, Codable, CustomStringConverti
     try container.encode(value)
   }
 }
-
-/// The retry delay of renewal attempts (rule C3): exponential backoff with full jitter.
-///
-/// After the `failures`-th consecutive transient failure, the cap is
-/// `min(maximum, initial × 2^(failures−1))` and the delay is `jitter × cap`, with `jitter`
-/// uniform in [0, 1) (full jitter spreads a fleet's retries after a shared outage). A
-/// `Retry-After` from the server is honoured: the delay is never shorter than it. The first
-/// attempt, at the instant of expiry, has no delay and no jitter.
-///
-/// | failures | cap (initial 5 s, maximum 10 min) |
-/// |---|---|
-/// | 1 | 5 s |
-/// | 2 | 10 s |
-/// | 3 | 20 s |
-/// | 4 | 40 s |
-/// | 5 | 80 s |
-/// | 6 | 160 s |
-/// | 7 | 320 s |
-/// | 8 and more | 600 s (the maximum) |
-public func renewalRetryDelay(
-  failures: Int, initial: TimeSpan, maximum: TimeSpan, jitter: Double, retryAfter: TimeSpan? = nil
-) -> TimeSpan {
-  let exponent = min(max(failures - 1, 0), 40)
-  let (scaled, overflow) = initial.microseconds.multipliedReportingOverflow(by: Int64(1) << exponent)
-  let cap = overflow ? maximum.microseconds : min(scaled, maximum.microseconds)
-  let jittered = Int64((Double(cap) * min(max(jitter, 0), 1)).rounded(.down))
-  return TimeSpan(microseconds: max(jittered, retryAfter?.microseconds ?? 0))
-}
-
-/// Whether the `failures`-th failed attempt is logged as ACTIVATION_ATTEMPT_FAILED: the first
-/// five, then the 8th, 16th, 32nd... so that a long outage does not flood the journal
-/// (`agentctl status` always shows the current count).
-public func isLoggedAttempt(_ failures: Int) -> Bool {
-  failures <= 5 || (failures > 0 && failures & (failures - 1) == 0)
-}

@@ -11,15 +11,12 @@ extension LicenseEngine {
     switch plan(text, role: role, replaceScheme: replaceScheme, now: now, state: state) {
     case .failure(let violation):
       var actions: [Action] = []
-      if role == .reserve { actions.append(.emit(rejection(violation))) }
+      if role == .reserve { actions.append(.emit(.reserveRejected(violation), transitionID: nil)) }
       return Decision(state: state, actions: actions, result: .failure(violation))
     case .success(let plan):
-      if plan.added.unchanged {
-        return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(plan.added))
-      }
+      if plan.added.unchanged { return .unchanged(state, .success(plan.added)) }
       var next = state
-      var events: [JournalEvent] = []
-      apply(plan, code: code, now: now, to: &next, events: &events)
+      let events = apply(plan, code: code, now: now, to: &next)
       return commit(next, events: events, result: .success(plan.added), now: now)
     }
   }
@@ -34,30 +31,24 @@ extension LicenseEngine {
 
   /// Removes the reserve key of `slot` (an operator's decision; logged as RESERVE_DROPPED).
   public func removeReserve(slot: Slot, now: Timestamp, state: LicenseState) -> Decision<ReserveRemoved> {
-    guard let reserve = state[slot].reserve else {
+    guard case .held(var held)? = state[slot], let reserve = held.reserve else {
       let violation = RuleViolation(
         rule: .R9, code: "no_reserve",
         message:
           "The \(slot.rawValue) slot has no reserve key; nothing was removed. `agentctl status` lists the reserves.",
         slot: slot)
-      return Decision(state: state, actions: [], result: .failure(violation))
+      return .unchanged(state, .failure(violation))
     }
     var next = state
-    next[slot].reserve = nil
-    var fields = keyFields(slot: slot, reserve.key)
-    if let active = state[slot].active { fields.append(.init("LICENSE_ACTIVE_SERIAL", active.serial)) }
-    fields.append(.init("LICENSE_REASON", "removed-by-operator"))
-    let then =
-      takeover(next[slot]) == .activationCode
-      ? "the agent will renew the active key with its activation code"
-      : "nothing will take over when the active key expires unless a new reserve is added (`agentctl add-key --reserve FILE`)"
-    let event = JournalEvent(
-      .reserveDropped,
-      message:
-        "Reserve key \(reserve.serial) of the \(slot.rawValue) slot was removed by an operator; \(then).",
-      fields: fields)
+    held.successor = .none
+    next[slot] = .held(held)
+    let event = ReserveDropped(
+      slot: slot, key: KeyRef(reserve),
+      reason: .removedByOperator(
+        activeSerial: held.active.serial, renewsWithCode: held.active.activationCode != nil))
     return commit(
-      next, events: [event], result: .success(ReserveRemoved(slot: slot, serial: reserve.serial)), now: now)
+      next, events: [.reserveDropped(event)], result: .success(ReserveRemoved(slot: slot, key: reserve)),
+      now: now)
   }
 
   // MARK: - Planning (the rules)
@@ -119,17 +110,17 @@ extension LicenseEngine {
         .A1, "expired", "Key \(key.serial) expired at \(claims.expiresAt); ask the vendor for a current key."
       )
     }
-    let current = state[slot].active
+    let current = state[slot]?.active
     if let current, current.key.isSameKey(as: key) {
       return .success(
         Plan(
           added: AddedKey(slot: slot, role: .active, key: key, removedSerials: [], unchanged: true),
           clearSlots: []))
     }
-    let otherScheme = state.slotsInUse.filter { state[$0].scheme != nil && state[$0].scheme != claims.scheme }
+    let otherScheme = state.slotsInUse.filter { state[$0]?.scheme != claims.scheme }
     // A5: a trial never replaces (or, through a scheme change, removes) a paid active key.
     if claims.licenseType == .trial {
-      let paid = ([current] + otherScheme.map { state[$0].active }).compactMap { $0 }
+      let paid = ([current] + otherScheme.map { state[$0]?.active }).compactMap { $0 }
         .filter { $0.claims.licenseType != .trial }
       if let victim = paid.first {
         return refuse(
@@ -140,13 +131,13 @@ extension LicenseEngine {
     }
     // A2: one scheme per SVM; changing it removes every key of the old one, when confirmed.
     let removed = otherScheme.flatMap { other in
-      [state[other].active, state[other].reserve].compactMap { $0 }.map { ($0, other) }
+      [("active", state[other]?.active), ("reserve", state[other]?.reserve)].compactMap { role, key in
+        key.map { (key: $0, slot: other, role: role) }
+      }
     }
     if !removed.isEmpty && !replaceScheme {
-      let list = removed.map {
-        "\($0.1.rawValue) \($0.0 == state[$0.1].active ? "active" : "reserve") \($0.0.serial)"
-      }
-      .joined(separator: ", ")
+      let list = removed.map { "\($0.slot.rawValue) \($0.role) \($0.key.serial)" }
+        .joined(separator: ", ")
       return refuse(
         .A2, "scheme_conflict",
         "Key \(key.serial) uses the \(claims.scheme.rawValue) scheme, but the SVM's keys use another. Adding it would remove: \(list). Confirm with --replace-scheme (replaceScheme) to switch schemes."
@@ -155,11 +146,11 @@ extension LicenseEngine {
     var plan = Plan(
       added: AddedKey(
         slot: slot, role: .active, key: key, replacedSerial: current?.serial,
-        removedSerials: removed.map(\.0.serial),
+        removedSerials: removed.map(\.key.serial),
         unchanged: false),
       clearSlots: otherScheme)
     // A4: the slot's reserve must still be able to follow the new active key.
-    if let reserve = state[slot].reserve,
+    if let reserve = state[slot]?.reserve,
       let violation = reserveProblem(reserve.key, following: key, now: now)
     {
       plan.droppedReserve = (reserve, violation)
@@ -173,11 +164,10 @@ extension LicenseEngine {
     refuse: (RuleID, String, String) -> Result<Plan, RuleViolation>
   ) -> Result<Plan, RuleViolation> {
     let slot = key.slot
-    guard let active = state[slot].active else {
-      let activeSlots = state.slotsInUse.filter { state[$0].active != nil }
-      if !activeSlots.isEmpty && state[slot].expired == nil {
-        let types = activeSlots.compactMap { state[$0].active?.claims.typeDescription }.joined(
-          separator: ", ")
+    guard let active = state[slot]?.active else {
+      let activeKeys = state.heldSlots.map(\.held.active)
+      if !activeKeys.isEmpty && state[slot]?.expired == nil {
+        let types = activeKeys.map(\.claims.typeDescription).joined(separator: ", ")
         return refuse(
           .R2, "type_mismatch",
           "Reserve key \(key.serial) is a \(key.claims.typeDescription) key, but the active keys are \(types); a reserve must be of its active key's type. Use a reserve of the same type."
@@ -188,7 +178,7 @@ extension LicenseEngine {
         "The \(slot.rawValue) slot has no active key, so reserve \(key.serial) cannot be added; add an active key first (`agentctl add-key FILE`)."
       )
     }
-    if let reserve = state[slot].reserve, reserve.key.isSameKey(as: key) {
+    if let reserve = state[slot]?.reserve, reserve.key.isSameKey(as: key) {
       return .success(
         Plan(
           added: AddedKey(slot: slot, role: .reserve, key: key, removedSerials: [], unchanged: true),
@@ -200,7 +190,7 @@ extension LicenseEngine {
     return .success(
       Plan(
         added: AddedKey(
-          slot: slot, role: .reserve, key: key, replacedSerial: state[slot].reserve?.serial,
+          slot: slot, role: .reserve, key: key, replacedSerial: state[slot]?.reserve?.serial,
           removedSerials: [],
           unchanged: false),
         clearSlots: []))
@@ -261,71 +251,56 @@ extension LicenseEngine {
 
   // MARK: - Applying
 
-  func apply(
-    _ plan: Plan, code: ActivationCode?, now: Timestamp, to state: inout LicenseState,
-    events: inout [JournalEvent]
-  ) {
+  /// Carries out an accepted plan on `state`; the events that say so.
+  func apply(_ plan: Plan, code: ActivationCode?, now: Timestamp, to state: inout LicenseState)
+    -> [LicenseEvent]
+  {
     let added = plan.added
-    let installed = InstalledKey(
-      key: added.key, origin: code == nil ? .key : .activationCode, addedAt: now, activationCode: code)
-    var fields = keyFields(slot: added.slot, added.key)
-    if let replaced = added.replacedSerial { fields.append(.init("LICENSE_REPLACED_SERIAL", replaced)) }
+    let slot = added.slot
+    let installed = InstalledKey(key: added.key, addedAt: now, activationCode: code)
     switch added.role {
     case .active:
-      for slot in plan.clearSlots { state[slot] = SlotState() }
-      if !added.removedSerials.isEmpty {
-        fields.append(.init("LICENSE_REMOVED_SERIALS", added.removedSerials.joined(separator: ",")))
-      }
-      let reserve = plan.droppedReserve == nil ? state[added.slot].reserve : nil
-      state[added.slot] = SlotState(
-        active: installed, reserve: reserve, warned: passedThresholds(of: added.key.claims.expiresAt, at: now)
-      )
-      let replaced = added.replacedSerial.map { ", replacing \($0)" } ?? ""
-      let removed =
-        added.removedSerials.isEmpty
-        ? "" : "; keys of the former scheme were removed: \(added.removedSerials.joined(separator: ", "))"
-      events.append(
-        JournalEvent(
-          .activeAdded,
-          message:
-            "Key \(added.key.serial) is now the active \(added.slot.rawValue) key\(replaced), until \(added.key.claims.expiresAt)\(removed).",
-          fields: fields))
+      for other in plan.clearSlots { state[other] = nil }
+      let reserve = plan.droppedReserve == nil ? state[slot]?.reserve : nil
+      state[slot] = .held(
+        HeldSlot(
+          active: installed, warned: passedThresholds(of: added.key.claims.expiresAt, at: now),
+          successor: reserve.map(Successor.reserve) ?? .none))
+      var events: [LicenseEvent] = [
+        .activeAdded(
+          ActiveAdded(
+            slot: slot, key: KeyRef(added.key), replacedSerial: added.replacedSerial,
+            removedSerials: added.removedSerials))
+      ]
       if let (dropped, violation) = plan.droppedReserve {
-        var dropFields = keyFields(slot: added.slot, dropped.key)
-        dropFields.append(.init("LICENSE_ACTIVE_SERIAL", added.key.serial))
-        dropFields.append(.init("LICENSE_RULE", violation.ruleAndCode))
         events.append(
-          JournalEvent(
-            .reserveDropped,
-            message:
-              "Reserve key \(dropped.serial) was removed: it can no longer follow the new active key \(added.key.serial) (\(violation.ruleAndCode)). Add a reserve that expires after \(added.key.claims.expiresAt).",
-            fields: dropFields))
+          .reserveDropped(
+            ReserveDropped(
+              slot: slot, key: KeyRef(dropped),
+              reason: .cannotFollow(newActive: KeyRef(added.key), rule: violation.ruleAndCode))))
       }
+      return events
     case .reserve:
-      if let pending = state[added.slot].pending {
+      // planReserve accepted the reserve next to the slot's active key.
+      guard case .held(var held)? = state[slot] else { return [] }
+      var events: [LicenseEvent] = []
+      if let pending = held.pending {
         // C6: an operator's reserve replaces the key obtained ahead with the code.
-        state[added.slot].pending = nil
-        var dropFields = keyFields(slot: added.slot, pending.key)
-        if let active = state[added.slot].active {
-          dropFields.append(.init("LICENSE_ACTIVE_SERIAL", active.serial))
-        }
-        dropFields.append(.init("LICENSE_REASON", "replaced-by-operator"))
         events.append(
-          JournalEvent(
-            .reserveDropped,
-            message:
-              "Key \(pending.serial), renewed ahead with the activation code, was replaced by the reserve key \(added.key.serial) an operator added; the reserve takes over at expiry instead.",
-            fields: dropFields))
+          .reserveDropped(
+            ReserveDropped(
+              slot: slot, key: KeyRef(pending),
+              reason: .replacedByOperator(activeSerial: held.active.serial, reserveSerial: added.key.serial)))
+        )
       }
-      state[added.slot].reserve = installed
-      let replaced = added.replacedSerial.map { ", replacing reserve \($0)" } ?? ""
-      let active = state[added.slot].active!
+      held.successor = .reserve(installed)
+      state[slot] = .held(held)
       events.append(
-        JournalEvent(
-          .reserveAdded,
-          message:
-            "Key \(added.key.serial) is now the reserve of the \(added.slot.rawValue) slot\(replaced); it takes over when \(active.serial) expires at \(active.expiresAt).",
-          fields: fields))
+        .reserveAdded(
+          ReserveAdded(
+            slot: slot, key: KeyRef(added.key), replacedSerial: added.replacedSerial,
+            active: KeyRef(held.active))))
+      return events
     }
   }
 }

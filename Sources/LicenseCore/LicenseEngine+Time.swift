@@ -7,100 +7,102 @@ extension LicenseEngine {
     timeReached(now: now, state: state, lateBecause: .downtime)
   }
 
-  /// Why a promotion can come after `exp`: the agent was not running, or the wall clock was
-  /// stepped past it (the words of KEY_PROMOTED differ; the delay is the same measure).
-  enum Lateness { case downtime, clockStep }
-
   func timeReached(now: Timestamp, state: LicenseState, lateBecause cause: Lateness) -> Decision<
     TimeProcessed
   > {
     // C6: a key the agent has not drawn for yet (an older state file) is drawn for now.
     var next = withAheadRecords(state, now: now)
-    var events: [JournalEvent] = []
+    var events: [LicenseEvent] = []
     var requests: [ActivationRequest] = []
-    for slot in state.slotsInUse {
-      guard let active = next[slot].active, active.expiresAt <= now else { continue }
-      if let reserve = next[slot].reserve, reserve.expiresAt > now {
+    for (slot, held) in next.heldSlots where held.active.expiresAt <= now {
+      let active = held.active
+      switch held.successor {
+      case .reserve(let reserve) where reserve.expiresAt > now:
         // P1: the reserve becomes active; P5: schedules follow it.
-        let (fields, late) = promote(reserve, after: active, slot: slot, now: now, cause: cause, in: &next)
         events.append(
-          JournalEvent(
-            .keyPromoted,
-            message:
-              "Reserve key \(reserve.serial) is now the active \(slot.rawValue) key: \(active.serial) expired at \(active.expiresAt)\(late). The new key expires at \(reserve.expiresAt); add the next reserve before then.",
-            fields: fields))
-      } else if let pending = next[slot].pending, pending.expiresAt > now {
+          .keyPromoted(
+            promote(reserve, .reserve, after: active, slot: slot, now: now, cause: cause, in: &next)))
+      case .pending(let pending) where pending.expiresAt > now:
         // C6: the key obtained ahead takes over as a reserve does (P1, P3, P5).
         events.append(
-          promotePending(slot: slot, active: active, pending: pending, now: now, cause: cause, in: &next))
-      } else if let code = active.activationCode {
-        // C2: no reserve, but a code: renew at once, the first attempt at the instant of
-        // expiry (in this same decision: one durable write before the first request). An
-        // alert already raised ahead (a permanent refusal) is not raised again. A key
-        // obtained ahead that has itself expired (the agent was down, or the clock stepped,
-        // past its whole period) is not promoted (P4) but is the licence's latest key: the
-        // renewal continues from it, so that the server gives the period after it, not the
-        // same one again; and the journal says so (RESERVE_DROPPED, reason `expired`).
-        let ahead = next[slot].ahead
-        let last = next[slot].pending ?? active
-        if let pending = next[slot].pending {
-          events.append(expiredPendingDropped(slot: slot, active: active, pending: pending))
+          .keyPromoted(
+            promote(
+              pending, .pending(codeHint: pending.activationCode?.hint), after: active, slot: slot, now: now,
+              cause: cause, in: &next)))
+      default:
+        if let code = active.activationCode {
+          // C2: no reserve, but a code: renew at once, the first attempt at the instant of
+          // expiry (in this same decision: one durable write before the first request). An
+          // alert already raised ahead (a permanent refusal) is not raised again. A key
+          // obtained ahead that has itself expired (the agent was down, or the clock stepped,
+          // past its whole period) is not promoted (P4) but is the licence's latest key: the
+          // renewal continues from it, so that the server gives the period after it, not the
+          // same one again; and the journal says so (RESERVE_DROPPED, reason `expired`).
+          let last = held.pending ?? active
+          if let pending = held.pending {
+            events.append(
+              .reserveDropped(
+                ReserveDropped(
+                  slot: slot, key: KeyRef(pending),
+                  reason: .expiredBeforeTakeover(
+                    active: KeyRef(active), codeHint: pending.activationCode?.hint))))
+          }
+          let ahead = held.ahead?.attempts
+          next[slot] = .lapsed(
+            LapsedSlot(
+              expired: ExpiredKey(last),
+              renewal: Renewal(
+                code: code,
+                attempts: RenewalAttempts(
+                  schedule: .underWay(since: now), lastError: ahead?.lastError,
+                  alertRaised: ahead?.alertRaised ?? false))))
+          requests.append(
+            ActivationRequest(slot: slot, code: code, currentSerial: last.serial, attempt: 1, kind: .atExpiry)
+          )
+        } else {
+          // P4 / P6: nothing valid takes over; the slot is expired.
+          next[slot] = .lapsed(LapsedSlot(expired: ExpiredKey(active)))
+          events.append(
+            .licenseExpired(
+              LicenseExpired(slot: slot, key: KeyRef(active), expiredReserve: held.reserve.map(KeyRef.init))))
         }
-        next[slot] = SlotState(
-          expired: ExpiredKey(serial: last.serial, expiresAt: last.expiresAt, scheme: last.claims.scheme),
-          renewal: RenewalState(
-            code: code, expiredSerial: last.serial, expiredAt: last.expiresAt, nextAttemptAt: nil,
-            lastError: ahead?.lastError, alertRaised: ahead?.alertRaised ?? false, attemptStartedAt: now))
-        requests.append(ActivationRequest(slot: slot, code: code, currentSerial: last.serial, attempt: 1))
-      } else {
-        // P4 / P6: nothing valid takes over; the slot is expired.
-        let reserveNote =
-          next[slot].reserve.map {
-            " Its reserve \($0.serial) had itself expired at \($0.expiresAt) and was not promoted."
-          } ?? ""
-        next[slot] = SlotState(
-          expired: ExpiredKey(
-            serial: active.serial, expiresAt: active.expiresAt, scheme: active.claims.scheme))
-        events.append(
-          JournalEvent(
-            .licenseExpired,
-            message:
-              "The \(slot.rawValue) licence has expired: key \(active.serial) ended at \(active.expiresAt) and nothing took over.\(reserveNote) Add an active key with `agentctl add-key FILE`.",
-            fields: keyFields(slot: slot, active.key)))
       }
     }
     for slot in next.slotsInUse {
-      guard var renewal = next[slot].renewal else { continue }
+      guard case .lapsed(var lapsed)? = next[slot], var renewal = lapsed.renewal else { continue }
+      let expired = KeyRef(serial: lapsed.expired.serial, expiresAt: lapsed.expired.expiresAt)
       // C4: not renewed within the alert delay: alert, once.
-      if !renewal.alertRaised && now >= renewal.expiredAt + configuration.alertAfter {
-        renewal.alertRaised = true
-        events.append(manualActivationRequired(slot: slot, renewal: renewal))
+      if !renewal.attempts.alertRaised && now >= expired.expiresAt + configuration.alertAfter {
+        renewal.attempts.alertRaised = true
+        events.append(
+          .manualActivationRequired(
+            manualActivation(slot, expired, renewal.attempts, renewal.code, ahead: false)))
       }
       // A retry that is due.
-      if let due = renewal.nextAttemptAt, due <= now, renewal.attemptStartedAt == nil {
-        renewal.nextAttemptAt = nil
-        renewal.attemptStartedAt = now
+      if let due = renewal.attempts.dueAt, due <= now {
+        renewal.attempts.schedule = .underWay(since: now)
         requests.append(
           ActivationRequest(
-            slot: slot, code: renewal.code, currentSerial: renewal.expiredSerial,
-            attempt: renewal.attempts + 1))
+            slot: slot, code: renewal.code, currentSerial: expired.serial,
+            attempt: renewal.attempts.failures + 1,
+            kind: .atExpiry))
       }
-      next[slot].renewal = renewal
+      lapsed.renewal = renewal
+      next[slot] = .lapsed(lapsed)
     }
     requests += startDueAheadAttempts(now: now, in: &next)
-    for slot in next.slotsInUse {
-      guard let active = next[slot].active else { continue }
+    for (slot, held) in next.heldSlots {
       let due = configuration.warningThresholds
-        .filter { active.expiresAt - $0 <= now && !next[slot].warned.contains($0.description) }
+        .filter { held.active.expiresAt - $0 <= now && !held.warned.contains($0) }
         .sorted()
       guard let mostUrgent = due.first else { continue }
       // After downtime several thresholds may be due at once: log only the most urgent one.
-      next[slot].warned.append(contentsOf: due.map(\.description))
-      events.append(expiringSoon(slot: slot, active: active, threshold: mostUrgent, state: next, now: now))
+      var updated = held
+      updated.warned.formUnion(due)
+      next[slot] = .held(updated)
+      events.append(.expiringSoon(expiringSoon(slot: slot, held: updated, threshold: mostUrgent, now: now)))
     }
-    if next == state {
-      return Decision(state: state, actions: [.wake(nextWake(state))], result: .success(TimeProcessed()))
-    }
+    if next == state { return .unchanged(state) }
     var decision = commit(next, events: events, result: .success(TimeProcessed()), now: now)
     decision.actions += requests.map(Action.activate)
     return decision
@@ -111,12 +113,6 @@ extension LicenseEngine {
   public func clockChanged(deltaMicroseconds: Int64, now: Timestamp, state: LicenseState) -> Decision<
     TimeProcessed
   > {
-    let direction = deltaMicroseconds >= 0 ? "forward" : "backward"
-    let event = JournalEvent(
-      .clockChanged,
-      message:
-        "The system clock was stepped \(direction) by \(TimeSpan(microseconds: deltaMicroseconds).inWords); licence deadlines were re-evaluated at once. If the step was not intended, check time synchronisation (timedatectl).",
-      fields: [.init("LICENSE_CLOCK_DELTA_USEC", String(deltaMicroseconds))])
     // Retries keep their delay: a changed retry instant is a change of state, persisted
     // even when nothing else is due (else the agent's timer and its state would disagree).
     let shifted = retriesKeepingTheirDelay(state, after: deltaMicroseconds)
@@ -124,7 +120,9 @@ extension LicenseEngine {
     if decision.persistedTransition == nil && shifted != state {
       decision = commit(shifted, events: [], result: .success(TimeProcessed()), now: now)
     }
-    decision.actions.insert(.emit(event), at: decision.persistedTransition == nil ? 0 : 1)
+    decision.actions.insert(
+      .emit(.clockChanged(deltaMicroseconds: deltaMicroseconds), transitionID: nil),
+      at: decision.persistedTransition == nil ? 0 : 1)
     return decision
   }
 
@@ -140,40 +138,63 @@ extension LicenseEngine {
     var next = state
     let shift = TimeSpan(microseconds: delta)
     for (slot, current) in state.slots {
-      if let due = current.renewal?.nextAttemptAt { next[slot].renewal?.nextAttemptAt = due + shift }
-      if let due = current.ahead?.nextAttemptAt { next[slot].ahead?.nextAttemptAt = due + shift }
+      switch current {
+      case .lapsed(var lapsed):
+        guard let due = lapsed.renewal?.attempts.dueAt else { continue }
+        lapsed.renewal?.attempts.schedule = .due(due + shift)
+        next[slot] = .lapsed(lapsed)
+      case .held(var held):
+        guard case .renewingAhead(var ahead) = held.successor, let due = ahead.attempts.dueAt else {
+          continue
+        }
+        ahead.attempts.schedule = .due(due + shift)
+        held.successor = .renewingAhead(ahead)
+        next[slot] = .held(held)
+      }
     }
     return next
   }
 
-  /// P1 for `successor` (the reserve, or the pending renewal of C6): it becomes the active
-  /// key at `now` (P5: schedules follow it), counted with its delay from `active`'s expiry.
-  /// KEY_PROMOTED's fields, and the words saying how late the promotion is, if it is.
+  /// P1 for `successor` (the reserve, or the pending key of C6): it becomes the active key
+  /// at `now` (P5: schedules follow it), counted with its delay from `active`'s expiry.
   func promote(
-    _ successor: InstalledKey, after active: InstalledKey, slot: Slot, now: Timestamp, cause: Lateness,
-    in next: inout LicenseState
-  ) -> (fields: [JournalEvent.Field], late: String) {
+    _ successor: InstalledKey, _ source: KeyPromoted.Source, after active: InstalledKey, slot: Slot,
+    now: Timestamp, cause: Lateness, in next: inout LicenseState
+  ) -> KeyPromoted {
     let lateness = now.microseconds(since: active.expiresAt)
     var promoted = successor
     promoted.promotedAt = now
-    next[slot] = SlotState(active: promoted, warned: passedThresholds(of: promoted.expiresAt, at: now))
+    next[slot] = .held(HeldSlot(active: promoted, warned: passedThresholds(of: promoted.expiresAt, at: now)))
     next.counters[slot, default: SlotCounters()].promotions += 1
     next.counters[slot, default: SlotCounters()].lastPromotionDelayMicroseconds = lateness
-    var fields = keyFields(slot: slot, successor.key)
-    fields.append(.init("LICENSE_PREVIOUS_SERIAL", active.serial))
-    fields.append(.init("LICENSE_DELAY_USEC", String(lateness)))
-    let words = TimeSpan(microseconds: lateness).inWords
-    let late =
-      lateness < 1_000_000
-      ? ""
-      : cause == .downtime
-        ? " (the agent was not running at expiry: \(words) late)"
-        : " (the system clock was stepped past the expiry: \(words) after it)"
-    return (fields, late)
+    return KeyPromoted(
+      slot: slot, key: KeyRef(successor), source: source, previous: KeyRef(active), lateness: lateness,
+      cause: cause)
+  }
+
+  /// EXPIRING_SOON for the held slot's active key at `threshold`.
+  func expiringSoon(slot: Slot, held: HeldSlot, threshold: TimeSpan, now: Timestamp) -> ExpiringSoon {
+    let active = held.active
+    let then: ExpiringSoon.Then
+    switch held.successor {
+    case .reserve(let reserve): then = .reserve(serial: reserve.serial)
+    case .pending(let pending): then = .pending(serial: pending.serial)
+    case .renewingAhead, .none:
+      if active.activationCode == nil {
+        then = .nothing
+      } else if let due = aheadAttemptDue(held), due < active.expiresAt {
+        then = .renewAhead(nextRequestAt: due)
+      } else {
+        then = .renewAtExpiry
+      }
+    }
+    return ExpiringSoon(
+      slot: slot, key: KeyRef(active), threshold: threshold,
+      left: TimeSpan(microseconds: active.expiresAt.microseconds(since: now)), then: then)
   }
 
   /// Thresholds already reached at `now` for a key expiring at `expiry` (never logged late).
-  func passedThresholds(of expiry: Timestamp, at now: Timestamp) -> [String] {
-    configuration.warningThresholds.filter { expiry - $0 <= now }.map(\.description)
+  func passedThresholds(of expiry: Timestamp, at now: Timestamp) -> Set<TimeSpan> {
+    Set(configuration.warningThresholds.filter { expiry - $0 <= now })
   }
 }

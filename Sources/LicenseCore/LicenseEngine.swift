@@ -1,18 +1,18 @@
 import SimpleJSON
 
 /// What the runtime must do after the engine decided: make the new state durable, announce
-/// events, and sleep until the next instant.
+/// events, and start renewal attempts. (The next instant to wake at is not an action: it
+/// is ``LicenseEngine/nextWake(_:)`` of the state, whatever the decision.)
 public enum Action: Sendable, Equatable {
   /// Persist the decision's state (it carries transition `transitionID`) before anything
   /// else, then acknowledge the outbox once the events are sent (P2: durable before visible).
   case persist(transitionID: UInt64)
-  /// Send one journal event.
-  case emit(JournalEvent)
-  /// Arm the wall-clock timer at this instant (nil: nothing to wait for).
-  case wake(Wake?)
+  /// Announce one event: from the outbox when it belongs to the persisted transition, at
+  /// once when it belongs to none (a rejection, a clock change).
+  case emit(LicenseEvent, transitionID: UInt64?)
   /// Ask the activation server, through the activation client, for the key that continues
-  /// the licence of a slot (C2). The result comes back as `activationSucceeded` or
-  /// `activationFailed`.
+  /// the licence of a slot (C2, C6). The outcome comes back through
+  /// ``LicenseEngine/activationFinished(_:outcome:jitter:now:state:)``.
   case activate(ActivationRequest)
 }
 
@@ -21,26 +21,27 @@ public struct ActivationRequest: Sendable, Equatable {
   public var slot: Slot
   public var code: ActivationCode
   /// The serial of the key to continue (`currentSerial` of the request).
-  public var currentSerial: String?
+  public var currentSerial: String
   /// 1 for the first attempt (at the instant of expiry, or at the drawn instant ahead).
   public var attempt: Int
-  /// True for a request ahead of expiry (C6): the body carries `"ahead": true` and
-  /// `currentExpiresAt`, and a key obtained becomes the slot's pending renewal.
-  public var ahead: Bool
-  /// The expiry of the key to continue (`currentExpiresAt`), for a request ahead.
-  public var currentExpiresAt: Timestamp?
+  /// At expiry, or ahead of it (C6: the body carries `"ahead": true` and
+  /// `currentExpiresAt`, and a key obtained becomes the slot's pending key).
+  public var kind: RenewalKind
 
-  public init(
-    slot: Slot, code: ActivationCode, currentSerial: String?, attempt: Int, ahead: Bool = false,
-    currentExpiresAt: Timestamp? = nil
-  ) {
+  public init(slot: Slot, code: ActivationCode, currentSerial: String, attempt: Int, kind: RenewalKind) {
     self.slot = slot
     self.code = code
     self.currentSerial = currentSerial
     self.attempt = attempt
-    self.ahead = ahead
-    self.currentExpiresAt = currentExpiresAt
+    self.kind = kind
   }
+}
+
+/// What an activation attempt gave.
+public enum ActivationOutcome: Sendable, Equatable {
+  /// The server's key (not yet checked: the engine checks it as A1, or C6 ahead).
+  case key(String)
+  case failure(ActivationFailure)
 }
 
 /// How a renewal attempt failed, as the contract's table classifies it.
@@ -76,6 +77,7 @@ public enum ActivationFailure: Sendable, Equatable {
     case .permanent: return nil
     }
   }
+  public var isPermanent: Bool { if case .permanent = self { return true } else { return false } }
   public var isNotYetAvailable: Bool {
     if case .notYetAvailable = self { return true } else { return false }
   }
@@ -87,7 +89,7 @@ public struct Wake: Sendable, Equatable {
     /// The active key of `slot` expires; `takeover` says what happens then.
     case expiry(slot: Slot, serial: String, takeover: Takeover)
     /// An EXPIRING_SOON threshold of the active key of `slot` is reached.
-    case warning(slot: Slot, serial: String, threshold: String)
+    case warning(slot: Slot, serial: String, threshold: TimeSpan)
     /// The next renewal attempt of `slot` is due.
     case renewal(slot: Slot, serial: String, attempt: Int)
     /// The next attempt to renew the active key `serial` of `slot` ahead of its expiry (C6).
@@ -99,8 +101,8 @@ public struct Wake: Sendable, Equatable {
   public var reason: Reason
 }
 
-/// What takes over when an active key expires (`LICENSE_TAKEOVER`).
-public enum Takeover: String, Sendable, Equatable {
+/// What takes over when an active key expires (`LICENSE_TAKEOVER`, the status's `takeover`).
+public enum Takeover: String, Sendable, Equatable, Codable, CaseIterable {
   case reserve
   /// The key already obtained ahead with the activation code (C6).
   case pendingRenewal = "pending-renewal"
@@ -112,13 +114,25 @@ public enum Takeover: String, Sendable, Equatable {
   public var journalValue: String { self == .pendingRenewal ? Takeover.activationCode.rawValue : rawValue }
 }
 
+/// The licence's health as `agentctl status` exits with it (contract §7).
+public enum Health: Int, Sendable, Equatable, Codable, Comparable {
+  /// Every slot in use has a valid key and no alert is pending.
+  case ok = 0
+  /// A key expires within the first warning threshold with nothing to take over.
+  case expiringWithoutTakeover = 1
+  /// A slot has lapsed, or an alert is pending.
+  case lapsedOrAlert = 2
+
+  public static func < (lhs: Health, rhs: Health) -> Bool { lhs.rawValue < rhs.rawValue }
+}
+
 /// What a `removeReserve` request removed.
 public struct ReserveRemoved: Sendable, Equatable {
   public var slot: Slot
-  public var serial: String
-  public init(slot: Slot, serial: String) {
+  public var key: InstalledKey
+  public init(slot: Slot, key: InstalledKey) {
     self.slot = slot
-    self.serial = serial
+    self.key = key
   }
 }
 
@@ -152,19 +166,36 @@ public struct Decision<Success: Sendable & Equatable>: Sendable, Equatable {
   public var actions: [Action]
   public var result: Result<Success, RuleViolation>
 
-  /// The events to send, in order.
-  public var events: [JournalEvent] {
-    actions.compactMap { if case .emit(let event) = $0 { return event } else { return nil } }
+  /// The decision that changes nothing and announces nothing.
+  static func unchanged(_ state: LicenseState, _ result: Result<Success, RuleViolation>) -> Decision {
+    Decision(state: state, actions: [], result: result)
+  }
+
+  /// The events to announce, in order.
+  public var events: [LicenseEvent] {
+    actions.compactMap { if case .emit(let event, _) = $0 { return event } else { return nil } }
+  }
+  /// The events as the journal gets them (rendered, with their transition id).
+  public var renderedEvents: [JournalEvent] {
+    actions.compactMap { action -> JournalEvent? in
+      guard case .emit(let event, let transition) = action else { return nil }
+      var rendered = event.rendered
+      rendered.transitionID = transition
+      return rendered
+    }
   }
   /// The transition to persist, if the state changed.
   public var persistedTransition: UInt64? {
     actions.lazy.compactMap { if case .persist(let id) = $0 { return id } else { return nil } }.first
   }
-  /// The next instant to wake at.
-  public var wake: Wake? {
-    for case .wake(let wake) in actions { return wake }
-    return nil
+  /// The renewal attempts to start.
+  public var activations: [ActivationRequest] {
+    actions.compactMap { if case .activate(let request) = $0 { return request } else { return nil } }
   }
+}
+
+extension Decision where Success == TimeProcessed {
+  static func unchanged(_ state: LicenseState) -> Decision { .unchanged(state, .success(TimeProcessed())) }
 }
 
 /// Settings the rules depend on.
@@ -198,6 +229,10 @@ public struct EngineConfiguration: Sendable, Equatable {
     self.renewBefore = renewBefore
     self.renewSpread = renewSpread
   }
+
+  /// The first (largest) warning threshold: inside it, a key with nothing to take over is
+  /// the health's `expiringWithoutTakeover`.
+  public var firstThreshold: TimeSpan { warningThresholds.max() ?? .days(30) }
 }
 
 /// The licensing rules of `rules.md` as a pure state machine.
@@ -214,87 +249,163 @@ public struct LicenseEngine: Sendable {
     self.trust = trust
   }
 
-  /// The next instant the agent must act: the earliest expiry or pending warning threshold.
+  /// The next instant the agent must act: the earliest of every slot's.
   public func nextWake(_ state: LicenseState) -> Wake? {
     state.slotsInUse.compactMap { nextWake(state, slot: $0) }.min { $0.at < $1.at }
   }
 
   /// The next instant `slot` needs the agent (the metrics' next action per slot).
   public func nextWake(_ state: LicenseState, slot: Slot) -> Wake? {
-    var best: Wake?
-    func consider(_ wake: Wake) {
-      if best == nil || wake.at < best!.at { best = wake }
-    }
-    if let renewal = state[slot].renewal {
-      if let due = renewal.nextAttemptAt {
-        consider(
+    var wakes: [Wake] = []
+    switch state[slot] {
+    case nil:
+      break
+    case .lapsed(let lapsed)?:
+      guard let renewal = lapsed.renewal else { break }
+      let serial = lapsed.expired.serial
+      if let due = renewal.attempts.dueAt {
+        wakes.append(
+          Wake(at: due, reason: .renewal(slot: slot, serial: serial, attempt: renewal.attempts.failures + 1)))
+      }
+      if !renewal.attempts.alertRaised {
+        wakes.append(
+          Wake(
+            at: lapsed.expired.expiresAt + configuration.alertAfter,
+            reason: .alert(slot: slot, serial: serial)))
+      }
+    case .held(let held)?:
+      let active = held.active
+      if let due = aheadAttemptDue(held), let ahead = held.ahead {
+        wakes.append(
           Wake(
             at: due,
-            reason: .renewal(slot: slot, serial: renewal.expiredSerial, attempt: renewal.attempts + 1)))
+            reason: .renewalAhead(slot: slot, serial: active.serial, attempt: ahead.attempts.failures + 1)))
       }
-      if !renewal.alertRaised {
-        consider(
+      wakes.append(
+        Wake(
+          at: active.expiresAt, reason: .expiry(slot: slot, serial: active.serial, takeover: takeover(held))))
+      for threshold in configuration.warningThresholds where !held.warned.contains(threshold) {
+        wakes.append(
           Wake(
-            at: renewal.expiredAt + configuration.alertAfter,
-            reason: .alert(slot: slot, serial: renewal.expiredSerial)))
+            at: active.expiresAt - threshold,
+            reason: .warning(slot: slot, serial: active.serial, threshold: threshold)))
       }
     }
-    guard let active = state[slot].active else { return best }
-    if let due = aheadAttemptDue(state[slot]) {
-      consider(
-        Wake(
-          at: due,
-          reason: .renewalAhead(
-            slot: slot, serial: active.serial, attempt: (state[slot].ahead?.attempts ?? 0) + 1)))
-    }
-    consider(
-      Wake(
-        at: active.expiresAt,
-        reason: .expiry(slot: slot, serial: active.serial, takeover: takeover(state[slot]))))
-    for threshold in configuration.warningThresholds
-    where !state[slot].warned.contains(threshold.description) {
-      consider(
-        Wake(
-          at: active.expiresAt - threshold,
-          reason: .warning(slot: slot, serial: active.serial, threshold: threshold.description)))
-    }
-    return best
+    // The earliest; on a tie, the first considered (the renewal before the expiry).
+    return wakes.enumerated().min { ($0.element.at, $0.offset) < ($1.element.at, $1.offset) }?.element
   }
 
-  /// What takes over when the slot's active key expires; for a slot already expired, its
-  /// renewal with the activation code while it goes on (nothing once it stopped).
-  public func takeover(_ slot: SlotState) -> Takeover {
-    if slot.active == nil {
-      guard let renewal = slot.renewal, renewal.nextAttemptAt != nil || renewal.attemptStartedAt != nil else {
-        return .none
-      }
+  /// What takes over when the slot's active key expires; for a lapsed slot, its renewal
+  /// with the activation code while it goes on (nothing once it stopped).
+  public func takeover(_ slot: SlotState?) -> Takeover {
+    switch slot {
+    case nil: return .none
+    case .lapsed(let lapsed)?:
+      guard let renewal = lapsed.renewal, !renewal.attempts.isStopped else { return .none }
       return .activationCode
+    case .held(let held)?: return takeover(held)
     }
-    if slot.reserve != nil { return .reserve }
-    if slot.pending != nil { return .pendingRenewal }
-    return slot.active?.activationCode != nil ? .activationCode : .none
+  }
+
+  public func takeover(_ held: HeldSlot) -> Takeover {
+    switch held.successor {
+    case .reserve: return .reserve
+    case .pending: return .pendingRenewal
+    case .renewingAhead: return .activationCode
+    case .none: return held.active.activationCode != nil ? .activationCode : .none
+    }
+  }
+
+  /// When the slot's licence ends with nothing to take over, as far as the SVM knows now:
+  /// a lapsed slot's expired key's `exp`; a held slot's active key's with nothing after it,
+  /// or its reserve's (after which nothing takes over unless the reserve came with a code).
+  /// Nil when an activation code renews the licence (an alert says when it cannot).
+  public func lapsesAt(_ slot: SlotState?) -> Timestamp? {
+    switch slot {
+    case nil: return nil
+    case .lapsed(let lapsed)?: return lapsed.expired.expiresAt
+    case .held(let held)?:
+      switch held.successor {
+      case .reserve(let reserve): return reserve.activationCode == nil ? reserve.expiresAt : nil
+      case .pending, .renewingAhead: return nil
+      case .none: return held.active.activationCode == nil ? held.active.expiresAt : nil
+      }
+    }
+  }
+
+  /// The pending alerts: MANUAL_ACTIVATION_REQUIRED raised and not cleared, per slot.
+  public func alertPending(_ slot: SlotState?) -> Bool {
+    switch slot {
+    case nil: return false
+    case .lapsed(let lapsed)?: return lapsed.renewal?.attempts.alertRaised ?? false
+    case .held(let held)?: return held.ahead?.attempts.alertRaised ?? false
+    }
+  }
+
+  /// The health of one slot at `now` (``Health``).
+  public func health(_ slot: SlotState?, now: Timestamp) -> Health {
+    switch slot {
+    case nil: return .ok
+    case .lapsed?: return .lapsedOrAlert
+    case .held(let held)?:
+      if alertPending(slot) { return .lapsedOrAlert }
+      if takeover(held) == .none
+        && held.active.expiresAt.microseconds(since: now) <= configuration.firstThreshold.microseconds
+      {
+        return .expiringWithoutTakeover
+      }
+      return .ok
+    }
+  }
+
+  /// The health of the whole SVM: its worst slot's.
+  public func health(_ state: LicenseState, now: Timestamp) -> Health {
+    state.slotsInUse.map { health(state[$0], now: now) }.max() ?? .ok
   }
 
   // MARK: - Committing
 
-  /// Gives the events the next transition id, stores them in the outbox and orders the
-  /// actions: persist first, then announce, then sleep (P2).
+  /// Gives the events the next transition id, renders them into the outbox and orders the
+  /// actions: persist first, then announce (P2).
   func commit<Success>(
-    _ state: LicenseState, events: [JournalEvent], result: Result<Success, RuleViolation>, now: Timestamp
+    _ state: LicenseState, events: [LicenseEvent], result: Result<Success, RuleViolation>, now: Timestamp
   )
     -> Decision<Success>
   {
     var next = withAheadRecords(state, now: now)
     next.lastTransitionID += 1
     let id = next.lastTransitionID
-    let stamped = events.map { event -> JournalEvent in
-      var copy = event
-      copy.transitionID = id
-      return copy
+    next.outbox += events.map { event in
+      var rendered = event.rendered
+      rendered.transitionID = id
+      return rendered
     }
-    next.outbox.append(contentsOf: stamped)
     return Decision(
-      state: next, actions: [.persist(transitionID: id)] + stamped.map(Action.emit) + [.wake(nextWake(next))],
+      state: next, actions: [.persist(transitionID: id)] + events.map { .emit($0, transitionID: id) },
       result: result)
+  }
+
+  /// The state after `decision` with each promotion's `LICENSE_DELAY_USEC` measured: from
+  /// the expired key's `exp` to the instant the promotion became durable, `durableAfter`
+  /// microseconds after the decision. The outbox entry is rendered again from the typed
+  /// event (so that the journal gets exactly what the outbox holds, whether sent now or
+  /// replayed after a crash) and the slot's counter follows. Nil when nothing was promoted.
+  public func measuringPromotions<Success>(of decision: Decision<Success>, durableAfter extra: Int64)
+    -> LicenseState?
+  {
+    var state = decision.state
+    var changed = false
+    for case .emit(.keyPromoted(var promoted), let transition?) in decision.actions {
+      var before = LicenseEvent.keyPromoted(promoted).rendered
+      before.transitionID = transition
+      promoted.delay = saturatingSum(promoted.lateness, extra)
+      var after = LicenseEvent.keyPromoted(promoted).rendered
+      after.transitionID = transition
+      guard let index = state.outbox.firstIndex(of: before) else { continue }
+      state.outbox[index] = after
+      state.counters[promoted.slot, default: SlotCounters()].lastPromotionDelayMicroseconds = promoted.delay
+      changed = true
+    }
+    return changed ? state : nil
   }
 }

@@ -45,8 +45,8 @@ import Testing
 
   @Test func C1_aKeyObtainedWithACodeKeepsIt() {
     let state = codeMode(exp: t0 + .days(10))
-    #expect(state[.server].active?.origin == .activationCode)
-    #expect(state[.server].active?.activationCode == code)
+    #expect(state[.server]?.active?.origin == .activationCode)
+    #expect(state[.server]?.active?.activationCode == code)
     #expect(engine.takeover(state[.server]) == .activationCode)
   }
 
@@ -88,10 +88,12 @@ import Testing
     #expect(requests(engine.timeReached(now: exp - TimeSpan(microseconds: 1), state: state)).isEmpty)
     let d = engine.timeReached(now: exp, state: state)
     let request = try #require(requests(d).first)
-    #expect(request == ActivationRequest(slot: .server, code: code, currentSerial: "KS-1", attempt: 1))
+    #expect(
+      request
+        == ActivationRequest(slot: .server, code: code, currentSerial: "KS-1", attempt: 1, kind: .atExpiry))
     #expect(d.persistedTransition != nil, "the renewal is durable before the request")
-    #expect(!d.events.contains { $0.kind == .licenseExpired })
-    #expect(d.state[.server].renewal?.attemptStartedAt == exp)
+    #expect(!d.renderedEvents.contains { $0.kind == .licenseExpired })
+    #expect(d.state[.server]?.renewal?.attempts.underWaySince == exp)
     // Replaying the instant does not start a second attempt.
     #expect(requests(engine.timeReached(now: exp + .seconds(1), state: d.state)).isEmpty)
   }
@@ -102,20 +104,20 @@ import Testing
   @Test func C3_T1_aRetryKeepsItsDelayAcrossAClockStep() throws {
     let exp = t0 + .days(10)
     let renewing = engine.timeReached(now: exp, state: codeMode(exp: exp)).state
-    let failed = engine.activationFailed(
+    let failed = engine.attemptFailed(
       slot: .server, failure: .transient(error: "network", retryAfter: nil), jitter: 0.5,
       now: exp + .seconds(1),
       state: renewing
     ).state
-    let due = try #require(failed[.server].renewal?.nextAttemptAt)
+    let due = try #require(failed[.server]?.renewal?.attempts.dueAt)
     #expect(due == exp + .seconds(1) + TimeSpan(microseconds: 2_500_000))
     // Two hours back, one second after the failure: the retry is still 1.5 s away.
     let back = engine.clockChanged(
       deltaMicroseconds: -TimeSpan.hours(2).microseconds, now: exp + .seconds(2) - .hours(2), state: failed)
-    #expect(back.state[.server].renewal?.nextAttemptAt == due - .hours(2))
+    #expect(back.state[.server]?.renewal?.attempts.dueAt == due - .hours(2))
     #expect(back.persistedTransition != nil, "the agent keeps the state it persists")
-    #expect(back.wake?.at == due - .hours(2))
-    #expect(back.state[.server].renewal?.expiredAt == exp, "the alert still counts from exp")
+    #expect(engine.nextWake(back.state)?.at == due - .hours(2))
+    #expect(back.state[.server]?.expired?.expiresAt == exp, "the alert still counts from exp")
     // Forward: due at once.
     let forward = engine.clockChanged(
       deltaMicroseconds: TimeSpan.hours(2).microseconds, now: exp + .hours(2), state: failed)
@@ -129,23 +131,23 @@ import Testing
     ).state
     let d = engine.timeReached(now: exp, state: state)
     #expect(requests(d).isEmpty)
-    #expect(d.state[.server].active?.serial == "KS-R")
+    #expect(d.state[.server]?.active?.serial == "KS-R")
   }
 
   @Test func C2_theServersKeyIsCheckedAndInstalledKeepingTheCode() throws {
     let exp = t0 + .days(10)
     let renewing = engine.timeReached(now: exp, state: codeMode(exp: exp)).state
-    let d = engine.activationSucceeded(
+    let d = engine.attemptSucceeded(
       slot: .server, key: issuer.key("KS-2", exp: exp + .days(365)), now: exp + .seconds(1), state: renewing)
-    #expect(d.state[.server].active?.serial == "KS-2")
-    #expect(d.state[.server].active?.activationCode == code)
-    #expect(d.state[.server].renewal == nil && d.state[.server].expired == nil)
-    let event = try #require(d.events.first)
+    #expect(d.state[.server]?.active?.serial == "KS-2")
+    #expect(d.state[.server]?.active?.activationCode == code)
+    #expect(d.state[.server]?.renewal == nil && d.state[.server]?.expired == nil)
+    let event = try #require(d.renderedEvents.first)
     #expect(event.kind == .activationRenewed && event.priority == 5)
-    #expect(event[field: "LICENSE_SERIAL"] == "KS-2")
-    #expect(event[field: "LICENSE_PREVIOUS_SERIAL"] == "KS-1")
-    #expect(event[field: "LICENSE_ATTEMPT"] == "1")
-    #expect(event[field: "LICENSE_CODE_HINT"] == "67890")
+    #expect(event[field: .serial] == "KS-2")
+    #expect(event[field: .previousSerial] == "KS-1")
+    #expect(event[field: .attempt] == "1")
+    #expect(event[field: .codeHint] == "67890")
     #expect(!event.message.contains(code.value))
   }
 
@@ -156,12 +158,12 @@ import Testing
       TestIssuer(kid: "rogue").key("KS-2", exp: exp + .days(365)), issuer.key("KS-2", exp: exp - .days(1)),
       issuer.key("KW-2", slot: .workstation, exp: exp + .days(365)), "garbage",
     ] {
-      let d = engine.activationSucceeded(slot: .server, key: bad, now: exp, state: renewing)
-      #expect(d.state[.server].active == nil)
-      #expect(d.state[.server].renewal?.nextAttemptAt == nil, "no retry")
-      let alert = try #require(d.events.first { $0.kind == .manualActivationRequired })
+      let d = engine.attemptSucceeded(slot: .server, key: bad, now: exp, state: renewing)
+      #expect(d.state[.server]?.active == nil)
+      #expect(d.state[.server]?.renewal?.attempts.dueAt == nil, "no retry")
+      let alert = try #require(d.renderedEvents.first { $0.kind == .manualActivationRequired })
       #expect(alert.priority == 1)
-      #expect(alert[field: "LICENSE_ERROR"]?.hasPrefix("bad_key_from_server") == true)
+      #expect(alert[field: .error]?.hasPrefix("bad_key_from_server") == true)
     }
   }
 
@@ -170,20 +172,20 @@ import Testing
     var state = engine.timeReached(now: exp, state: codeMode(exp: exp)).state
     var now = exp
     for attempt in 1...3 {
-      let d = engine.activationFailed(
+      let d = engine.attemptFailed(
         slot: .server, failure: .transient(error: "HTTP 503", retryAfter: nil), jitter: 0.5, now: now,
         state: state)
-      let renewal = try #require(d.state[.server].renewal)
-      #expect(renewal.attempts == attempt)
+      let renewal = try #require(d.state[.server]?.renewal)
+      #expect(renewal.attempts.failures == attempt)
       let expected = renewalRetryDelay(
         failures: attempt, initial: .seconds(5), maximum: .minutes(10), jitter: 0.5)
-      #expect(renewal.nextAttemptAt == now + expected)
-      #expect(renewal.lastError == "HTTP 503")
-      let failed = try #require(d.events.first { $0.kind == .activationAttemptFailed })
+      #expect(renewal.attempts.dueAt == now + expected)
+      #expect(renewal.attempts.lastError == "HTTP 503")
+      let failed = try #require(d.renderedEvents.first { $0.kind == .activationAttemptFailed })
       #expect(failed.priority == 4)
-      #expect(failed[field: "LICENSE_ATTEMPT"] == String(attempt))
-      #expect(failed[field: "LICENSE_NEXT_ATTEMPT_AT"] == (now + expected).rfc3339)
-      #expect(failed[field: "LICENSE_CODE_HINT"] == "67890")
+      #expect(failed[field: .attempt] == String(attempt))
+      #expect(failed[field: .nextAttemptAt] == (now + expected).rfc3339)
+      #expect(failed[field: .codeHint] == "67890")
       #expect(engine.nextWake(d.state)?.at == now + expected)
       now = now + expected
       let retry = engine.timeReached(now: now, state: d.state)
@@ -195,15 +197,15 @@ import Testing
   @Test func C4_aPermanentFailureAlertsAtOnceAndStopsRetrying() throws {
     let exp = t0 + .days(10)
     let renewing = engine.timeReached(now: exp, state: codeMode(exp: exp)).state
-    let d = engine.activationFailed(
+    let d = engine.attemptFailed(
       slot: .server, failure: .permanent(error: "code_blocked"), jitter: 0.5, now: exp, state: renewing)
-    let alert = try #require(d.events.first)
+    let alert = try #require(d.renderedEvents.first)
     #expect(alert.kind == .manualActivationRequired)
-    #expect(alert[field: "LICENSE_SERIAL"] == "KS-1")
-    #expect(alert[field: "LICENSE_ERROR"] == "code_blocked")
-    #expect(alert[field: "LICENSE_ATTEMPT"] == "1")
-    #expect(alert[field: "LICENSE_CODE_HINT"] == "67890")
-    #expect(d.state[.server].renewal?.nextAttemptAt == nil)
+    #expect(alert[field: .serial] == "KS-1")
+    #expect(alert[field: .error] == "code_blocked")
+    #expect(alert[field: .attempt] == "1")
+    #expect(alert[field: .codeHint] == "67890")
+    #expect(d.state[.server]?.renewal?.attempts.dueAt == nil)
     #expect(requests(engine.timeReached(now: exp + .days(1), state: d.state)).isEmpty)
   }
 
@@ -211,50 +213,55 @@ import Testing
     let exp = t0 + .days(10)
     var state = engine.timeReached(now: exp, state: codeMode(exp: exp)).state
     state =
-      engine.activationFailed(
+      engine.attemptFailed(
         slot: .server, failure: .transient(error: "connection refused", retryAfter: nil), jitter: 0.9,
         now: exp, state: state
       ).state
     // The alert instant is a wake-up of its own.
-    #expect(engine.nextWake(state)?.at == min(state[.server].renewal!.nextAttemptAt!, exp + .minutes(30)))
+    let due = try #require(state[.server]?.renewal?.attempts.dueAt)
+    #expect(engine.nextWake(state)?.at == min(due, exp + .minutes(30)))
     let atAlert = engine.timeReached(now: exp + .minutes(30), state: state)
-    let alerts = atAlert.events.filter { $0.kind == .manualActivationRequired }
+    let alerts = atAlert.renderedEvents.filter { $0.kind == .manualActivationRequired }
     #expect(alerts.count == 1)
-    #expect(alerts.first?[field: "LICENSE_ERROR"] == "connection refused")
-    let later = engine.activationFailed(
+    #expect(alerts.first?[field: .error] == "connection refused")
+    let later = engine.attemptFailed(
       slot: .server, failure: .transient(error: "connection refused", retryAfter: nil), jitter: 0.9,
       now: exp + .hours(1),
       state: engine.timeReached(now: exp + .hours(1), state: atAlert.state).state)
-    #expect(!later.events.contains { $0.kind == .manualActivationRequired })
-    #expect(later.state[.server].renewal?.nextAttemptAt != nil, "still retrying")
+    #expect(!later.renderedEvents.contains { $0.kind == .manualActivationRequired })
+    #expect(later.state[.server]?.renewal?.attempts.dueAt != nil, "still retrying")
     // The server comes back: renewed, and the alert is cleared.
-    let retry = engine.timeReached(now: later.state[.server].renewal!.nextAttemptAt!, state: later.state)
-    let renewed = engine.activationSucceeded(
+    let retry = engine.timeReached(
+      now: try #require(later.state[.server]?.renewal?.attempts.dueAt), state: later.state)
+    let renewed = engine.attemptSucceeded(
       slot: .server, key: issuer.key("KS-2", exp: exp + .days(365)), now: exp + .hours(2), state: retry.state)
-    #expect(renewed.events.first?.kind == .activationRenewed)
-    #expect(renewed.events.first?.message.contains("alert is cleared") == true)
+    guard case .activationRenewed(let event)? = renewed.events.first else {
+      Issue.record("expected ACTIVATION_RENEWED: \(renewed.events)")
+      return
+    }
+    #expect(event.alertCleared)
   }
 
   @Test func C5_manualActivationAtAnyTimeClearsTheRenewalAndTheAlert() {
     let exp = t0 + .days(10)
     var state = engine.timeReached(now: exp, state: codeMode(exp: exp)).state
     state =
-      engine.activationFailed(
+      engine.attemptFailed(
         slot: .server, failure: .permanent(error: "code_expired"), jitter: 0, now: exp, state: state
       ).state
     let newCode = ActivationCode("ZZZZZ-11111-YYYYY-22222")!
     let d = engine.addKey(
       issuer.key("KS-3", exp: exp + .days(365)), role: .active, code: newCode, now: exp + .hours(1),
       state: state)
-    #expect(d.state[.server].renewal == nil)
-    #expect(d.state[.server].active?.activationCode == newCode)
+    #expect(d.state[.server]?.renewal == nil)
+    #expect(d.state[.server]?.active?.activationCode == newCode)
   }
 
   @Test func W1_aCodeModeKeyWarnsAtNoticePriority() {
     let exp = t0 + .days(100)
     let d = engine.timeReached(now: exp - .days(30), state: codeMode(exp: exp))
-    #expect(d.events.first?.priority == 5)
-    #expect(d.events.first?[field: "LICENSE_TAKEOVER"] == "activation-code")
+    #expect(d.renderedEvents.first?.priority == 5)
+    #expect(d.renderedEvents.first?[field: .takeover] == "activation-code")
   }
 
   @Test func anAttemptUnderWayAtACrashIsMadeAgainAtStart() {
@@ -262,9 +269,9 @@ import Testing
     let renewing = engine.timeReached(now: exp, state: codeMode(exp: exp)).state
     #expect(
       engine.interruptedAttempts(renewing) == [
-        ActivationRequest(slot: .server, code: code, currentSerial: "KS-1", attempt: 1)
+        ActivationRequest(slot: .server, code: code, currentSerial: "KS-1", attempt: 1, kind: .atExpiry)
       ])
-    let failed = engine.activationFailed(
+    let failed = engine.attemptFailed(
       slot: .server, failure: .transient(error: "x", retryAfter: nil), jitter: 0.5, now: exp, state: renewing)
     #expect(engine.interruptedAttempts(failed.state).isEmpty)
   }

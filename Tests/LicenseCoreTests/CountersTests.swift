@@ -34,28 +34,28 @@ import Testing
     #expect(engine.timeReached(now: exp, state: state).state.counters.isEmpty)
   }
 
-  @Test func C3_renewalAttemptsAreCountedByResult() {
+  @Test func C3_renewalAttemptsAreCountedByResult() throws {
     let exp = t0 + .days(10)
     let added = engine.addKey(
       issuer.key("KS-1", exp: exp), role: .active, code: code, now: t0, state: LicenseState())
     var state = engine.timeReached(now: exp, state: added.state).state
     state =
-      engine.activationFailed(
+      engine.attemptFailed(
         slot: .server, failure: .transient(error: "down", retryAfter: nil), jitter: 0.5, now: exp,
         state: state
       ).state
     #expect(state.counters[.server] == SlotCounters(transientFailures: 1))
-    let retry = state[.server].renewal!.nextAttemptAt!
+    let retry = try #require(state[.server]?.renewal?.attempts.dueAt)
     state = engine.timeReached(now: retry, state: state).state
     state =
-      engine.activationSucceeded(
+      engine.attemptSucceeded(
         slot: .server, key: issuer.key("KS-2", exp: exp + .days(365)), now: retry, state: state
       ).state
     #expect(state.counters[.server] == SlotCounters(renewed: 1, transientFailures: 1))
     // At the next expiry the server refuses the code for good.
     state = engine.timeReached(now: exp + .days(365), state: state).state
     state =
-      engine.activationFailed(
+      engine.attemptFailed(
         slot: .server, failure: .permanent(error: "code_blocked"), jitter: 0, now: exp + .days(365),
         state: state
       ).state

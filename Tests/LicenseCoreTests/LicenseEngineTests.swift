@@ -1,3 +1,4 @@
+import Foundation
 import LicenseCore
 import LicenseTestSupport
 import Testing
@@ -63,18 +64,18 @@ import Testing
     let d = engine.addKey(
       issuer.key("KS-1", exp: t0 + .days(10)), role: .active, now: t0, state: LicenseState())
     #expect(added(d)?.slot == .server)
-    #expect(d.state[.server].active?.serial == "KS-1")
-    #expect(d.state[.server].active?.origin == .key)
+    #expect(d.state[.server]?.active?.serial == "KS-1")
+    #expect(d.state[.server]?.active?.origin == .key)
     guard case .persist(let id) = d.actions.first else {
       Issue.record("first action must persist")
       return
     }
     #expect(id == 1 && d.state.lastTransitionID == 1)
-    let event = try #require(d.events.first)
+    let event = try #require(d.renderedEvents.first)
     #expect(event.kind == .activeAdded && event.priority == 6 && event.transitionID == 1)
-    #expect(event[field: "LICENSE_SLOT"] == "server")
-    #expect(event[field: "LICENSE_SERIAL"] == "KS-1")
-    #expect(event[field: "LICENSE_EXPIRES_AT"] == (t0 + .days(10)).rfc3339)
+    #expect(event[field: .slot] == "server")
+    #expect(event[field: .serial] == "KS-1")
+    #expect(event[field: .expiresAt] == (t0 + .days(10)).rfc3339)
     #expect(d.state.outbox == [event])
   }
 
@@ -127,8 +128,8 @@ import Testing
       state: base)
     #expect(Set(added(d)?.removedSerials ?? []) == ["KS-S", "KS-SR", "KS-W"])
     #expect(d.state.slotsInUse == [.processors])
-    let event = try #require(d.events.first)
-    #expect(event[field: "LICENSE_REMOVED_SERIALS"]?.split(separator: ",").count == 3)
+    let event = try #require(d.renderedEvents.first)
+    #expect(event[field: .removedSerials]?.split(separator: ",").count == 3)
   }
 
   @Test func A2_serverAndWorkstationKeysCoexistButProcessorsAndCoresDoNot() {
@@ -149,8 +150,8 @@ import Testing
     let d = engine.addKey(
       issuer.key("KS-2", exp: t0 + .days(20)), role: .active, now: t0 + .days(1), state: base)
     #expect(added(d)?.replacedSerial == "KS-1")
-    #expect(d.state[.server].active?.serial == "KS-2")
-    #expect(d.events.first?[field: "LICENSE_REPLACED_SERIAL"] == "KS-1")
+    #expect(d.state[.server]?.active?.serial == "KS-2")
+    #expect(d.renderedEvents.first?[field: .replacedSerial] == "KS-1")
   }
 
   @Test func A3_addingTheSameActiveKeyAgainChangesNothing() {
@@ -158,7 +159,7 @@ import Testing
     let d = engine.addKey(issuer.key("KS-1", exp: t0 + .days(10)), role: .active, now: t0, state: base)
     #expect(added(d)?.unchanged == true)
     #expect(d.state == base)
-    #expect(d.persistedTransition == nil && d.events.isEmpty)
+    #expect(d.persistedTransition == nil && d.renderedEvents.isEmpty)
   }
 
   @Test func A4_reserveExpiringAtOrBeforeTheNewActiveKeyIsDropped() throws {
@@ -166,13 +167,13 @@ import Testing
     // New active expiring exactly when the reserve does: the reserve would never serve.
     let d = engine.addKey(issuer.key("KS-2", exp: t0 + .days(40)), role: .active, now: t0, state: base)
     #expect(added(d)?.droppedReserveSerial == "KS-R")
-    #expect(d.state[.server].reserve == nil)
-    let dropped = try #require(d.events.first { $0.kind == .reserveDropped })
+    #expect(d.state[.server]?.reserve == nil)
+    let dropped = try #require(d.renderedEvents.first { $0.kind == .reserveDropped })
     #expect(dropped.priority == 4)
-    #expect(dropped[field: "LICENSE_SERIAL"] == "KS-R")
-    #expect(dropped[field: "LICENSE_ACTIVE_SERIAL"] == "KS-2")
-    #expect(dropped[field: "LICENSE_SLOT"] == "server")
-    #expect(dropped[field: "LICENSE_RULE"] == "R5 expires_before_active")
+    #expect(dropped[field: .serial] == "KS-R")
+    #expect(dropped[field: .activeSerial] == "KS-2")
+    #expect(dropped[field: .slot] == "server")
+    #expect(dropped[field: .rule] == "R5 expires_before_active")
   }
 
   @Test func A4_reserveOutlivingTheNewActiveKeyIsKept() {
@@ -180,15 +181,15 @@ import Testing
     let d = engine.addKey(
       issuer.key("KS-2", exp: t0 + .days(40) - oneMicrosecond), role: .active, now: t0, state: base)
     #expect(added(d)?.droppedReserveSerial == nil)
-    #expect(d.state[.server].reserve?.serial == "KS-R")
-    #expect(!d.events.contains { $0.kind == .reserveDropped })
+    #expect(d.state[.server]?.reserve?.serial == "KS-R")
+    #expect(!d.renderedEvents.contains { $0.kind == .reserveDropped })
   }
 
   @Test func A4_theReserveItselfAddedAsActiveLeavesTheReserveRole() {
     let base = state(active: "KS-1", reserve: "KS-R", reserveExp: t0 + .days(40))
     let d = engine.addKey(issuer.key("KS-R", exp: t0 + .days(40)), role: .active, now: t0, state: base)
-    #expect(d.state[.server].active?.serial == "KS-R")
-    #expect(d.state[.server].reserve == nil)
+    #expect(d.state[.server]?.active?.serial == "KS-R")
+    #expect(d.state[.server]?.reserve == nil)
   }
 
   @Test(arguments: [LicenseType.commercial, .subscription])
@@ -230,10 +231,10 @@ import Testing
     #expect(v.code == code)
     #expect(d.state == base, "a refused reserve changes nothing")
     #expect(d.persistedTransition == nil)
-    let event = try #require(d.events.first)
-    #expect(d.events.count == 1)
+    let event = try #require(d.renderedEvents.first)
+    #expect(d.renderedEvents.count == 1)
     #expect(event.kind == .reserveRejected && event.priority == 3)
-    #expect(event[field: "LICENSE_RULE"] == "\(rule) \(code)")
+    #expect(event[field: .rule] == "\(rule) \(code)")
     #expect(event.transitionID == nil)
   }
 
@@ -241,9 +242,9 @@ import Testing
     let d = engine.addKey(
       issuer.key("KS-R", exp: t0 + .days(40)), role: .reserve, now: t0, state: LicenseState())
     try expectRejected(d, rule: "R1", code: "no_active_key", base: LicenseState())
-    #expect(d.events.first?[field: "LICENSE_SERIAL"] == "KS-R")
-    #expect(d.events.first?[field: "LICENSE_SLOT"] == "server")
-    #expect(d.events.first?[field: "LICENSE_EXPIRES_AT"] == (t0 + .days(40)).rfc3339)
+    #expect(d.renderedEvents.first?[field: .serial] == "KS-R")
+    #expect(d.renderedEvents.first?[field: .slot] == "server")
+    #expect(d.renderedEvents.first?[field: .expiresAt] == (t0 + .days(40)).rfc3339)
   }
 
   @Test func R2_reserveMustBeOfTheActiveKeysType() throws {
@@ -263,8 +264,8 @@ import Testing
     s = state(active: "KW-1", slot: .workstation, base: s)
     let d = engine.addKey(
       issuer.key("KW-R", slot: .workstation, exp: t0 + .days(40)), role: .reserve, now: t0, state: s)
-    #expect(d.state[.workstation].reserve?.serial == "KW-R")
-    #expect(d.state[.server].reserve?.serial == "KS-R")
+    #expect(d.state[.workstation]?.reserve?.serial == "KW-R")
+    #expect(d.state[.server]?.reserve?.serial == "KS-R")
   }
 
   @Test func R3_reserveMustBeOfTheSameEdition() throws {
@@ -313,9 +314,9 @@ import Testing
     let d = engine.addKey(
       issuer.key("KS-R", nbf: t0 + .days(10), exp: t0 + .days(40)), role: .reserve, now: t0, state: base)
     #expect(added(d) != nil)
-    let event = try #require(d.events.first)
+    let event = try #require(d.renderedEvents.first)
     #expect(event.kind == .reserveAdded && event.priority == 6)
-    #expect(event[field: "LICENSE_SERIAL"] == "KS-R")
+    #expect(event[field: .serial] == "KS-R")
   }
 
   @Test func R6_reserveNotYetValidAtTakeoverIsRefused() throws {
@@ -365,9 +366,13 @@ import Testing
     let base = state(active: "KS-1", reserve: "KS-R1")
     let d = engine.addKey(issuer.key("KS-R2", exp: t0 + .days(50)), role: .reserve, now: t0, state: base)
     #expect(added(d)?.replacedSerial == "KS-R1")
-    #expect(d.state[.server].reserve?.serial == "KS-R2")
-    #expect(d.events.first?[field: "LICENSE_REPLACED_SERIAL"] == "KS-R1")
-    #expect(d.events.first?.message.contains("replacing reserve KS-R1") == true)
+    #expect(d.state[.server]?.reserve?.serial == "KS-R2")
+    #expect(d.renderedEvents.first?[field: .replacedSerial] == "KS-R1")
+    guard case .reserveAdded(let event)? = d.events.first else {
+      Issue.record("expected RESERVE_ADDED: \(d.events)")
+      return
+    }
+    #expect(event.replacedSerial == "KS-R1" && event.key.serial == "KS-R2")
   }
 
   @Test func R9_anInvalidNewReserveKeepsTheOldOne() throws {
@@ -383,18 +388,18 @@ import Testing
     let exp = t0 + .days(10)
     let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
     let early = engine.timeReached(now: exp - oneMicrosecond, state: base)
-    #expect(early.state[.server].active?.serial == "KS-1")
+    #expect(early.state[.server]?.active?.serial == "KS-1")
     let atExp = engine.timeReached(now: exp, state: base)
-    #expect(atExp.state[.server].active?.serial == "KS-R")
-    #expect(atExp.state[.server].reserve == nil)
-    #expect(atExp.state[.server].active?.promotedAt == exp)
-    let event = try #require(atExp.events.first { $0.kind == .keyPromoted })
+    #expect(atExp.state[.server]?.active?.serial == "KS-R")
+    #expect(atExp.state[.server]?.reserve == nil)
+    #expect(atExp.state[.server]?.active?.promotedAt == exp)
+    let event = try #require(atExp.renderedEvents.first { $0.kind == .keyPromoted })
     #expect(event.priority == 5)
-    #expect(event[field: "LICENSE_SLOT"] == "server")
-    #expect(event[field: "LICENSE_SERIAL"] == "KS-R")
-    #expect(event[field: "LICENSE_PREVIOUS_SERIAL"] == "KS-1")
-    #expect(event[field: "LICENSE_DELAY_USEC"] == "0")
-    #expect(event[field: "LICENSE_EXPIRES_AT"] == (t0 + .days(40)).rfc3339)
+    #expect(event[field: .slot] == "server")
+    #expect(event[field: .serial] == "KS-R")
+    #expect(event[field: .previousSerial] == "KS-1")
+    #expect(event[field: .delayMicroseconds] == "0")
+    #expect(event[field: .expiresAt] == (t0 + .days(40)).rfc3339)
   }
 
   @Test func P1_theTimerIsArmedAtTheExpiryWhenNothingComesSooner() {
@@ -402,8 +407,9 @@ import Testing
     let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
     // Every warning threshold is past or logged just before expiry.
     let lastHour = engine.timeReached(now: exp - .hours(1), state: base)
-    #expect(lastHour.wake?.at == exp)
-    #expect(lastHour.wake?.reason == .expiry(slot: .server, serial: "KS-1", takeover: .reserve))
+    #expect(engine.nextWake(lastHour.state)?.at == exp)
+    #expect(
+      engine.nextWake(lastHour.state)?.reason == .expiry(slot: .server, serial: "KS-1", takeover: .reserve))
   }
 
   @Test func P2_promotionIsPersistedBeforeItIsAnnouncedAndHappensOnce() throws {
@@ -414,12 +420,12 @@ import Testing
       Issue.record("persist must come first")
       return
     }
-    #expect(d.state.outbox.map(\.transitionID) == d.events.map(\.transitionID))
+    #expect(d.state.outbox.map(\.transitionID) == d.renderedEvents.map(\.transitionID))
     #expect(d.state.outbox.allSatisfy { $0.transitionID == id })
     // Replaying the same instant, or a later one, on the persisted state does nothing more.
     for later in [exp, exp + .seconds(1), exp + .days(1)] {
       let again = engine.timeReached(now: later, state: d.state)
-      #expect(!again.events.contains { $0.kind == .keyPromoted })
+      #expect(!again.renderedEvents.contains { $0.kind == .keyPromoted })
     }
     #expect(d.state.acknowledging(through: id).outbox.isEmpty)
   }
@@ -428,57 +434,60 @@ import Testing
     let exp = t0 + .days(10)
     let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp)
     let d = engine.timeReached(now: exp + .hours(3), state: base)
-    let event = try #require(d.events.first { $0.kind == .keyPromoted })
-    #expect(event[field: "LICENSE_DELAY_USEC"] == String(TimeSpan.hours(3).microseconds))
-    #expect(event.message.contains("3 hours late"))
+    let event = try #require(d.renderedEvents.first { $0.kind == .keyPromoted })
+    #expect(event[field: .delayMicroseconds] == String(TimeSpan.hours(3).microseconds))
+    // The event says the agent was not running (not a clock step), three hours late.
+    let promoted = d.events.compactMap { if case .keyPromoted(let p) = $0 { return p } else { return nil } }
+    #expect(
+      promoted.map(\.cause) == [.downtime] && promoted.map(\.lateness) == [TimeSpan.hours(3).microseconds])
   }
 
   @Test func P4_aReserveThatExpiredMeanwhileIsNotPromoted() throws {
     let base = state(active: "KS-1", reserve: "KS-R", activeExp: t0 + .days(10), reserveExp: t0 + .days(40))
     let d = engine.timeReached(now: t0 + .days(40), state: base)
-    #expect(!d.events.contains { $0.kind == .keyPromoted })
-    let expired = try #require(d.events.first { $0.kind == .licenseExpired })
-    #expect(expired[field: "LICENSE_SERIAL"] == "KS-1")
-    #expect(d.state[.server].active == nil && d.state[.server].reserve == nil)
-    #expect(d.state[.server].expired?.serial == "KS-1")
+    #expect(!d.renderedEvents.contains { $0.kind == .keyPromoted })
+    let expired = try #require(d.renderedEvents.first { $0.kind == .licenseExpired })
+    #expect(expired[field: .serial] == "KS-1")
+    #expect(d.state[.server]?.active == nil && d.state[.server]?.reserve == nil)
+    #expect(d.state[.server]?.expired?.serial == "KS-1")
   }
 
   @Test func P5_afterPromotionTheSchedulesFollowTheNewActiveKey() throws {
     let exp = t0 + .days(10)
     let base = state(active: "KS-1", reserve: "KS-R", activeExp: exp, reserveExp: exp + .days(60))
     let d = engine.timeReached(now: exp, state: base)
-    #expect(d.wake?.at == exp + .days(60) - .days(30))
-    #expect(d.wake?.reason == .warning(slot: .server, serial: "KS-R", threshold: "30d"))
-    #expect(d.state[.server].warned.isEmpty)
+    #expect(engine.nextWake(d.state)?.at == exp + .days(60) - .days(30))
+    #expect(engine.nextWake(d.state)?.reason == .warning(slot: .server, serial: "KS-R", threshold: .days(30)))
+    #expect(d.state[.server]?.held?.warned.isEmpty == true)
   }
 
   @Test func P6_anActiveKeyExpiringWithNothingToTakeOverLeavesTheSlotExpired() throws {
     let exp = t0 + .days(10)
     let base = state(active: "KS-1", activeExp: exp)
     let d = engine.timeReached(now: exp, state: base)
-    let event = try #require(d.events.first { $0.kind == .licenseExpired })
+    let event = try #require(d.renderedEvents.first { $0.kind == .licenseExpired })
     #expect(event.priority == 2)
-    #expect(event[field: "LICENSE_SERIAL"] == "KS-1")
-    #expect(event[field: "LICENSE_SLOT"] == "server")
-    #expect(event[field: "LICENSE_EXPIRES_AT"] == exp.rfc3339)
-    #expect(d.state[.server].expired?.serial == "KS-1")
-    #expect(d.wake == nil)
+    #expect(event[field: .serial] == "KS-1")
+    #expect(event[field: .slot] == "server")
+    #expect(event[field: .expiresAt] == exp.rfc3339)
+    #expect(d.state[.server]?.expired?.serial == "KS-1")
+    #expect(engine.nextWake(d.state) == nil)
     // The expired slot takes no reserve, but takes a new active key, which clears it.
     let r = engine.addKey(issuer.key("KS-R", exp: exp + .days(30)), role: .reserve, now: exp, state: d.state)
     #expect(violation(r)?.code == "no_active_key")
     let a = engine.addKey(issuer.key("KS-2", exp: exp + .days(30)), role: .active, now: exp, state: d.state)
-    #expect(a.state[.server].expired == nil)
-    #expect(a.state[.server].active?.serial == "KS-2")
+    #expect(a.state[.server]?.expired == nil)
+    #expect(a.state[.server]?.active?.serial == "KS-2")
   }
 
   @Test func P_slotsExpireAndPromoteIndependently() {
     var s = state(active: "KS-1", reserve: "KS-R", activeExp: t0 + .days(10))
     s = state(active: "KW-1", slot: .workstation, activeExp: t0 + .days(10), base: s)
     let d = engine.timeReached(now: t0 + .days(10), state: s)
-    #expect(d.state[.server].active?.serial == "KS-R")
-    #expect(d.state[.workstation].expired?.serial == "KW-1")
-    #expect(Set(d.events.map(\.kind)) == [.keyPromoted, .licenseExpired])
-    #expect(Set(d.events.map(\.transitionID)).count == 1)
+    #expect(d.state[.server]?.active?.serial == "KS-R")
+    #expect(d.state[.workstation]?.expired?.serial == "KW-1")
+    #expect(Set(d.renderedEvents.map(\.kind)) == [.keyPromoted, .licenseExpired])
+    #expect(Set(d.renderedEvents.map(\.transitionID)).count == 1)
   }
 
   // MARK: W, T
@@ -487,33 +496,33 @@ import Testing
     let exp = t0 + .days(100)
     var s = state(active: "KS-1", activeExp: exp)
     let at30 = engine.timeReached(now: exp - .days(30), state: s)
-    let warning = try #require(at30.events.first)
+    let warning = try #require(at30.renderedEvents.first)
     #expect(warning.kind == .expiringSoon && warning.priority == 4)
-    #expect(warning[field: "LICENSE_THRESHOLD"] == "30d")
-    #expect(warning[field: "LICENSE_TAKEOVER"] == "none")
+    #expect(warning[field: .threshold] == "30d")
+    #expect(warning[field: .takeover] == "none")
     s = at30.state
-    #expect(engine.timeReached(now: exp - .days(29), state: s).events.isEmpty)
+    #expect(engine.timeReached(now: exp - .days(29), state: s).renderedEvents.isEmpty)
     s = state(reserve: "KS-R", reserveExp: exp + .days(10), base: s)
     let at7 = engine.timeReached(now: exp - .days(7), state: s)
-    #expect(at7.events.first?.priority == 5)
-    #expect(at7.events.first?[field: "LICENSE_TAKEOVER"] == "reserve")
-    #expect(at7.events.first?[field: "LICENSE_THRESHOLD"] == "7d")
+    #expect(at7.renderedEvents.first?.priority == 5)
+    #expect(at7.renderedEvents.first?[field: .takeover] == "reserve")
+    #expect(at7.renderedEvents.first?[field: .threshold] == "7d")
   }
 
   @Test func W1_aThresholdAlreadyPassedWhenTheKeyIsAddedIsNotLogged() {
     let s = state(active: "KS-1", activeExp: t0 + .days(5))
-    #expect(Set(s[.server].warned) == ["30d", "7d"])
+    #expect(s[.server]?.held?.warned == [.days(30), .days(7)])
     #expect(engine.nextWake(s)?.at == t0 + .days(4))
-    #expect(engine.timeReached(now: t0 + .seconds(1), state: s).events.isEmpty)
+    #expect(engine.timeReached(now: t0 + .seconds(1), state: s).renderedEvents.isEmpty)
   }
 
   @Test func W1_afterDowntimeOnlyTheMostUrgentDueThresholdIsLogged() {
     let exp = t0 + .days(100)
     let s = state(active: "KS-1", activeExp: exp)
     let d = engine.timeReached(now: exp - .hours(12), state: s)
-    #expect(d.events.count == 1)
-    #expect(d.events.first?[field: "LICENSE_THRESHOLD"] == "1d")
-    #expect(Set(d.state[.server].warned) == ["30d", "7d", "1d"])
+    #expect(d.renderedEvents.count == 1)
+    #expect(d.renderedEvents.first?[field: .threshold] == "1d")
+    #expect(d.state[.server]?.held?.warned == [.days(30), .days(7), .days(1)])
   }
 
   @Test func T1_aForwardClockStepPastExpiryPromotesAtOnce() throws {
@@ -522,10 +531,10 @@ import Testing
     let d = engine.clockChanged(
       deltaMicroseconds: TimeSpan.days(11).microseconds, now: exp + .days(1), state: base)
     #expect(d.actions.first == .persist(transitionID: d.state.lastTransitionID))
-    let clock = try #require(d.events.first)
+    let clock = try #require(d.renderedEvents.first)
     #expect(clock.kind == .clockChanged && clock.priority == 4)
-    #expect(clock[field: "LICENSE_CLOCK_DELTA_USEC"] == String(TimeSpan.days(11).microseconds))
-    #expect(d.events.contains { $0.kind == .keyPromoted })
+    #expect(clock[field: .clockDeltaMicroseconds] == String(TimeSpan.days(11).microseconds))
+    #expect(d.renderedEvents.contains { $0.kind == .keyPromoted })
   }
 
   @Test func T1_aBackwardClockStepNeverUndoesAPromotion() throws {
@@ -535,8 +544,8 @@ import Testing
     let d = engine.clockChanged(
       deltaMicroseconds: -TimeSpan.days(2).microseconds, now: exp - .days(2), state: promoted)
     #expect(d.state == promoted)
-    #expect(d.events.map(\.kind) == [.clockChanged])
-    #expect(d.events.first?[field: "LICENSE_CLOCK_DELTA_USEC"] == String(-TimeSpan.days(2).microseconds))
+    #expect(d.renderedEvents.map(\.kind) == [.clockChanged])
+    #expect(d.renderedEvents.first?[field: .clockDeltaMicroseconds] == String(-TimeSpan.days(2).microseconds))
   }
 
   // MARK: Check and remove
@@ -556,45 +565,49 @@ import Testing
   @Test func removeReserveRemovesItAndLogsWhoDidIt() throws {
     let base = state(active: "KS-1", reserve: "KS-R")
     let d = engine.removeReserve(slot: .server, now: t0, state: base)
-    #expect(d.result == .success(ReserveRemoved(slot: .server, serial: "KS-R")))
-    #expect(d.state[.server].reserve == nil)
-    let event = try #require(d.events.first)
-    #expect(event.kind == .reserveDropped && event[field: "LICENSE_REASON"] == "removed-by-operator")
+    #expect(try d.result.get().key.serial == "KS-R")
+    #expect(d.state[.server]?.reserve == nil)
+    let event = try #require(d.renderedEvents.first)
+    #expect(event.kind == .reserveDropped && event[field: .reason] == "removed-by-operator")
     let none = engine.removeReserve(slot: .server, now: t0, state: d.state)
     #expect(violation(none)?.code == "no_reserve")
   }
 
-  @Test func everyEventHasItsContractMessageIDAndPriority() {
-    let expected: [EventKind: (String, Int)] = [
-      .keyPromoted: ("dd8dbaf0eb17480089e04f5c8d85f861", 5),
-      .reserveAdded: ("e6e38cd9ee7d4e98ae1db5bde258920f", 6),
-      .reserveRejected: ("13a9558c214c43cc829f75e2e8da0fea", 3),
-      .reserveDropped: ("78a2df19d7664e5795c37138587e93a9", 4),
-      .activeAdded: ("f2531d0f45ff4d869bcf3c5986767623", 6),
-      .expiringSoon: ("0dccfcb260474b2ebfa64ff4e1071802", 4),
-      .licenseExpired: ("31051348bd3a4e6eb3bd5f3df5f85db2", 2),
-      .activationAttemptFailed: ("06967a7f4f1d4ea9b61e78494a44c609", 4),
-      .activationRenewed: ("883efd4f38fd4f73b2b16fd50427571b", 5),
-      .manualActivationRequired: ("5212055b8cd24be3b0b4e8a503265e3a", 1),
-      .clockChanged: ("c8625e2018144e8aae8222734ffea5c1", 4),
-      .stateRecovered: ("e3fb7954deee4da0a7c9be130eaa43af", 4),
-    ]
-    #expect(expected.count == EventKind.allCases.count)
-    for kind in EventKind.allCases {
-      #expect(kind.messageID == expected[kind]?.0)
-      #expect(kind.priority == expected[kind]?.1)
+  /// The contract's table of events (§4): each event's MESSAGE_ID and priority, read from
+  /// the contract itself, so that the identifiers are written in one place in the code.
+  @Test func everyEventHasItsContractMessageIDAndPriority() throws {
+    let contract = try String(contentsOfFile: SpecAhead.specFolder + "/contract.md", encoding: .utf8)
+    var documented: [String: (id: String, priority: Int)] = [:]
+    for row in contract.split(separator: "\n") where row.hasPrefix("| ") {
+      let cells = row.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+      guard cells.count >= 3, cells[1].count == 32, cells[1].allSatisfy(\.isHexDigit),
+        let priority = Int(cells[2].prefix { $0.isNumber })
+      else { continue }
+      documented[cells[0]] = (cells[1], priority)
     }
+    for kind in EventKind.allCases {
+      let row = try #require(documented[kind.rawValue], "\(kind.rawValue) is not in contract.md §4")
+      #expect(kind.messageID == row.id, "\(kind.rawValue)")
+      #expect(kind.priority == row.priority, "\(kind.rawValue)")
+    }
+    // The contract's events not yet implemented belong to issues still ahead.
+    let ahead: Set<String> = [
+      "LICENSE_USAGE_HIGH", "LICENSE_LIMIT_EXCEEDED", "KEY_BLOCKED", "CONSUMER_NOT_UPDATED",
+    ]
+    #expect(Set(documented.keys).subtracting(EventKind.allCases.map(\.rawValue)) == ahead)
   }
 
   @Test func everyFieldNameTheEngineEmitsIsAValidJournalFieldName() {
     var s = state(active: "KS-1", reserve: "KS-R", activeExp: t0 + .days(10))
-    var events = engine.timeReached(now: t0 + .days(9), state: s).events
+    var events = engine.timeReached(now: t0 + .days(9), state: s).renderedEvents
     s = engine.timeReached(now: t0 + .days(10), state: s).state
-    events += engine.clockChanged(deltaMicroseconds: 5, now: t0 + .days(10), state: s).events
-    events += engine.addKey("x", role: .reserve, now: t0, state: s).events
+    events += engine.clockChanged(deltaMicroseconds: 5, now: t0 + .days(10), state: s).renderedEvents
+    events += engine.addKey("x", role: .reserve, now: t0, state: s).renderedEvents
     #expect(!events.isEmpty)
     for event in events {
-      for field in event.fields { #expect(JournalEvent.isValidFieldName(field.name), "\(field.name)") }
+      for field in event.fields {
+        #expect(JournalEvent.isValidFieldName(field.name.rawValue), "\(field.name)")
+      }
     }
     #expect(!JournalEvent.isValidFieldName("license_slot"))
     #expect(!JournalEvent.isValidFieldName("_PID"))

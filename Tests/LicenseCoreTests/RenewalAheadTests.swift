@@ -54,8 +54,9 @@ import Testing
     var fractions: [Double] = []
     for svm in 0..<2000 {
       let state = codeMode(stateID: "svm-\(svm)")
-      let ahead = try #require(state[.server].ahead)
-      #expect(ahead.serial == "KS-1" && ahead.attempts == 0 && !ahead.stopped)
+      let ahead = try #require(state[.server]?.ahead)
+      #expect(state[.server]?.active?.serial == "KS-1")
+      #expect(ahead.attempts.failures == 0 && !ahead.attempts.isStopped)
       let due = try #require(engine.aheadAttemptDue(state[.server]))
       #expect(due >= from && due <= to)
       fractions.append(Double(due.microseconds(since: from)) / Double(to.microseconds(since: from)))
@@ -78,20 +79,20 @@ import Testing
     let state = codeMode()
     let data = try JSONEncoder().encode(state)
     let reloaded = try JSONDecoder().decode(LicenseState.self, from: data)
-    #expect(reloaded[.server].ahead == state[.server].ahead)
+    #expect(reloaded[.server]?.ahead == state[.server]?.ahead)
     // The engine uses the stored draw, not a new one: a record saying 0.5 asks mid-window.
     var edited = reloaded
-    edited[.server].ahead?.draw = 0.5
+    edited.editAhead(.server) { $0?.draw = 0.5 }
     #expect(engine.aheadAttemptDue(edited[.server]) == exp - .days(7) + .hours(36))
     // A restart (time processed again, later, on the loaded state) does not draw again.
     let later = engine.timeReached(now: t0 + .days(1), state: edited)
-    #expect(later.state[.server].ahead?.draw == 0.5)
+    #expect(later.state[.server]?.ahead?.draw == 0.5)
     // An older state file, without the record, gets one at the next decision, persisted.
     var older = reloaded
-    older[.server].ahead = nil
+    older.editAhead(.server) { $0 = nil }
     let upgraded = engine.timeReached(now: t0 + .days(1), state: older)
     #expect(upgraded.persistedTransition != nil)
-    #expect(upgraded.state[.server].ahead?.since == t0 + .days(1))
+    #expect(upgraded.state[.server]?.ahead?.since == t0 + .days(1))
   }
 
   @Test func C6_theRequestIsMadeAtTheDrawnInstantNotAMicrosecondBefore() throws {
@@ -109,11 +110,11 @@ import Testing
     #expect(
       requests(d) == [
         ActivationRequest(
-          slot: .server, code: code, currentSerial: "KS-1", attempt: 1, ahead: true, currentExpiresAt: exp)
+          slot: .server, code: code, currentSerial: "KS-1", attempt: 1, kind: .ahead(currentExpiresAt: exp))
       ])
     #expect(d.persistedTransition != nil, "the attempt is durable before the request")
-    #expect(d.state[.server].ahead?.attemptStartedAt == due)
-    #expect(d.events.isEmpty)
+    #expect(d.state[.server]?.ahead?.attempts.underWaySince == due)
+    #expect(d.renderedEvents.isEmpty)
     // Replayed, or found under way after a crash: made again once, never twice at once.
     #expect(requests(engine.timeReached(now: due + .seconds(1), state: d.state)).isEmpty)
     #expect(engine.interruptedAttempts(d.state) == requests(d))
@@ -138,46 +139,46 @@ import Testing
 
   @Test func C6_aKeyObtainedAheadIsPendingAndTakesOverAtExpExactlyAsAReserve() throws {
     let (asked, due) = try asking(codeMode())
-    let got = engine.activationSucceeded(
+    let got = engine.attemptSucceeded(
       slot: .server, key: nextPeriod(), ahead: true, now: due + .seconds(2), state: asked)
-    let pending = try #require(got.state[.server].pending)
+    let pending = try #require(got.state[.server]?.pending)
     #expect(
       pending.serial == "KS-2" && pending.activationCode == code && pending.addedAt == due + .seconds(2))
-    #expect(got.state[.server].active?.serial == "KS-1", "the active key stays until its exp")
-    #expect(got.state[.server].ahead == nil)
+    #expect(got.state[.server]?.active?.serial == "KS-1", "the active key stays until its exp")
+    #expect(got.state[.server]?.ahead == nil)
     #expect(got.persistedTransition != nil)
-    let renewed = try #require(got.events.first)
+    let renewed = try #require(got.renderedEvents.first)
     #expect(renewed.kind == .activationRenewed && renewed.priority == 5)
-    #expect(renewed[field: "LICENSE_SERIAL"] == "KS-2")
-    #expect(renewed[field: "LICENSE_PREVIOUS_SERIAL"] == "KS-1")
-    #expect(renewed[field: "LICENSE_CODE_HINT"] == "67890")
+    #expect(renewed[field: .serial] == "KS-2")
+    #expect(renewed[field: .previousSerial] == "KS-1")
+    #expect(renewed[field: .codeHint] == "67890")
     #expect(!renewed.message.contains(code.value))
-    #expect(got.events.count == 1)
+    #expect(got.renderedEvents.count == 1)
     #expect(engine.takeover(got.state[.server]) == .pendingRenewal)
     #expect(got.state.counters[.server]?.renewed == 1)
     // Nothing more is asked; the next instant is the promotion at exp (after the warnings).
     let state = got.state.acknowledging(through: got.state.lastTransitionID)
     #expect(requests(engine.timeReached(now: exp - TimeSpan(microseconds: 1), state: state)).isEmpty)
     let early = engine.timeReached(now: exp - TimeSpan(microseconds: 1), state: state).state
-    #expect(early[.server].active?.serial == "KS-1")
+    #expect(early[.server]?.active?.serial == "KS-1")
     let wake = try #require(engine.nextWake(early))
     #expect(wake.at == exp)
     // At exp: KEY_PROMOTED, no delay, the code kept, a new draw for the new key.
     let promoted = engine.timeReached(now: exp, state: early)
-    #expect(promoted.state[.server].active?.serial == "KS-2")
-    #expect(promoted.state[.server].active?.activationCode == code)
-    #expect(promoted.state[.server].active?.promotedAt == exp)
-    #expect(promoted.state[.server].pending == nil)
-    #expect(promoted.state[.server].ahead?.serial == "KS-2")
-    let event = try #require(promoted.events.first { $0.kind == .keyPromoted })
-    #expect(event[field: "LICENSE_SERIAL"] == "KS-2")
-    #expect(event[field: "LICENSE_PREVIOUS_SERIAL"] == "KS-1")
-    #expect(event[field: "LICENSE_DELAY_USEC"] == "0")
+    #expect(promoted.state[.server]?.active?.serial == "KS-2")
+    #expect(promoted.state[.server]?.active?.activationCode == code)
+    #expect(promoted.state[.server]?.active?.promotedAt == exp)
+    #expect(promoted.state[.server]?.pending == nil)
+    #expect(promoted.state[.server]?.ahead != nil, "a renewal ahead for the new key")
+    let event = try #require(promoted.renderedEvents.first { $0.kind == .keyPromoted })
+    #expect(event[field: .serial] == "KS-2")
+    #expect(event[field: .previousSerial] == "KS-1")
+    #expect(event[field: .delayMicroseconds] == "0")
     #expect(requests(promoted).isEmpty)
     #expect(promoted.state.counters[.server]?.promotions == 1)
     // P3: an agent that was down at exp promotes at start, saying how late.
     let late = engine.timeReached(now: exp + .minutes(3), state: early)
-    #expect(late.events.first { $0.kind == .keyPromoted }?[field: "LICENSE_DELAY_USEC"] == "180000000")
+    #expect(late.renderedEvents.first { $0.kind == .keyPromoted }?[field: .delayMicroseconds] == "180000000")
   }
 
   /// P4 for a key obtained ahead: the agent was down past the pending key's whole period.
@@ -188,38 +189,40 @@ import Testing
   @Test func C6_P4_aPendingKeyThatExpiredWhileTheAgentWasDownIsNamedAndRenewedFrom() throws {
     let (asked, due) = try asking(codeMode())
     let pendingUntil = exp + .days(30)
-    let got = engine.activationSucceeded(
+    let got = engine.attemptSucceeded(
       slot: .server, key: nextPeriod(exp: pendingUntil), ahead: true, now: due + .seconds(2), state: asked)
     let state = got.state.acknowledging(through: got.state.lastTransitionID)
     let start = engine.timeReached(now: pendingUntil + .hours(2), state: state)
-    #expect(!start.events.contains { $0.kind == .keyPromoted })
-    let dropped = try #require(start.events.first { $0.kind == .reserveDropped })
-    #expect(dropped[field: "LICENSE_SERIAL"] == "KS-2")
-    #expect(dropped[field: "LICENSE_REASON"] == "expired")
+    #expect(!start.renderedEvents.contains { $0.kind == .keyPromoted })
+    let dropped = try #require(start.renderedEvents.first { $0.kind == .reserveDropped })
+    #expect(dropped[field: .serial] == "KS-2")
+    #expect(dropped[field: .reason] == "expired")
     #expect(dropped.message.contains("KS-1") && !dropped.message.contains(code.value))
     #expect(requests(start).map(\.currentSerial) == ["KS-2"])
-    #expect(requests(start).map(\.ahead) == [false])
-    #expect(start.state[.server].pending == nil)
-    #expect(start.state[.server].expired?.serial == "KS-2")
-    #expect(start.state[.server].renewal?.expiredAt == pendingUntil)
+    #expect(requests(start).map(\.kind.isAhead) == [false])
+    #expect(start.state[.server]?.pending == nil)
+    #expect(start.state[.server]?.expired?.serial == "KS-2")
+    #expect(start.state[.server]?.expired?.expiresAt == pendingUntil)
     // Still valid at start: promoted as before (P3), nothing dropped.
     let late = engine.timeReached(now: exp + .hours(2), state: state)
-    #expect(late.state[.server].active?.serial == "KS-2")
-    #expect(!late.events.contains { $0.kind == .reserveDropped })
+    #expect(late.state[.server]?.active?.serial == "KS-2")
+    #expect(!late.renderedEvents.contains { $0.kind == .reserveDropped })
   }
 
   @Test func C6_notYetAvailableIsRetriedInsideTheWindowAfterRetryAfterWithoutAnyEvent() throws {
     let (asked, due) = try asking(codeMode())
     let now = due + .seconds(1)
     for jitter in [0.0, 0.5, 0.999] {
-      let d = engine.activationFailed(
+      let d = engine.attemptFailed(
         slot: .server, failure: .notYetAvailable(retryAfter: .hours(2)), ahead: true, jitter: jitter,
         now: now,
         state: asked)
-      let ahead = try #require(d.state[.server].ahead)
-      #expect(ahead.lastError == "not_yet_available" && ahead.attempts == 1 && !ahead.alertRaised)
-      #expect(d.events.isEmpty, "the vendor's calendar is not a failure to log")
-      let next = try #require(ahead.nextAttemptAt)
+      let ahead = try #require(d.state[.server]?.ahead)
+      #expect(
+        ahead.attempts.lastError == "not_yet_available" && ahead.attempts.failures == 1
+          && !ahead.attempts.alertRaised)
+      #expect(d.renderedEvents.isEmpty, "the vendor's calendar is not a failure to log")
+      let next = try #require(ahead.attempts.dueAt)
       // Never sooner than Retry-After; spread after it over a quarter of the time left (here
       // more than retry-max), so that a fleet does not come back at once.
       let cap = Int64(Double(exp.microseconds(since: now) / 4) * jitter)
@@ -234,8 +237,8 @@ import Testing
     var attempts = 0
     var alerts = 0
     // The server is down until after exp: every attempt ahead fails.
-    while let ahead = state[.server].ahead, !ahead.stopped {
-      if ahead.attemptStartedAt == nil {
+    while let ahead = state[.server]?.ahead, !ahead.attempts.isStopped {
+      if ahead.attempts.underWaySince == nil {
         let next = try #require(engine.aheadAttemptDue(state[.server]))
         #expect(next > now && next < exp)
         now = next
@@ -243,14 +246,16 @@ import Testing
         #expect(requests(d).count == 1)
         state = d.state
       }
-      let d = engine.activationFailed(
+      let d = engine.attemptFailed(
         slot: .server, failure: .transient(error: "connection refused", retryAfter: nil), ahead: true,
         jitter: 0.9, now: now + .seconds(1), state: state)
       attempts += 1
-      alerts += d.events.filter { $0.kind == .manualActivationRequired }.count
-      for event in d.events where event.kind == .activationAttemptFailed {
-        #expect(event[field: "LICENSE_AHEAD"] == "1")
-        #expect(event.message.contains("Nothing is needed yet"))
+      alerts += d.renderedEvents.filter { $0.kind == .manualActivationRequired }.count
+      for event in d.renderedEvents where event.kind == .activationAttemptFailed {
+        #expect(event[field: .ahead] == "1")
+      }
+      for case .activationAttemptFailed(let failed) in d.events {
+        #expect(failed.ahead && failed.key.expiresAt == exp, "ahead of the expiry: nothing is needed yet")
       }
       state = d.state
       now = now + .seconds(1)
@@ -261,9 +266,9 @@ import Testing
     #expect(state.counters[.server]?.transientFailures == attempts)
     // At exp, C2: the renewal at expiry, then C4's alert after alert-after.
     let atExp = engine.timeReached(now: exp, state: state)
-    #expect(requests(atExp).map(\.ahead) == [false])
-    #expect(atExp.state[.server].renewal?.alertRaised == false)
-    #expect(atExp.state[.server].expired?.serial == "KS-1")
+    #expect(requests(atExp).map(\.kind.isAhead) == [false])
+    #expect(atExp.state[.server]?.renewal?.attempts.alertRaised == false)
+    #expect(atExp.state[.server]?.expired?.serial == "KS-1")
   }
 
   @Test func C6_theRetryCapIsRetryMaxOrASixteenthOfWhatIsLeft() {
@@ -296,26 +301,26 @@ import Testing
     _ what: String, nbfAfterExp: TimeSpan, expAfterExp: TimeSpan
   ) throws {
     let (asked, due) = try asking(codeMode())
-    let d = engine.activationSucceeded(
+    let d = engine.attemptSucceeded(
       slot: .server, key: nextPeriod(nbf: exp + nbfAfterExp, exp: exp + expAfterExp), ahead: true,
       now: due, state: asked)
-    #expect(d.state[.server].pending == nil, "\(what)")
-    let ahead = try #require(d.state[.server].ahead)
-    #expect(ahead.stopped && ahead.alertRaised && ahead.nextAttemptAt == nil)
-    #expect(ahead.lastError?.hasPrefix("bad_key_from_server") == true)
-    let alert = try #require(d.events.first { $0.kind == .manualActivationRequired })
-    #expect(alert.priority == 1 && alert[field: "LICENSE_AHEAD"] == "1")
-    #expect(alert.message.contains("expires at \(exp)"))
+    #expect(d.state[.server]?.pending == nil, "\(what)")
+    let ahead = try #require(d.state[.server]?.ahead)
+    #expect(ahead.attempts.isStopped && ahead.attempts.alertRaised && ahead.attempts.dueAt == nil)
+    #expect(ahead.attempts.lastError?.hasPrefix("bad_key_from_server") == true)
+    let alert = try #require(d.renderedEvents.first { $0.kind == .manualActivationRequired })
+    #expect(alert.priority == 1 && alert[field: .ahead] == "1")
+    #expect(alert[field: .expiresAt] == exp.rfc3339 && alert[field: .serial] == "KS-1")
     #expect(d.state.counters[.server]?.permanentFailures == 1)
     #expect(engine.nextWake(d.state)?.reason != .renewalAhead(slot: .server, serial: "KS-1", attempt: 2))
     // At exp the agent still tries once (C2), without raising the alert a second time.
     let atExp = engine.timeReached(now: exp, state: d.state)
-    #expect(requests(atExp).map(\.ahead) == [false])
-    let refused = engine.activationFailed(
+    #expect(requests(atExp).map(\.kind.isAhead) == [false])
+    let refused = engine.attemptFailed(
       slot: .server, failure: .permanent(error: "code_blocked"), jitter: 0, now: exp + .seconds(1),
       state: atExp.state)
-    #expect(refused.events.filter { $0.kind == .manualActivationRequired }.isEmpty)
-    #expect(refused.state[.server].renewal?.alertRaised == true)
+    #expect(refused.renderedEvents.filter { $0.kind == .manualActivationRequired }.isEmpty)
+    #expect(refused.state[.server]?.renewal?.attempts.alertRaised == true)
   }
 
   @Test func C6_otherKeysThatDoNotContinueTheLicence() throws {
@@ -327,11 +332,11 @@ import Testing
       (issuer.key("KS-1", exp: exp), "the active key itself"),
       ("garbage", "A1"),
     ] {
-      let d = engine.activationSucceeded(slot: .server, key: bad, ahead: true, now: due, state: asked)
-      #expect(d.state[.server].pending == nil)
+      let d = engine.attemptSucceeded(slot: .server, key: bad, ahead: true, now: due, state: asked)
+      #expect(d.state[.server]?.pending == nil)
       #expect(
-        d.state[.server].ahead?.lastError?.contains(reason) == true,
-        "\(reason): \(d.state[.server].ahead?.lastError ?? "-")")
+        d.state[.server]?.ahead?.attempts.lastError?.contains(reason) == true,
+        "\(reason): \(d.state[.server]?.ahead?.attempts.lastError ?? "-")")
     }
   }
 
@@ -340,47 +345,51 @@ import Testing
     let withReserve = engine.addKey(
       issuer.key("KS-R", exp: exp + .days(90)), role: .reserve, now: t0, state: codeMode()
     ).state
-    #expect(withReserve[.server].ahead == nil)
+    #expect(withReserve[.server]?.ahead == nil)
     #expect(engine.aheadAttemptDue(withReserve[.server]) == nil)
     #expect(requests(engine.timeReached(now: exp - .days(1), state: withReserve)).isEmpty)
     // Removing the reserve brings renewal ahead back, at once drawn.
     let removed = engine.removeReserve(slot: .server, now: t0 + .days(1), state: withReserve)
-    #expect(removed.state[.server].ahead?.serial == "KS-1")
-    #expect(removed.events.first?.message.contains("renew the active key with its activation code") == true)
+    #expect(removed.state[.server]?.ahead != nil && removed.state[.server]?.active?.serial == "KS-1")
+    guard case .reserveDropped(let removedEvent)? = removed.events.first else {
+      Issue.record("expected RESERVE_DROPPED: \(removed.events)")
+      return
+    }
+    #expect(removedEvent.reason == .removedByOperator(activeSerial: "KS-1", renewsWithCode: true))
     // A reserve added after a key was obtained ahead replaces it.
     let (asked, due) = try asking(codeMode())
-    let pending = engine.activationSucceeded(
+    let pending = engine.attemptSucceeded(
       slot: .server, key: nextPeriod(), ahead: true, now: due, state: asked
     ).state
     let d = engine.addKey(
       issuer.key("KS-R", exp: exp + .days(90)), role: .reserve, now: due + .hours(1), state: pending)
-    #expect(d.state[.server].reserve?.serial == "KS-R")
-    #expect(d.state[.server].pending == nil && d.state[.server].ahead == nil)
-    let dropped = try #require(d.events.first { $0.kind == .reserveDropped })
-    #expect(dropped[field: "LICENSE_SERIAL"] == "KS-2")
-    #expect(dropped[field: "LICENSE_ACTIVE_SERIAL"] == "KS-1")
-    #expect(dropped[field: "LICENSE_REASON"] == "replaced-by-operator")
-    #expect(d.events.contains { $0.kind == .reserveAdded })
-    #expect(engine.timeReached(now: exp, state: d.state).state[.server].active?.serial == "KS-R")
+    #expect(d.state[.server]?.reserve?.serial == "KS-R")
+    #expect(d.state[.server]?.pending == nil && d.state[.server]?.ahead == nil)
+    let dropped = try #require(d.renderedEvents.first { $0.kind == .reserveDropped })
+    #expect(dropped[field: .serial] == "KS-2")
+    #expect(dropped[field: .activeSerial] == "KS-1")
+    #expect(dropped[field: .reason] == "replaced-by-operator")
+    #expect(d.renderedEvents.contains { $0.kind == .reserveAdded })
+    #expect(engine.timeReached(now: exp, state: d.state).state[.server]?.active?.serial == "KS-R")
     // A reserve added while an attempt is under way: its answer is not installed.
     let racing = engine.addKey(
       issuer.key("KS-R", exp: exp + .days(90)), role: .reserve, now: due, state: asked
     ).state
-    let late = engine.activationSucceeded(
+    let late = engine.attemptSucceeded(
       slot: .server, key: nextPeriod(), ahead: true, now: due, state: racing)
-    #expect(late.state == racing && late.events.isEmpty)
+    #expect(late.state == racing && late.renderedEvents.isEmpty)
   }
 
   @Test func C6_renewBeforeZeroRestoresRenewalAtExpiry() {
     let off = engine(before: .seconds(0))
     let state = codeMode(engine: off)
-    #expect(state[.server].ahead == nil)
+    #expect(state[.server]?.ahead == nil)
     #expect(requests(off.timeReached(now: exp - TimeSpan(microseconds: 1), state: state)).isEmpty)
-    #expect(requests(off.timeReached(now: exp, state: state)).map(\.ahead) == [false])
+    #expect(requests(off.timeReached(now: exp, state: state)).map(\.kind.isAhead) == [false])
     // Turned off on reload: the record of a key drawn before goes at the next decision.
     let drawn = codeMode()
-    #expect(drawn[.server].ahead != nil)
-    #expect(off.timeReached(now: t0 + .days(1), state: drawn).state[.server].ahead == nil)
+    #expect(drawn[.server]?.ahead != nil)
+    #expect(off.timeReached(now: t0 + .days(1), state: drawn).state[.server]?.ahead == nil)
   }
 
   @Test func C6_clockStepsThroughTheWindow() throws {
@@ -389,40 +398,41 @@ import Testing
     // A step forward into the window, past the drawn instant: the request at once.
     let forward = engine.clockChanged(
       deltaMicroseconds: due.microseconds(since: t0) + 1, now: due + TimeSpan(microseconds: 1), state: state)
-    #expect(requests(forward).map(\.ahead) == [true])
-    #expect(forward.events.first?.kind == .clockChanged)
+    #expect(requests(forward).map(\.kind.isAhead) == [true])
+    #expect(forward.renderedEvents.first?.kind == .clockChanged)
     // Obtained; a step backward undoes nothing: the pending key stays, the promotion stays at exp.
-    let got = engine.activationSucceeded(
+    let got = engine.attemptSucceeded(
       slot: .server, key: nextPeriod(), ahead: true, now: due + .seconds(1), state: forward.state)
     let backward = engine.clockChanged(
       deltaMicroseconds: -TimeSpan.days(20).microseconds, now: due - .days(20), state: got.state)
-    #expect(backward.state[.server].pending?.serial == "KS-2")
+    #expect(backward.state[.server]?.pending?.serial == "KS-2")
     #expect(requests(backward).isEmpty)
     #expect(engine.nextWake(backward.state).map { $0.at <= exp } == true)
     // A step forward past exp with the key pending: promoted at once, with the step as delay.
     let past = engine.clockChanged(
       deltaMicroseconds: TimeSpan.days(40).microseconds, now: exp + .hours(1), state: got.state)
-    #expect(past.state[.server].active?.serial == "KS-2")
-    #expect(past.events.first { $0.kind == .keyPromoted }?[field: "LICENSE_DELAY_USEC"] == "3600000000")
+    #expect(past.state[.server]?.active?.serial == "KS-2")
+    #expect(past.renderedEvents.first { $0.kind == .keyPromoted }?[field: .delayMicroseconds] == "3600000000")
     // A step forward past exp while nothing was obtained: C2 from exp on.
     let nothing = engine.clockChanged(
       deltaMicroseconds: TimeSpan.days(40).microseconds, now: exp + .hours(1), state: state)
-    #expect(requests(nothing).map(\.ahead) == [false])
-    #expect(nothing.state[.server].renewal != nil)
+    #expect(requests(nothing).map(\.kind.isAhead) == [false])
+    #expect(nothing.state[.server]?.renewal != nil)
   }
 
   @Test func C6_aNewActiveKeyIsDrawnForAfreshAndAManualActivationToo() throws {
     let (asked, due) = try asking(codeMode())
     let replaced = engine.addKey(
       issuer.key("KS-9", exp: exp + .days(60)), role: .active, code: code, now: due, state: asked)
-    let ahead = try #require(replaced.state[.server].ahead)
-    #expect(ahead.serial == "KS-9" && ahead.attempts == 0 && ahead.attemptStartedAt == nil)
+    let ahead = try #require(replaced.state[.server]?.ahead)
+    #expect(replaced.state[.server]?.active?.serial == "KS-9")
+    #expect(ahead.attempts.failures == 0 && ahead.attempts.underWaySince == nil)
     // The answer to the question about KS-1 is not installed for KS-9.
-    let late = engine.activationSucceeded(
+    let late = engine.attemptSucceeded(
       slot: .server, key: nextPeriod(), ahead: true, now: due, state: replaced.state)
-    #expect(late.state[.server].pending == nil)
+    #expect(late.state[.server]?.pending == nil)
     // A key added without a code has no renewal ahead.
     let plain = engine.addKey(issuer.key("KS-8", exp: exp + .days(60)), role: .active, now: due, state: asked)
-    #expect(plain.state[.server].ahead == nil)
+    #expect(plain.state[.server]?.ahead == nil)
   }
 }

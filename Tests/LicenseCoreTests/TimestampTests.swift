@@ -116,11 +116,11 @@ import Testing
     .state
     state = engine.timeReached(now: exp, state: state).state
     state =
-      engine.activationFailed(
+      engine.attemptFailed(
         slot: .server, failure: .transient(error: "network", retryAfter: nil), jitter: 0.99, now: exp,
         state: state
       ).state
-    #expect(state[.server].renewal?.attempts == 1)
+    #expect(state[.server]?.renewal?.attempts.failures == 1)
     #expect(engine.nextWake(state) != nil)
     _ = engine.timeReached(now: Timestamp(microseconds: .max), state: state)
   }
