@@ -11,7 +11,8 @@ public enum AgentInterface {
   /// The default socket path (`$RUNTIME_DIRECTORY/io.licenseagent.Agent`).
   public static let defaultSocketPath = "/run/license-agent/io.licenseagent.Agent"
 
-  public static let methods: Set<String> = ["GetStatus", "AddKey", "CheckKey", "RemoveReserve", "Activate"]
+  /// The methods, as ``AgentMethod`` names them.
+  public static let methods: Set<String> = Set(AgentMethod.allCases.map(\.rawValue))
 
   public static let ruleViolation = "io.licenseagent.Agent.RuleViolation"
   public static let permissionDenied = "io.licenseagent.Agent.PermissionDenied"
@@ -113,7 +114,12 @@ public enum AgentInterface {
       takeover: string,
       secondsLeft: ?int,
       renewal: ?Renewal,
-      renewalAhead: ?RenewalAhead
+      renewalAhead: ?RenewalAhead,
+      # When the licence of this slot ends with nothing to take over, as far as the agent
+      # knows now (an expired slot's: when it ended); null when an activation code renews it
+      lapsesAt: ?string,
+      # This slot's part of the health (see GetStatus)
+      health: int
     )
 
     # The next instant the agent will act.
@@ -145,7 +151,11 @@ public enum AgentInterface {
       slots: []SlotStatus,
       warnings: []Warning,
       alerts: []string,
-      nextAction: ?NextAction
+      nextAction: ?NextAction,
+      # agentctl status's exit status: 0 every slot in use has a valid key and no alert is
+      # pending, 1 a key expires within the first warning threshold with nothing to take
+      # over, 2 a slot has lapsed or an alert is pending
+      health: int
     )
 
     # The activation task: adds a key as the slot's active key or as its reserve.
@@ -180,37 +190,131 @@ public enum AgentInterface {
     """
 }
 
+/// The methods of `io.licenseagent.Agent`, by their wire names.
+public enum AgentMethod: String, CaseIterable, Sendable {
+  case getStatus = "GetStatus"
+  case addKey = "AddKey"
+  case checkKey = "CheckKey"
+  case removeReserve = "RemoveReserve"
+  case activate = "Activate"
+
+  /// `io.licenseagent.Agent.<name>`.
+  public var qualifiedName: String { "\(AgentInterface.name).\(rawValue)" }
+
+  /// Whether the method changes the state (root and the admin group only, contract §5).
+  public var changesState: Bool {
+    switch self {
+    case .getStatus, .checkKey: return false
+    case .addKey, .removeReserve, .activate: return true
+    }
+  }
+}
+
+/// A request's parameters, decoded by name and type (``AgentRequest/decode(_:)``).
+public protocol AgentRequest: Codable, Sendable {
+  /// Every parameter the method takes: any other is an invalid parameter.
+  static var parameterNames: Set<String> { get }
+}
+
+/// A parameter the caller got wrong (unknown, missing, or of the wrong type), by name.
+public struct InvalidParameter: Error, Equatable, Sendable {
+  public var name: String
+  public init(_ name: String) { self.name = name }
+}
+
+extension AgentRequest {
+  /// Decodes the parameters of a call: the first unknown parameter, else the first missing
+  /// or mistyped one in the method's order, is the error.
+  public static func decode(_ parameters: [String: JSONValue]) -> Result<Self, InvalidParameter> {
+    if let unknown = parameters.keys.sorted().first(where: { !parameterNames.contains($0) }) {
+      return .failure(InvalidParameter(unknown))
+    }
+    do {
+      return .success(try decodeParameters(Self.self, from: parameters))
+    } catch let DecodingError.keyNotFound(key, context) {
+      return .failure(InvalidParameter((context.codingPath.first ?? key).stringValue))
+    } catch let DecodingError.typeMismatch(_, context), let DecodingError.valueNotFound(_, context),
+      let DecodingError.dataCorrupted(context)
+    {
+      return .failure(InvalidParameter(context.codingPath.first?.stringValue ?? "parameters"))
+    } catch {
+      return .failure(InvalidParameter("parameters"))
+    }
+  }
+
+  /// The call's parameters.
+  public var parameters: [String: JSONValue] { varlinkParameters(self) }
+}
+
+/// `GetStatus()`.
+public struct GetStatusRequest: AgentRequest, Equatable {
+  public static let parameterNames: Set<String> = []
+  public init() {}
+}
+
+/// `AddKey(key, role, replaceScheme?)` and `CheckKey(...)`.
+public struct KeyRequest: AgentRequest, Equatable {
+  public static let parameterNames: Set<String> = ["key", "role", "replaceScheme"]
+  public var key: String
+  public var role: Role
+  public var replaceScheme: Bool?
+
+  public init(key: String, role: Role, replaceScheme: Bool? = nil) {
+    self.key = key
+    self.role = role
+    self.replaceScheme = replaceScheme
+  }
+}
+
+/// `RemoveReserve(slot)`.
+public struct RemoveReserveRequest: AgentRequest, Equatable {
+  public static let parameterNames: Set<String> = ["slot"]
+  public var slot: Slot
+  public init(slot: Slot) { self.slot = slot }
+}
+
+/// `Activate(code, role)`: the code as typed (checked by the agent: rule C5).
+public struct ActivateRequest: AgentRequest, Equatable {
+  public static let parameterNames: Set<String> = ["code", "role"]
+  public var code: String
+  public var role: Role
+  public init(code: String, role: Role) {
+    self.code = code
+    self.role = role
+  }
+}
+
 /// A key on the wire.
 public struct KeyInfo: Codable, Sendable, Equatable {
   public var serial: String
   public var issuer: String
   public var kid: String
-  public var slot: String
-  public var scheme: String
-  public var osType: String?
-  public var edition: String
-  public var licenseType: String
+  public var slot: Slot
+  public var scheme: Scheme
+  public var osType: OSType?
+  public var edition: Edition
+  public var licenseType: LicenseType
   public var units: Int
   public var notBefore: String
   public var expiresAt: String
-  public var source: String
+  public var source: KeyOrigin
   public var codeHint: String?
   public var addedAt: String?
   public var promotedAt: String?
 
   public init(
-    _ key: LicenseKey, source: String = "key", codeHint: String? = nil, addedAt: Timestamp? = nil,
+    _ key: LicenseKey, source: KeyOrigin = .key, codeHint: String? = nil, addedAt: Timestamp? = nil,
     promotedAt: Timestamp? = nil
   ) {
     let c = key.claims
     serial = c.serial
     issuer = c.issuer
     kid = key.kid
-    slot = c.slot.rawValue
-    scheme = c.scheme.rawValue
-    osType = c.osType?.rawValue
-    edition = c.edition.rawValue
-    licenseType = c.licenseType.rawValue
+    slot = c.slot
+    scheme = c.scheme
+    osType = c.osType
+    edition = c.edition
+    licenseType = c.licenseType
     units = c.units
     notBefore = c.notBefore.rfc3339
     expiresAt = c.expiresAt.rfc3339
@@ -222,12 +326,12 @@ public struct KeyInfo: Codable, Sendable, Equatable {
 
   public init(_ installed: InstalledKey) {
     self.init(
-      installed.key, source: installed.origin.rawValue, codeHint: installed.activationCode?.hint,
+      installed.key, source: installed.origin, codeHint: installed.activationCode?.hint,
       addedAt: installed.addedAt, promotedAt: installed.promotedAt)
   }
 
   /// `vm-count/server`, `cores`.
-  public var typeDescription: String { osType.map { "\(scheme)/\($0)" } ?? scheme }
+  public var typeDescription: String { osType.map { "\(scheme.rawValue)/\($0.rawValue)" } ?? scheme.rawValue }
 }
 
 public struct ExpiredKeyInfo: Codable, Sendable, Equatable {
@@ -236,21 +340,27 @@ public struct ExpiredKeyInfo: Codable, Sendable, Equatable {
 }
 
 public struct SlotStatus: Codable, Sendable, Equatable {
-  public var slot: String
-  public var status: String
+  /// `status`: active, or lapsed (expired, or being renewed with the activation code).
+  public enum Status: String, Codable, Sendable, Equatable {
+    case active, expired, renewing
+  }
+  public var slot: Slot
+  public var status: Status
   public var active: KeyInfo?
   public var reserve: KeyInfo?
   public var pending: KeyInfo?
   public var expired: ExpiredKeyInfo?
-  public var takeover: String
+  public var takeover: Takeover
   public var secondsLeft: Int?
   public var renewal: RenewalInfo?
   public var renewalAhead: RenewalAheadInfo?
+  public var lapsesAt: String?
+  public var health: Health
 
   public init(
-    slot: String, status: String, active: KeyInfo? = nil, reserve: KeyInfo? = nil, pending: KeyInfo? = nil,
-    expired: ExpiredKeyInfo? = nil, takeover: String, secondsLeft: Int? = nil, renewal: RenewalInfo? = nil,
-    renewalAhead: RenewalAheadInfo? = nil
+    slot: Slot, status: Status, active: KeyInfo? = nil, reserve: KeyInfo? = nil, pending: KeyInfo? = nil,
+    expired: ExpiredKeyInfo? = nil, takeover: Takeover, secondsLeft: Int? = nil, renewal: RenewalInfo? = nil,
+    renewalAhead: RenewalAheadInfo? = nil, lapsesAt: String? = nil, health: Health
   ) {
     self.slot = slot
     self.status = status
@@ -262,12 +372,17 @@ public struct SlotStatus: Codable, Sendable, Equatable {
     self.secondsLeft = secondsLeft
     self.renewal = renewal
     self.renewalAhead = renewalAhead
+    self.lapsesAt = lapsesAt
+    self.health = health
   }
 }
 
 /// The renewal ahead of expiry of a slot on the wire (C6; never the code: its hint).
 public struct RenewalAheadInfo: Codable, Sendable, Equatable {
-  public var state: String
+  public enum State: String, Codable, Sendable, Equatable {
+    case waiting, requesting, retrying, stopped
+  }
+  public var state: State
   public var windowStart: String
   public var windowEnd: String
   public var firstAttemptAt: String
@@ -277,56 +392,73 @@ public struct RenewalAheadInfo: Codable, Sendable, Equatable {
   public var alert: Bool
   public var codeHint: String
 
-  public init(_ ahead: AheadRenewal, active: InstalledKey, engine: LicenseEngine) {
-    if ahead.stopped {
-      state = "stopped"
-    } else if ahead.attemptStartedAt != nil {
-      state = "requesting"
-    } else {
-      state = ahead.attempts == 0 ? "waiting" : "retrying"
+  public init(_ ahead: AheadRenewal, held: HeldSlot, engine: LicenseEngine) {
+    let active = held.active
+    switch ahead.attempts.schedule {
+    case .stopped: state = .stopped
+    case .underWay: state = .requesting
+    case .atDraw, .due: state = ahead.attempts.failures == 0 ? .waiting : .retrying
     }
     let window = engine.aheadWindow(expiresAt: active.expiresAt, since: ahead.since)
     windowStart = window.from.rfc3339
     windowEnd = window.to.rfc3339
     firstAttemptAt = engine.firstAheadAttempt(ahead, expiresAt: active.expiresAt).rfc3339
-    nextAttemptAt = engine.aheadAttemptDue(ahead, active: active)?.rfc3339
-    attempts = ahead.attempts
-    lastError = ahead.lastError
-    alert = ahead.alertRaised
+    nextAttemptAt = engine.aheadAttemptDue(held)?.rfc3339
+    attempts = ahead.attempts.failures
+    lastError = ahead.attempts.lastError
+    alert = ahead.attempts.alertRaised
     codeHint = active.activationCode?.hint ?? ""
   }
 }
 
 /// The renewal state of a slot on the wire (never the code: its hint).
 public struct RenewalInfo: Codable, Sendable, Equatable {
-  public var state: String
+  public enum State: String, Codable, Sendable, Equatable {
+    case retrying, stopped
+  }
+  public var state: State
   public var attempts: Int
   public var nextAttemptAt: String?
   public var lastError: String?
   public var alert: Bool
   public var codeHint: String
 
-  public init(_ renewal: RenewalState) {
-    state = renewal.nextAttemptAt != nil || renewal.attemptStartedAt != nil ? "retrying" : "stopped"
-    attempts = renewal.attempts
-    nextAttemptAt = renewal.nextAttemptAt?.rfc3339
-    lastError = renewal.lastError
-    alert = renewal.alertRaised
+  public init(_ renewal: Renewal) {
+    state = renewal.attempts.isStopped ? .stopped : .retrying
+    attempts = renewal.attempts.failures
+    nextAttemptAt = renewal.attempts.dueAt?.rfc3339
+    lastError = renewal.attempts.lastError
+    alert = renewal.attempts.alertRaised
     codeHint = renewal.code.hint
   }
 }
 
 public struct NextAction: Codable, Sendable, Equatable {
+  /// What the agent does then (also the metrics' `action` label).
+  public enum Action: String, Codable, Sendable, Equatable {
+    case promotion, expiry, warning, renewal
+    case renewalAhead = "renewal-ahead"
+    case alert
+  }
   public var at: String
-  public var action: String
-  public var slot: String
+  public var action: Action
+  public var slot: Slot
   public var serial: String
   public var description: String
 }
 
 public struct StatusWarning: Codable, Sendable, Equatable {
-  public var slot: String?
-  public var code: String
+  public enum Code: String, Codable, Sendable, Equatable {
+    case noReserve = "no_reserve"
+    case reserveMissingForOSType = "reserve_missing_for_os_type"
+    case expiringWithoutTakeover = "expiring_without_takeover"
+    case slotExpired = "slot_expired"
+    case renewing
+    case renewalStopped = "renewal_stopped"
+    case renewalAheadFailing = "renewal_ahead_failing"
+  }
+  public var slot: Slot?
+  public var code: Code
   public var message: String
 }
 
@@ -341,12 +473,13 @@ public struct StatusReply: Codable, Sendable, Equatable {
   public var warnings: [StatusWarning]
   public var alerts: [String]
   public var nextAction: NextAction?
+  public var health: Health
 }
 
 /// The `AddKey` and `CheckKey` reply.
 public struct AddKeyReply: Codable, Sendable, Equatable {
-  public var slot: String
-  public var role: String
+  public var slot: Slot
+  public var role: Role
   public var key: KeyInfo
   public var unchanged: Bool
   public var replacedSerial: String?
@@ -355,8 +488,8 @@ public struct AddKeyReply: Codable, Sendable, Equatable {
   public var message: String
 
   public init(_ added: AddedKey, checkOnly: Bool) {
-    slot = added.slot.rawValue
-    role = added.role.rawValue
+    slot = added.slot
+    role = added.role
     key = KeyInfo(added.key)
     unchanged = added.unchanged
     replacedSerial = added.replacedSerial

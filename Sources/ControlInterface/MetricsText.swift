@@ -38,7 +38,7 @@ public enum MetricsText {
   ]
 
   /// The takeover label values, in the order they are written.
-  public static let takeovers = ["reserve", "pending-renewal", "activation-code", "none"]
+  public static let takeovers = Takeover.allCases
 
   /// The whole file.
   public static func render(
@@ -53,7 +53,7 @@ public enum MetricsText {
     }
     add("license_agent_info", [("version", version), ("product", product)], "1")
     for slot in state.slotsInUse {
-      let slotState = state[slot]
+      guard let slotState = state[slot] else { continue }
       let name = slot.rawValue
       for (role, key) in [
         ("active", slotState.active), ("reserve", slotState.reserve), ("pending", slotState.pending),
@@ -63,20 +63,20 @@ public enum MetricsText {
         add("license_agent_key_expiry_timestamp_seconds", labels, seconds(key.expiresAt))
         add("license_agent_key_not_before_timestamp_seconds", labels, seconds(key.claims.notBefore))
       }
-      let current = engine.takeover(slotState).rawValue
+      let current = engine.takeover(slotState)
       for takeover in takeovers {
         add(
-          "license_agent_slot_takeover", [("slot", name), ("takeover", takeover)],
+          "license_agent_slot_takeover", [("slot", name), ("takeover", takeover.rawValue)],
           takeover == current ? "1" : "0")
       }
       add("license_agent_slot_expired", [("slot", name)], slotState.active == nil ? "1" : "0")
       add(
         "license_agent_alert", [("slot", name), ("alert", "manual_activation_required")],
-        slotState.renewal?.alertRaised == true || slotState.ahead?.alertRaised == true ? "1" : "0")
+        engine.alertPending(slotState) ? "1" : "0")
       if let wake = engine.nextWake(state, slot: slot) {
         add(
           "license_agent_next_action_timestamp_seconds",
-          [("slot", name), ("action", StatusBuilder.action(wake))],
+          [("slot", name), ("action", StatusBuilder.action(wake).rawValue)],
           seconds(wake.at))
       }
     }

@@ -40,12 +40,12 @@ struct ConnectionOptions: ParsableArguments {
   }
 
   /// Calls a method of io.licenseagent.Agent; exits 3 when the agent cannot be reached.
-  func call(_ member: String, _ parameters: [String: JSONValue] = [:], timeoutSeconds: Int = 30) throws
+  func call(_ method: AgentMethod, _ request: some AgentRequest, timeoutSeconds: Int = 30) throws
     -> VarlinkReply
   {
     do {
       let client = try VarlinkClient(path: socketPath, timeoutSeconds: timeoutSeconds)
-      return try client.call("\(AgentInterface.name).\(member)", parameters)
+      return try client.call(method.qualifiedName, request.parameters)
     } catch {
       printError(
         "agentctl: the agent cannot be reached: \(error). Is license-agent running? (systemctl status license-agent)"
@@ -116,7 +116,7 @@ struct AddKey: ParsableCommand {
 
   func run() throws {
     let added = try sendKey(
-      "AddKey", file: file, reserve: reserve, replaceScheme: replaceScheme, connection: connection)
+      .addKey, file: file, reserve: reserve, replaceScheme: replaceScheme, connection: connection)
     print(added.message)
   }
 }
@@ -136,20 +136,18 @@ struct CheckKey: ParsableCommand {
 
   func run() throws {
     let checked = try sendKey(
-      "CheckKey", file: file, reserve: reserve, replaceScheme: replaceScheme, connection: connection)
+      .checkKey, file: file, reserve: reserve, replaceScheme: replaceScheme, connection: connection)
     print("OK: \(checked.message)")
   }
 }
 
 /// AddKey or CheckKey with the key read from FILE; exits as the contract says on an error.
 func sendKey(
-  _ method: String, file: String, reserve: Bool, replaceScheme: Bool, connection: ConnectionOptions
+  _ method: AgentMethod, file: String, reserve: Bool, replaceScheme: Bool, connection: ConnectionOptions
 ) throws -> AddKeyReply {
-  var parameters: [String: JSONValue] = [
-    "key": .string(try readKey(file)), "role": .string(reserve ? "reserve" : "active"),
-  ]
-  if replaceScheme { parameters["replaceScheme"] = .bool(true) }
-  switch try connection.call(method, parameters) {
+  let request = KeyRequest(
+    key: try readKey(file), role: reserve ? .reserve : .active, replaceScheme: replaceScheme ? true : nil)
+  switch try connection.call(method, request) {
   case .success(let reply): return try decodeParameters(AddKeyReply.self, from: reply)
   case .failure(let error): try fail(error)
   }
@@ -162,20 +160,14 @@ struct RemoveReserve: ParsableCommand {
 
   @OptionGroup var connection: ConnectionOptions
   @Argument(help: "The slot: server, workstation, processors or cores.")
-  var slot: String
-
-  func validate() throws {
-    guard Slot(rawValue: slot) != nil else {
-      throw ValidationError("'\(slot)' is not a slot; use server, workstation, processors or cores")
-    }
-  }
+  var slot: Slot
 
   func run() throws {
-    switch try connection.call("RemoveReserve", ["slot": .string(slot)]) {
+    switch try connection.call(.removeReserve, RemoveReserveRequest(slot: slot)) {
     case .success(let reply):
       let removed = try decodeParameters(RemoveReserveReply.self, from: reply)
       print(
-        "Removed reserve key \(removed.removed.serial) from the \(slot) slot; nothing takes over at expiry now."
+        "Removed reserve key \(removed.removed.serial) from the \(slot.rawValue) slot; nothing takes over at expiry now."
       )
     case .failure(let error):
       try fail(error)
@@ -233,14 +225,17 @@ struct Activate: ParsableCommand {
         "agentctl: refused by rule C5 (invalid_code_format): \(ActivationCode.formatViolation().message)")
       throw ExitCode(1)
     }
-    let parameters: [String: JSONValue] = [
-      "code": .string(activationCode.value), "role": .string(reserve ? "reserve" : "active"),
-    ]
-    switch try connection.call("Activate", parameters, timeoutSeconds: 300) {
+    let request = ActivateRequest(code: activationCode.value, role: reserve ? .reserve : .active)
+    switch try connection.call(.activate, request, timeoutSeconds: 300) {
     case .success(let reply):
       print(try decodeParameters(AddKeyReply.self, from: reply).message)
     case .failure(let error):
       try fail(error)
     }
   }
+}
+
+extension Slot: ExpressibleByArgument {
+  public init?(argument: String) { self.init(rawValue: argument) }
+  public static var allValueStrings: [String] { allCases.map(\.rawValue) }
 }

@@ -1,3 +1,4 @@
+import AgentSettings
 import ArgumentParser
 import ControlInterface
 import FoundationEssentials
@@ -12,7 +13,8 @@ struct Status: ParsableCommand {
     abstract: "Show every slot's keys, what takes over at expiry, warnings and the next action.",
     discussion: """
       When the agent cannot be reached, the state file is shown instead (when readable, \
-      e.g. as root) and the exit status is 3. --json prints one object: the GetStatus reply \
+      e.g. as root), judged with the settings of agent.toml (or the defaults, which it then \
+      says), and the exit status is 3. --json prints one object: the GetStatus reply \
       (schemaVersion \(AgentInterface.statusSchemaVersion)) plus "agentReachable" and "exitCode".
       """)
 
@@ -24,13 +26,18 @@ struct Status: ParsableCommand {
       "The state directory to read when the agent is unreachable (default: $STATE_DIRECTORY, else /var/lib/license-agent)."
   )
   var stateDirectory: String?
+  @Option(
+    help:
+      "The configuration file the state is judged with when the agent is unreachable (default: $CONFIGURATION_DIRECTORY/agent.toml, else /etc/license-agent/agent.toml)."
+  )
+  var configurationFile: String?
 
   func run() throws {
     var reachable = true
     var status: StatusReply
     do {
       let client = try VarlinkClient(path: connection.socketPath, timeoutSeconds: 10)
-      switch try client.call("\(AgentInterface.name).GetStatus") {
+      switch try client.call(AgentMethod.getStatus.qualifiedName, GetStatusRequest().parameters) {
       case .success(let parameters): status = try decodeParameters(StatusReply.self, from: parameters)
       case .failure(let error): try fail(error)
       }
@@ -40,7 +47,7 @@ struct Status: ParsableCommand {
       guard let fromFile = stateFromFile() else { throw ExitCode(3) }
       status = fromFile
     }
-    let code = reachable ? StatusBuilder.exitCode(status) : 3
+    let code = reachable ? Int32(status.health.rawValue) : 3
     if json {
       var object = varlinkParameters(status)
       object["agentReachable"] = .bool(reachable)
@@ -53,11 +60,8 @@ struct Status: ParsableCommand {
   }
 
   private func stateFromFile() -> StatusReply? {
-    let directory =
-      stateDirectory ?? ProcessInfo.processInfo.environment["STATE_DIRECTORY"].flatMap {
-        $0.split(separator: ":").first.map(String.init)
-      }
-      ?? "/var/lib/license-agent"
+    let paths = AgentPaths.fromEnvironment(ProcessInfo.processInfo.environment)
+    let directory = stateDirectory ?? paths.stateDirectory
     guard FileManager.default.isReadableFile(atPath: directory + "/state.json"),
       let data = FileManager.default.contents(atPath: directory + "/state.json"),
       let state = try? JSONDecoder().decode(LicenseState.self, from: data)
@@ -66,11 +70,24 @@ struct Status: ParsableCommand {
         "agentctl: cannot read \(directory)/state.json either (run as root, or pass --state-directory).")
       return nil
     }
+    // Judged with the agent's own settings (warning thresholds, renewal ahead, product),
+    // so that it cannot disagree with the agent about what it shows.
+    let file = configurationFile ?? paths.configurationFile
+    var configuration = AgentConfiguration()
+    if !FileManager.default.fileExists(atPath: file) {
+      printError("agentctl: \(file) does not exist: the state is judged with the default settings.")
+    } else {
+      do {
+        configuration = try AgentConfiguration.load(path: file)
+      } catch {
+        printError("agentctl: \(error); the state is judged with the default settings instead.")
+      }
+    }
     let timestamp = SystemWallClock().now()
     return StatusBuilder.build(
-      state: state, engine: LicenseEngine(trust: TrustStore()), now: timestamp,
-      version: "unknown (agent not running)",
-      startedAt: timestamp)
+      state: state, engine: LicenseEngine(configuration: configuration.engine, trust: TrustStore()),
+      now: timestamp,
+      version: "unknown (agent not running)", startedAt: timestamp)
   }
 
   func render(_ status: StatusReply, reachable: Bool) -> String {
@@ -95,11 +112,11 @@ struct Status: ParsableCommand {
     if status.slots.isEmpty { lines.append("\nNo licence key. Add one with: agentctl add-key FILE") }
     for slot in status.slots {
       lines.append("")
-      if slot.status == "renewing", let expired = slot.expired, let renewal = slot.renewal {
+      if slot.status == .renewing, let expired = slot.expired, let renewal = slot.renewal {
         // A renewal the server refused for good renews nothing: the slot is expired, and
         // only an operator can end that.
         lines.append(
-          renewal.state == "stopped"
+          renewal.state == .stopped
             ? "\(slot.slot): EXPIRED, waiting for manual activation (the code …\(renewal.codeHint) was refused)"
             : "\(slot.slot): RENEWING with the activation code …\(renewal.codeHint)")
         lines.append("  key \(expired.serial) expired at \(expired.expiresAt) (\(left(expired.expiresAt)))")
@@ -107,13 +124,13 @@ struct Status: ParsableCommand {
           "  failed attempts: \(renewal.attempts)\(renewal.lastError.map { ", last error: \($0)" } ?? "")")
         if let next = renewal.nextAttemptAt {
           lines.append("  next attempt: \(next) (\(left(next)))")
-        } else if renewal.state == "stopped" {
+        } else if renewal.state == .stopped {
           lines.append(
             "  no more attempts: the server refused the code; run agentctl activate with a valid code")
         }
         continue
       }
-      if slot.status == "expired", let expired = slot.expired {
+      if slot.status == .expired, let expired = slot.expired {
         lines.append("\(slot.slot): EXPIRED")
         lines.append(
           "  key \(expired.serial) expired at \(expired.expiresAt) (\(left(expired.expiresAt))); nothing took over"
@@ -143,34 +160,34 @@ struct Status: ParsableCommand {
         lines.append("  renewal ahead with the code …\(ahead.codeHint): \(ahead.state)")
         lines.append("           window \(ahead.windowStart) .. \(ahead.windowEnd)")
         switch ahead.state {
-        case "waiting":
+        case .waiting:
           lines.append("           first request at \(ahead.firstAttemptAt) (\(left(ahead.firstAttemptAt)))")
-        case "requesting": lines.append("           a request is under way")
-        case "retrying":
+        case .requesting: lines.append("           a request is under way")
+        case .retrying:
           lines.append(
             "           failed attempts: \(ahead.attempts)\(ahead.lastError.map { ", last error: \($0)" } ?? "")"
           )
           if let next = ahead.nextAttemptAt {
             lines.append("           next attempt: \(next) (\(left(next)))")
           }
-        default:
+        case .stopped:
           lines.append(
             "           no attempt left before expiry (\(ahead.attempts) failed\(ahead.lastError.map { ", last error: \($0)" } ?? "")); renewal at expiry instead"
           )
         }
       }
       switch slot.takeover {
-      case "reserve": lines.append("  at expiry: reserve \(slot.reserve?.serial ?? "") becomes active")
-      case "pending-renewal":
+      case .reserve: lines.append("  at expiry: reserve \(slot.reserve?.serial ?? "") becomes active")
+      case .pendingRenewal:
         lines.append("  at expiry: the renewed key \(slot.pending?.serial ?? "") becomes active")
-      case "activation-code":
-        if let ahead = slot.renewalAhead, ahead.state != "stopped" {
+      case .activationCode:
+        if let ahead = slot.renewalAhead, ahead.state != .stopped {
           lines.append(
             "  at expiry: the key renewed ahead takes over; failing that, renewal with the activation code")
         } else {
           lines.append("  at expiry: renewed with the activation code")
         }
-      default: lines.append("  at expiry: NOTHING takes over; the licence of this slot lapses")
+      case .none: lines.append("  at expiry: NOTHING takes over; the licence of this slot lapses")
       }
     }
     if !status.alerts.isEmpty {

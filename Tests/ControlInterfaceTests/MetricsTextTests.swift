@@ -78,7 +78,7 @@ import Testing
       samples(render(state), "license_agent_slot_takeover")[#"{slot="server",takeover="activation-code"}"#]
         == "1")
     state =
-      engine.activationFailed(
+      engine.attemptFailed(
         slot: .server, failure: .permanent(error: "code_blocked"), jitter: 0, now: exp, state: state
       ).state
     let text = render(state, failures: 3)

@@ -29,20 +29,20 @@ import Testing
     state = add("KS-R", .reserve, exp: t0 + .days(400), to: state)
     let status = build(state)
     #expect(status.slots.count == 1)
-    #expect(status.slots[0].takeover == "reserve")
+    #expect(status.slots[0].takeover == .reserve)
     #expect(status.slots[0].secondsLeft == 60 * 86_400)
     #expect(status.warnings.isEmpty)
-    #expect(status.nextAction?.action == "warning")
-    #expect(StatusBuilder.exitCode(status) == 0)
+    #expect(status.nextAction?.action == .warning)
+    #expect(status.health.rawValue == 0)
   }
 
   @Test func aSlotWithoutReserveIsWarnedAboutAndExits1WithinTheFirstThreshold() {
     let far = build(add("KS-1", .active, exp: t0 + .days(60), to: LicenseState()))
-    #expect(far.warnings.map(\.code) == ["no_reserve"])
-    #expect(StatusBuilder.exitCode(far) == 0)
+    #expect(far.warnings.map(\.code) == [.noReserve])
+    #expect(far.health.rawValue == 0)
     let near = build(add("KS-1", .active, exp: t0 + .days(20), to: LicenseState()))
-    #expect(near.warnings.map(\.code) == ["expiring_without_takeover"])
-    #expect(StatusBuilder.exitCode(near) == 1)
+    #expect(near.warnings.map(\.code) == [.expiringWithoutTakeover])
+    #expect(near.health.rawValue == 1)
   }
 
   @Test func aReserveMissingForOneOSTypeIsPointedOut() {
@@ -50,8 +50,8 @@ import Testing
     state = add("KS-R", .reserve, exp: t0 + .days(400), to: state)
     state = add("KW-1", .active, slot: .workstation, exp: t0 + .days(60), to: state)
     let status = build(state)
-    let warning = status.warnings.first { $0.code == "reserve_missing_for_os_type" }
-    #expect(warning?.slot == "workstation")
+    let warning = status.warnings.first { $0.code == .reserveMissingForOSType }
+    #expect(warning?.slot == .workstation)
     #expect(warning?.message.contains("each needs its own") == true)
   }
 
@@ -59,10 +59,10 @@ import Testing
     let state = add("KS-1", .active, exp: t0 + .days(1), to: LicenseState())
     let expired = engine.timeReached(now: t0 + .days(1), state: state).state
     let status = build(expired, now: t0 + .days(2))
-    #expect(status.slots.first?.status == "expired")
+    #expect(status.slots.first?.status == .expired)
     #expect(status.slots.first?.expired?.serial == "KS-1")
-    #expect(status.warnings.map(\.code) == ["slot_expired"])
-    #expect(StatusBuilder.exitCode(status) == 2)
+    #expect(status.warnings.map(\.code) == [.slotExpired])
+    #expect(status.health.rawValue == 2)
   }
 
   @Test func theReplyRoundTripsThroughVarlinkParameters() throws {
@@ -108,12 +108,12 @@ import Testing
     let state = codeMode()
     let status = build(state, now: t0)
     let ahead = try #require(status.slots.first?.renewalAhead)
-    #expect(ahead.state == "waiting" && ahead.attempts == 0 && ahead.codeHint == "67890")
+    #expect(ahead.state == .waiting && ahead.attempts == 0 && ahead.codeHint == "67890")
     #expect(ahead.windowStart == (exp - .days(7)).rfc3339 && ahead.windowEnd == (exp - .days(4)).rfc3339)
     let first = try #require(engine.aheadAttemptDue(state[.server]))
     #expect(ahead.firstAttemptAt == first.rfc3339 && ahead.nextAttemptAt == first.rfc3339)
-    #expect(status.slots.first?.takeover == "activation-code")
-    #expect(StatusBuilder.exitCode(status) == 0)
+    #expect(status.slots.first?.takeover == .activationCode)
+    #expect(status.health.rawValue == 0)
     let metrics = MetricsText.render(
       state: state, engine: engine, version: "t", product: "svm-protection", stateWriteFailures: 0)
     #expect(metrics.contains(#"license_agent_slot_takeover{slot="server",takeover="activation-code"} 1"#))
@@ -121,43 +121,43 @@ import Testing
 
   @Test func C6_aFailingRenewalAheadShowsTheNextAttemptAndTheLastErrorWithoutAlert() throws {
     let (asked, due) = try asking()
-    let failed = engine.activationFailed(
+    let failed = engine.attemptFailed(
       slot: .server, failure: .transient(error: "network: connection refused", retryAfter: nil), ahead: true,
       jitter: 0.5, now: due + .seconds(1), state: asked
     ).state
     let status = build(failed, now: due + .seconds(2))
     let ahead = try #require(status.slots.first?.renewalAhead)
-    #expect(ahead.state == "retrying" && ahead.attempts == 1)
+    #expect(ahead.state == .retrying && ahead.attempts == 1)
     #expect(ahead.lastError == "network: connection refused")
-    #expect(ahead.nextAttemptAt == failed[.server].ahead?.nextAttemptAt?.rfc3339)
-    #expect(status.warnings.map(\.code).contains("renewal_ahead_failing"))
+    #expect(ahead.nextAttemptAt == failed[.server]?.ahead?.attempts.dueAt?.rfc3339)
+    #expect(status.warnings.map(\.code).contains(.renewalAheadFailing))
     #expect(status.alerts.isEmpty)
-    #expect(StatusBuilder.exitCode(status) == 0, "nothing needs a person yet")
-    #expect(status.nextAction?.action == "renewal-ahead")
+    #expect(status.health.rawValue == 0, "nothing needs a person yet")
+    #expect(status.nextAction?.action == .renewalAhead)
     // not_yet_available is the vendor's calendar: no warning.
-    let notYet = engine.activationFailed(
+    let notYet = engine.attemptFailed(
       slot: .server, failure: .notYetAvailable(retryAfter: .hours(1)), ahead: true, jitter: 0.5,
       now: due + .seconds(1), state: asked
     ).state
-    #expect(!build(notYet, now: due + .seconds(2)).warnings.map(\.code).contains("renewal_ahead_failing"))
+    #expect(!build(notYet, now: due + .seconds(2)).warnings.map(\.code).contains(.renewalAheadFailing))
   }
 
   @Test func C6_aPendingRenewalIsShownWithWhenItWasObtainedAndExported() throws {
     let (asked, due) = try asking()
     let obtained = due + .seconds(3)
-    let state = engine.activationSucceeded(
+    let state = engine.attemptSucceeded(
       slot: .server, key: issuer.key("KS-2", nbf: exp, exp: exp + .days(365)), ahead: true, now: obtained,
       state: asked
     ).state
     let status = build(state, now: obtained)
     let slot = try #require(status.slots.first)
-    #expect(slot.takeover == "pending-renewal")
+    #expect(slot.takeover == .pendingRenewal)
     #expect(slot.pending?.serial == "KS-2" && slot.pending?.addedAt == obtained.rfc3339)
-    #expect(slot.pending?.codeHint == "67890" && slot.pending?.source == "activation-code")
+    #expect(slot.pending?.codeHint == "67890" && slot.pending?.source == .activationCode)
     #expect(slot.renewalAhead == nil)
-    #expect(status.nextAction?.action == "promotion")
+    #expect(status.nextAction?.action == .promotion)
     #expect(status.nextAction?.description.contains("KS-2") == true)
-    #expect(StatusBuilder.exitCode(status) == 0)
+    #expect(status.health.rawValue == 0)
     let metrics = MetricsText.render(
       state: state, engine: engine, version: "t", product: "svm-protection", stateWriteFailures: 0)
     #expect(metrics.contains(#"role="pending",serial="KS-2"} "#))
@@ -169,20 +169,106 @@ import Testing
 
   @Test func C6_aRefusalAheadIsAnAlertBeforeTheExpiry() throws {
     let (asked, due) = try asking()
-    let refused = engine.activationFailed(
+    let refused = engine.attemptFailed(
       slot: .server, failure: .permanent(error: "code_blocked"), ahead: true, jitter: 0, now: due,
       state: asked
     ).state
     let status = build(refused, now: due)
-    #expect(status.slots.first?.renewalAhead?.state == "stopped")
+    #expect(status.slots.first?.renewalAhead?.state == .stopped)
     #expect(status.alerts.count == 1 && status.alerts[0].contains("MANUAL ACTIVATION REQUIRED"))
     // The error is said once, in the slot's renewal ahead; the alert refers to it.
     #expect(status.alerts[0].contains("last error") && !status.alerts[0].contains(code.value))
     #expect(!status.alerts[0].contains("code_blocked"))
     #expect(status.slots.first?.renewalAhead?.lastError == "code_blocked")
-    #expect(StatusBuilder.exitCode(status) == 2)
+    #expect(status.health.rawValue == 2)
     let metrics = MetricsText.render(
       state: refused, engine: engine, version: "t", product: "svm-protection", stateWriteFailures: 0)
     #expect(metrics.contains(#"license_agent_alert{slot="server",alert="manual_activation_required"} 1"#))
+  }
+}
+
+/// The facts GetStatus carries so that callers need not work them out (issue 21): when each
+/// slot's licence ends with nothing to take over, and the health that is agentctl's exit
+/// status; computed in the core.
+@Suite struct StatusFactsTests {
+  let issuer = TestIssuer()
+  let t0 = TestIssuer.t0
+  let code = ActivationCode("ABCDE-12345-FGHIJ-67890")!
+  var engine: LicenseEngine { LicenseEngine(trust: issuer.trust) }
+
+  func status(_ state: LicenseState, at now: Timestamp) -> StatusReply {
+    StatusBuilder.build(state: state, engine: engine, now: now, version: "t", startedAt: t0)
+  }
+
+  func add(
+    _ serial: String, _ role: Role, exp: Timestamp, code: ActivationCode? = nil, to state: LicenseState
+  )
+    -> LicenseState
+  {
+    engine.addKey(issuer.key(serial, exp: exp), role: role, code: code, now: t0, state: state).state
+  }
+
+  @Test func lapsesAtFollowsWhatTakesOver() {
+    let alone = add("KS-1", .active, exp: t0 + .days(60), to: LicenseState())
+    #expect(status(alone, at: t0).slots.first?.lapsesAt == (t0 + .days(60)).rfc3339)
+    let withReserve = add("KS-R", .reserve, exp: t0 + .days(400), to: alone)
+    #expect(status(withReserve, at: t0).slots.first?.lapsesAt == (t0 + .days(400)).rfc3339)
+    let renewing = add("KS-1", .active, exp: t0 + .days(60), code: code, to: LicenseState())
+    #expect(status(renewing, at: t0).slots.first?.lapsesAt == nil, "a code renews it")
+    let expired = engine.timeReached(now: t0 + .days(60), state: alone).state
+    #expect(status(expired, at: t0 + .days(61)).slots.first?.lapsesAt == (t0 + .days(60)).rfc3339)
+  }
+
+  @Test func healthIsAgentctlsExitStatusPerSlotAndInAll() {
+    let far = add("KS-1", .active, exp: t0 + .days(60), to: LicenseState())
+    #expect(status(far, at: t0).health == .ok)
+    let near = add("KS-1", .active, exp: t0 + .days(20), to: LicenseState())
+    #expect(status(near, at: t0).health == .expiringWithoutTakeover)
+    #expect(status(near, at: t0).slots.first?.health == .expiringWithoutTakeover)
+    let expired = engine.timeReached(now: t0 + .days(20), state: near).state
+    #expect(status(expired, at: t0 + .days(21)).health == .lapsedOrAlert)
+    // The worst slot decides; on the wire it is agentctl's number.
+    var both = add("KS-1", .active, exp: t0 + .days(60), to: LicenseState())
+    both =
+      engine.addKey(
+        issuer.key("KW-1", slot: .workstation, exp: t0 + .days(20)), role: .active, now: t0, state: both
+      ).state
+    let reply = status(both, at: t0)
+    #expect(
+      reply.slots.map(\.health) == [.ok, .expiringWithoutTakeover] && reply.health == .expiringWithoutTakeover
+    )
+    #expect(varlinkParameters(reply)["health"] == .number(1))
+  }
+}
+
+/// The control schema's requests, decoded by name and type: the first unknown parameter,
+/// else the first missing or mistyped one, is named.
+@Suite struct ControlRequestTests {
+  @Test func requestsAreDecodedByNameAndType() {
+    #expect(
+      KeyRequest.decode(["key": .string("k"), "role": .string("reserve")])
+        == .success(KeyRequest(key: "k", role: .reserve)))
+    #expect(
+      KeyRequest.decode(["key": .string("k"), "role": .string("spare")]) == .failure(InvalidParameter("role"))
+    )
+    #expect(KeyRequest.decode(["role": .string("active")]) == .failure(InvalidParameter("key")))
+    #expect(
+      KeyRequest.decode(["key": .string("k"), "role": .string("active"), "colour": .string("x")])
+        == .failure(InvalidParameter("colour")))
+    #expect(
+      KeyRequest.decode(["key": .string("k"), "role": .string("active"), "replaceScheme": .string("yes")])
+        == .failure(InvalidParameter("replaceScheme")))
+    #expect(
+      KeyRequest.decode(["key": .string("k"), "role": .string("active"), "replaceScheme": .null])
+        == .success(KeyRequest(key: "k", role: .active)))
+    #expect(
+      RemoveReserveRequest.decode(["slot": .string("cores")]) == .success(RemoveReserveRequest(slot: .cores)))
+    #expect(RemoveReserveRequest.decode(["slot": .number(1)]) == .failure(InvalidParameter("slot")))
+    #expect(GetStatusRequest.decode(["x": .bool(true)]) == .failure(InvalidParameter("x")))
+    // Every method of the IDL has a case, and only those.
+    #expect(Set(AgentMethod.allCases.map(\.rawValue)) == AgentInterface.methods)
+    for method in AgentMethod.allCases {
+      #expect(AgentInterface.description.contains("method \(method.rawValue)("))
+    }
   }
 }

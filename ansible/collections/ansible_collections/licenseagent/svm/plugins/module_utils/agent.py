@@ -223,10 +223,14 @@ def _one_line(text):
 def slot_lapse(entry):
     """When the slot ends with nothing to take over, as far as the SVM knows now.
 
-    An expired slot has lapsed already (its expired key's expiry). With no takeover, the
-    active key's expiry; with a reserve, the reserve's (after it nothing takes over);
-    with an activation code, None: the agent renews it (an alert says when it cannot).
+    The agent says so itself (``lapsesAt``, from 0.2.0): its own rules decide it. An agent
+    before 0.2.0 does not, and this works it out the same way from what it shows: an
+    expired slot has lapsed already (its expired key's expiry); with no takeover, the
+    active key's expiry; with a reserve, the reserve's (after it nothing takes over); with
+    an activation code, None: the agent renews it (an alert says when it cannot).
     """
+    if "lapsesAt" in entry:
+        return entry["lapsesAt"]
     if entry.get("status") in ("expired", "renewing"):
         expired = entry.get("expired") or entry.get("active") or {}
         return expired.get("expiresAt") or ""
@@ -266,9 +270,12 @@ def fleet_entry(host, outcome):
         )
     alerts = list(status.get("alerts", []))
     lapses = [s["lapsesAt"] for s in slots if s["lapsesAt"] is not None]
+    # The agent's health (0.2.0: agentctl's exit status) says whether a person is needed;
+    # an older agent's is worked out from its alerts and slots.
+    health = status.get("health")
     if alerts:
         state = "alert"
-    elif any(s["status"] != "active" for s in slots):
+    elif health == 2 or (health is None and any(s["status"] != "active" for s in slots)):
         state = "expired"
     elif not slots:
         state = "no-key"
