@@ -1,4 +1,4 @@
-import AgentRuntime
+import AgentSettings
 import FuzzSupport
 
 /// libFuzzer target for the configuration parser (`Fuzz/README.md`): any bytes as

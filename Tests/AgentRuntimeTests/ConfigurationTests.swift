@@ -1,4 +1,5 @@
 import AgentRuntime
+import AgentSettings
 import Foundation
 import LicenseCore
 import Testing
@@ -163,7 +164,7 @@ import Testing
   @Test func C6_aRequestAheadCarriesAheadAndCurrentExpiresAt() throws {
     let expiry = Timestamp(rfc3339: "2027-01-11T00:00:00Z")!
     let ahead = try body(
-      client.requestBody(code: code, currentSerial: "KS-1", ahead: true, currentExpiresAt: expiry))
+      client.requestBody(code: code, currentSerial: "KS-1", kind: .ahead(currentExpiresAt: expiry)))
     #expect(ahead["ahead"] as? Bool == true)
     #expect(ahead["currentExpiresAt"] as? String == "2027-01-11T00:00:00Z")
     #expect(ahead["currentSerial"] as? String == "KS-1")
@@ -199,6 +200,73 @@ import Testing
         && AgentConfiguration().engine.renewSpread == .days(3))
     #expect(throws: ConfigurationError.self) {
       try AgentConfiguration.parse("[activation]\nrenew-before = \"1d\"\nrenew-spread = \"2d\"\n", file: "f")
+    }
+  }
+}
+
+/// The TOML reader of agent.toml (AgentSettings/TOML.swift): what TOML allows is read as
+/// TOML says, what it does not is refused with its line.
+@Suite struct TOMLReaderTests {
+  func parse(_ text: String) throws(ConfigurationError) -> AgentConfiguration {
+    try AgentConfiguration.parse(text, file: "agent.toml")
+  }
+
+  @Test func stringsArraysAndKeysAsTOMLWritesThem() throws {
+    let config = try parse(
+      #"""
+      "product" = "svm-\u0070rotection"  # an escape and a quoted key
+      activation.url = 'https://a.example/x\y'
+      [warnings]
+      before = [
+        "30d", # a comment in an array
+        "1d",
+      ]
+      [control]
+      admin-group = """
+      admins"""
+      """#)
+    #expect(config.product == "svm-protection")
+    #expect(config.activation.url == #"https://a.example/x\y"#)
+    #expect(config.warningThresholds == [.days(30), .days(1)])
+    #expect(config.adminGroup == "admins")
+  }
+
+  @Test(arguments: [
+    ("product = \"a\"\nproduct = \"b\"\n", 2, "defined twice"),
+    ("[control]\n[control]\n", 2, "defined twice"),
+    ("product = \"a\n", 1, "not closed"),
+    ("product = \"\\q\"\n", 1, "escape"),
+    ("[warnings]\nbefore = [\"1d\" \"2d\"]\n", 2, "',' or ']'"),
+    ("x = {a = 1,}\n", 1, "before '}'"),
+    ("product = \"a\" b\n", 1, "where the line should end"),
+    ("product = \"\u{1}\"\n", 1, "control character"),
+  ])
+  func whatTOMLRefusesIsRefusedWithItsLine(text: String, line: Int, problem: String) {
+    do {
+      _ = try parse(text)
+      Issue.record("expected an error: \(text)")
+    } catch {
+      #expect(error.line == line, "\(error)")
+      #expect(error.problem.contains("not valid TOML") && error.problem.contains(problem), "\(error.problem)")
+    }
+  }
+
+  @Test(arguments: [
+    ("product = true\n", 1, "product", "must be a string"),
+    ("[warnings]\nbefore = \"1d\"\n", 2, "warnings.before", "array of durations"),
+    ("warnings = \"x\"\n", 1, "warnings", "must be a table"),
+    ("[[control]]\n", 1, "control", "not a known setting"),
+    ("activation.colour = \"x\"\n", 1, "activation.colour", "not a known setting"),
+    ("[activation]\ncommand = [\"/bin/x\", 3]\n", 2, "activation.command", "must be a string"),
+    ("[metrics]\ntextfile = { path = \"/x.prom\" }\n", 2, "metrics.textfile", "must be a string"),
+  ])
+  func aValueOfTheWrongShapeNamesItsSettingAndLine(text: String, line: Int, key: String, problem: String) {
+    do {
+      _ = try parse(text)
+      Issue.record("expected an error: \(text)")
+    } catch {
+      #expect(error.line == line && error.key == key, "\(error)")
+      #expect(error.problem.contains(problem), "\(error.problem)")
     }
   }
 }

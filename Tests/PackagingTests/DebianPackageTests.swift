@@ -1,4 +1,5 @@
 import AgentRuntime
+import AgentSettings
 import Foundation
 import LicenseCore
 import LicenseTestSupport
