@@ -3,18 +3,12 @@ import LicenseCore
 import SimpleJSON
 import StandardIO
 
-/// What one activation attempt produced.
-public enum ActivationOutcome: Sendable, Equatable {
-  /// The server's key (not yet checked: the engine checks it as A1).
-  case key(String)
-  case failure(ActivationFailure)
-}
-
 /// Asks the activation server for a key. Blocking: called from the agent's activation queue.
 public protocol ActivationClient: Sendable {
-  /// `ahead` and `currentExpiresAt` for a request ahead of expiry (C6, contract §2).
-  func activate(code: ActivationCode, currentSerial: String?, ahead: Bool, currentExpiresAt: Timestamp?)
-    -> ActivationOutcome
+  /// `kind` says whether the request is made ahead of expiry (C6, contract §2: the body
+  /// then carries `"ahead": true` and `currentExpiresAt`); `currentSerial` is nil for a
+  /// manual activation.
+  func activate(code: ActivationCode, currentSerial: String?, kind: RenewalKind) -> ActivationOutcome
 }
 
 /// The exec activation client of contract §3: runs a program (no shell) per attempt, writes
@@ -57,14 +51,16 @@ public struct ExecActivationClient: ActivationClient {
 
   /// The request body of contract §2: `"ahead"` always, `currentExpiresAt` for a request
   /// ahead of expiry (C6).
-  public func requestBody(
-    code: ActivationCode, currentSerial: String?, ahead: Bool = false, currentExpiresAt: Timestamp? = nil
-  ) -> String {
+  public func requestBody(code: ActivationCode, currentSerial: String?, kind: RenewalKind = .atExpiry)
+    -> String
+  {
     var body: [String: JSONValue] = [
       "activationCode": .string(code.value), "product": .string(product), "machineId": .string(machineID),
-      "currentSerial": currentSerial.map(JSONValue.string) ?? .null, "ahead": .bool(ahead),
+      "currentSerial": currentSerial.map(JSONValue.string) ?? .null, "ahead": .bool(kind.isAhead),
     ]
-    if ahead, let currentExpiresAt { body["currentExpiresAt"] = .string(currentExpiresAt.rfc3339) }
+    if case .ahead(let currentExpiresAt) = kind {
+      body["currentExpiresAt"] = .string(currentExpiresAt.rfc3339)
+    }
     return JSONValue.object(body).serialized
   }
 
@@ -82,11 +78,8 @@ public struct ExecActivationClient: ActivationClient {
     return env
   }
 
-  public func activate(
-    code: ActivationCode, currentSerial: String?, ahead: Bool, currentExpiresAt: Timestamp?
-  ) -> ActivationOutcome {
-    let body = requestBody(
-      code: code, currentSerial: currentSerial, ahead: ahead, currentExpiresAt: currentExpiresAt)
+  public func activate(code: ActivationCode, currentSerial: String?, kind: RenewalKind) -> ActivationOutcome {
+    let body = requestBody(code: code, currentSerial: currentSerial, kind: kind)
     let result = runChild(
       command, environment: environment(),
       input: Array(body.utf8),

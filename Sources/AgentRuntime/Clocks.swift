@@ -97,41 +97,33 @@ public final class ClockChangeMonitor {
   }
 }
 
-/// Where the agent's files are (contract §6): systemd's `*_DIRECTORY` variables, else the
-/// defaults under /etc, /var/lib and /run.
-public struct AgentPaths: Sendable, Equatable {
-  public var configurationDirectory: String
-  public var stateDirectory: String
-  public var runtimeDirectory: String
-
-  public init(configurationDirectory: String, stateDirectory: String, runtimeDirectory: String) {
-    self.configurationDirectory = configurationDirectory
-    self.stateDirectory = stateDirectory
-    self.runtimeDirectory = runtimeDirectory
-  }
-
-  /// From the environment. systemd may list several directories separated by ':'; the
-  /// first is used.
-  public static func fromEnvironment(_ environment: [String: String]) -> AgentPaths {
-    func directory(_ name: String, _ fallback: String) -> String {
-      guard let value = environment[name], !value.isEmpty else { return fallback }
-      return String(value.split(separator: ":").first ?? Substring(fallback))
-    }
-    return AgentPaths(
-      configurationDirectory: directory("CONFIGURATION_DIRECTORY", "/etc/license-agent"),
-      stateDirectory: directory("STATE_DIRECTORY", "/var/lib/license-agent"),
-      runtimeDirectory: directory("RUNTIME_DIRECTORY", "/run/license-agent"))
-  }
-
-  public var configurationFile: String { configurationDirectory + "/agent.toml" }
-  public var trustDirectory: String { configurationDirectory + "/trusted-issuers" }
-  public var socketPath: String { runtimeDirectory + "/io.licenseagent.Agent" }
+/// Fires once after a delay on the monotonic clock: for durations (the retry of a state
+/// write), which a step of the wall clock must not stretch or shrink. Re-arming replaces
+/// the previous delay. Owned by the agent's actor, and armed only from it.
+public protocol DelayTimer: AnyObject {
+  /// Arms the timer to fire `delay` from now (nil: disarm). The handler runs on its queue.
+  func arm(after delay: TimeSpan?)
 }
 
-/// `CLOCK_MONOTONIC` in milliseconds: for durations inside the process (deadlines, rate
-/// limits), which a step of the wall clock must not stretch or shrink.
-func monotonicMilliseconds() -> Int64 {
-  var now = timespec()
-  clock_gettime(CLOCK_MONOTONIC, &now)
-  return Int64(now.tv_sec) * 1000 + Int64(now.tv_nsec) / 1_000_000
+/// A `DispatchSourceTimer` with a `DispatchTime` (monotonic) deadline. Not `Sendable`: it
+/// belongs to the agent's actor.
+public final class DispatchDelayTimer: DelayTimer {
+  private let source: DispatchSourceTimer
+
+  public init(queue: DispatchQueue, handler: @escaping @Sendable () -> Void) {
+    source = DispatchSource.makeTimerSource(queue: queue)
+    source.setEventHandler(handler: handler)
+    source.schedule(deadline: .distantFuture)
+    source.resume()
+  }
+
+  deinit { source.cancel() }
+
+  public func arm(after delay: TimeSpan?) {
+    guard let delay else {
+      source.schedule(deadline: .distantFuture)
+      return
+    }
+    source.schedule(deadline: .now() + .microseconds(Int(delay.microseconds)))
+  }
 }

@@ -4,7 +4,7 @@ import Glibc
 import LicenseCore
 import Logging
 import SimpleJSON
-import Synchronization
+import StandardIO
 import SystemClock
 import Varlink
 
@@ -33,8 +33,8 @@ struct ControlView: Sendable {
 actor ControlPlane: DispatchQueueActor {
   nonisolated let executor = DispatchQueueExecutor(
     queue: DispatchQueue(label: "license-agent.control", qos: Agent.queueQoS))
-  /// Published by the agent after every change.
-  nonisolated let view: Mutex<ControlView>
+  /// Published by the agent after every change (``publish(_:)``).
+  private var view: ControlView
   private let clock: WallClock
   private let logger: Logger
   private let version: String
@@ -46,66 +46,67 @@ actor ControlPlane: DispatchQueueActor {
     view: ControlView, clock: WallClock, logger: Logger, version: String,
     forward: @escaping @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder) -> Void
   ) {
-    self.view = Mutex(view)
+    self.view = view
     self.clock = clock
     self.logger = logger
     self.version = version
     self.forward = forward
   }
 
+  /// The agent's state as of its last change: queued behind what the control queue does
+  /// now, so that a reply sent after a change (queued after this) finds it. No lock: the
+  /// view is this actor's, reached only on its queue.
+  nonisolated func publish(_ view: ControlView) {
+    queue.async { self.assumeIsolated { $0.view = view } }
+  }
+
   /// Root, the agent's own user, and members of the admin group.
-  nonisolated func isAdmin(_ peer: PeerCredentials) -> Bool {
-    let group = view.withLock { $0.adminGroupID }
-    return peer.uid == 0 || peer.uid == getuid() || (group.map(peer.isMember) ?? false)
+  func isAdmin(_ peer: PeerCredentials) -> Bool { Self.isAdmin(peer, adminGroupID: view.adminGroupID) }
+
+  static func isAdmin(_ peer: PeerCredentials, adminGroupID: gid_t?) -> Bool {
+    peer.uid == 0 || peer.uid == getuid() || (adminGroupID.map(peer.isMember) ?? false)
   }
 
   /// Answers one call of `io.licenseagent.Agent` (on this queue); nil when `respond` will.
   func handle(_ call: VarlinkCall, peer: PeerCredentials, respond: VarlinkResponder) -> VarlinkReply? {
-    switch call.member {
-    case "GetStatus":
-      if let error = call.unexpectedParameter() { return .failure(error) }
-      // Root's and the admin group's status is answered on the agent's queue, in order with
-      // its work (a status after a change, or after an expiry, sees what it did); other
-      // users' from the last published state, here.
-      if isAdmin(peer) {
-        forward(call, peer, respond)
-        return nil
+    guard let method = AgentMethod(rawValue: call.member) else {
+      return .failure(.methodNotFound(call.method))
+    }
+    // Root's and the admin group's calls are the agent's, in order with its work (a status
+    // after a change, or after an expiry, sees what it did).
+    if isAdmin(peer) {
+      forward(call, peer, respond)
+      return nil
+    }
+    guard !method.changesState else { return denied(peer, call.member) }
+    // Other users' reads, here, from the last published state.
+    let now = clock.now()
+    switch method {
+    case .getStatus:
+      if case .failure(let invalid) = GetStatusRequest.decode(call.parameters) {
+        return .failure(.invalidParameter(invalid.name))
       }
-      let current = view.withLock { $0 }
       return .success(
         varlinkParameters(
           StatusBuilder.build(
-            state: current.state, engine: current.engine, now: clock.now(), version: version,
-            startedAt: current.startedAt)))
-    case "CheckKey":
-      let parameters: KeyCallParameters
-      switch KeyCallParameters.parse(call) {
-      case .success(let parsed): parameters = parsed
-      case .failure(let error): return .failure(error)
+            state: view.state, engine: view.engine, now: now, version: version, startedAt: view.startedAt)))
+    case .checkKey:
+      switch KeyRequest.decode(call.parameters) {
+      case .failure(let invalid): return .failure(.invalidParameter(invalid.name))
+      case .success(let request):
+        return ControlEndpoint.checkKey(request, engine: view.engine, state: view.state, now: now)
       }
-      let current = view.withLock { $0 }
-      switch current.engine.checkKey(
-        parameters.key, role: parameters.role, replaceScheme: parameters.replaceScheme, now: clock.now(),
-        state: current.state)
-      {
-      case .success(let added): return .success(varlinkParameters(AddKeyReply(added, checkOnly: true)))
-      case .failure(let violation): return .failure(Agent.error(violation))
-      }
-    case "AddKey", "RemoveReserve", "Activate":
-      guard isAdmin(peer) else { return denied(peer, call.member) }
-      forward(call, peer, respond)
-      return nil
-    default:
-      return .failure(.methodNotFound(call.method))
+    case .addKey, .removeReserve, .activate:
+      return denied(peer, call.member)
     }
   }
 
   private func denied(_ peer: PeerCredentials, _ method: String) -> VarlinkReply {
-    let group = view.withLock { $0.adminGroup }
+    let group = view.adminGroup
     log(
       .denied, peer, "State change refused: caller is not an admin",
       metadata: ["method": "\(method)"], level: .notice)
-    return .failure(Agent.permissionDenied(method, adminGroup: group))
+    return .failure(ControlEndpoint.permissionDenied(method, adminGroup: group))
   }
 
   /// A connection the control server refused or closed.
@@ -138,7 +139,7 @@ actor ControlPlane: DispatchQueueActor {
     var fields = metadata
     fields["peer_uid"] = "\(peer.uid)"
     fields["peer_pid"] = "\(peer.pid)"
-    switch refusals.admit(key, now: monotonicMilliseconds()) {
+    switch refusals.admit(key, now: MonotonicClock.milliseconds()) {
     case .log(let unlogged):
       fields["not_logged_since_last"] = "\(unlogged)"
       logger.log(level: level, "\(message)", metadata: fields)
@@ -152,7 +153,9 @@ actor ControlPlane: DispatchQueueActor {
   }
 
   private func flush(_ key: RefusalLog.Key, message: String, level: Logger.Level, metadata: Logger.Metadata) {
-    guard let count = refusals.takeSuppressed(key, now: monotonicMilliseconds()), count > 0 else { return }
+    guard let count = refusals.takeSuppressed(key, now: MonotonicClock.milliseconds()), count > 0 else {
+      return
+    }
     var fields = metadata
     fields["peer_uid"] = "\(key.uid)"
     fields["not_logged_since_last"] = "\(count)"
@@ -212,29 +215,5 @@ struct RefusalLog: Sendable {
     guard let count = suppressed.removeValue(forKey: key) else { return nil }
     lastLogged[key] = now
     return count
-  }
-}
-
-/// The parameters of `AddKey` and `CheckKey`, checked by name and type.
-struct KeyCallParameters {
-  var key: String
-  var role: Role
-  var replaceScheme: Bool
-
-  static func parse(_ call: VarlinkCall) -> Result<KeyCallParameters, VarlinkError> {
-    if let error = call.unexpectedParameter(allowed: ["key", "role", "replaceScheme"]) {
-      return .failure(error)
-    }
-    guard let key = call.parameters["key"]?.stringValue else { return .failure(.invalidParameter("key")) }
-    guard let role = call.parameters["role"]?.stringValue.flatMap(Role.init(rawValue:)) else {
-      return .failure(.invalidParameter("role"))
-    }
-    var replaceScheme = false
-    switch call.parameters["replaceScheme"] {
-    case nil, .null?: break
-    case .bool(let flag)?: replaceScheme = flag
-    default: return .failure(.invalidParameter("replaceScheme"))
-    }
-    return .success(KeyCallParameters(key: key, role: role, replaceScheme: replaceScheme))
   }
 }

@@ -236,29 +236,31 @@ struct FleetSimulation {
     for index in 0..<scenario.svms {
       var state = template.acknowledging(through: template.lastTransitionID)
       state.stateID = "svm-\(index)"
-      state[.server].ahead = nil  // drawn for this SVM by its first decision
+      // Drawn for this SVM by its first decision.
+      if case .held(var held)? = state[.server], held.ahead != nil {
+        held.successor = .none
+        state[.server] = .held(held)
+      }
       states.append(state)
     }
 
     /// The simulated server's answer at `now`.
-    func serve(_ request: ActivationRequest, at now: Timestamp) -> (key: String?, failure: ActivationFailure?)
-    {
+    func serve(_ request: ActivationRequest, at now: Timestamp) -> ActivationOutcome {
       outcome.requests += 1
       let second = now.microseconds / 1_000_000
       perSecond[second, default: 0] += 1
       if scenario.outage.contains(now) {
-        return (nil, .transient(error: "network: connection refused", retryAfter: nil))
+        return .failure(.transient(error: "network: connection refused", retryAfter: nil))
       }
       servedPerSecond[second, default: 0] += 1
       if servedPerSecond[second]! > scenario.capacity {
-        return (nil, .transient(error: "http_503", retryAfter: nil))
+        return .failure(.transient(error: "http_503", retryAfter: nil))
       }
-      if request.ahead && now < scenario.opens {
-        return (
-          nil, .notYetAvailable(retryAfter: TimeSpan(microseconds: scenario.opens.microseconds(since: now)))
-        )
+      if request.kind.isAhead && now < scenario.opens {
+        return .failure(
+          .notYetAvailable(retryAfter: TimeSpan(microseconds: scenario.opens.microseconds(since: now))))
       }
-      return (next, nil)
+      return .key(next)
     }
 
     /// Carries out a decision for SVM `index` at `now`: the requests it makes are answered
@@ -266,10 +268,9 @@ struct FleetSimulation {
     @discardableResult
     func apply(_ decision: Decision<TimeProcessed>, _ index: Int, _ now: Timestamp) -> Wake? {
       outcome.decisions += 1
-      var wake = decision.wake
       let state = decision.state.acknowledging(through: decision.state.lastTransitionID)
       if decision.events.contains(where: { $0.kind == .manualActivationRequired }) { alerted[index] = true }
-      if state[.server].active == nil {
+      if state[.server]?.active == nil {
         if lapseStart[index] == nil { lapseStart[index] = scenario.expiry.microseconds }
       } else if let from = lapseStart[index] {
         outcome.lapses.append(now.microseconds - from)
@@ -277,18 +278,13 @@ struct FleetSimulation {
       }
       states[index] = state
       for case .activate(let request) in decision.actions {
-        let answer = serve(request, at: now)
-        let result =
-          answer.key.map {
-            engine.activationSucceeded(
-              slot: request.slot, key: $0, ahead: request.ahead, now: now, state: states[index])
-          }
-          ?? engine.activationFailed(
-            slot: request.slot, failure: answer.failure!, ahead: request.ahead,
-            jitter: Double(random.next() >> 11) / Double(UInt64(1) << 53), now: now, state: states[index])
-        wake = apply(result, index, now)
+        let result = engine.activationFinished(
+          request, outcome: serve(request, at: now),
+          jitter: Double(random.next() >> 11) / Double(UInt64(1) << 53), now: now,
+          state: states[index])
+        apply(result, index, now)
       }
-      return wake
+      return engine.nextWake(states[index])
     }
 
     for index in 0..<scenario.svms {

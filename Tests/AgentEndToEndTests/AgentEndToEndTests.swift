@@ -154,7 +154,7 @@ import Testing
       }
     }
     for _ in 0..<100 where try sent().isEmpty { usleep(50_000) }
-    try #require(try sent() == [promoted.outbox[0][field: "LICENSE_SLOT"]])
+    try #require(try sent() == [promoted.outbox[0][field: .slot]])
     #expect(try agent.start())
     _ = try agent.settle()
     #expect(try sent().sorted() == ["server", "workstation"])

@@ -1,9 +1,11 @@
+import AgentSettings
 import Dispatch
 import Foundation
 import LicenseCore
 import LicenseStorage
 import LicenseTestSupport
 import Logging
+import RuntimeTestSupport
 import SimpleJSON
 import Synchronization
 import SystemClock
@@ -18,119 +20,14 @@ import Testing
 /// after a crash between steps, and the promotion at the timer. No real time: the clock is
 /// set by the test and the timer is fired by the test.
 @Suite struct AgentRuntimeTests {
-  /// Everything the twins saw, in order: `save[KINDS IN THE OUTBOX]`, `send KIND`.
-  final class Log: Sendable {
-    private let entries = Mutex<[String]>([])
-    func append(_ entry: String) { entries.withLock { $0.append(entry) } }
-    var all: [String] { entries.withLock { $0 } }
-    func clear() { entries.withLock { $0.removeAll() } }
-  }
-
-  final class MemoryStore: StateStore {
-    let log: Log
-    private let stored: Mutex<(state: LicenseState, failures: Int)>
-    init(log: Log, state: LicenseState = LicenseState()) {
-      self.log = log
-      stored = Mutex((state, 0))
-    }
-    var state: LicenseState { stored.withLock { $0.state } }
-    /// The next `count` saves fail as a full disk would.
-    func fail(_ count: Int) { stored.withLock { $0.failures = count } }
-    func load() throws(StateStoreError) -> LoadedState { LoadedState(state: state, recovery: nil) }
-    func save(_ state: LicenseState) throws(StateStoreError) {
-      let failed = stored.withLock { stored -> Bool in
-        if stored.failures > 0 {
-          stored.failures -= 1
-          return true
-        }
-        stored.state = state
-        return false
-      }
-      if failed {
-        log.append("save failed")
-        throw StateStoreError(file: "memory", problem: "is full", remedy: "free some room")
-      }
-      log.append("save[\(state.outbox.map(\.kind.rawValue).joined(separator: ","))]")
-    }
-  }
-
-  final class RecordingSink: EventSink {
-    let log: Log
-    let delivered: Set<String>
-    private let sent = Mutex<[(event: JournalEvent, transition: String?)]>([])
-    init(log: Log, alreadyDelivered: Set<String> = []) {
-      self.log = log
-      delivered = alreadyDelivered
-    }
-    private let arrivals = DispatchSemaphore(value: 0)
-    var events: [JournalEvent] { sent.withLock { $0.map(\.event) } }
-    func send(_ event: JournalEvent, transition: String?) -> EventDelivery {
-      log.append("send \(event.kind.rawValue)")
-      sent.withLock { $0.append((event, transition)) }
-      arrivals.signal()
-      return .delivered
-    }
-    /// Waits until an event of `kind` has been sent (a renewal's outcome comes back from the
-    /// activation queue); false if none came within `seconds`, which only a hang would take.
-    func wait(for kind: EventKind, seconds: Double = 10) -> Bool {
-      let deadline = DispatchTime.now() + seconds
-      while !events.contains(where: { $0.kind == kind }) {
-        if arrivals.wait(timeout: deadline) == .timedOut { return false }
-      }
-      return true
-    }
-    /// What a journal holds: what this sink was sent, and what `alreadyDelivered` names as
-    /// "<transition> <KIND> <slot>" (sent by an earlier process).
-    func wasDelivered(_ event: JournalEvent, transition: String) -> Bool? {
-      delivered.contains("\(transition) \(event.kind.rawValue) \(event[field: "LICENSE_SLOT"] ?? "")")
-        || sent.withLock { $0.contains { $0.event == event && $0.transition == transition } }
-    }
-  }
-
-  final class ManualClock: WallClock {
-    private let instant: Mutex<Timestamp>
-    init(_ start: Timestamp) { instant = Mutex(start) }
-    func now() -> Timestamp { instant.withLock { $0 } }
-    func set(_ value: Timestamp) { instant.withLock { $0 = value } }
-  }
-
-  final class ManualTimer: WallClockTimer, Sendable {
-    private let state = Mutex<(deadline: Timestamp?, handler: (@Sendable () -> Void)?)>((nil, nil))
-    func install(_ handler: @escaping @Sendable () -> Void) { state.withLock { $0.handler = handler } }
-    func arm(at instant: Timestamp?) { state.withLock { $0.deadline = instant } }
-    var deadline: Timestamp? { state.withLock { $0.deadline } }
-    /// What the real timer does at its deadline: runs the handler (call on the agent's queue).
-    func fire() { state.withLock { $0.handler }?() }
-  }
-
-  struct QuietNotifier: Notifier {
-    func notify(_ assignments: String) {}
-  }
-
-  /// The activation server's answers, one per attempt, in order; records the requests.
-  final class ScriptedClient: ActivationClient {
-    private let script: Mutex<(answers: [ActivationOutcome], requests: [String])>
-    init(_ answers: [ActivationOutcome]) { script = Mutex((answers, [])) }
-    var requests: [String] { script.withLock { $0.requests } }
-    func activate(code: ActivationCode, currentSerial: String?, ahead: Bool, currentExpiresAt: Timestamp?)
-      -> ActivationOutcome
-    {
-      script.withLock {
-        $0.requests.append(
-          "\(code.hint) \(currentSerial ?? "-")" + (ahead ? " ahead \(currentExpiresAt?.rfc3339 ?? "?")" : "")
-        )
-        return $0.answers.isEmpty
-          ? .failure(.transient(error: "no answer", retryAfter: nil)) : $0.answers.removeFirst()
-      }
-    }
-  }
-
   /// An agent on twins, started, in a temporary runtime folder (for its socket).
   struct Fixture {
     let log = Log()
     let issuer: TestIssuer
     let clock = ManualClock(TestIssuer.t0)
     let timer = ManualTimer()
+    /// The monotonic timer of the state-write retry.
+    let retryTimer = ManualDelayTimer()
     let store: MemoryStore
     let sink: RecordingSink
     let agent: Agent
@@ -147,6 +44,7 @@ import Testing
       let paths = AgentPaths(
         configurationDirectory: folder, stateDirectory: folder, runtimeDirectory: folder)
       let timer = self.timer
+      let retryTimer = self.retryTimer
       // The metrics go to the test's folder, never to the machine's node_exporter directory.
       var configuration = AgentConfiguration()
       configuration.metricsTextfile = folder + "/license-agent.prom"
@@ -161,6 +59,10 @@ import Testing
         makeTimer: { _, handler in
           timer.install(handler)
           return timer
+        },
+        makeDelayTimer: { _, handler in
+          retryTimer.install(handler)
+          return retryTimer
         })
       try agent.start()
     }
@@ -174,7 +76,7 @@ import Testing
     @discardableResult
     func add(_ key: String, _ role: String) -> VarlinkReply? {
       agent.sync {
-        $0.handle(
+        $0.serve(
           VarlinkCall(
             method: "io.licenseagent.Agent.AddKey", parameters: ["key": .string(key), "role": .string(role)]),
           peer: PeerCredentials(uid: 0, gid: 0, pid: 1, groups: []), respond: VarlinkResponder { _ in })
@@ -186,7 +88,7 @@ import Testing
     func activate() -> Bool {
       let answered = DispatchSemaphore(value: 0)
       agent.sync {
-        _ = $0.handle(
+        _ = $0.serve(
           VarlinkCall(
             method: "io.licenseagent.Agent.Activate",
             parameters: ["code": .string("ABCDE-12345-FGHIJ-67890"), "role": .string("active")]),
@@ -207,6 +109,12 @@ import Testing
       clock.set(instant)
       agent.queue.sync { timer.fire() }
     }
+
+    /// The state-write retry's delay has passed, at `instant` on the wall clock.
+    func retry(at instant: Timestamp) {
+      clock.set(instant)
+      agent.queue.sync { retryTimer.fire() }
+    }
   }
 
   /// T1 with a promotion in the same decision: the step is announced (CLOCK_CHANGED), then
@@ -223,9 +131,17 @@ import Testing
     f.agent.sync { $0.clockStepped(by: step.microseconds(since: TestIssuer.t0)) }
     let last = f.sink.events.suffix(2)
     #expect(last.map(\.kind) == [.clockChanged, .keyPromoted])
-    #expect(last.first?[field: "LICENSE_CLOCK_DELTA_USEC"] == String(step.microseconds(since: TestIssuer.t0)))
-    #expect(
-      last.last?.message.contains("the system clock was stepped past the expiry: 1 hour after it") == true)
+    #expect(last.first?[field: .clockDeltaMicroseconds] == String(step.microseconds(since: TestIssuer.t0)))
+    // Its words say the clock moved, not that the agent was down: the event the engine
+    // decided for a clock step, an hour after the expiry.
+    var expected = LicenseEvent.keyPromoted(
+      KeyPromoted(
+        slot: .server, key: KeyRef(serial: "R", expiresAt: exp + .days(90)), source: .reserve,
+        previous: KeyRef(serial: "A", expiresAt: exp), lateness: TimeSpan.hours(1).microseconds,
+        cause: .clockStep)
+    ).rendered
+    expected.transitionID = last.last?.transitionID
+    #expect(last.last?.message == expected.message)
     let log = f.log.all
     let saved = try #require(log.lastIndex { $0.hasPrefix("save[") && $0.contains("KEY_PROMOTED") })
     let announced = try #require(log.lastIndex(of: "send CLOCK_CHANGED"))
@@ -264,8 +180,8 @@ import Testing
     #expect(f.log.all == ["save[KEY_PROMOTED]", "save[KEY_PROMOTED]", "send KEY_PROMOTED", "save[]"])
     let promoted = try #require(f.sink.events.last)
     #expect(promoted.kind == .keyPromoted)
-    #expect(promoted[field: "LICENSE_DELAY_USEC"] == "3000")
-    #expect(f.store.state[.server].active?.serial == "R")
+    #expect(promoted[field: .delayMicroseconds] == "3000")
+    #expect(f.store.state[.server]?.active?.serial == "R")
   }
 
   @Test func aStateThatCannotBeWrittenAnnouncesNothingAndIsRetried() throws {
@@ -283,23 +199,25 @@ import Testing
     }
     #expect(error.name == "io.licenseagent.Agent.StorageFailure")
     #expect(f.log.all == ["save failed"])
-    #expect(f.store.state[.server].reserve?.serial == "R")
-    // A second later the agent tries again: nothing is left to write (the request was
-    // refused to its caller), so the timer goes back to the expiry.
-    #expect(f.timer.deadline == TestIssuer.t0 + .seconds(1))
-    f.fire(at: TestIssuer.t0 + .seconds(1))
+    #expect(f.store.state[.server]?.reserve?.serial == "R")
+    // A second later (a duration, on the monotonic clock; the wall-clock timer waits) the
+    // agent tries again: nothing is left to write (the request was refused to its
+    // caller), so the timer goes back to the expiry.
+    #expect(f.retryTimer.delay == .seconds(1))
+    #expect(f.timer.deadline == nil)
+    f.retry(at: TestIssuer.t0 + .seconds(1))
     #expect(f.timer.deadline == exp)
     // The promotion on a full disk: nothing announced, retried a second later.
     f.store.fail(1)
     f.log.clear()
     f.fire(at: exp)
     #expect(f.log.all == ["save failed"])
-    #expect(f.timer.deadline == exp + .seconds(1))
-    f.fire(at: exp + .seconds(1))
+    #expect(f.retryTimer.delay == .seconds(1) && f.timer.deadline == nil)
+    f.retry(at: exp + .seconds(1))
     #expect(
       f.log.all == ["save failed", "save[KEY_PROMOTED]", "save[KEY_PROMOTED]", "send KEY_PROMOTED", "save[]"])
     let promoted = try #require(f.sink.events.last)
-    #expect(promoted[field: "LICENSE_DELAY_USEC"] == "1000000")
+    #expect(promoted[field: .delayMicroseconds] == "1000000")
   }
 
   @Test(arguments: [false, true])
@@ -319,7 +237,7 @@ import Testing
     let sends = f.log.all.filter { $0.hasPrefix("send") }
     #expect(sends == (alreadyInTheJournal ? [] : ["send ACTIVE_ADDED"]))
     #expect(f.store.state.outbox.isEmpty)
-    #expect(f.store.state[.server].active?.serial == "A")
+    #expect(f.store.state[.server]?.active?.serial == "A")
   }
 
   /// One decision that promotes two slots leaves one transition with two KEY_PROMOTED events;
@@ -343,10 +261,10 @@ import Testing
     let promoted = engine.timeReached(now: exp, state: state).state
     #expect(promoted.outbox.map(\.kind) == [.keyPromoted, .keyPromoted])
     let name = promoted.transitionName(promoted.lastTransitionID)
-    let first = try #require(promoted.outbox.first?[field: "LICENSE_SLOT"])
+    let first = try #require(promoted.outbox.first?[field: .slot])
     let f = try Fixture(state: promoted, alreadyDelivered: ["\(name) KEY_PROMOTED \(first)"])
     defer { f.stop() }
-    #expect(f.sink.events.map { $0[field: "LICENSE_SLOT"] } == [first == "server" ? "workstation" : "server"])
+    #expect(f.sink.events.map { $0[field: .slot] } == [first == "server" ? "workstation" : "server"])
     #expect(f.store.state.outbox.isEmpty)
   }
 
@@ -381,18 +299,18 @@ import Testing
     f.clock.set(exp - back)
     f.agent.sync { $0.clockStepped(by: -back.microseconds) }
     #expect(f.timer.deadline == retry - back)
-    #expect(f.store.state[.server].renewal?.nextAttemptAt == retry - back)
+    #expect(f.store.state[.server]?.renewal?.attempts.dueAt == retry - back)
     f.fire(at: retry - back)
     #expect(f.sink.wait(for: .activationRenewed))
     f.agent.queue.sync {}
     #expect(client.requests == ["67890 -", "67890 K-1", "67890 K-1"])
-    #expect(f.store.state[.server].active?.serial == "K-2")
+    #expect(f.store.state[.server]?.active?.serial == "K-2")
   }
 
   @Test func C2_C3_aRenewalAtExpiryIsRetriedAtTheTimerAndRenews() throws {
     let (f, client, exp) = try renewingAgent()
     defer { f.stop() }
-    #expect(f.store.state[.server].active?.serial == "K-1")
+    #expect(f.store.state[.server]?.active?.serial == "K-1")
     // C2: at exp the server is asked for the key that continues K-1.
     f.fire(at: exp - .hours(1))
     #expect(f.timer.deadline == exp)
@@ -407,7 +325,39 @@ import Testing
     #expect(f.sink.wait(for: .activationRenewed))
     f.agent.queue.sync {}
     #expect(client.requests == ["67890 -", "67890 K-1", "67890 K-1"])
-    #expect(f.store.state[.server].active?.serial == "K-2")
+    #expect(f.store.state[.server]?.active?.serial == "K-2")
     #expect(f.store.state.outbox.isEmpty)
+  }
+
+  /// A state 0.1.0 wrote (schema 1) is written back as schema 2 at start, durably, with
+  /// nothing lost, and the agent goes on from it.
+  @Test func aStateOfSchema1IsWrittenBackAsSchema2AtStart() throws {
+    let folder = makeTemporaryDirectory("agent-schema")
+    defer { removeTemporaryDirectory(folder) }
+    let fixture =
+      URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().path
+      + "/LicenseStorageTests/Fixtures/state-v1/held.json"
+    let data = try Data(contentsOf: URL(fileURLWithPath: fixture))
+    try data.write(to: URL(fileURLWithPath: folder + "/state.json"))
+    let original = try JSONDecoder().decode(LicenseStateVersion1.self, from: data)
+    let store = try FileStateStore(directory: folder)
+    var configuration = AgentConfiguration()
+    configuration.metricsTextfile = nil
+    let agent = Agent(
+      paths: AgentPaths(configurationDirectory: folder, stateDirectory: folder, runtimeDirectory: folder),
+      configuration: configuration, trust: TestIssuer().trust, store: store, sink: RecordingSink(log: Log()),
+      clock: ManualClock(TestIssuer.t0 + .days(1)), notifier: QuietNotifier(),
+      logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    try agent.start()
+    agent.sync { $0.stop() }
+    let written = try JSONSerialization.jsonObject(
+      with: Data(contentsOf: URL(fileURLWithPath: store.stateFile)))
+    #expect((written as? [String: Any])?["schemaVersion"] as? Int == 2)
+    // The same slots and counters as 0.1.0's (the outbox was delivered at start).
+    let state = try store.load().state
+    let read = try JSONDecoder().decode(LicenseState.self, from: data)
+    #expect(state[.server]?.reserve?.serial == "KS-R" && state[.workstation]?.ahead != nil)
+    #expect(state.slots == read.slots && state.counters == read.counters)
+    #expect(read.version1 == original)
   }
 }

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import LicenseCore
 import LicenseTestSupport
+import RuntimeTestSupport
 import Testing
 
 @testable import AgentRuntime
@@ -44,7 +45,8 @@ import Testing
       let expired = samples["license_agent_slot_expired{slot=\"\(slot.slot)\"}"]
       #expect(expired == (slot.active == nil ? "1" : "0"), "\(slot.slot)", sourceLocation: sourceLocation)
       #expect(
-        samples["license_agent_slot_takeover{slot=\"\(slot.slot)\",takeover=\"\(slot.takeover)\"}"] == "1",
+        samples["license_agent_slot_takeover{slot=\"\(slot.slot)\",takeover=\"\(slot.takeover.rawValue)\"}"]
+          == "1",
         "\(slot.slot) \(slot.takeover)", sourceLocation: sourceLocation)
     }
     let prefix = "license_agent_key_expiry_timestamp_seconds"
@@ -100,7 +102,7 @@ import Testing
   @Test func aRenewalAndThenAnAlertAreInTheFile() throws {
     let issuer = TestIssuer()
     let exp = TestIssuer.t0 + .hours(2)
-    let client = AgentRuntimeTests.ScriptedClient([
+    let client = ScriptedClient([
       .key(issuer.key("K-1", exp: exp)),  // the manual activation
       .key(issuer.key("K-2", exp: exp + .days(1))),  // the renewal at exp
       .failure(.permanent(error: "code_blocked")),  // the next one
