@@ -1,4 +1,5 @@
 import AgentRuntime
+import AgentSettings
 import Dispatch
 import FoundationEssentials
 import Glibc
@@ -15,7 +16,8 @@ import UnixSignals
 @main
 struct LicenseAgentMain {
   static let usage = """
-    Usage: license-agent [--version | --help | --check-config FILE | --remove-metrics]
+    Usage: license-agent [--version | --help | --check-config FILE | --remove-metrics |
+                          --write-state-schema 1]
 
     Runs the licence agent in the foreground (as systemd's license-agent.service does). It keeps
     the SVM's licence from lapsing: it promotes the reserve key at the instant the active key
@@ -35,6 +37,12 @@ struct LicenseAgentMain {
                          exits 0. The unit runs it as ExecStopPost=, so that after a crash too
                          monitoring sees the agent is down; the daemon removes it itself at a
                          graceful stop.
+    --write-state-schema 1
+                         rewrites the state (state.json and its last good copy) in schema 1, the
+                         form license-agent 0.1.0 reads, and exits: 0 done, 1 not done (the state
+                         is unchanged). Only while the agent is stopped: the package runs it
+                         before a downgrade to 0.1.0 (which refuses a newer schema and would not
+                         start); this version reads schema 1 and writes it back as its own.
 
     Signals: SIGTERM/SIGINT stop gracefully; SIGHUP rereads the configuration and the trust
     directory (an invalid configuration keeps the old one).
@@ -78,6 +86,22 @@ struct LicenseAgentMain {
     return 0
   }
 
+  /// `--write-state-schema 1`: the state in the form 0.1.0 reads, before a downgrade.
+  static func writeStateSchema1() -> Int32 {
+    let paths = AgentPaths.fromEnvironment(ProcessInfo.processInfo.environment)
+    do {
+      let store = try FileStateStore(directory: paths.stateDirectory)
+      let loaded = try store.downgradeToSchema1()
+      print(
+        "\(store.stateFile): written in schema 1 (\(loaded.state.slots.count) slot\(loaded.state.slots.count == 1 ? "" : "s")), for license-agent 0.1.0"
+      )
+      return 0
+    } catch {
+      StandardStream.error("license-agent: cannot write the state in schema 1: \(error)\n")
+      return 1
+    }
+  }
+
   static func main() async {
     // A client that disconnects mid-reply, or an activation client that exits before reading
     // its input, must not kill the agent.
@@ -99,6 +123,14 @@ struct LicenseAgentMain {
       exit(checkConfiguration(file: arguments[1]))
     }
     if arguments == ["--remove-metrics"] { exit(removeMetrics()) }
+    if arguments.first == "--write-state-schema" {
+      guard arguments == ["--write-state-schema", "1"] else {
+        StandardStream.error(
+          "license-agent: --write-state-schema takes 1 (the only older schema)\n\n\(usage)\n")
+        exit(64)
+      }
+      exit(writeStateSchema1())
+    }
     guard arguments.isEmpty else {
       StandardStream.error("license-agent: unknown argument '\(arguments[0])'\n\n\(usage)\n")
       exit(64)
