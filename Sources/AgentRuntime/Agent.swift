@@ -55,9 +55,12 @@ public actor Agent: DispatchQueueActor {
   nonisolated let metricsQueue = DispatchQueue(label: "license-agent.metrics", qos: Agent.queueQoS)
 
   private var configuration: AgentConfiguration
-  private var engine: LicenseEngine { didSet { publishView() } }
-  private var state = LicenseState() { didSet { publishView() } }
-  private(set) var startedAt: Timestamp { didSet { publishView() } }
+  private var engine: LicenseEngine { didSet { viewChanged = true } }
+  private var state = LicenseState() { didSet { viewChanged = true } }
+  private(set) var startedAt: Timestamp { didSet { viewChanged = true } }
+  /// The control plane's view is behind the agent's state: it is published (once) when
+  /// the work in hand is done (``publishView()``).
+  private var viewChanged = false
   private let store: StateStore
   private let clock: WallClock
   private let notifier: Notifier
@@ -354,6 +357,7 @@ public actor Agent: DispatchQueueActor {
     }
     for request in decision.activations { startAttempt(request) }
     if persistRetry == nil { timer?.arm(at: engine.nextWake(state)?.at) }
+    publishView()
     notifier.notify("STATUS=\(statusLine())")
     scheduleMetrics()
     scheduleTrim()
@@ -507,8 +511,13 @@ public actor Agent: DispatchQueueActor {
       adminGroupID: control.adminGroupID)
   }
 
-  /// After every change: the control plane answers other users from a copy.
-  private func publishView() { control.publish(currentView()) }
+  /// After a burst of changes (the end of a decision, a reload, the start): the control plane
+  /// answers other users from a copy, published once for the burst.
+  private func publishView() {
+    guard viewChanged else { return }
+    viewChanged = false
+    control.publish(currentView())
+  }
 
   /// A call of root or the admin group, on this queue, in order with the agent's work;
   /// nil when `respond` will answer (after the activation server has).
