@@ -149,7 +149,8 @@ let package = Package(
     .testTarget(
       name: "AgentEndToEndTests",
       dependencies: [
-        "LicenseCore", "LicenseStorage", "LicenseTestSupport", "SimpleJSON", "Systemd", "Varlink",
+        "ControlInterface", "LicenseCore", "LicenseStorage", "LicenseTestSupport", "SimpleJSON", "Systemd",
+        "Varlink",
       ],
       resources: [.copy("Fixtures")]
     ),

@@ -25,15 +25,34 @@ struct AgentCtl: ParsableCommand {
     version: ProductVersion.current,
     subcommands: [Status.self, AddKey.self, CheckKey.self, RemoveReserve.self, Activate.self]
   )
+
+  /// Given before the verb (`agentctl --socket PATH status`), as systemd's tools accept them;
+  /// after it they win.
+  @OptionGroup var connection: ConnectionOptions
+
+  /// A plain `--json` means `--json=short`, as systemd's tools take it.
+  static func main() {
+    let arguments = CommandLine.arguments.dropFirst().map { $0 == "--json" ? "--json=short" : $0 }
+    main(Array(arguments))
+  }
 }
 
-/// Options every subcommand shares.
+/// Options every subcommand shares, accepted before the verb too.
 struct ConnectionOptions: ParsableArguments {
   @Option(
     help:
       "The agent's control socket (default: $LICENSE_AGENT_SOCKET, else \(AgentInterface.defaultSocketPath))."
   )
   var socket: String?
+  @Flag(help: "Accepted, as systemd's tools accept it: agentctl never pages its output.")
+  var noPager = false
+
+  /// These options given after the verb, completed by those given before it.
+  func after(_ global: AgentCtl) -> ConnectionOptions {
+    var merged = self
+    merged.socket = socket ?? global.connection.socket
+    return merged
+  }
 
   var socketPath: String {
     socket ?? ProcessInfo.processInfo.environment["LICENSE_AGENT_SOCKET"] ?? AgentInterface.defaultSocketPath
@@ -101,6 +120,7 @@ func fail(_ error: VarlinkError) throws -> Never {
 }
 
 struct AddKey: ParsableCommand {
+  @ParentCommand var global: AgentCtl
   static let configuration = CommandConfiguration(
     commandName: "add-key",
     abstract: "Add a licence key as the active key (default) or as the reserve key of its slot.",
@@ -116,12 +136,14 @@ struct AddKey: ParsableCommand {
 
   func run() throws {
     let added = try sendKey(
-      .addKey, file: file, reserve: reserve, replaceScheme: replaceScheme, connection: connection)
+      .addKey, file: file, reserve: reserve, replaceScheme: replaceScheme,
+      connection: connection.after(global))
     print(added.message)
   }
 }
 
 struct CheckKey: ParsableCommand {
+  @ParentCommand var global: AgentCtl
   static let configuration = CommandConfiguration(
     commandName: "check-key",
     abstract: "Check a key as add-key would, changing nothing.")
@@ -136,7 +158,8 @@ struct CheckKey: ParsableCommand {
 
   func run() throws {
     let checked = try sendKey(
-      .checkKey, file: file, reserve: reserve, replaceScheme: replaceScheme, connection: connection)
+      .checkKey, file: file, reserve: reserve, replaceScheme: replaceScheme,
+      connection: connection.after(global))
     print("OK: \(checked.message)")
   }
 }
@@ -154,6 +177,7 @@ func sendKey(
 }
 
 struct RemoveReserve: ParsableCommand {
+  @ParentCommand var global: AgentCtl
   static let configuration = CommandConfiguration(
     commandName: "remove-reserve",
     abstract: "Remove the reserve key of a slot (server, workstation, processors or cores).")
@@ -163,7 +187,7 @@ struct RemoveReserve: ParsableCommand {
   var slot: Slot
 
   func run() throws {
-    switch try connection.call(.removeReserve, RemoveReserveRequest(slot: slot)) {
+    switch try connection.after(global).call(.removeReserve, RemoveReserveRequest(slot: slot)) {
     case .success(let reply):
       let removed = try decodeParameters(RemoveReserveReply.self, from: reply)
       print(
@@ -176,6 +200,7 @@ struct RemoveReserve: ParsableCommand {
 }
 
 struct Activate: ParsableCommand {
+  @ParentCommand var global: AgentCtl
   static let configuration = CommandConfiguration(
     abstract: "Manual activation: get the key for an activation code and add it; it renews itself at expiry.",
     discussion: """
@@ -226,7 +251,7 @@ struct Activate: ParsableCommand {
       throw ExitCode(1)
     }
     let request = ActivateRequest(code: activationCode.value, role: reserve ? .reserve : .active)
-    switch try connection.call(.activate, request, timeoutSeconds: 300) {
+    switch try connection.after(global).call(.activate, request, timeoutSeconds: 300) {
     case .success(let reply):
       print(try decodeParameters(AddKeyReply.self, from: reply).message)
     case .failure(let error):

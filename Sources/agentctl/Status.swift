@@ -14,13 +14,19 @@ struct Status: ParsableCommand {
     discussion: """
       When the agent cannot be reached, the state file is shown instead (when readable, \
       e.g. as root), judged with the settings of agent.toml (or the defaults, which it then \
-      says), and the exit status is 3. --json prints one object: the GetStatus reply \
-      (schemaVersion \(AgentInterface.statusSchemaVersion)) plus "agentReachable" and "exitCode".
+      says), and the exit status is 3. --json prints one object, always: the GetStatus reply \
+      (schemaVersion \(AgentInterface.statusSchemaVersion)) plus "agentReachable" and "exitCode", \
+      and "errors" when the agent or the state file could not be read (with no state, an \
+      empty "slots").
       """)
 
   @OptionGroup var connection: ConnectionOptions
-  @Flag(help: "Print one JSON object (stable, versioned by schemaVersion).")
-  var json = false
+  @Option(
+    name: .customLong("json"),
+    help: ArgumentHelp(
+      "Print one JSON object (stable, versioned by schemaVersion): short (one line; also plain --json) or pretty.",
+      valueName: "short|pretty"))
+  var json: JSONMode?
   @Option(
     help:
       "The state directory to read when the agent is unreachable (default: $STATE_DIRECTORY, else /var/lib/license-agent)."
@@ -31,44 +37,65 @@ struct Status: ParsableCommand {
       "The configuration file the state is judged with when the agent is unreachable (default: $CONFIGURATION_DIRECTORY/agent.toml, else /etc/license-agent/agent.toml)."
   )
   var configurationFile: String?
+  @ParentCommand var global: AgentCtl
 
   func run() throws {
+    let socket = connection.after(global).socketPath
     var reachable = true
-    var status: StatusReply
+    var status: StatusReply?
+    var problems: [String] = []
     do {
-      let client = try VarlinkClient(path: connection.socketPath, timeoutSeconds: 10)
+      let client = try VarlinkClient(path: socket, timeoutSeconds: 10)
       switch try client.call(AgentMethod.getStatus.qualifiedName, GetStatusRequest().parameters) {
       case .success(let parameters): status = try decodeParameters(StatusReply.self, from: parameters)
       case .failure(let error): try fail(error)
       }
     } catch let error as VarlinkClientError {
       reachable = false
-      printError("agentctl: the agent cannot be reached (\(error)); showing the state file instead.")
-      guard let fromFile = stateFromFile() else { throw ExitCode(3) }
-      status = fromFile
+      let problem = "the agent cannot be reached (\(error))"
+      problems.append(problem)
+      printError("agentctl: \(problem); showing the state file instead.")
+      switch stateFromFile() {
+      case .success(let fromFile): status = fromFile
+      case .failure(let unreadable):
+        problems.append(unreadable.description)
+        printError("agentctl: \(unreadable)")
+      }
     }
-    let code = reachable ? Int32(status.health.rawValue) : 3
-    if json {
-      var object = varlinkParameters(status)
+    let code = reachable ? Int32(status?.health.rawValue ?? 3) : 3
+    if let json {
+      // Always one object, so that a monitoring script has something to parse: the status
+      // (the agent's, or the state file's), or, when neither could be read, the error.
+      var object =
+        status.map(varlinkParameters) ?? [
+          "schemaVersion": .number(Double(AgentInterface.statusSchemaVersion)), "slots": .array([]),
+        ]
       object["agentReachable"] = .bool(reachable)
       object["exitCode"] = .number(Double(code))
-      print(JSONValue.object(object).serialized)
-    } else {
+      if !problems.isEmpty { object["errors"] = .array(problems.map(JSONValue.string)) }
+      print(json.render(.object(object)))
+    } else if let status {
       print(render(status, reachable: reachable))
     }
     if code != 0 { throw ExitCode(code) }
   }
 
-  private func stateFromFile() -> StatusReply? {
+  /// Why the state file could not be shown.
+  struct StateUnreadable: Error, CustomStringConvertible {
+    var description: String
+  }
+
+  private func stateFromFile() -> Result<StatusReply, StateUnreadable> {
     let paths = AgentPaths.fromEnvironment(ProcessInfo.processInfo.environment)
     let directory = stateDirectory ?? paths.stateDirectory
     guard FileManager.default.isReadableFile(atPath: directory + "/state.json"),
       let data = FileManager.default.contents(atPath: directory + "/state.json"),
       let state = try? JSONDecoder().decode(LicenseState.self, from: data)
     else {
-      printError(
-        "agentctl: cannot read \(directory)/state.json either (run as root, or pass --state-directory).")
-      return nil
+      return .failure(
+        StateUnreadable(
+          description:
+            "cannot read \(directory)/state.json either (run as root, or pass --state-directory)"))
     }
     // Judged with the agent's own settings (warning thresholds, renewal ahead, product),
     // so that it cannot disagree with the agent about what it shows.
@@ -84,10 +111,10 @@ struct Status: ParsableCommand {
       }
     }
     let timestamp = SystemWallClock().now()
-    return StatusBuilder.build(
-      state: state, engine: LicenseEngine(configuration: configuration.engine, trust: TrustStore()),
-      now: timestamp,
-      version: "unknown (agent not running)", startedAt: timestamp)
+    return .success(
+      StatusBuilder.build(
+        state: state, engine: LicenseEngine(configuration: configuration.engine, trust: TrustStore()),
+        now: timestamp, version: "unknown (agent not running)", startedAt: timestamp))
   }
 
   func render(_ status: StatusReply, reachable: Bool) -> String {
@@ -204,5 +231,37 @@ struct Status: ParsableCommand {
       lines.append("\nNext action: none scheduled")
     }
     return lines.joined(separator: "\n")
+  }
+}
+
+/// How JSON is printed, as systemd's tools accept it: `--json=short` (one line, also what a
+/// plain `--json` means) or `--json=pretty` (indented).
+enum JSONMode: String, ExpressibleByArgument, CaseIterable {
+  case short, pretty
+
+  func render(_ value: JSONValue) -> String {
+    switch self {
+    case .short: return value.serialized
+    case .pretty: return value.prettyPrinted()
+    }
+  }
+}
+
+extension JSONValue {
+  /// Indented by two spaces, keys sorted, as `--json=pretty` prints it.
+  func prettyPrinted(indent: String = "") -> String {
+    let inner = indent + "  "
+    switch self {
+    case .object(let members) where !members.isEmpty:
+      let lines = members.keys.sorted().map {
+        "\(inner)\(JSONValue.string($0).serialized): \(members[$0]!.prettyPrinted(indent: inner))"
+      }
+      return "{\n" + lines.joined(separator: ",\n") + "\n\(indent)}"
+    case .array(let items) where !items.isEmpty:
+      return "[\n" + items.map { inner + $0.prettyPrinted(indent: inner) }.joined(separator: ",\n")
+        + "\n\(indent)]"
+    default:
+      return serialized
+    }
   }
 }

@@ -1,3 +1,4 @@
+import ControlInterface
 import Foundation
 import Glibc
 import LicenseCore
@@ -329,6 +330,37 @@ import Testing
     #expect(down.stdout.contains(agent.serial("S")))
     let addDown = try agent.agentctl(["add-key", soon])
     #expect(addDown.status == 3)
+  }
+
+  /// agentctl as systemd's tools are used (issue 22): global options before the verb,
+  /// `--json=short|pretty` (a plain `--json` is short), `--no-pager` accepted, and a JSON
+  /// object always, even when neither the agent nor its state can be read.
+  @Test func agentctlTakesOptionsAsSystemdsToolsDoAndAlwaysPrintsJSON() throws {
+    let agent = try agentWithKeys(exp: AgentHarness.now() + .days(10))
+    let before = try agent.agentctl(["--socket", agent.socketPath, "--no-pager", "status", "--json"])
+    let after = try agent.agentctl(["status", "--socket", agent.socketPath, "--json=short"])
+    #expect(before.status == 0 && after.status == 0, "\(before.stderr) \(after.stderr)")
+    let short = try decodeStatus(before.stdout)
+    #expect(short.slots.map(\.slot) == [.server] && short.health == .ok)
+    #expect(before.stdout.split(separator: "\n").count == 1, "short is one line")
+    let pretty = try agent.agentctl(["status", "--json=pretty"])
+    #expect(pretty.stdout.split(separator: "\n").count > 10, "pretty is indented over lines")
+    #expect(try decodeStatus(pretty.stdout).slots == short.slots)
+    // The agent down and its state unreadable (another user): still one object, exit 3.
+    #expect(agent.stop() == 0)
+    let nobody = try agent.agentctl(["status", "--json"], asUser: 65534)
+    #expect(nobody.status == 3)
+    let object = try #require(
+      try JSONSerialization.jsonObject(with: Data(nobody.stdout.utf8)) as? [String: Any], "\(nobody.stdout)")
+    #expect(object["agentReachable"] as? Bool == false && object["exitCode"] as? Int == 3)
+    #expect((object["errors"] as? [String])?.count == 2 && (object["slots"] as? [Any])?.isEmpty == true)
+    // The shells complete remove-reserve's slot.
+    let bash = try runProcess(agent.bin + "/agentctl", ["--generate-completion-script", "bash"])
+    #expect(bash.stdout.contains("'server'$'\\n''workstation'$'\\n''processors'$'\\n''cores'"))
+  }
+
+  func decodeStatus(_ text: String) throws -> StatusReply {
+    try JSONDecoder().decode(StatusReply.self, from: Data(text.utf8))
   }
 
   @Test func theReferencePythonVarlinkClientCallsByIntrospection() throws {
