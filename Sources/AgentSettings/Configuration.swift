@@ -115,6 +115,9 @@ public struct AgentConfiguration: Sendable, Equatable {
     return config
   }
 
+  /// Every setting, as messages name it (`activation.retry-max`): what agent.toml(5) documents.
+  public static var settingNames: [String] { settings.map(\.name) }
+
   /// The keys of `section` (the top level when nil: its keys and the sections), sorted.
   static func known(in section: String?) -> [String] {
     let keys = settings.filter { $0.section == section }.map(\.key)

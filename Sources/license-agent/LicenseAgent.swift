@@ -51,7 +51,7 @@ struct LicenseAgentMain {
     Exit status: 0 stopped cleanly, 1 could not start (state, socket), 64 usage error,
     78 invalid configuration.
 
-    Operators use agentctl(8); see license-agent(8).
+    Operators use agentctl(1); see license-agent(8).
     """
 
   /// `--check-config FILE`: the daemon's own parser on FILE, nothing else touched. Unlike the

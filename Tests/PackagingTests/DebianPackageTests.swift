@@ -61,7 +61,7 @@ import Testing
 @Suite struct ManPageTests {
   static let pages = BootedContainer.repository + "/packaging/man/"
 
-  @Test(arguments: [("agentctl", "agentctl.8"), ("license-keytool", "license-keytool.1")])
+  @Test(arguments: [("agentctl", "agentctl.1"), ("license-keytool", "license-keytool.1")])
   func everySubcommandAndOptionIsInTheManPage(program: String, page: String) throws {
     let dump = try runProcess(productsDirectory() + "/" + program, ["--experimental-dump-help"])
     let root = try #require(
@@ -103,7 +103,20 @@ import Testing
     }
   }
 
-  @Test(arguments: ["license-agent.8", "agentctl.8", "license-keytool.1"])
+  /// agent.toml(5) documents every setting the agent reads, under its section.
+  @Test func theConfigurationPageNamesEverySetting() throws {
+    let text = try String(contentsOfFile: Self.pages + "agent.toml.5", encoding: .utf8)
+      .replacingOccurrences(of: "\\-", with: "-")
+    for name in AgentConfiguration.settingNames {
+      let parts = name.split(separator: ".")
+      let key = String(parts.last!)
+      #expect(
+        text.contains(".B \(key)") || text.contains(".BR \(key) ") || text.contains(", \" \(key)"), "\(name)")
+      if parts.count == 2 { #expect(text.contains(".SS [\(parts[0])]"), "[\(parts[0])]") }
+    }
+  }
+
+  @Test(arguments: ["license-agent.8", "agentctl.1", "license-keytool.1", "agent.toml.5"])
   func groffReadsThePageWithoutWarnings(page: String) throws {
     let result = try runProcess(
       "/usr/bin/man", ["--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", Self.pages + page],
@@ -118,7 +131,7 @@ import Testing
 @Suite struct PackagedCodeTests {
   static let packagedTargets = [
     "SimpleJSON", "StandardIO", "LicenseCore", "LicenseStorage", "SystemClock", "Systemd", "Varlink",
-    "ControlInterface", "AgentRuntime", "license-agent", "agentctl", "license-keytool",
+    "ControlInterface", "AgentSettings", "AgentRuntime", "license-agent", "agentctl", "license-keytool",
     "license-agent-activate-https",
   ]
 

@@ -81,7 +81,7 @@ notes:
 seealso:
   - module: licenseagent.svm.license_status
   - module: licenseagent.svm.license_activation
-  - name: agentctl(8)
+  - name: agentctl(1)
     description: The operator's command on the SVM.
     link: https://github.com/license-agent/license-agent
 """
