@@ -243,7 +243,7 @@ def slot_lapse(entry):
 
 
 def fleet_entry(host, outcome):
-    """One SVM of the fleet status, from what license_status registered for it."""
+    """One SVM of the fleet status, from what license_status_info registered for it."""
     outcome = outcome or {}
     if outcome.get("unreachable") or outcome.get("failed") or "status" not in outcome:
         return {

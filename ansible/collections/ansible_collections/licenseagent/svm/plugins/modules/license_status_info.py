@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: license_status
+module: license_status_info
 short_description: Read an SVM's licence status as structured data
 version_added: "0.1.0"
 description:
@@ -17,8 +17,10 @@ description:
     alerts and the next instant the agent will act.
   - Any local user may read the status; no privilege is needed.
   - Changes nothing; runs on the SVM with Python's standard library only.
+  - Named C(license_status) before 0.2.0 (C(*_info), as read-only modules are); the old name
+    still works, as a redirect.
 author:
-  - license-agent authors
+  - license-agent authors (@license-agent)
 extends_documentation_fragment:
   - licenseagent.svm.agent
 attributes:
@@ -34,7 +36,7 @@ seealso:
 
 EXAMPLES = r"""
 - name: Read the licence status
-  licenseagent.svm.license_status:
+  licenseagent.svm.license_status_info:
   register: licence
 
 - name: Fail where a slot has lapsed
