@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import os
+
 from ansible.errors import AnsibleFilterError
 from ansible_collections.licenseagent.svm.plugins.module_utils import agent as la
 
@@ -44,6 +46,15 @@ def key_claim(key, claim):
     return claims.get(claim)
 
 
+def report_path(name, default):
+    """Where a playbook's report goes: `name` when absolute, else relative to the folder
+    ansible-playbook runs in (not the playbook's, which may be an installed collection)."""
+    name = name or default
+    if os.path.isabs(name):
+        return name
+    return os.path.join(os.getcwd(), name)
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -53,4 +64,5 @@ class FilterModule(object):
             "fleet_status": fleet_status,
             "fleet_table": la.fleet_table,
             "key_claim": key_claim,
+            "report_path": report_path,
         }

@@ -24,7 +24,7 @@ description:
     asks anyway).
   - Runs on the SVM with Python's standard library only.
 author:
-  - license-agent authors
+  - license-agent authors (@license-agent)
 extends_documentation_fragment:
   - licenseagent.svm.agent
 options:
@@ -56,6 +56,9 @@ attributes:
     support: partial
     description: Checks the code's format and that the agent answers. The activation server
       is not asked, so a refusal by the server shows only in a real run.
+    details: In check mode the result is C(would-activate) when the code is well formed and
+      the agent answers; whether the server gives a key for it, and which, is known only in a
+      real run.
   diff_mode:
     support: none
     description: The key is known only once the server gave it.
@@ -63,7 +66,7 @@ notes:
   - Needs root or membership of the agent's admin group (C(license-admin)).
 seealso:
   - module: licenseagent.svm.license_key
-  - module: licenseagent.svm.license_status
+  - module: licenseagent.svm.license_status_info
 """
 
 EXAMPLES = r"""

@@ -23,7 +23,7 @@ description:
   - With O(state=absent) the slot's reserve key is removed (C(RemoveReserve)).
   - Runs on the SVM with Python's standard library only.
 author:
-  - license-agent authors
+  - license-agent authors (@license-agent)
 extends_documentation_fragment:
   - licenseagent.svm.agent
 options:
@@ -79,7 +79,7 @@ notes:
   - Adding keys needs root or membership of the agent's admin group (C(license-admin)); use
     C(become) otherwise.
 seealso:
-  - module: licenseagent.svm.license_status
+  - module: licenseagent.svm.license_status_info
   - module: licenseagent.svm.license_activation
   - name: agentctl(1)
     description: The operator's command on the SVM.

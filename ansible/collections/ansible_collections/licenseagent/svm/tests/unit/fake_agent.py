@@ -26,7 +26,7 @@ class FakeAgent:
     def serve(self):
         while True:
             try:
-                connection, _ = self.server.accept()
+                connection, _address = self.server.accept()
             except OSError:
                 return
             with connection:

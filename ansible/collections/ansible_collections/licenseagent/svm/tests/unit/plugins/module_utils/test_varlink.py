@@ -80,7 +80,7 @@ class ClientTests(unittest.TestCase):
         with listening_socket() as (server, path):
 
             def accept_and_close():
-                connection, _ = server.accept()
+                connection, _address = server.accept()
                 connection.recv(100)
                 connection.close()
 
@@ -95,7 +95,7 @@ class ClientTests(unittest.TestCase):
                 thread.join()
 
     def test_a_silent_server_times_out(self):
-        with listening_socket() as (_, path):
+        with listening_socket() as (_server, path):
             with self.assertRaises(varlink.ConnectionFailed) as raised:
                 with varlink.Client(path, timeout=0.2) as client:
                     client.agent("GetStatus")
