@@ -16,8 +16,10 @@ Needs root, systemd-nspawn, iproute2, OpenSSH's client.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,9 +37,9 @@ SUBNET = "10.231.0"
 BIN = os.environ.get("LICENSE_AGENT_BIN_DIR") or os.path.join(REPOSITORY, ".build", "debug")
 
 
-def run(args, check=True, input=None, timeout=120, env=None):
+def run(args, check=True, input=None, timeout=120, env=None, cwd=None):
     result = subprocess.run(
-        args, input=input, capture_output=True, text=True, timeout=timeout, env=env
+        args, input=input, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
     )
     if check and result.returncode != 0:
         raise RuntimeError(
@@ -108,6 +110,37 @@ def remove_cgroup(path):
         os.rmdir(path)
     except OSError:
         pass
+
+
+def make_apt_repository(package, directory, key_out=None):
+    """A flat apt repository in `directory` holding `package`, signed (InRelease) with a key
+    made for it; returns (directory, the armoured public key's path). `key_out` names
+    where the public key goes (default: beside the repository)."""
+    os.makedirs(directory)
+    shutil.copy(package, directory)
+    # dpkg-scanpackages in the repository's folder: the file names relative to it.
+    packages = run(["sh", "-c", "cd \"$1\" && dpkg-scanpackages --multiversion .", "sh", directory]).stdout
+    with open(os.path.join(directory, "Packages"), "w") as f:
+        f.write(packages)
+    data = packages.encode()
+    release = (
+        "Origin: fleetlab\nLabel: fleetlab\nSuite: ./\nDate: %s\nSHA256:\n %s %d Packages\n"
+        % (time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime()), hashlib.sha256(data).hexdigest(), len(data))
+    )
+    with open(os.path.join(directory, "Release"), "w") as f:
+        f.write(release)
+    home = tempfile.mkdtemp(prefix="fleetlab-gpg-")
+    try:
+        gpg = ["gpg", "--homedir", home, "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
+        run(gpg + ["--quick-gen-key", "fleetlab apt repository", "ed25519", "sign", "never"])
+        run(gpg + ["--clearsign", "--output", os.path.join(directory, "InRelease"), os.path.join(directory, "Release")])
+        key_out = key_out or os.path.join(os.path.dirname(directory), os.path.basename(directory) + ".asc")
+        with open(key_out, "w") as f:
+            f.write(run(gpg + ["--armor", "--export"]).stdout)
+    finally:
+        run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
+        safetree.remove_tree(home)
+    return directory, key_out
 
 
 class SVM:
@@ -304,13 +337,14 @@ class FleetLab:
         }
         return env
 
-    def ansible_playbook(self, *args, timeout=600, extra_env=None):
-        """Runs ansible-playbook from ansible/ (its ansible.cfg) inside the lab's network."""
+    def ansible_playbook(self, *args, timeout=600, extra_env=None, cwd=ANSIBLE_DIR):
+        """Runs ansible-playbook inside the lab's network, by default from ansible/ (its
+        ansible.cfg and the checkout's collection)."""
         env = self.environment()
         env.update(extra_env or {})
         return subprocess.run(
             ["nsenter", "--net=/run/netns/" + self.netns, "ansible-playbook", "-i", self.inventory] + list(args),
-            cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=timeout, env=env,
+            cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env,
         )
 
     def ansible(self, *args, timeout=300):
@@ -318,6 +352,22 @@ class FleetLab:
             ["nsenter", "--net=/run/netns/" + self.netns, "ansible", "-i", self.inventory] + list(args),
             cwd=ANSIBLE_DIR, capture_output=True, text=True, timeout=timeout, env=self.environment(),
         )
+
+    def serve(self, directory):
+        """Serves `directory` over HTTP on the lab bridge's address (the SVMs reach it, nothing
+        outside the lab's namespace does); returns (the server process, its URL)."""
+        process = subprocess.Popen(
+            ["nsenter", "--net=/run/netns/" + self.netns, sys.executable, "-u", "-m", "http.server",
+             "--bind", SUBNET + ".1", "--directory", directory, "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        line = process.stdout.readline()
+        match = re.search(r" port (\d+) ", line)
+        if not match:
+            process.kill()
+            process.wait()
+            raise RuntimeError("http.server did not start: %r" % line)
+        return process, "http://%s.1:%s/" % (SUBNET, match.group(1))
 
     def down(self):
         for svm in self.svms:

@@ -58,6 +58,7 @@ class FleetTests(unittest.TestCase):
         if server is not None:
             server.terminate()
             server.wait()
+            server.stdout.close()
         cls.lab.down()
         subprocess.run(["rm", "-rf", cls.keys])
 
@@ -248,7 +249,9 @@ class FleetTests(unittest.TestCase):
         self.assertEqual(list(report), ["task", "role", "serial", "startedAt", "finishedAt", "svms", "summary"])
         # The table on standard output, and the agents' own journal on the SVMs.
         self.assertRegex(result.stdout, r"svm-b1\s+refused\s+server\s+R5 expires_before_active")
-        self.assertIn("1 added, 1 unchanged, 1 refused, 1 skipped, 1 unreachable, 0 failed", result.stdout)
+        # (The YAML callback folds long rows: compare with the folds undone.)
+        self.assertIn("1 added, 1 unchanged, 1 refused, 1 skipped, 1 unreachable, 0 failed",
+                      re.sub(r"\s+", " ", result.stdout))
         held = json.loads(self.lab.svm("svm-a1").sh("agentctl status --json").stdout)
         self.assertEqual(held["slots"][0]["reserve"]["serial"], "KS-2")
         rejected = self.lab.svm("svm-b1").sh(
@@ -298,6 +301,38 @@ class FleetTests(unittest.TestCase):
         self.assertRegex(result.stdout, r"svm-b2\s+expired\s+workstation \(expired\)\s+WS-1")
         self.assertEqual(result.returncode, 0)
 
+    def test_09b_an_installed_collection_writes_where_the_operator_runs_it(self):
+        # As an operator uses it: the collection built and installed with ansible-galaxy, the
+        # playbook run by its name from the operator's own folder, with Ansible's default
+        # configuration (no ansible.cfg of the checkout's: results as JSON).
+        work = os.path.join(self.lab.directory, "operator")
+        installed = os.path.join(self.lab.directory, "installed")
+        os.makedirs(work)
+        collection = os.path.join(fleetlab.ANSIBLE_DIR, "collections", "ansible_collections", "licenseagent", "svm")
+        environment = {
+            "ANSIBLE_CONFIG": os.path.join(work, "none.cfg"),  # absent: Ansible's defaults
+            "ANSIBLE_COLLECTIONS_PATH": installed,
+            "ANSIBLE_PYTHON_INTERPRETER": "auto_silent",
+        }
+        galaxy_env = dict(self.lab.environment(), **environment)
+        built = fleetlab.run(["ansible-galaxy", "collection", "build", "--output-path", work, collection],
+                             env=galaxy_env, cwd=work)
+        tarball = built.stdout.strip().split()[-1]
+        fleetlab.run(["ansible-galaxy", "collection", "install", "-p", installed, tarball], env=galaxy_env, cwd=work)
+        os.unlink(tarball)
+        result = self.lab.ansible_playbook("licenseagent.svm.fleet_status", "-e", "report=fleet.json",
+                                           cwd=work, extra_env=environment)
+        self.assertEqual(result.returncode, 0, result.stdout[-4000:] + result.stderr[-2000:])
+        with open(os.path.join(work, "fleet.json")) as f:
+            self.assertEqual(json.load(f)["svms"][0]["host"], "svm-b2")
+        written = [os.path.join(root, name) for root, _, names in os.walk(installed) for name in names
+                   if name.endswith(".json") and name not in ("MANIFEST.json", "FILES.json")]
+        self.assertEqual(written, [])
+        # The table a row a line, as the default callback prints a list.
+        self.assertRegex(result.stdout, r'\n\s+"svm-b2\s+expired\s+workstation \(expired\)\s+WS-1')
+        table = result.stdout.split("TASK [Fleet status]", 1)[1].split("PLAY RECAP", 1)[0]
+        self.assertNotIn("\\n", table)
+
     def test_10_an_activation_code_never_shows(self):
         code_file = os.path.join(self.lab.directory, "code.txt")
         with open(code_file, "w") as f:
@@ -345,6 +380,81 @@ class FleetTests(unittest.TestCase):
         # Idempotent: the key from this code is held; the server is not asked again.
         again = self.playbook("playbooks/activate.yml", "-e", "code_file=%s" % code_file, "-e", "target=svm-a1")
         self.assertIn("unchanged: server KS-CODE-1", again.stdout)
+
+    def reloads(self, svm):
+        """The agent's "Configuration reloaded" journal entries, oldest first."""
+        lines = svm.sh('journalctl -o json --no-pager -u license-agent MESSAGE="Configuration reloaded"').stdout
+        return [json.loads(line) for line in lines.splitlines() if line.strip()]
+
+    def test_11_exclusive_issuers_remove_the_ones_not_listed_and_reload(self):
+        svm = self.lab.svm("svm-a2")
+        stale = os.path.join(self.keys, "stale")
+        os.makedirs(stale, exist_ok=True)
+        keytool("keygen", "--kid", "stale-issuer", "--out", stale)
+        with open(os.path.join(stale, "stale-issuer.jwk")) as f:
+            svm.sh("cat >/etc/license-agent/trusted-issuers/stale-issuer.jwk && systemctl reload license-agent",
+                   input=f.read())
+        self.assertEqual(self.reloads(svm)[-1]["TRUSTED_ISSUERS"], "2")
+        args = ["playbooks/install.yml", "-e", "license_agent_deb=%s" % self.package,
+                "-e", json.dumps({"license_agent_trusted_issuers": [self.jwk]}), "--limit", "svm-a2"]
+        # Not exclusive (the default): the stale issuer stays.
+        kept = self.playbook(*args)
+        self.assertEqual(self.recap(kept.stdout)["svm-a2"]["changed"], 0, kept.stdout)
+        self.assertIn("stale-issuer.jwk", svm.sh("ls /etc/license-agent/trusted-issuers/").stdout)
+        exclusive = args + ["-e", json.dumps({"license_agent_trusted_issuers_exclusive": True})]
+        checked = self.playbook(*(exclusive + ["--check"]))
+        self.assertEqual(self.recap(checked.stdout)["svm-a2"]["changed"], 2, checked.stdout)  # would remove, reload
+        self.assertIn("stale-issuer.jwk", svm.sh("ls /etc/license-agent/trusted-issuers/").stdout)
+        before = len(self.reloads(svm))
+        removed = self.playbook(*exclusive)
+        self.assertEqual(self.recap(removed.stdout)["svm-a2"]["changed"], 2, removed.stdout)  # the file, the reload
+        self.assertEqual(svm.sh("ls /etc/license-agent/trusted-issuers/").stdout.split(), ["README", "fleet-issuer.jwk"])
+        reloads = self.reloads(svm)
+        self.assertEqual(len(reloads), before + 1)
+        self.assertEqual(reloads[-1]["TRUSTED_ISSUERS"], "1")
+        # The keys signed by the issuer that stays are still held.
+        held = json.loads(svm.sh("agentctl status --json").stdout)
+        self.assertEqual(held["slots"][0]["active"]["serial"], "KS-1")
+        again = self.playbook(*exclusive)
+        self.assertEqual(self.recap(again.stdout)["svm-a2"]["changed"], 0, again.stdout)
+
+    def test_12_the_role_installs_from_a_signed_apt_repository(self):
+        repository, signing_key = fleetlab.make_apt_repository(self.package, os.path.join(self.lab.directory, "apt"))
+        server, url = self.lab.serve(repository)
+        try:
+            svm = self.lab.svm("svm-b2")
+            svm.sh("apt-get purge -y -q license-agent >/dev/null && ! test -e /usr/sbin/license-agent")
+            version = os.path.basename(self.package).split("_")[1]
+            base = ["playbooks/install.yml", "--limit", "svm-b2", "-e", json.dumps({
+                "license_agent_apt_repository": url, "license_agent_apt_suite": "./",
+                "license_agent_apt_components": [], "license_agent_apt_signing_key": signing_key,
+                "license_agent_trusted_issuers": [self.jwk]})]
+            # Both sources, or neither: refused before anything is touched.
+            both = self.playbook(*(base + ["-e", "license_agent_deb=%s" % self.package]), expect=2)
+            self.assertIn("Set exactly one of license_agent_deb", both.stdout)
+            self.assertEqual(svm.sh("dpkg-query -W license-agent", check=False).returncode, 1)
+            first = self.playbook(*base)
+            self.assertEqual(svm.sh("dpkg-query -W -f='${Version}' license-agent").stdout, version)
+            self.assertEqual(svm.sh("systemctl is-active license-agent").stdout, "active\n")
+            entry = svm.sh("cat /etc/apt/sources.list.d/license-agent.sources").stdout
+            self.assertIn("URIs: %s\n" % url, entry)
+            self.assertIn("Signed-By: /etc/apt/keyrings/license-agent.asc\n", entry)
+            self.assertNotIn("Components:", entry)
+            self.assertGreater(self.recap(first.stdout)["svm-b2"]["changed"], 0)
+            # Idempotent, in check mode too, and pinned to the version it has.
+            for extra in ([], ["--check"], ["-e", "license_agent_version=%s" % version]):
+                again = self.playbook(*(base + extra))
+                self.assertEqual(self.recap(again.stdout)["svm-b2"]["changed"], 0, again.stdout)
+            # A repository whose signature apt cannot check is refused, and the agent stays.
+            forged = os.path.join(self.lab.directory, "other.asc")
+            fleetlab.make_apt_repository(self.package, os.path.join(self.lab.directory, "apt-other"), key_out=forged)
+            refused = self.playbook(*(base + ["-e", "license_agent_apt_signing_key=%s" % forged]), expect=2)
+            self.assertIn("NO_PUBKEY", refused.stdout + refused.stderr)
+            self.assertEqual(svm.sh("systemctl is-active license-agent").stdout, "active\n")
+        finally:
+            server.terminate()
+            server.wait()
+            server.stdout.close()
 
 
 if __name__ == "__main__":
