@@ -3,6 +3,10 @@
 // Layers (see README): LicenseCore decides, edge targets act, executables wire.
 import PackageDescription
 
+/// The packaged programs are linked with -z now (full RELRO: every symbol bound at start,
+/// the GOT read-only after it), as Debian's hardening flags ask (lintian: hardening-no-bindnow).
+let bindNow: [LinkerSetting] = [.unsafeFlags(["-Xlinker", "-z", "-Xlinker", "now"])]
+
 let package = Package(
   name: "license-agent",
   products: [
@@ -69,7 +73,8 @@ let package = Package(
         .product(name: "Logging", package: "swift-log"),
         .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-      ]
+      ],
+      linkerSettings: bindNow
     ),
     // agentctl talks only Varlink: no libsystemd, no HTTP stack.
     .executableTarget(
@@ -78,19 +83,22 @@ let package = Package(
         "AgentSettings", "ControlInterface", "LicenseCore", "LicenseStorage", "SimpleJSON", "StandardIO",
         "SystemClock", "Varlink",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
-      ]
+      ],
+      linkerSettings: bindNow
     ),
     .executableTarget(
       name: "license-keytool",
       dependencies: [
         "LicenseCore", "LicenseStorage", "SimpleJSON", "StandardIO", "SystemClock",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
-      ]
+      ],
+      linkerSettings: bindNow
     ),
     // The HTTPS activation client program (Debian's libcurl): the daemon never links HTTP or TLS.
     .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
     .executableTarget(
-      name: "license-agent-activate-https", dependencies: ["CCurl", "SimpleJSON", "StandardIO"]),
+      name: "license-agent-activate-https", dependencies: ["CCurl", "SimpleJSON", "StandardIO"],
+      linkerSettings: bindNow),
     // The reference activation server for labs and tests (FlyingFox: no NIO to build).
     .executableTarget(
       name: "activation-server",
