@@ -46,7 +46,7 @@ import Testing
     try #require(unpacked.status == 0, "dpkg-source -x: \(unpacked.stderr)")
     let committed = try runProcess(
       "/usr/bin/git", ["-C", Self.repository, "ls-tree", "-r", "--name-only", "HEAD"])
-    try #require(committed.status == 0, committed.stderr)
+    try #require(committed.status == 0, "\(committed.stderr)")
     let listed = try runProcess(
       "/usr/bin/find",
       [

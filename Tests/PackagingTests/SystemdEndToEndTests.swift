@@ -142,7 +142,7 @@ import Testing
       "journalctl -x -u license-agent --no-pager MESSAGE_ID=\(Self.promotionID)"
     ).stdout
     #expect(explained.contains("Subject: Reserve licence key E2E-R promoted in slot server"), "\(explained)")
-    #expect(explained.contains("Support: man:license-agent(8)"), "\(explained)")
+    #expect(explained.contains("Documentation: man:license-agent(8)"), "\(explained)")
     let after = try await machine.run("systemctl status license-agent --no-pager").stdout
     #expect(after.contains("Status: \"server: E2E-R until"), "\(after)")
 

@@ -58,7 +58,7 @@ class RuntimeMetadataTests(unittest.TestCase):
                       - old_name.slots == []
             """)
         self.assertEqual(result.returncode, 0, result.stdout[-3000:] + result.stderr[-3000:])
-        self.assertEqual([method for method, _ in self.agent.calls], ["GetStatus", "GetStatus"])
+        self.assertEqual([method for method, _parameters in self.agent.calls], ["GetStatus", "GetStatus"])
 
     def test_the_socket_the_group_names_is_the_one_tried(self):
         result = self.playbook("""
