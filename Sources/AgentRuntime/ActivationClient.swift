@@ -84,12 +84,14 @@ public struct ExecActivationClient: ActivationClient {
       command, environment: environment(),
       input: Array(body.utf8),
       timeout: timeout, maximumOutput: Self.maximumOutput, cgroups: cgroups)
-    let stderr = String(decoding: result.stderr, as: UTF8.self).trimmingWhitespace()
+    // The program may repeat the code it was sent (its diagnostics, the server's message):
+    // redacted before anything is bounded, kept or logged (C1).
+    let stderr = code.redacting(String(decoding: result.stderr, as: UTF8.self)).trimmingWhitespace()
     if !stderr.isEmpty { logStderr(ExternalText.bounded(stderr, limit: ExternalText.diagnosticsLimit)) }
     if result.leftoverProcesses && !result.timedOut {
       logStderr("the program exited leaving processes behind in its group; they were killed")
     }
-    return Self.outcome(of: result, timeout: timeout)
+    return Self.outcome(of: result, timeout: timeout, code: code)
   }
 
   /// What is read of the program's standard output and of its standard error, each: a
@@ -99,7 +101,10 @@ public struct ExecActivationClient: ActivationClient {
   /// Classifies a finished attempt (contract §3). The reply's `error` and `message` come
   /// from outside (the site's program, or the server through the shipped client): bounded
   /// here, where they enter, so that what the state keeps and every status shows is small.
-  public static func outcome(of result: ChildResult, timeout: TimeSpan) -> ActivationOutcome {
+  /// A reply that repeats `code` has it replaced by the code's hint first (C1).
+  public static func outcome(of result: ChildResult, timeout: TimeSpan, code: ActivationCode? = nil)
+    -> ActivationOutcome
+  {
     if let spawnError = result.spawnError {
       return .failure(.transient(error: spawnError, retryAfter: nil))
     }
@@ -116,9 +121,10 @@ public struct ExecActivationClient: ActivationClient {
           retryAfter: nil))
     }
     let reply = JSONValue.parse(result.stdout)?.objectValue ?? [:]
-    let error = reply["error"]?.stringValue.map(ExternalText.code)
+    let redact: (String) -> String = { code?.redacting($0) ?? $0 }
+    let error = reply["error"]?.stringValue.map { ExternalText.code(redact($0)) }
     let message = reply["message"]?.stringValue.map {
-      ExternalText.bounded($0, limit: ExternalText.messageLimit)
+      ExternalText.bounded(redact($0), limit: ExternalText.messageLimit)
     }
     let described = [error, message].compactMap { $0 }.joined(separator: ": ")
     switch result.exitStatus {

@@ -393,6 +393,40 @@ extension ActivationEndToEndTests {
 }
 
 extension ActivationEndToEndTests {
+  /// A client or server that repeats the code it was sent (in its message, its error code,
+  /// its diagnostics; in another case, without dashes) never makes the code show: the
+  /// journal, the status every user may read, and the state keep the hint (C1).
+  @Test func C1_aClientThatRepeatsTheCodeNeverMakesItShow() throws {
+    let (agent, pluginDir, plugin, now) = try execPluginAgent()
+    try """
+    [activation]
+    client = "exec"
+    command = ["\(plugin)"]
+    url = "https://activation.example.net"
+    \(Self.fast)
+    """.writeAsConfiguration(of: agent)
+    #expect(try agent.start())
+    try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
+    #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
+    try agent.key("EXEC-2", nbf: now - .days(1), exp: now + .days(1)).write(
+      toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    try "echo".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
+    let failed = try #require(try events(agent, .activationAttemptFailed).first)
+    #expect(failed["LICENSE_ERROR"]?.contains("…67890") == true, "\(failed)")
+    let request = try String(contentsOfFile: pluginDir + "/requests", encoding: .utf8)
+    #expect(request.contains(Self.code), "the client was sent the code, and repeated it")
+    let status = try agent.agentctl(["status", "--json"]).stdout + (try agent.agentctl(["status"]).stdout)
+    let journal = try agent.journal(["_PID=\(agent.pid!)"]).map { $0.description }.joined(separator: "\n")
+    let state = try String(contentsOfFile: agent.stateFile, encoding: .utf8)
+      .replacingOccurrences(of: "\"\(Self.code)\"", with: "the code's own field")
+    for (place, text) in [("status", status), ("journal", journal), ("state", state)] {
+      for form in [Self.code, Self.code.lowercased(), Self.code.replacingOccurrences(of: "-", with: "")] {
+        #expect(!text.localizedCaseInsensitiveContains(form), "\(place) shows the code")
+      }
+    }
+    #expect(status.contains("…67890"), "\(status)")
+  }
+
   /// A code on the command line is accepted with a warning (ps and shell history see it).
   @Test func C1_aCodeOnTheCommandLineIsAcceptedWithAWarning() throws {
     let agent = try AgentHarness()

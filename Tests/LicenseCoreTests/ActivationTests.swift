@@ -43,6 +43,22 @@ import Testing
     #expect(ActivationCode.formatViolation().code == "invalid_code_format")
   }
 
+  /// Text from outside that repeats the code gets the hint in its place, whatever the
+  /// case and the separators; other text is left as it is.
+  @Test(arguments: [
+    ("code ABCDE-12345-FGHIJ-67890 is blocked", "code …67890 is blocked"),
+    ("code abcde-12345-fghij-67890!", "code …67890!"),
+    ("busy_ABCDE12345FGHIJ67890", "busy_…67890"),
+    ("ABCDE 12345_fghij-67890 and ABCDE-12345-FGHIJ-67890", "…67890 and …67890"),
+    ("ABCDE-12345-FGHIJ-6789 (cut short)", "ABCDE-12345-FGHIJ-6789 (cut short)"),
+    ("ABCDE--12345 - FGHIJ-67890.", "…67890."),
+    ("", ""),
+    ("é ABCDE-12345-FGHIJ-67890 é", "é …67890 é"),
+  ])
+  func C1_theCodeIsRedactedFromTextFromOutside(text: String, expected: String) {
+    #expect(code.redacting(text) == expected)
+  }
+
   @Test func C1_aKeyObtainedWithACodeKeepsIt() {
     let state = codeMode(exp: t0 + .days(10))
     #expect(state[.server]?.active?.origin == .activationCode)

@@ -2,6 +2,8 @@
 # An exec activation client (contract §3) for the tests: a site's own activation proxy
 # written as nothing but a script. Its behaviour comes from files in $PLUGIN_DIR:
 #   mode      "ok" (default), "fail N" (exit 75 with retryAfter 1, N times), "permanent", "sleep",
+#             "echo" (exit 75, repeating the code it was sent: lower case in the message,
+#             without dashes in the error, as is on its standard error),
 #             and clients that misbehave: "closed-hang" (closes its output, keeps running),
 #             "background" (answers, exits, a background child keeps its output open),
 #             "orphan" (answers, exits, leaves a child that holds nothing of it),
@@ -31,6 +33,12 @@ case "$mode" in
   permanent)
     echo '{"error": "code_blocked", "message": "blocked by the vendor"}'
     exit 1 ;;
+  echo)
+    code=$(printf '%s' "$request" | sed -n 's/.*"activationCode" *: *"\([^"]*\)".*/\1/p')
+    echo "upstream refused $code" >&2
+    printf '{"error": "busy_%s", "message": "the code %s is busy", "retryAfter": 1}\n' \
+      "$(printf '%s' "$code" | tr -d -)" "$(printf '%s' "$code" | tr A-Z a-z)"
+    exit 75 ;;
   sleep)
     exec sleep 30 ;;
   closed-hang)
