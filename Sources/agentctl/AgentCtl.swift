@@ -58,12 +58,17 @@ struct ConnectionOptions: ParsableArguments {
     socket ?? ProcessInfo.processInfo.environment["LICENSE_AGENT_SOCKET"] ?? AgentInterface.defaultSocketPath
   }
 
+  /// The largest reply agentctl reads: the agent's are a few kilobytes (a status with every
+  /// slot's keys); more is not the agent, and ends the call.
+  static let maximumReplySize = 1 << 20
+
   /// Calls a method of io.licenseagent.Agent; exits 3 when the agent cannot be reached.
   func call(_ method: AgentMethod, _ request: some AgentRequest, timeoutSeconds: Int = 30) throws
     -> VarlinkReply
   {
     do {
-      let client = try VarlinkClient(path: socketPath, timeoutSeconds: timeoutSeconds)
+      let client = try VarlinkClient(
+        path: socketPath, timeoutSeconds: timeoutSeconds, maximumReplySize: Self.maximumReplySize)
       return try client.call(method.qualifiedName, request.parameters)
     } catch {
       printError(
@@ -95,26 +100,29 @@ func readKey(_ path: String) throws -> String {
 
 /// Prints an error reply in words and exits with the contract's status.
 func fail(_ error: VarlinkError) throws -> Never {
-  let message = error.parameters["message"]?.stringValue ?? error.description
+  // What the socket answered goes to a terminal: control characters (escape sequences from
+  // whatever listens on a --socket path) become spaces, and the text is bounded.
+  func text(_ value: String) -> String { ExternalText.bounded(value, limit: ExternalText.diagnosticsLimit) }
+  let message = text(error.parameters["message"]?.stringValue ?? error.description)
   switch error.name {
   case AgentInterface.ruleViolation:
-    let rule = error.parameters["rule"]?.stringValue ?? "?"
-    let code = error.parameters["code"]?.stringValue ?? "?"
-    let reason = error.parameters["reason"]?.stringValue.map { $0 == code ? "" : ", \($0)" } ?? ""
+    let rule = text(error.parameters["rule"]?.stringValue ?? "?")
+    let code = text(error.parameters["code"]?.stringValue ?? "?")
+    let reason = error.parameters["reason"]?.stringValue.map { $0 == code ? "" : ", \(text($0))" } ?? ""
     printError("agentctl: refused by rule \(rule) (\(code)\(reason)): \(message)")
     throw ExitCode(1)
   case AgentInterface.permissionDenied:
     printError("agentctl: permission denied: \(message)")
     throw ExitCode(77)
   case AgentInterface.activationFailed:
-    let reason = error.parameters["error"]?.stringValue ?? "?"
+    let reason = text(error.parameters["error"]?.stringValue ?? "?")
     printError("agentctl: activation failed (\(reason)): \(message)")
     throw ExitCode(error.parameters["transient"]?.boolValue == true ? 75 : 1)
   case AgentInterface.storageFailure:
     printError("agentctl: the agent could not write its state: \(message)")
     throw ExitCode(74)
   default:
-    printError("agentctl: the agent answered with an error: \(error)")
+    printError("agentctl: the agent answered with an error: \(text(error.description))")
     throw ExitCode(1)
   }
 }

@@ -12,7 +12,8 @@ struct Status: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Show every slot's keys, what takes over at expiry, warnings and the next action.",
     discussion: """
-      When the agent cannot be reached, the state file is shown instead (when readable, \
+      When the agent cannot be reached (or answers anything but a status within 10 s), the \
+      state file is shown instead (when readable, \
       e.g. as root), judged with the settings of agent.toml (or the defaults, which it then \
       says), and the exit status is 3. --json prints one object, always: the GetStatus reply \
       (schemaVersion \(AgentInterface.statusSchemaVersion)) plus "agentReachable" and "exitCode", \
@@ -41,18 +42,31 @@ struct Status: ParsableCommand {
 
   func run() throws {
     let socket = connection.after(global).socketPath
-    var reachable = true
     var status: StatusReply?
     var problems: [String] = []
+    // Anything but a status from the agent (no agent, an error reply, a reply that is not a
+    // status: another program on the socket, a version that does not match) is "cannot be
+    // reached" (exit 3), with the state file shown instead (contract section 7).
+    var unreachable: String?
     do {
-      let client = try VarlinkClient(path: socket, timeoutSeconds: 10)
+      let client = try VarlinkClient(
+        path: socket, timeoutSeconds: 10, maximumReplySize: ConnectionOptions.maximumReplySize)
       switch try client.call(AgentMethod.getStatus.qualifiedName, GetStatusRequest().parameters) {
-      case .success(let parameters): status = try decodeParameters(StatusReply.self, from: parameters)
-      case .failure(let error): try fail(error)
+      case .success(let parameters):
+        do {
+          status = try decodeParameters(StatusReply.self, from: parameters)
+        } catch {
+          unreachable = "the reply on \(socket) is not a status this agentctl reads (\(error))"
+        }
+      case .failure(let error):
+        unreachable = "the agent answered GetStatus with an error (\(error))"
       }
-    } catch let error as VarlinkClientError {
-      reachable = false
-      let problem = "the agent cannot be reached (\(error))"
+    } catch {
+      unreachable = "the agent cannot be reached (\(error))"
+    }
+    let reachable = unreachable == nil
+    if let unreachable {
+      let problem = ExternalText.bounded(unreachable, limit: ExternalText.diagnosticsLimit)
       problems.append(problem)
       printError("agentctl: \(problem); showing the state file instead.")
       switch stateFromFile() {

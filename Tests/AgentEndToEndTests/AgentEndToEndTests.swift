@@ -359,6 +359,56 @@ import Testing
     #expect(bash.stdout.contains("'server'$'\\n''workstation'$'\\n''processors'$'\\n''cores'"))
   }
 
+  /// Whatever listens on the socket (an error reply, a reply that is not a status, one
+  /// that never ends), `status` prints one JSON object and exits 3 ("cannot be reached",
+  /// contract section 7) within its timeout, and nothing from the socket reaches the
+  /// terminal as a control character.
+  @Test func agentctlTreatsAnythingButTheAgentAsUnreachable() throws {
+    let folder = makeTemporaryDirectory("hostile-varlink")
+    defer { removeTemporaryDirectory(folder) }
+    let script =
+      URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/hostile_varlink.py"
+    for mode in ["error", "garbage", "drip"] {
+      let socket = folder + "/" + mode
+      let server = Process()
+      server.executableURL = URL(fileURLWithPath: python3())
+      server.arguments = [script, socket, mode]
+      let ready = Pipe()
+      server.standardOutput = ready
+      try server.run()
+      defer {
+        // SIGKILL: children of the test runner inherit its blocked signals, SIGTERM included.
+        kill(server.processIdentifier, SIGKILL)
+        server.waitUntilExit()
+      }
+      _ = ready.fileHandleForReading.availableData  // "ready": it listens
+      // A hang is ended by timeout(1) after a minute (exit 124): agentctl's own deadline is
+      // 10 s for the whole call.
+      let env = ["PATH": "/usr/bin:/bin", "STATE_DIRECTORY": folder + "/no-state"]
+      let json = try runProcess(
+        "/usr/bin/timeout",
+        ["60", productsDirectory() + "/agentctl", "--socket", socket, "status", "--json"],
+        environment: env)
+      #expect(json.status == 3, "\(mode): \(json.status) \(json.stderr)")
+      let object = try #require(
+        try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any],
+        "\(mode): \(json.stdout)")
+      #expect(object["agentReachable"] as? Bool == false, "\(mode)")
+      #expect((object["errors"] as? [String])?.isEmpty == false, "\(mode)")
+      #expect(
+        !(json.stdout + json.stderr).contains("\u{1B}"), "\(mode): an escape sequence reached the terminal")
+      if mode == "error" {
+        // The other verbs print the error, without its control characters.
+        let add = try runProcess(
+          "/usr/bin/timeout",
+          ["60", productsDirectory() + "/agentctl", "--socket", socket, "remove-reserve", "server"],
+          environment: env)
+        #expect(add.stderr.contains("permission denied: nope"), "\(add.stderr)")
+        #expect(!add.stderr.contains("\u{1B}") && !add.stderr.contains("\u{07}"), "\(add.stderr)")
+      }
+    }
+  }
+
   func decodeStatus(_ text: String) throws -> StatusReply {
     try JSONDecoder().decode(StatusReply.self, from: Data(text.utf8))
   }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 DEFAULT_SOCKET = "/run/license-agent/io.licenseagent.Agent"
 INTERFACE = "io.licenseagent.Agent"
@@ -133,9 +134,17 @@ class Client:
         """Calls `method` (a full name) and returns the reply's parameters."""
         if self.sock is None:
             self.connect()
+        # One deadline for the whole call, not a timeout per recv: a service that answers a
+        # byte at a time cannot hold the module longer than `timeout`.
+        deadline = time.monotonic() + self.timeout
         try:
+            self.sock.settimeout(self.timeout)
             self.sock.sendall(encode_call(method, parameters))
             while not self.pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise socket.timeout()
+                self.sock.settimeout(remaining)
                 chunk = self.sock.recv(65536)
                 if not chunk:
                     raise ConnectionFailed("the agent closed the connection before it replied to %s" % method)

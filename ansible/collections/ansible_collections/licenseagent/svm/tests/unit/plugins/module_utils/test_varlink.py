@@ -101,6 +101,33 @@ class ClientTests(unittest.TestCase):
                     client.agent("GetStatus")
             self.assertIn("did not reply", str(raised.exception))
 
+    def test_a_server_that_drips_its_reply_is_cut_off_at_the_timeout(self):
+        with listening_socket() as (server, path):
+            stop = threading.Event()
+
+            def drip():
+                connection, _address = server.accept()
+                with connection:
+                    connection.recv(100)
+                    connection.sendall(b"{")
+                    while not stop.wait(0.05):
+                        try:
+                            connection.sendall(b" ")
+                        except OSError:
+                            return
+
+            thread = threading.Thread(target=drip)
+            thread.start()
+            try:
+                with self.assertRaises(varlink.ConnectionFailed) as raised:
+                    with varlink.Client(path, timeout=0.5) as client:
+                        client.agent("GetStatus")
+                # Ended by the call's deadline (a timeout per recv would wait for ever).
+                self.assertIn("did not reply", str(raised.exception))
+            finally:
+                stop.set()
+                thread.join()
+
 
 @contextlib.contextmanager
 def listening_socket():
