@@ -112,12 +112,23 @@ def remove_cgroup(path):
         pass
 
 
-def make_apt_repository(package, directory, key_out=None):
+def make_apt_repository(package, directory, key_out=None, impostor=None):
     """A flat apt repository in `directory` holding `package`, signed (InRelease) with a key
     made for it; returns (directory, the armoured public key's path). `key_out` names
-    where the public key goes (default: beside the repository)."""
+    where the public key goes (default: beside the repository). `impostor` (a package name)
+    adds an empty package of that name at version 99:9.9-1, which a repository trusted for
+    license-agent only must never get installed."""
     os.makedirs(directory)
     shutil.copy(package, directory)
+    if impostor:
+        tree = os.path.join(directory + ".impostor", "DEBIAN")
+        os.makedirs(tree)
+        with open(os.path.join(tree, "control"), "w") as f:
+            f.write("Package: %s\nVersion: 99:9.9-1\nArchitecture: all\nMaintainer: fleetlab <fleetlab@example.net>\n"
+                    "Description: an impostor the repository must not provide\n" % impostor)
+        run(["dpkg-deb", "--root-owner-group", "--build", os.path.dirname(tree),
+             os.path.join(directory, "%s_9.9-1_all.deb" % impostor)])
+        safetree.remove_tree(os.path.dirname(tree))
     # dpkg-scanpackages in the repository's folder: the file names relative to it.
     packages = run(["sh", "-c", "cd \"$1\" && dpkg-scanpackages --multiversion .", "sh", directory]).stdout
     with open(os.path.join(directory, "Packages"), "w") as f:

@@ -391,10 +391,16 @@ class FleetTests(unittest.TestCase):
         stale = os.path.join(self.keys, "stale")
         os.makedirs(stale, exist_ok=True)
         keytool("keygen", "--kid", "stale-issuer", "--out", stale)
+        keytool("keygen", "--kid", "linked-issuer", "--out", stale)
         with open(os.path.join(stale, "stale-issuer.jwk")) as f:
-            svm.sh("cat >/etc/license-agent/trusted-issuers/stale-issuer.jwk && systemctl reload license-agent",
+            svm.sh("cat >/etc/license-agent/trusted-issuers/stale-issuer.jwk", input=f.read())
+        # One more through a symbolic link (the agent follows it), whose target must stay
+        # (outside /root and /home, which the unit's ProtectHome= hides from the agent).
+        with open(os.path.join(stale, "linked-issuer.jwk")) as f:
+            svm.sh("cat >/usr/local/share/linked-issuer.jwk && ln -s /usr/local/share/linked-issuer.jwk "
+                   "/etc/license-agent/trusted-issuers/linked-issuer.jwk && systemctl reload license-agent",
                    input=f.read())
-        self.assertEqual(self.reloads(svm)[-1]["TRUSTED_ISSUERS"], "2")
+        self.assertEqual(self.reloads(svm)[-1]["TRUSTED_ISSUERS"], "3")
         args = ["playbooks/install.yml", "-e", "license_agent_deb=%s" % self.package,
                 "-e", json.dumps({"license_agent_trusted_issuers": [self.jwk]}), "--limit", "svm-a2"]
         # Not exclusive (the default): the stale issuer stays.
@@ -409,6 +415,7 @@ class FleetTests(unittest.TestCase):
         removed = self.playbook(*exclusive)
         self.assertEqual(self.recap(removed.stdout)["svm-a2"]["changed"], 2, removed.stdout)  # the file, the reload
         self.assertEqual(svm.sh("ls /etc/license-agent/trusted-issuers/").stdout.split(), ["README", "fleet-issuer.jwk"])
+        self.assertEqual(svm.sh("test -f /usr/local/share/linked-issuer.jwk").returncode, 0, "the link's target stays")
         reloads = self.reloads(svm)
         self.assertEqual(len(reloads), before + 1)
         self.assertEqual(reloads[-1]["TRUSTED_ISSUERS"], "1")
@@ -419,7 +426,8 @@ class FleetTests(unittest.TestCase):
         self.assertEqual(self.recap(again.stdout)["svm-a2"]["changed"], 0, again.stdout)
 
     def test_12_the_role_installs_from_a_signed_apt_repository(self):
-        repository, signing_key = fleetlab.make_apt_repository(self.package, os.path.join(self.lab.directory, "apt"))
+        repository, signing_key = fleetlab.make_apt_repository(
+            self.package, os.path.join(self.lab.directory, "apt"), impostor="acl")
         server, url = self.lab.serve(repository)
         try:
             svm = self.lab.svm("svm-b2")
@@ -440,7 +448,20 @@ class FleetTests(unittest.TestCase):
             self.assertIn("URIs: %s\n" % url, entry)
             self.assertIn("Signed-By: /etc/apt/keyrings/license-agent.asc\n", entry)
             self.assertNotIn("Components:", entry)
+            # The repository provides license-agent and nothing else: its acl 99 is pinned
+            # away (-1), and an upgrade of the SVM does not take it.
+            acl = svm.sh("apt-cache policy acl").stdout
+            self.assertRegex(acl, r"99:9\.9-1 -1\n", acl)
+            self.assertNotIn("99:9.9-1", svm.sh("apt-get -s -q upgrade").stdout)
+            self.assertNotIn("99:", svm.sh("dpkg-query -W -f='${Version}' acl").stdout)
+            self.assertRegex(svm.sh("apt-cache policy license-agent").stdout, r"%s 500\n" % re.escape(version))
             self.assertGreater(self.recap(first.stdout)["svm-b2"]["changed"], 0)
+            # A field with a line break (which would add "Trusted: yes" to the entry) is refused
+            # before anything is written.
+            injected = self.playbook(*(base + ["-e", json.dumps({"license_agent_apt_suite": "./\nTrusted: yes"})]),
+                                     expect=2)
+            self.assertIn("one word without spaces or line breaks", injected.stdout)
+            self.assertNotIn("Trusted", svm.sh("cat /etc/apt/sources.list.d/license-agent.sources").stdout)
             # Idempotent, in check mode too, and pinned to the version it has.
             for extra in ([], ["--check"], ["-e", "license_agent_version=%s" % version]):
                 again = self.playbook(*(base + extra))

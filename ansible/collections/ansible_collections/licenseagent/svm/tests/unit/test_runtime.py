@@ -74,6 +74,29 @@ class RuntimeMetadataTests(unittest.TestCase):
         self.assertIn(self.agent.path + ".absent", result.stdout)
         self.assertEqual(self.agent.calls, [])
 
+    def test_a_report_goes_where_the_controller_says_never_where_a_host_says(self):
+        # The host's own variables (an SVM's facts become its variables) name another path:
+        # the report goes to the folder ansible-playbook runs in, or to -e report=...
+        evil = os.path.join(self.folder.name, "chosen-by-the-host.json")
+        inventory = os.path.join(self.folder.name, "inventory.ini")
+        with open(inventory, "w") as f:
+            f.write("svm ansible_connection=local ansible_python_interpreter=%s report=%s license_agent_socket=%s\n"
+                    % (sys.executable, evil, self.agent.path))
+        playbook = os.path.join(COLLECTION, "playbooks", "fleet_status.yml")
+        env = dict(
+            os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_PATH, ANSIBLE_NOCOLOR="1",
+            ANSIBLE_CONFIG=os.path.join(self.folder.name, "none.cfg"), ANSIBLE_LOCALHOST_WARNING="0",
+        )
+        for extra, expected in (([], os.path.join(self.folder.name, "fleet-status.json")),
+                                (["-e", "report=given.json"], os.path.join(self.folder.name, "given.json"))):
+            result = subprocess.run(
+                ["ansible-playbook", "-i", inventory, playbook] + extra, capture_output=True, text=True,
+                env=env, cwd=self.folder.name, timeout=120, check=False,
+            )
+            self.assertEqual(result.returncode, 0, result.stdout[-3000:] + result.stderr[-3000:])
+            self.assertTrue(os.path.exists(expected), expected)
+            self.assertFalse(os.path.exists(evil))
+
 
 if __name__ == "__main__":
     unittest.main()
