@@ -10,8 +10,9 @@ extension LicenseEvent {
       return JournalEvent(
         .reserveAdded,
         message:
-          "Key \(e.key.serial) is now the reserve of the \(e.slot.rawValue) slot\(replaced); it takes over when \(e.active.serial) expires at \(e.active.expiresAt).",
-        fields: keyFields(e.slot, e.key) + optional(.replacedSerial, e.replacedSerial))
+          "Key \(e.key.serial) is now the reserve of the \(e.slot.rawValue) slot\(replaced); it takes over when \(e.active.serial) expires at \(e.active.expiresAt).\(shortSentence(e.unitsShort, e.key))",
+        fields: keyFields(e.slot, e.key) + optional(.replacedSerial, e.replacedSerial)
+          + shortFields(e.unitsShort))
     case .reserveRejected(let violation):
       var fields: [JournalEvent.Field] = []
       if let slot = violation.slot { fields.append(.init(.slot, slot.rawValue)) }
@@ -55,6 +56,7 @@ extension LicenseEvent {
         message:
           "The system clock was stepped \(direction) by \(TimeSpan(microseconds: delta).inWords); licence deadlines were re-evaluated at once. If the step was not intended, check time synchronisation (timedatectl).",
         fields: [.init(.clockDeltaMicroseconds, String(delta))])
+    case .usageGraded(let e): return e.rendered
     case .stateRecovered(let error, let file):
       return JournalEvent(
         .stateRecovered,
@@ -84,10 +86,10 @@ extension KeyPromoted {
         "\(renewedAhead(key.serial, hint)), is now the active \(slot.rawValue) key: \(previous.serial) expired at \(previous.expiresAt)\(late). It expires at \(key.expiresAt); the agent will renew it ahead in turn."
     }
     return JournalEvent(
-      .keyPromoted, message: message,
+      .keyPromoted, message: message + shortSentence(unitsShort, key),
       fields: keyFields(slot, key) + [
         .init(.previousSerial, previous.serial), .init(.delayMicroseconds, String(delay)),
-      ])
+      ] + shortFields(unitsShort))
   }
 }
 
@@ -203,6 +205,49 @@ extension ManualActivationRequired {
         .init(.error, error), .init(.attempt, String(attempt)), .init(.codeHint, codeHint),
       ] + aheadField(ahead))
   }
+}
+
+extension UsageGraded {
+  var rendered: JournalEvent {
+    let figures =
+      "\(used) units in use of the \(units) that key \(key.serial) licenses (\(UsageBand.percentText(percent)) %)"
+    let message: String
+    let priority: Int
+    switch band {
+    case .normal, .high:
+      priority = EventKind.licenseUsageHigh.priority
+      message =
+        "The \(slot.rawValue) licence is nearly used up: \(figures). Plan more units before the limit is exceeded; the fleet's total counts (licenseagent.svm.fleet_usage)."
+    case .exceeded:
+      priority = EventKind.licenseLimitExceeded.priority
+      message =
+        "The \(slot.rawValue) licence limit is exceeded: \(figures). Add units (a key with more, or a second key) or protect fewer; over 110 % the vendor treats it as critical."
+    case .critical:
+      priority = 2
+      message =
+        "CRITICAL: the \(slot.rawValue) licence limit is exceeded by more than 10 %: \(figures). Add units now (a key with more) or protect fewer."
+    }
+    return JournalEvent(
+      band == .high ? .licenseUsageHigh : .licenseLimitExceeded, priority: priority, message: message,
+      fields: keyFields(slot, key) + [
+        .init(.units, String(units)), .init(.unitsUsed, String(used)),
+        .init(.usagePercent, UsageBand.percentText(percent)),
+      ])
+  }
+}
+
+/// U3's sentence, after a space, for an event about a key short of the slot's usage.
+private func shortSentence(_ short: UnitsShort?, _ key: KeyRef) -> String {
+  short.map { " " + $0.sentence(serial: key.serial) } ?? ""
+}
+
+/// U3's fields: the warning, the key's units and the slot's usage.
+private func shortFields(_ short: UnitsShort?) -> [JournalEvent.Field] {
+  guard let short else { return [] }
+  return [
+    .init(.warning, UnitsShort.code), .init(.units, String(short.units)),
+    .init(.unitsUsed, String(short.used)),
+  ]
 }
 
 /// `LICENSE_SLOT`, `LICENSE_SERIAL`, `LICENSE_EXPIRES_AT`: every event about a key.

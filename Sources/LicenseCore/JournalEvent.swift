@@ -13,6 +13,8 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
   case manualActivationRequired = "MANUAL_ACTIVATION_REQUIRED"
   case clockChanged = "CLOCK_CHANGED"
   case stateRecovered = "STATE_RECOVERED"
+  case licenseUsageHigh = "LICENSE_USAGE_HIGH"
+  case licenseLimitExceeded = "LICENSE_LIMIT_EXCEEDED"
 
   public var messageID: String {
     switch self {
@@ -28,13 +30,17 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case .manualActivationRequired: return "5212055b8cd24be3b0b4e8a503265e3a"
     case .clockChanged: return "c8625e2018144e8aae8222734ffea5c1"
     case .stateRecovered: return "e3fb7954deee4da0a7c9be130eaa43af"
+    case .licenseUsageHigh: return "0a44b86061a24352a043da9fa8cb70eb"
+    case .licenseLimitExceeded: return "b0277bd9986a497791128aa1b40d4414"
     }
   }
 
-  /// The syslog priority of contract §4 (EXPIRING_SOON is 5 instead when something takes over).
+  /// The syslog priority of contract §4 (EXPIRING_SOON is 5 instead when something takes
+  /// over; LICENSE_LIMIT_EXCEEDED 2 over 110 %).
   public var priority: Int {
     switch self {
-    case .keyPromoted, .activationRenewed: return 5
+    case .keyPromoted, .activationRenewed, .licenseUsageHigh: return 5
+    case .licenseLimitExceeded: return 4
     case .expiringSoon: return 4
     case .reserveAdded, .activeAdded: return 6
     case .reserveRejected: return 3

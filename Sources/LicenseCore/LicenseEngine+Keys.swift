@@ -181,7 +181,9 @@ extension LicenseEngine {
     if let reserve = state[slot]?.reserve, reserve.key.isSameKey(as: key) {
       return .success(
         Plan(
-          added: AddedKey(slot: slot, role: .reserve, key: key, removedSerials: [], unchanged: true),
+          added: AddedKey(
+            slot: slot, role: .reserve, key: key, removedSerials: [], unchanged: true,
+            unitsShort: state.unitsShort(key, slot: slot)),
           clearSlots: []))
     }
     if let violation = reserveProblem(key, following: active.key, now: now) {
@@ -192,7 +194,7 @@ extension LicenseEngine {
         added: AddedKey(
           slot: slot, role: .reserve, key: key, replacedSerial: state[slot]?.reserve?.serial,
           removedSerials: [],
-          unchanged: false),
+          unchanged: false, unitsShort: state.unitsShort(key, slot: slot)),
         clearSlots: []))
   }
 
@@ -299,7 +301,7 @@ extension LicenseEngine {
         .reserveAdded(
           ReserveAdded(
             slot: slot, key: KeyRef(added.key), replacedSerial: added.replacedSerial,
-            active: KeyRef(held.active))))
+            active: KeyRef(held.active), unitsShort: added.unitsShort)))
       return events
     }
   }

@@ -167,9 +167,11 @@ extension LicenseEngine {
     next[slot] = .held(HeldSlot(active: promoted, warned: passedThresholds(of: promoted.expiresAt, at: now)))
     next.counters[slot, default: SlotCounters()].promotions += 1
     next.counters[slot, default: SlotCounters()].lastPromotionDelayMicroseconds = lateness
-    return KeyPromoted(
+    var event = KeyPromoted(
       slot: slot, key: KeyRef(successor), source: source, previous: KeyRef(active), lateness: lateness,
       cause: cause)
+    event.unitsShort = next.unitsShort(successor.key, slot: slot)  // U3, at takeover
+    return event
   }
 
   /// EXPIRING_SOON for the held slot's active key at `threshold`.

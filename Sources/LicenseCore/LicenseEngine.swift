@@ -155,6 +155,8 @@ public struct AddedKey: Sendable, Equatable {
   public var removedSerials: [String]
   /// True when the same key already held that role: nothing changed.
   public var unchanged: Bool
+  /// U3: a reserve licensing fewer units than the slot uses (accepted, with this warning).
+  public var unitsShort: UnitsShort?
 }
 
 /// The engine's answer to one input: the new state, the actions, and the result, typed
@@ -212,14 +214,18 @@ public struct EngineConfiguration: Sendable, Equatable {
   /// before `exp` and lasts `renewSpread`; a zero `renewBefore` turns it off.
   public var renewBefore: TimeSpan
   public var renewSpread: TimeSpan
+  /// U1: a usage report older than this is stale (shown so; still graded).
+  public var usageStaleAfter: TimeSpan
 
+  public static let defaultUsageStaleAfter = TimeSpan.days(1)
   public static let defaultProduct = "svm-protection"
   public static let defaultWarningThresholds: [TimeSpan] = [.days(30), .days(7), .days(1), .hours(1)]
 
   public init(
     product: String = defaultProduct, warningThresholds: [TimeSpan] = defaultWarningThresholds,
     retryInitial: TimeSpan = .seconds(5), retryMax: TimeSpan = .minutes(10),
-    alertAfter: TimeSpan = .minutes(30), renewBefore: TimeSpan = .days(7), renewSpread: TimeSpan = .days(3)
+    alertAfter: TimeSpan = .minutes(30), renewBefore: TimeSpan = .days(7), renewSpread: TimeSpan = .days(3),
+    usageStaleAfter: TimeSpan = defaultUsageStaleAfter
   ) {
     self.product = product
     self.warningThresholds = warningThresholds
@@ -228,6 +234,7 @@ public struct EngineConfiguration: Sendable, Equatable {
     self.alertAfter = alertAfter
     self.renewBefore = renewBefore
     self.renewSpread = renewSpread
+    self.usageStaleAfter = usageStaleAfter
   }
 
   /// The first (largest) warning threshold: inside it, a key with nothing to take over is
@@ -373,6 +380,7 @@ public struct LicenseEngine: Sendable {
     -> Decision<Success>
   {
     var next = withAheadRecords(state, now: now)
+    let events = events + gradingUsage(&next)
     next.lastTransitionID += 1
     let id = next.lastTransitionID
     next.outbox += events.map { event in

@@ -16,6 +16,8 @@ public enum LicenseEvent: Sendable, Equatable {
   case clockChanged(deltaMicroseconds: Int64)
   /// The state file was unreadable and its last good copy restored.
   case stateRecovered(error: String, file: String)
+  /// LICENSE_USAGE_HIGH or LICENSE_LIMIT_EXCEEDED, by the band entered (U2).
+  case usageGraded(UsageGraded)
 
   public var kind: EventKind {
     switch self {
@@ -31,6 +33,7 @@ public enum LicenseEvent: Sendable, Equatable {
     case .manualActivationRequired: return .manualActivationRequired
     case .clockChanged: return .clockChanged
     case .stateRecovered: return .stateRecovered
+    case .usageGraded(let e): return e.band == .high ? .licenseUsageHigh : .licenseLimitExceeded
     }
   }
 }
@@ -75,6 +78,8 @@ public struct KeyPromoted: Sendable, Equatable {
   /// `LICENSE_DELAY_USEC`: from `exp` to the promotion being durable, once measured
   /// (``LicenseEngine/measuringPromotions(of:durableAfter:)``); the decision's until then.
   public var delay: Int64
+  /// U3: the new key licenses fewer units than the slot uses.
+  public var unitsShort: UnitsShort?
 
   public init(slot: Slot, key: KeyRef, source: Source, previous: KeyRef, lateness: Int64, cause: Lateness) {
     self.slot = slot
@@ -94,6 +99,8 @@ public struct ReserveAdded: Sendable, Equatable {
   public var replacedSerial: String?
   /// The active key it follows.
   public var active: KeyRef
+  /// U3: it licenses fewer units than the slot uses.
+  public var unitsShort: UnitsShort?
 }
 
 /// ACTIVE_ADDED (A3; A2 when a scheme change removed keys).
@@ -231,4 +238,10 @@ public enum JournalField: String, Sendable, Codable, CaseIterable {
   case replayed = "LICENSE_REPLAYED"
   /// The transition of an outbox event (`<state id>:<transition id>`), added by the sink.
   case transition = "LICENSE_TRANSITION"
+  /// The units a key licenses, and the slot's usage (U2, U3).
+  case units = "LICENSE_UNITS"
+  case unitsUsed = "LICENSE_UNITS_USED"
+  case usagePercent = "LICENSE_USAGE_PERCENT"
+  /// A warning an accepted key carries (`reserve_units_short`, U3).
+  case warning = "LICENSE_WARNING"
 }

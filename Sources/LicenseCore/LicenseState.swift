@@ -245,6 +245,9 @@ public struct LicenseState: Sendable, Equatable {
   /// Per slot, what the metrics count (promotions, renewal attempts); kept when a slot
   /// empties.
   public var counters: [Slot: SlotCounters]
+  /// Per slot in use, the consumer's last usage report (U1): a slot without one has unknown
+  /// usage, never zero.
+  public var usage: [Slot: UsageReport]
   /// The events the journal took lately, oldest first (at most ``maximumDelivered``): the
   /// journal may still lose them (journald writes entries below crit to disk only every
   /// `SyncIntervalSec`, and its rate limit drops entries it reported as taken), so the
@@ -261,14 +264,15 @@ public struct LicenseState: Sendable, Equatable {
 
   public init(
     stateID: String = "", slots: [Slot: SlotState] = [:], lastTransitionID: UInt64 = 0,
-    outbox: [JournalEvent] = [], counters: [Slot: SlotCounters] = [:], delivered: [DeliveredEvent] = [],
-    openedInBoot: String = "", closedCleanly: Bool = true
+    outbox: [JournalEvent] = [], counters: [Slot: SlotCounters] = [:], usage: [Slot: UsageReport] = [:],
+    delivered: [DeliveredEvent] = [], openedInBoot: String = "", closedCleanly: Bool = true
   ) {
     self.stateID = stateID
     self.slots = slots
     self.lastTransitionID = lastTransitionID
     self.outbox = outbox
     self.counters = counters
+    self.usage = usage
     self.delivered = delivered
     self.openedInBoot = openedInBoot
     self.closedCleanly = closedCleanly

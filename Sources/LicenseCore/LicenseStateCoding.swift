@@ -7,7 +7,7 @@
 /// that a downgrade to 0.1.0 keeps the keys: 0.1.0 refuses a schema it does not know.
 extension LicenseState: Codable {
   enum CodingKeys: String, CodingKey {
-    case schemaVersion, stateID, slots, lastTransitionID, outbox, counters, delivered, openedInBoot,
+    case schemaVersion, stateID, slots, lastTransitionID, outbox, counters, usage, delivered, openedInBoot,
       closedCleanly
   }
 
@@ -30,6 +30,7 @@ extension LicenseState: Codable {
       lastTransitionID: try container.decode(UInt64.self, forKey: .lastTransitionID),
       outbox: try container.decode([JournalEvent].self, forKey: .outbox),
       counters: try container.decodeIfPresent([Slot: SlotCounters].self, forKey: .counters) ?? [:],
+      usage: try container.decodeIfPresent([Slot: UsageReport].self, forKey: .usage) ?? [:],
       delivered: try container.decodeIfPresent([DeliveredEvent].self, forKey: .delivered) ?? [],
       openedInBoot: try container.decodeIfPresent(String.self, forKey: .openedInBoot) ?? "",
       closedCleanly: try container.decodeIfPresent(Bool.self, forKey: .closedCleanly) ?? true)
@@ -43,6 +44,7 @@ extension LicenseState: Codable {
     try container.encode(lastTransitionID, forKey: .lastTransitionID)
     try container.encode(outbox, forKey: .outbox)
     try container.encode(counters, forKey: .counters)
+    try container.encode(usage, forKey: .usage)
     try container.encode(delivered, forKey: .delivered)
     try container.encode(openedInBoot, forKey: .openedInBoot)
     try container.encode(closedCleanly, forKey: .closedCleanly)
@@ -359,9 +361,24 @@ extension LicenseStateVersion1 {
           })
       }
     }
+    // 0.1.0 decodes only the events and fields it knows: the usage events (U2) and the
+    // fields of U3 are left out (the usage itself is not in schema 1).
+    let newKinds: Set<EventKind> = [.licenseUsageHigh, .licenseLimitExceeded]
+    let newFields: Set<JournalField> = [.units, .unitsUsed, .usagePercent, .warning]
+    func known(_ event: JournalEvent) -> JournalEvent? {
+      guard !newKinds.contains(event.kind) else { return nil }
+      var copy = event
+      copy.fields.removeAll { newFields.contains($0.name) }
+      return copy
+    }
+    let delivered = state.delivered.compactMap { entry -> DeliveredEvent? in
+      known(entry.event).map {
+        DeliveredEvent(event: $0, deliveredAt: entry.deliveredAt, replayed: entry.replayed)
+      }
+    }
     self.init(
       schemaVersion: 1, stateID: state.stateID, slots: slots, lastTransitionID: state.lastTransitionID,
-      outbox: state.outbox, counters: state.counters, delivered: state.delivered,
+      outbox: state.outbox.compactMap(known), counters: state.counters, delivered: delivered,
       openedInBoot: state.openedInBoot,
       closedCleanly: state.closedCleanly)
   }

@@ -55,6 +55,14 @@ public enum RuleID: String, Sendable, CaseIterable, Codable {
   case C5
   /// C6: renewal ahead of expiry.
   case C6
+  /// U1: the consumer reports the units it uses per slot; unknown is never zero.
+  case U1
+  /// U2: usage graded against the active key: 90 %, over 100 %, over 110 %.
+  case U2
+  /// U3: a reserve or pending key short of the slot's usage is accepted with a warning.
+  case U3
+  /// U4: across the fleet a key's usage is the sum over its SVMs (the fleet tools).
+  case U4
   /// W1: EXPIRING_SOON at each threshold, once per key.
   case W1
   /// T1: expiry instants are wall-clock instants; clock changes are noticed at once.

@@ -10,7 +10,6 @@ import Testing
   /// Rules the document describes ahead of their code, by the open issue that implements
   /// them. That issue adds the rules' `RuleID` cases and empties its entry here.
   static let ahead = SpecAhead([
-    23: ["U1", "U2", "U3", "U4"],  // licensing units
     24: ["N1", "N2", "N3"],  // consumers: Monitor, Confirm, hooks
     25: ["B1", "B2", "B3"],  // blocked keys
   ])
