@@ -546,6 +546,18 @@ public actor Agent: DispatchQueueActor {
         }
         return .success(varlinkParameters(RemoveReserveReply(removed: KeyInfo(removed.key))))
       }
+    case .reportUsage(let report):
+      // U1: the consumer's usage; graded (U2) in the same decision.
+      let decision = engine.reportUsage(slot: report.slot, units: report.units, now: now, state: state)
+      switch decision.result {
+      case .failure(let violation): return .failure(ControlEndpoint.error(violation))
+      case .success(let recorded):
+        if let failure = carryOut(decision, decidedAt: now) {
+          return .failure(ControlEndpoint.storageFailure(failure))
+        }
+        return .success(
+          varlinkParameters(ReportUsageReply(recorded, licensed: state[report.slot]?.active?.claims.units)))
+      }
     case .activate(let code, let role):
       // Manual activation (C5): the key for `code`, added like AddKey, keeping the code.
       renewals.activate(code: code, role: role, configuration: configuration, logger: logger) {

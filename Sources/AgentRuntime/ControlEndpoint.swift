@@ -15,6 +15,7 @@ enum ControlRequest: Sendable, Equatable {
   case addKey(KeyRequest)
   case removeReserve(Slot)
   case activate(ActivationCode, Role)
+  case reportUsage(ReportUsageRequest)
 }
 
 /// The agent's control socket (contract §5): the Varlink server and its ``ControlPlane``
@@ -99,6 +100,7 @@ struct ControlEndpoint {
     case .checkKey: return decoded(KeyRequest.self).map(ControlRequest.checkKey)
     case .addKey: return decoded(KeyRequest.self).map(ControlRequest.addKey)
     case .removeReserve: return decoded(RemoveReserveRequest.self).map { .removeReserve($0.slot) }
+    case .reportUsage: return decoded(ReportUsageRequest.self).map(ControlRequest.reportUsage)
     case .activate:
       return decoded(ActivateRequest.self).flatMap { request in
         // Checked for shape here: a malformed code never reaches the network.

@@ -96,7 +96,7 @@ actor ControlPlane: DispatchQueueActor {
       case .success(let request):
         return ControlEndpoint.checkKey(request, engine: view.engine, state: view.state, now: now)
       }
-    case .addKey, .removeReserve, .activate:
+    case .addKey, .removeReserve, .activate, .reportUsage:
       return denied(peer, call.member)
     }
   }

@@ -9,6 +9,8 @@ public struct AgentConfiguration: Sendable, Equatable {
   public var warningThresholds = EngineConfiguration.defaultWarningThresholds
   public var adminGroup = "license-admin"
   public var activation = Activation()
+  /// `[usage] stale-after` (U1): a usage report older than this is shown as stale.
+  public var usageStaleAfter = EngineConfiguration.defaultUsageStaleAfter
   /// `[metrics] textfile`: where the Prometheus text file goes (contract §8); nil: none.
   public var metricsTextfile: String? = AgentConfiguration.defaultMetricsTextfile
 
@@ -40,7 +42,7 @@ public struct AgentConfiguration: Sendable, Equatable {
     EngineConfiguration(
       product: product, warningThresholds: warningThresholds, retryInitial: activation.retryInitial,
       retryMax: activation.retryMax, alertAfter: activation.alertAfter, renewBefore: activation.renewBefore,
-      renewSpread: activation.renewSpread)
+      renewSpread: activation.renewSpread, usageStaleAfter: usageStaleAfter)
   }
 
   /// Reads `path`; a missing file is the default configuration.
@@ -202,6 +204,11 @@ extension AgentConfiguration {
         )
       }
       config.metricsTextfile = path
+    },
+    Setting(section: "usage", key: "stale-after") { config, value, error throws(ConfigurationError) in
+      let span = try duration(value, error)
+      guard span.microseconds > 0 else { throw error("must be positive") }
+      config.usageStaleAfter = span
     },
     Setting(section: "control", key: "admin-group") { config, value, error throws(ConfigurationError) in
       config.adminGroup = try string(value, error)

@@ -31,7 +31,9 @@ public enum AgentInterface {
       replacedSerial: ?string,
       droppedReserveSerial: ?string,
       removedSerials: []string,
-      message: string
+      message: string,
+      # reserve_units_short (rule U3): the reserve licenses fewer units than the slot uses
+      warnings: ?[]Warning
     )
     """
 
@@ -97,6 +99,19 @@ public enum AgentInterface {
       expiresAt: string
     )
 
+    # The last usage report of a slot (rule U1): absent while nobody reported (unknown,
+    # never zero).
+    type Usage (
+      units: int,
+      reportedAt: string,
+      ageSeconds: int,
+      # older than the configured stale-after
+      stale: bool,
+      # against the active key's units (rule U2); null without an active key
+      percent: ?float,
+      band: ?(normal, high, exceeded, critical)
+    )
+
     # One slot in use.
     type SlotStatus (
       slot: (server, workstation, processors, cores),
@@ -119,7 +134,8 @@ public enum AgentInterface {
       # knows now (an expired slot's: when it ended); null when an activation code renews it
       lapsesAt: ?string,
       # This slot's part of the health (see GetStatus)
-      health: int
+      health: int,
+      usage: ?Usage
     )
 
     # The next instant the agent will act.
@@ -136,7 +152,8 @@ public enum AgentInterface {
     type Warning (
       slot: ?(server, workstation, processors, cores),
       # no_reserve, reserve_missing_for_os_type, expiring_without_takeover, slot_expired,
-      # renewing, renewal_stopped, renewal_ahead_failing
+      # renewing, renewal_stopped, renewal_ahead_failing, usage_high, limit_exceeded,
+      # usage_stale, reserve_units_short
       code: string,
       message: string
     )
@@ -174,6 +191,16 @@ public enum AgentInterface {
     # Removes the reserve key of a slot.
     method RemoveReserve(slot: (server, workstation, processors, cores)) -> (removed: Key)
 
+    # The consumer's usage of a slot (rule U1): VMs protected (by OS type), processors or
+    # cores. Replaces the slot's previous report; graded against its active key (rule U2).
+    method ReportUsage(slot: (server, workstation, processors, cores), units: int) -> (
+      slot: (server, workstation, processors, cores),
+      units: int,
+      percent: ?float,
+      band: ?(normal, high, exceeded, critical),
+      message: string
+    )
+
     # A licensing rule refused the request; nothing was changed.
     error RuleViolation (rule: string, code: string, message: string, reason: ?string, serial: ?string)
 
@@ -197,6 +224,7 @@ public enum AgentMethod: String, CaseIterable, Sendable {
   case checkKey = "CheckKey"
   case removeReserve = "RemoveReserve"
   case activate = "Activate"
+  case reportUsage = "ReportUsage"
 
   /// `io.licenseagent.Agent.<name>`.
   public var qualifiedName: String { "\(AgentInterface.name).\(rawValue)" }
@@ -205,7 +233,7 @@ public enum AgentMethod: String, CaseIterable, Sendable {
   public var changesState: Bool {
     switch self {
     case .getStatus, .checkKey: return false
-    case .addKey, .removeReserve, .activate: return true
+    case .addKey, .removeReserve, .activate, .reportUsage: return true
     }
   }
 }
@@ -271,6 +299,60 @@ public struct RemoveReserveRequest: AgentRequest, Equatable {
   public static let parameterNames: Set<String> = ["slot"]
   public var slot: Slot
   public init(slot: Slot) { self.slot = slot }
+}
+
+/// `ReportUsage(slot, units)`.
+public struct ReportUsageRequest: AgentRequest, Equatable {
+  public static let parameterNames: Set<String> = ["slot", "units"]
+  public var slot: Slot
+  public var units: Int
+  public init(slot: Slot, units: Int) {
+    self.slot = slot
+    self.units = units
+  }
+}
+
+/// The `ReportUsage` reply.
+public struct ReportUsageReply: Codable, Sendable, Equatable {
+  public var slot: Slot
+  public var units: Int
+  public var percent: Double?
+  public var band: UsageBand?
+  public var message: String
+
+  public init(_ recorded: UsageRecorded, licensed: Int?) {
+    slot = recorded.slot
+    units = recorded.units
+    band = recorded.band
+    percent = licensed.map { UsageBand.percent(used: recorded.units, licensed: $0) }
+    var text = "Usage of the \(recorded.slot.rawValue) slot recorded: \(recorded.units) units"
+    if let licensed, let band = recorded.band {
+      text += " of the active key's \(licensed) (\(UsageBand.percentText(percent ?? 0)) %, \(band.rawValue))."
+    } else {
+      text += "; the slot has no active key to grade them against."
+    }
+    message = text
+  }
+}
+
+/// A slot's usage on the wire (U1, U2).
+public struct UsageInfo: Codable, Sendable, Equatable {
+  public var units: Int
+  public var reportedAt: String
+  public var ageSeconds: Int
+  public var stale: Bool
+  public var percent: Double?
+  public var band: UsageBand?
+
+  public init(_ report: UsageReport, active: InstalledKey?, engine: LicenseEngine, now: Timestamp) {
+    units = report.units
+    reportedAt = report.reportedAt.rfc3339
+    ageSeconds = Int(max(now.microseconds(since: report.reportedAt), 0) / 1_000_000)
+    stale = engine.isStale(report, now: now)
+    percent = active.map { UsageBand.percent(used: report.units, licensed: $0.claims.units) }
+    band = active.map { UsageBand.of(used: report.units, licensed: $0.claims.units) }
+  }
+
 }
 
 /// `Activate(code, role)`: the code as typed (checked by the agent: rule C5).
@@ -356,11 +438,12 @@ public struct SlotStatus: Codable, Sendable, Equatable {
   public var renewalAhead: RenewalAheadInfo?
   public var lapsesAt: String?
   public var health: Health
+  public var usage: UsageInfo?
 
   public init(
     slot: Slot, status: Status, active: KeyInfo? = nil, reserve: KeyInfo? = nil, pending: KeyInfo? = nil,
     expired: ExpiredKeyInfo? = nil, takeover: Takeover, secondsLeft: Int? = nil, renewal: RenewalInfo? = nil,
-    renewalAhead: RenewalAheadInfo? = nil, lapsesAt: String? = nil, health: Health
+    renewalAhead: RenewalAheadInfo? = nil, lapsesAt: String? = nil, health: Health, usage: UsageInfo? = nil
   ) {
     self.slot = slot
     self.status = status
@@ -374,6 +457,7 @@ public struct SlotStatus: Codable, Sendable, Equatable {
     self.renewalAhead = renewalAhead
     self.lapsesAt = lapsesAt
     self.health = health
+    self.usage = usage
   }
 }
 
@@ -456,10 +540,20 @@ public struct StatusWarning: Codable, Sendable, Equatable {
     case renewing
     case renewalStopped = "renewal_stopped"
     case renewalAheadFailing = "renewal_ahead_failing"
+    case usageHigh = "usage_high"
+    case limitExceeded = "limit_exceeded"
+    case usageStale = "usage_stale"
+    case reserveUnitsShort = "reserve_units_short"
   }
   public var slot: Slot?
   public var code: Code
   public var message: String
+
+  public init(slot: Slot?, code: Code, message: String) {
+    self.slot = slot
+    self.code = code
+    self.message = message
+  }
 }
 
 /// The `GetStatus` reply, and `agentctl status --json` (which adds `agentReachable`).
@@ -486,6 +580,8 @@ public struct AddKeyReply: Codable, Sendable, Equatable {
   public var droppedReserveSerial: String?
   public var removedSerials: [String]
   public var message: String
+  /// U3's `reserve_units_short`; nil from agents before 0.3.0.
+  public var warnings: [StatusWarning]?
 
   public init(_ added: AddedKey, checkOnly: Bool) {
     slot = added.slot
@@ -511,7 +607,14 @@ public struct AddKeyReply: Codable, Sendable, Equatable {
       text +=
         " Keys of the former scheme \(checkOnly ? "would be" : "were") removed: \(added.removedSerials.joined(separator: ", "))."
     }
+    var warnings: [StatusWarning] = []
+    if let short = added.unitsShort {
+      let sentence = short.sentence(serial: added.key.serial)
+      text += " " + sentence
+      warnings.append(StatusWarning(slot: added.slot, code: .reserveUnitsShort, message: sentence))
+    }
     message = text
+    self.warnings = warnings
   }
 }
 

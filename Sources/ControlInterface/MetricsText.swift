@@ -35,6 +35,12 @@ public enum MetricsText {
       "license_agent_state_write_failures_total", "counter",
       "Failed writes of the state since the agent started."
     ),
+    ("license_agent_key_units", "gauge", "The units (VMs, processors or cores) each key held licenses."),
+    (
+      "license_agent_units_in_use", "gauge",
+      "The units the slot uses, as last reported (absent while nobody reported)."
+    ),
+    ("license_agent_usage_report_timestamp_seconds", "gauge", "When the slot's last usage report was made."),
   ]
 
   /// The takeover label values, in the order they are written.
@@ -62,6 +68,11 @@ public enum MetricsText {
         let labels = [("slot", name), ("role", role), ("serial", key.serial)]
         add("license_agent_key_expiry_timestamp_seconds", labels, seconds(key.expiresAt))
         add("license_agent_key_not_before_timestamp_seconds", labels, seconds(key.claims.notBefore))
+        add("license_agent_key_units", labels, String(key.claims.units))
+      }
+      if let report = state.usage[slot] {
+        add("license_agent_units_in_use", [("slot", name)], String(report.units))
+        add("license_agent_usage_report_timestamp_seconds", [("slot", name)], seconds(report.reportedAt))
       }
       let current = engine.takeover(slotState)
       for takeover in takeovers {

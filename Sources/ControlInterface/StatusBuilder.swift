@@ -19,6 +19,8 @@ public enum StatusBuilder {
       let takeover = engine.takeover(slotState)
       let lapsesAt = engine.lapsesAt(slotState)?.rfc3339
       let health = engine.health(slotState, now: now)
+      let usage = state.usage[slot].map { UsageInfo($0, active: slotState.active, engine: engine, now: now) }
+      warnings += usageWarnings(slot, usage, state: state)
       switch slotState {
       case .held(let held):
         let active = held.active
@@ -29,7 +31,7 @@ public enum StatusBuilder {
             slot: slot, status: .active, active: KeyInfo(active), reserve: held.reserve.map(KeyInfo.init),
             pending: held.pending.map(KeyInfo.init), takeover: takeover,
             secondsLeft: Int(max(left, 0) / 1_000_000),
-            renewalAhead: ahead, lapsesAt: lapsesAt, health: health))
+            renewalAhead: ahead, lapsesAt: lapsesAt, health: health, usage: usage))
         if let ahead, let code = active.activationCode {
           if ahead.alert {
             alerts.append(
@@ -68,7 +70,7 @@ public enum StatusBuilder {
             slot: slot, status: lapsed.renewal == nil ? .expired : .renewing,
             expired: ExpiredKeyInfo(serial: expired.serial, expiresAt: expired.expiresAt.rfc3339),
             takeover: takeover, renewal: lapsed.renewal.map(RenewalInfo.init), lapsesAt: lapsesAt,
-            health: health))
+            health: health, usage: usage))
         if let renewal = lapsed.renewal {
           let attempts = renewal.attempts
           if attempts.alertRaised {
@@ -107,6 +109,43 @@ public enum StatusBuilder {
       alerts: alerts,
       nextAction: engine.nextWake(state).map { nextAction($0, state: state) },
       health: engine.health(state, now: now))
+  }
+
+  /// U1–U3 for a person: the slot's usage against its active key, a stale report, and a
+  /// successor that licenses fewer units than the slot uses.
+  static func usageWarnings(_ slot: Slot, _ usage: UsageInfo?, state: LicenseState) -> [StatusWarning] {
+    guard let usage else { return [] }
+    var warnings: [StatusWarning] = []
+    let name = slot.rawValue
+    if let band = usage.band, band != .normal, let active = state[slot]?.active {
+      let figures =
+        "\(usage.units) units in use of the \(active.claims.units) that \(active.serial) licenses (\(UsageBand.percentText(usage.percent ?? 0)) %)"
+      warnings.append(
+        band == .high
+          ? StatusWarning(slot: slot, code: .usageHigh, message: "\(name): \(figures); plan more units.")
+          : StatusWarning(
+            slot: slot, code: .limitExceeded,
+            message:
+              "\(name): the licence limit is exceeded (\(band.rawValue)): \(figures); add units or protect fewer."
+          ))
+    }
+    if usage.stale {
+      warnings.append(
+        StatusWarning(
+          slot: slot, code: .usageStale,
+          message:
+            "\(name): the last usage report is \(TimeSpan(microseconds: Int64(usage.ageSeconds) * 1_000_000).inWords) old (\(usage.reportedAt)); check that the protection service reports it (agentctl report-usage)."
+        ))
+    }
+    if let held = state[slot]?.held, let successor = held.reserve ?? held.pending,
+      let short = state.unitsShort(successor.key, slot: slot)
+    {
+      warnings.append(
+        StatusWarning(
+          slot: slot, code: .reserveUnitsShort,
+          message: "\(name): " + short.sentence(serial: successor.serial)))
+    }
+    return warnings
   }
 
   /// What the agent does at `wake` (`NextAction.action`, and the metrics' `action` label).

@@ -23,7 +23,9 @@ struct AgentCtl: ParsableCommand {
       may not change keys (not root, not in the admin group).
       """,
     version: ProductVersion.current,
-    subcommands: [Status.self, AddKey.self, CheckKey.self, RemoveReserve.self, Activate.self]
+    subcommands: [
+      Status.self, AddKey.self, CheckKey.self, RemoveReserve.self, Activate.self, ReportUsage.self,
+    ]
   )
 
   /// Given before the verb (`agentctl --socket PATH status`), as systemd's tools accept them;
@@ -203,6 +205,37 @@ struct RemoveReserve: ParsableCommand {
       )
     case .failure(let error):
       try fail(error)
+    }
+  }
+}
+
+struct ReportUsage: ParsableCommand {
+  @ParentCommand var global: AgentCtl
+  static let configuration = CommandConfiguration(
+    commandName: "report-usage",
+    abstract: "Report the units a slot uses (for the protection service and scripts).",
+    discussion: """
+      UNITS counts as the vendor counts: for the server and workstation slots, the VMs of \
+      that guest OS type protected in the last 30 days; for processors and cores, those of \
+      the hosts protected. The report replaces the slot's previous one; the agent grades it \
+      against the active key (90 %, over 100 %, over 110 %) and logs a band once when it is \
+      entered. Root and the admin group only.
+      """)
+
+  @OptionGroup var connection: ConnectionOptions
+  @Argument(help: "The slot: server, workstation, processors or cores.")
+  var slot: Slot
+  @Argument(help: "The units in use (0 or more).")
+  var units: Int
+
+  func validate() throws {
+    guard units >= 0 else { throw ValidationError("UNITS must be 0 or more, not \(units)") }
+  }
+
+  func run() throws {
+    switch try connection.after(global).call(.reportUsage, ReportUsageRequest(slot: slot, units: units)) {
+    case .success(let reply): print(try decodeParameters(ReportUsageReply.self, from: reply).message)
+    case .failure(let error): try fail(error)
     }
   }
 }

@@ -142,6 +142,16 @@ struct Status: ParsableCommand {
     func describe(_ key: KeyInfo) -> String {
       "\(key.serial)  \(key.typeDescription), \(key.edition), \(key.licenseType), \(key.units) units"
     }
+    /// U1–U2: the slot's last usage report against its active key.
+    func usage(_ slot: SlotStatus) -> String {
+      guard let usage = slot.usage else { return "  usage    unknown (nothing reported yet)" }
+      var text = "  usage    \(usage.units) units"
+      if let percent = usage.percent, let band = usage.band, let active = slot.active {
+        text += ", \(UsageBand.percentText(percent)) % of \(active.units) (\(band.rawValue))"
+      }
+      text += ", reported \(left(usage.reportedAt)) at \(usage.reportedAt)"
+      return usage.stale ? text + ", STALE" : text
+    }
     var lines: [String] = []
     if reachable {
       lines.append(
@@ -184,6 +194,7 @@ struct Status: ParsableCommand {
         lines.append("           valid \(active.notBefore) .. \(active.expiresAt)")
         lines.append("           expires \(left(active.expiresAt)), at \(active.expiresAt)")
       }
+      lines.append(usage(slot))
       if let reserve = slot.reserve {
         lines.append("  reserve  \(describe(reserve))")
         lines.append("           valid \(reserve.notBefore) .. \(reserve.expiresAt)")

@@ -33,12 +33,13 @@ import Testing
     .state
     state = engine.addKey(issuer.key("R", exp: t0 + .days(100)), role: .reserve, now: t0, state: state).state
     state = engine.timeReached(now: t0 + .days(10), state: state).state
+    state = engine.reportUsage(slot: .server, units: 3, now: t0 + .days(10), state: state).state
     let text = render(state)
     for family in MetricsText.families {
       #expect(text.contains("# TYPE \(family.name) \(family.type)\n"), "\(family.name)")
       #expect(text.contains("# HELP \(family.name) "), "\(family.name)")
     }
-    #expect(MetricsText.families.count == 11)
+    #expect(MetricsText.families.count == 14)
     #expect(text.hasSuffix("\n"))
   }
 
@@ -67,6 +68,28 @@ import Testing
       ])
     #expect(samples(text, "license_agent_info") == [#"{version="0.1.0",product="svm-protection"}"#: "1"])
     #expect(samples(text, "license_agent_state_write_failures_total") == ["": "0"])
+  }
+
+  @Test func U1_theUnitsOfEachKeyAndTheUsageOnlyOnceReported() {
+    let exp = t0 + .days(10)
+    var state = engine.addKey(issuer.key("A", exp: exp), role: .active, now: t0, state: LicenseState()).state
+    state = engine.addKey(issuer.key("R", exp: exp + .days(90)), role: .reserve, now: t0, state: state).state
+    var text = render(state)
+    #expect(
+      samples(text, "license_agent_key_units") == [
+        #"{slot="server",role="active",serial="A"}"#: "10",
+        #"{slot="server",role="reserve",serial="R"}"#: "10",
+      ])
+    // Unknown usage is absent, never 0.
+    #expect(samples(text, "license_agent_units_in_use").isEmpty)
+    #expect(samples(text, "license_agent_usage_report_timestamp_seconds").isEmpty)
+    state = engine.reportUsage(slot: .server, units: 0, now: t0 + .seconds(90), state: state).state
+    text = render(state)
+    #expect(samples(text, "license_agent_units_in_use") == [#"{slot="server"}"#: "0"])
+    #expect(
+      samples(text, "license_agent_usage_report_timestamp_seconds") == [
+        #"{slot="server"}"#: String((t0 + .seconds(90)).microseconds / 1_000_000)
+      ])
   }
 
   @Test func P4_anExpiredSlotAndC4_anAlertAreOne() {
@@ -138,9 +161,6 @@ import Testing
   /// implements them. That issue adds them to `MetricsText.families` and empties its entry
   /// here.
   static let ahead = SpecAhead([
-    23: [  // licensing units
-      "license_agent_key_units", "license_agent_units_in_use", "license_agent_usage_report_timestamp_seconds",
-    ],
     24: ["license_agent_consumer_confirmed"],  // consumers
     25: ["license_agent_key_blocked", "license_agent_key_grace_end_timestamp_seconds"],  // blocked keys
   ])
@@ -180,6 +200,7 @@ import Testing
     state = engine.timeReached(now: exp, state: state).state
     state =
       engine.addKey(issuer.key("R2", exp: exp + .days(180)), role: .reserve, now: exp, state: state).state
+    state = engine.reportUsage(slot: .server, units: 3, now: exp, state: state).state
     let text = render(state)
     for line in text.split(separator: "\n") where !line.hasPrefix("#") {
       let name = String(line.prefix { $0 != "{" && $0 != " " })

@@ -222,11 +222,12 @@ public final class AgentHarness: @unchecked Sendable {
   /// A signed key with a serial unique to this harness.
   public func key(
     _ name: String, slot: Slot = .server, edition: Edition = .enterprise, type: LicenseType = .commercial,
-    nbf: Timestamp, exp: Timestamp, product: String = EngineConfiguration.defaultProduct
+    units: Int = 10, nbf: Timestamp, exp: Timestamp, product: String = EngineConfiguration.defaultProduct
   ) -> String {
     issuer.key(
       TestIssuer.claims(
-        serial: serial(name), slot: slot, edition: edition, type: type, nbf: nbf, exp: exp, product: product))
+        serial: serial(name), slot: slot, edition: edition, type: type, units: units, nbf: nbf, exp: exp,
+        product: product))
   }
 
   /// Key files "A" (valid from a day ago until `exp`) and "R" (from `reserveFrom`, now by
