@@ -86,7 +86,7 @@ extension KeyPromoted {
         "\(renewedAhead(key.serial, hint)), is now the active \(slot.rawValue) key: \(previous.serial) expired at \(previous.expiresAt)\(late). It expires at \(key.expiresAt); the agent will renew it ahead in turn."
     }
     return JournalEvent(
-      .keyPromoted, message: message + shortSentence(unitsShort, key),
+      .keyPromoted, message: message + shortSentence(unitsShort, key, tookOver: true),
       fields: keyFields(slot, key) + [
         .init(.previousSerial, previous.serial), .init(.delayMicroseconds, String(delay)),
       ] + shortFields(unitsShort))
@@ -237,8 +237,8 @@ extension UsageGraded {
 }
 
 /// U3's sentence, after a space, for an event about a key short of the slot's usage.
-private func shortSentence(_ short: UnitsShort?, _ key: KeyRef) -> String {
-  short.map { " " + $0.sentence(serial: key.serial) } ?? ""
+private func shortSentence(_ short: UnitsShort?, _ key: KeyRef, tookOver: Bool = false) -> String {
+  short.map { " " + $0.sentence(serial: key.serial, tookOver: tookOver) } ?? ""
 }
 
 /// U3's fields: the warning, the key's units and the slot's usage.

@@ -53,6 +53,28 @@ extension LicenseState: Codable {
   /// The schema-1 form of this state, for a downgrade to 0.1.0 (`license-agent
   /// --write-state-schema 1`).
   public var version1: LicenseStateVersion1 { LicenseStateVersion1(self) }
+
+  /// This state as 0.2.0 (and 0.1.0) can decode it, for a downgrade (`license-agent
+  /// --write-state-schema 2`): they refuse an event kind or a journal field they do not know,
+  /// so the usage events (U2) and U3's fields are left out of the outbox and of the events
+  /// delivered, and the usage reports (which they ignore) are dropped.
+  public var readableBy020: LicenseState {
+    let newKinds: Set<EventKind> = [.licenseUsageHigh, .licenseLimitExceeded]
+    let newFields: Set<JournalField> = [.units, .unitsUsed, .usagePercent, .warning]
+    func known(_ event: JournalEvent) -> JournalEvent? {
+      guard !newKinds.contains(event.kind) else { return nil }
+      var copy = event
+      copy.fields.removeAll { newFields.contains($0.name) }
+      return copy
+    }
+    var copy = self
+    copy.usage = [:]
+    copy.outbox = outbox.compactMap(known)
+    copy.delivered = delivered.compactMap { entry in
+      known(entry.event).map { DeliveredEvent(event: $0, deliveredAt: entry.deliveredAt, replayed: entry.replayed) }
+    }
+    return copy
+  }
 }
 
 extension Slot: CodingKeyRepresentable {}
@@ -361,24 +383,11 @@ extension LicenseStateVersion1 {
           })
       }
     }
-    // 0.1.0 decodes only the events and fields it knows: the usage events (U2) and the
-    // fields of U3 are left out (the usage itself is not in schema 1).
-    let newKinds: Set<EventKind> = [.licenseUsageHigh, .licenseLimitExceeded]
-    let newFields: Set<JournalField> = [.units, .unitsUsed, .usagePercent, .warning]
-    func known(_ event: JournalEvent) -> JournalEvent? {
-      guard !newKinds.contains(event.kind) else { return nil }
-      var copy = event
-      copy.fields.removeAll { newFields.contains($0.name) }
-      return copy
-    }
-    let delivered = state.delivered.compactMap { entry -> DeliveredEvent? in
-      known(entry.event).map {
-        DeliveredEvent(event: $0, deliveredAt: entry.deliveredAt, replayed: entry.replayed)
-      }
-    }
+    // 0.1.0 decodes only the events and fields it knows (as 0.2.0 does).
+    let readable = state.readableBy020
     self.init(
       schemaVersion: 1, stateID: state.stateID, slots: slots, lastTransitionID: state.lastTransitionID,
-      outbox: state.outbox.compactMap(known), counters: state.counters, delivered: delivered,
+      outbox: readable.outbox, counters: state.counters, delivered: readable.delivered,
       openedInBoot: state.openedInBoot,
       closedCleanly: state.closedCleanly)
   }

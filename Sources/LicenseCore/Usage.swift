@@ -110,9 +110,12 @@ public struct UnitsShort: Sendable, Equatable {
     self.used = used
   }
 
-  /// The sentence the reply, the events and the status give.
-  public func sentence(serial: String) -> String {
-    "Warning (\(Self.code)): key \(serial) licenses \(units) units but the slot uses \(used): \(uncovered) would be uncovered when it takes over."
+  /// The sentence the reply, the events and the status give; `tookOver` once the key is
+  /// the active one (KEY_PROMOTED).
+  public func sentence(serial: String, tookOver: Bool = false) -> String {
+    let then = tookOver ? "are not covered" : "would be uncovered when it takes over"
+    return
+      "Warning (\(Self.code)): key \(serial) licenses \(units) units but the slot uses \(used): \(uncovered) \(then)."
   }
 }
 

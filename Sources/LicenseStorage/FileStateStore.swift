@@ -206,6 +206,17 @@ public final class FileStateStore: StateStore {
     return loaded
   }
 
+  /// Rewrites the state in schema 2 as 0.2.0 reads it (``LicenseState/readableBy020``),
+  /// before a downgrade to 0.2.x: `license-agent --write-state-schema 2`. As
+  /// ``downgradeToSchema1()``, the last good copy too, with the agent stopped.
+  public func downgradeTo020() throws(StateStoreError) -> LoadedState {
+    let loaded = try load()
+    let old = loaded.state.readableBy020
+    try write(old, steps: false)
+    try write(old, steps: false)
+    return loaded
+  }
+
   private func write(_ state: some Encodable, steps: Bool) throws(StateStoreError) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.sortedKeys, .prettyPrinted]

@@ -17,7 +17,7 @@ import UnixSignals
 struct LicenseAgentMain {
   static let usage = """
     Usage: license-agent [--version | --help | --check-config FILE | --remove-metrics |
-                          --write-state-schema 1]
+                          --write-state-schema 1|2]
 
     Runs the licence agent in the foreground (as systemd's license-agent.service does). It keeps
     the SVM's licence from lapsing: it promotes the reserve key at the instant the active key
@@ -37,12 +37,14 @@ struct LicenseAgentMain {
                          exits 0. The unit runs it as ExecStopPost=, so that after a crash too
                          monitoring sees the agent is down; the daemon removes it itself at a
                          graceful stop.
-    --write-state-schema 1
-                         rewrites the state (state.json and its last good copy) in schema 1, the
-                         form license-agent 0.1.0 reads, and exits: 0 done, 1 not done (the state
-                         is unchanged). Only while the agent is stopped: the package runs it
-                         before a downgrade to 0.1.0 (which refuses a newer schema and would not
-                         start); this version reads schema 1 and writes it back as its own.
+    --write-state-schema 1|2
+                         rewrites the state (state.json and its last good copy) in the form
+                         license-agent 0.1.0 (schema 1) or 0.2.0 (schema 2, without what 0.2.0
+                         cannot read: usage reports and their events) reads, and exits: 0 done, 1
+                         not done (the state is unchanged). Only while the agent is stopped: the
+                         package runs it before a downgrade (an older version refuses what it
+                         cannot read and would not start); this version reads both and writes
+                         its own form back at its next start.
 
     Signals: SIGTERM/SIGINT stop gracefully; SIGHUP rereads the configuration and the trust
     directory (an invalid configuration keeps the old one).
@@ -86,18 +88,20 @@ struct LicenseAgentMain {
     return 0
   }
 
-  /// `--write-state-schema 1`: the state in the form 0.1.0 reads, before a downgrade.
-  static func writeStateSchema1() -> Int32 {
+  /// `--write-state-schema 1|2`: the state in the form 0.1.0 (schema 1) or 0.2.0 (schema 2)
+  /// reads, before a downgrade.
+  static func writeStateSchema(_ schema: Int) -> Int32 {
     let paths = AgentPaths.fromEnvironment(ProcessInfo.processInfo.environment)
     do {
       let store = try FileStateStore(directory: paths.stateDirectory)
-      let loaded = try store.downgradeToSchema1()
+      let loaded = try schema == 1 ? store.downgradeToSchema1() : store.downgradeTo020()
+      let count = loaded.state.slots.count
       print(
-        "\(store.stateFile): written in schema 1 (\(loaded.state.slots.count) slot\(loaded.state.slots.count == 1 ? "" : "s")), for license-agent 0.1.0"
+        "\(store.stateFile): written in schema \(schema) (\(count) slot\(count == 1 ? "" : "s")), for license-agent \(schema == 1 ? "0.1.0" : "0.2.0")"
       )
       return 0
     } catch {
-      StandardStream.error("license-agent: cannot write the state in schema 1: \(error)\n")
+      StandardStream.error("license-agent: cannot write the state in schema \(schema): \(error)\n")
       return 1
     }
   }
@@ -124,12 +128,12 @@ struct LicenseAgentMain {
     }
     if arguments == ["--remove-metrics"] { exit(removeMetrics()) }
     if arguments.first == "--write-state-schema" {
-      guard arguments == ["--write-state-schema", "1"] else {
+      guard arguments.count == 2, let schema = Int(arguments[1]), schema == 1 || schema == 2 else {
         StandardStream.error(
-          "license-agent: --write-state-schema takes 1 (the only older schema)\n\n\(usage)\n")
+          "license-agent: --write-state-schema takes 1 (for 0.1.0) or 2 (for 0.2.0)\n\n\(usage)\n")
         exit(64)
       }
-      exit(writeStateSchema1())
+      exit(writeStateSchema(schema))
     }
     guard arguments.isEmpty else {
       StandardStream.error("license-agent: unknown argument '\(arguments[0])'\n\n\(usage)\n")

@@ -156,7 +156,7 @@ import Testing
     #expect(keyPromoted[field: .serial] == "KS-2")
     #expect(keyPromoted[field: .warning] == "reserve_units_short")
     #expect(keyPromoted[field: .units] == "40" && keyPromoted[field: .unitsUsed] == "50")
-    #expect(keyPromoted.message.contains("10 would be uncovered"))
+    #expect(keyPromoted.message.contains("10 are not covered"))
     let exceeded = promoted.renderedEvents[1]
     #expect(
       exceeded.priority == 2 && exceeded[field: .serial] == "KS-2"
@@ -230,9 +230,9 @@ import Testing
     #expect(again.isEmpty)
   }
 
-  /// A downgrade to 0.1.0 (state schema 1) keeps only what 0.1.0 can read: no usage event
+  /// A downgrade to 0.1.0 (state schema 1) or 0.2.0 keeps only what they can read: no usage event
   /// and no field it does not know, in the outbox or among the events delivered.
-  @Test func U1_aStateWrittenForADowngradeHoldsNothing010CannotRead() throws {
+  @Test func U1_aStateWrittenForADowngradeHoldsNothingAnOlderVersionCannotRead() throws {
     var state = held(units: 100)
     state = engine.reportUsage(slot: .server, units: 95, now: t0 + .hours(1), state: state).state
     state =
@@ -241,10 +241,17 @@ import Testing
     #expect(state.outbox.contains { $0.kind == .licenseUsageHigh })
     #expect(state.outbox.contains { $0[field: .warning] != nil })
     state.delivered = state.outbox.map { DeliveredEvent(event: $0, deliveredAt: t0 + .hours(1)) }
-    let text = String(decoding: try JSONEncoder().encode(state.version1), as: UTF8.self)
-    for new in ["LICENSE_USAGE_HIGH", "LICENSE_WARNING", "LICENSE_UNITS", "usage"] {
-      #expect(!text.contains(new), "\(new) in schema 1")
+    for (version, data) in [
+      ("0.1.0", try JSONEncoder().encode(state.version1)), ("0.2.0", try JSONEncoder().encode(state.readableBy020)),
+    ] {
+      let text = String(decoding: data, as: UTF8.self)
+      for new in ["LICENSE_USAGE_HIGH", "LICENSE_WARNING", "LICENSE_UNITS", "\"units\""] {
+        #expect(!text.contains(new), "\(new) in the state for \(version)")
+      }
+      #expect(text.contains("RESERVE_ADDED"), "the events \(version) knows stay")
     }
-    #expect(text.contains("RESERVE_ADDED"), "the events 0.1.0 knows stay")
+    // What this version reads back of it: the keys, without the usage.
+    let back = try JSONDecoder().decode(LicenseState.self, from: JSONEncoder().encode(state.readableBy020))
+    #expect(back.slots == state.slots && back.usage.isEmpty)
   }
 }
