@@ -71,6 +71,11 @@ server.serve_forever()
 GET = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
 
 
+def rule_name(rule):
+    """An alerting rule's alert, a recording rule's record."""
+    return rule.get("alert") or rule["record"]
+
+
 def seconds(duration):
     """A Prometheus duration (`15m`, `1h30m`, `400ms`) in seconds."""
     parts = DURATION_PART.findall(duration)
@@ -354,11 +359,12 @@ class MonitoringTests(unittest.TestCase):
     def test_01_the_rendered_rules_are_the_shipped_expressions_with_shorter_spans(self):
         shipped = [r for g in self.shipped["groups"] for r in g["rules"]]
         rendered = [r for g in self.rendered["groups"] for r in g["rules"]]
-        self.assertEqual([r["alert"] for r in rendered], [r["alert"] for r in shipped])
-        self.assertIn("LicenseKeyExpiresWithoutTakeover", [r["alert"] for r in shipped])
-        self.assertIn("LicenseAgentMetricsMissing", [r["alert"] for r in shipped])
+        self.assertEqual([rule_name(r) for r in rendered], [rule_name(r) for r in shipped])
+        self.assertIn("LicenseKeyExpiresWithoutTakeover", [rule_name(r) for r in shipped])
+        self.assertIn("LicenseAgentMetricsMissing", [rule_name(r) for r in shipped])
+        self.assertIn("serial_slot:license_agent_units_in_use:percent", [rule_name(r) for r in shipped])
         for before, after in zip(shipped, rendered):
-            name = before["alert"]
+            name = rule_name(before)
             # Everything but the expression and `for:` is the shipped text.
             self.assertEqual({k: v for k, v in after.items() if k not in ("expr", "for")},
                              {k: v for k, v in before.items() if k not in ("expr", "for")}, name)
@@ -387,7 +393,7 @@ class MonitoringTests(unittest.TestCase):
         # And that is the file Prometheus evaluates.
         loaded = json.loads(self.get("http://127.0.0.1:%d/api/v1/rules" % PROMETHEUS_PORT))["data"]["groups"]
         self.assertEqual([g["file"] for g in loaded], [self.rules_file])
-        self.assertEqual([r["name"] for g in loaded for r in g["rules"]], [r["alert"] for r in shipped])
+        self.assertEqual([r["name"] for g in loaded for r in g["rules"]], [rule_name(r) for r in shipped])
 
     def test_02_a_key_ending_with_nothing_to_take_over_reaches_the_webhook(self):
         self.add_key("svm-m1", "active-m1")
