@@ -31,6 +31,25 @@ import Testing
     }
   }
 
+  /// The package carries the programs of its own version: a build of the package never
+  /// packs the programs of an earlier one (debhelper skips a build it has a record of).
+  @Test func theProgramsInThePackageAreOfItsVersion() throws {
+    let package = try SystemdEndToEndTests.builtPackage()
+    let folder = makeTemporaryDirectory("deb-contents")
+    defer { removeTemporaryDirectory(folder) }
+    let extracted = try runProcess("/usr/bin/dpkg-deb", ["-x", package, folder])
+    try #require(extracted.status == 0, "\(extracted.stderr)")
+    let version = try runProcess("/usr/bin/dpkg-deb", ["-f", package, "Version"]).stdout
+      .trimmingCharacters(in: .whitespacesAndNewlines)
+    let upstream = String(version.split(separator: "-").first ?? "")
+    #expect(
+      upstream == ProductVersion.current, "the package \(version), the sources \(ProductVersion.current)")
+    for program in ["usr/sbin/license-agent", "usr/bin/agentctl", "usr/bin/license-keytool"] {
+      let said = try runProcess(folder + "/" + program, ["--version"])
+      #expect(said.stdout.contains(upstream), "\(program) --version: \(said.stdout)")
+    }
+  }
+
   /// What a site's builders get: the source package (`build-deb --source`) unpacks with
   /// `dpkg-source -x` to the committed tree, debian/ included, and its Build-Depends are met
   /// here; lintian finds no error or warning in it.
