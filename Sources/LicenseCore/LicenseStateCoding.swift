@@ -71,7 +71,9 @@ extension LicenseState: Codable {
     copy.usage = [:]
     copy.outbox = outbox.compactMap(known)
     copy.delivered = delivered.compactMap { entry in
-      known(entry.event).map { DeliveredEvent(event: $0, deliveredAt: entry.deliveredAt, replayed: entry.replayed) }
+      known(entry.event).map {
+        DeliveredEvent(event: $0, deliveredAt: entry.deliveredAt, replayed: entry.replayed)
+      }
     }
     return copy
   }

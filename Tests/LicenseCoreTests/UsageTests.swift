@@ -242,7 +242,8 @@ import Testing
     #expect(state.outbox.contains { $0[field: .warning] != nil })
     state.delivered = state.outbox.map { DeliveredEvent(event: $0, deliveredAt: t0 + .hours(1)) }
     for (version, data) in [
-      ("0.1.0", try JSONEncoder().encode(state.version1)), ("0.2.0", try JSONEncoder().encode(state.readableBy020)),
+      ("0.1.0", try JSONEncoder().encode(state.version1)),
+      ("0.2.0", try JSONEncoder().encode(state.readableBy020)),
     ] {
       let text = String(decoding: data, as: UTF8.self)
       for new in ["LICENSE_USAGE_HIGH", "LICENSE_WARNING", "LICENSE_UNITS", "\"units\""] {
