@@ -22,15 +22,28 @@ def _outcomes(hostvars, hosts, variable):
     return outcomes
 
 
-def activation_report(hostvars, hosts, variable, role, serial, started_at, finished_at, check_mode=False):
+def activation_report(
+    hostvars, hosts, variable, role, serial, started_at, finished_at, check_mode=False, units=None
+):
     """Contract section 9's report of the activation task over `hosts`."""
     return la.activation_report(
-        list(hosts), _outcomes(hostvars, hosts, variable), role, serial, started_at, finished_at, check_mode
+        list(hosts),
+        _outcomes(hostvars, hosts, variable),
+        role,
+        serial,
+        started_at,
+        finished_at,
+        check_mode,
+        units if isinstance(units, int) else None,
     )
 
 
 def fleet_status(hostvars, hosts, variable, generated_at):
     return la.fleet_status(list(hosts), _outcomes(hostvars, hosts, variable), generated_at)
+
+
+def fleet_usage(hostvars, hosts, variable, generated_at):
+    return la.fleet_usage(list(hosts), _outcomes(hostvars, hosts, variable), generated_at)
 
 
 def key_claim(key, claim):
@@ -63,6 +76,8 @@ class FilterModule(object):
             "report_failed": la.report_failed,
             "fleet_status": fleet_status,
             "fleet_table": la.fleet_table,
+            "fleet_usage": fleet_usage,
+            "usage_table": la.usage_table,
             "key_claim": key_claim,
             "report_path": report_path,
         }

@@ -151,6 +151,11 @@ def report_entry(host, outcome):
             entry["slot"] = outcome["slot"]
         if result in ("refused", "skipped"):
             entry.update({k: outcome.get(k) for k in ("rule", "code", "message")})
+        usage = outcome.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("units"), int):
+            entry["used"] = usage["units"]
+            if usage.get("stale"):
+                entry["usageStale"] = True
         return entry
     entry["result"] = "failed"
     if outcome.get("slot"):
@@ -162,7 +167,20 @@ def report_entry(host, outcome):
     return entry
 
 
-def activation_report(hosts, outcomes, role, serial, started_at, finished_at, check_mode=False):
+def coverage(svms, units):
+    """Rule U4 for a reserve: its `units` against the current usage of the SVMs it was
+    added to (or already held it, or would get it in check mode). SVMs that reported no
+    usage, or a stale one, are listed, not counted as zero."""
+    held = [svm for svm in svms if svm["result"] in ("added", "would-add", "unchanged")]
+    known = [svm for svm in held if "used" in svm and not svm.get("usageStale")]
+    result = {"units": units, "used": sum(svm["used"] for svm in known)}
+    unreported = sorted(svm["host"] for svm in held if svm not in known)
+    if unreported:
+        result["unreported"] = unreported
+    return result
+
+
+def activation_report(hosts, outcomes, role, serial, started_at, finished_at, check_mode=False, units=None):
     """The whole report of contract section 9 for `hosts`, from the outcomes by host."""
     svms = [report_entry(host, outcomes.get(host)) for host in hosts]
     summary = dict((name, 0) for name in RESULTS)
@@ -178,6 +196,8 @@ def activation_report(hosts, outcomes, role, serial, started_at, finished_at, ch
         "svms": svms,
         "summary": summary,
     }
+    if role == "reserve" and isinstance(units, int):
+        report["coverage"] = coverage(svms, units)
     if check_mode:
         report["checkMode"] = True
     return report
@@ -210,8 +230,26 @@ def activation_table(report):
             len(report["svms"]),
             ", ".join("%d %s" % (summary[name], name) for name in RESULTS),
         )
+        + coverage_sentence(report)
     )
     return "\n".join(line.rstrip() for line in lines)
+
+
+def coverage_sentence(report):
+    """The activation summary's words on a reserve's coverage (U4), after "; "."""
+    covered = report.get("coverage")
+    if not covered:
+        return ""
+    units, used = covered["units"], covered["used"]
+    held = [svm for svm in report["svms"] if svm["result"] in ("added", "would-add", "unchanged")]
+    if held and len(covered.get("unreported", [])) == len(held):
+        return "; coverage unknown: no current usage report from %s" % ", ".join(covered["unreported"])
+    text = "; coverage: %d units for %d in use (%s %%)" % (units, used, percent_text(used, units))
+    if used > units:
+        text += ", %d would be uncovered" % (used - units)
+    if covered.get("unreported"):
+        text += ", no current usage report from %s" % ", ".join(covered["unreported"])
+    return text
 
 
 def _one_line(text):
@@ -266,6 +304,7 @@ def fleet_entry(host, outcome):
                 "expired": _brief(entry.get("expired")),
                 "takeover": entry.get("takeover"),
                 "lapsesAt": slot_lapse(entry),
+                "usage": entry.get("usage"),
             }
         )
     alerts = list(status.get("alerts", []))
@@ -319,10 +358,10 @@ def fleet_status(hosts, outcomes, generated_at):
 
 
 def fleet_table(report):
-    rows = [("SVM", "STATE", "SLOT", "ACTIVE", "UNTIL", "TAKEOVER", "LAPSES")]
+    rows = [("SVM", "STATE", "SLOT", "ACTIVE", "UNTIL", "TAKEOVER", "USAGE", "LAPSES")]
     for svm in report["svms"]:
         if not svm["slots"]:
-            rows.append((svm["host"], svm["state"], "-", "-", "-", "-", svm.get("message", "")))
+            rows.append((svm["host"], svm["state"], "-", "-", "-", "-", "-", svm.get("message", "")))
             continue
         for index, slot in enumerate(svm["slots"]):
             active = slot.get("active") or slot.get("expired") or {}
@@ -337,11 +376,12 @@ def fleet_table(report):
                     active.get("serial") or "-",
                     active.get("expiresAt") or "-",
                     takeover,
+                    usage_cell(slot.get("usage"), active.get("units")),
                     slot["lapsesAt"] or "never (renewed)",
                 )
             )
         if svm["alerts"]:
-            rows.append(("", "", "alerts: " + ", ".join(svm["alerts"]), "", "", "", ""))
+            rows.append(("", "", "alerts: " + ", ".join(svm["alerts"]), "", "", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     summary = report["summary"]
@@ -360,3 +400,160 @@ def _brief(key):
     if key.get("codeHint"):
         brief["codeHint"] = key["codeHint"]
     return brief
+
+
+def usage_cell(usage, units):
+    """A slot's usage in the fleet status table: "9/10 (90.0 %, high)", "unknown", "stale"."""
+    if not usage or not isinstance(usage.get("units"), int):
+        return "unknown"
+    text = "%d" % usage["units"]
+    if isinstance(units, int) and units > 0:
+        text += "/%d (%s %%, %s)" % (units, percent_text(usage["units"], units), band(usage["units"], units))
+    if usage.get("stale"):
+        text += " STALE"
+    return text
+
+
+# Licensing units across the fleet (rule U4; playbooks/fleet_usage.yml, contract section 10).
+
+BANDS = ("normal", "high", "exceeded", "critical")
+
+
+def band(used, units):
+    """Rule U2's band of `used` against `units`, at the agent's exact bounds (integers:
+    90 % and more is high, over 100 % exceeded, over 110 % critical)."""
+    if units <= 0:
+        return "critical" if used > 0 else "normal"
+    if used * 100 > units * 110:
+        return "critical"
+    if used * 100 > units * 100:
+        return "exceeded"
+    if used * 100 >= units * 90:
+        return "high"
+    return "normal"
+
+
+def percent(used, units):
+    """`used` as a percentage of `units`, to one decimal."""
+    if units <= 0:
+        return 0.0
+    return round(used * 1000.0 / units) / 10.0
+
+
+def percent_text(used, units):
+    return "%.1f" % percent(used, units)
+
+
+def fleet_usage(hosts, outcomes, generated_at):
+    """Contract section 10's report: per key serial active on the fleet, its units against
+    the sum of the current usage of the SVMs where it is active, graded as U2 grades it;
+    SVMs with no report or a stale one listed under `unknown`, never counted as zero;
+    worst band first."""
+    keys = {}
+    unknown = []
+    unreachable = []
+    for host in hosts:
+        outcome = outcomes.get(host) or {}
+        if outcome.get("unreachable") or outcome.get("failed") or "status" not in outcome:
+            unreachable.append({"host": host, "message": _one_line(outcome.get("msg") or "no status")})
+            continue
+        for entry in outcome["status"].get("slots", []):
+            active = entry.get("active")
+            if not active or not active.get("serial"):
+                continue
+            key = keys.setdefault(
+                (active["serial"], entry.get("slot")),
+                {
+                    "serial": active["serial"],
+                    "slot": entry.get("slot"),
+                    "units": active.get("units") or 0,
+                    "used": 0,
+                    "svms": [],
+                    "reserves": {},
+                    "hostCount": 0,
+                },
+            )
+            key["hostCount"] += 1
+            usage = entry.get("usage")
+            if isinstance(usage, dict) and isinstance(usage.get("units"), int) and not usage.get("stale"):
+                key["used"] += usage["units"]
+                key["svms"].append({"host": host, "used": usage["units"], "reportedAt": usage.get("reportedAt")})
+            else:
+                missing = {"host": host, "slot": entry.get("slot"), "serial": active["serial"]}
+                if isinstance(usage, dict) and usage.get("stale"):
+                    missing["stale"] = True
+                    missing["reportedAt"] = usage.get("reportedAt")
+                unknown.append(missing)
+            for role in ("reserve", "pending"):
+                successor = entry.get(role)
+                if successor and successor.get("serial"):
+                    reserve = key["reserves"].setdefault(
+                        successor["serial"],
+                        {"serial": successor["serial"], "units": successor.get("units") or 0, "hosts": []},
+                    )
+                    reserve["hosts"].append(host)
+    result = []
+    for key in keys.values():
+        key["percent"] = percent(key["used"], key["units"])
+        key["band"] = band(key["used"], key["units"])
+        key["reserves"] = sorted(key["reserves"].values(), key=lambda r: r["serial"])
+        result.append(key)
+    result.sort(key=lambda k: (-BANDS.index(k["band"]), -k["percent"], k["serial"], k["slot"] or ""))
+    ordered = []
+    for key in result:
+        count = key.pop("hostCount")
+        ordered.append(
+            {
+                "serial": key["serial"],
+                "slot": key["slot"],
+                "units": key["units"],
+                "used": key["used"],
+                "percent": key["percent"],
+                "band": key["band"],
+                "svmCount": count,
+                "svms": key["svms"],
+                "reserves": key["reserves"],
+            }
+        )
+    return {"task": "usage", "at": generated_at, "keys": ordered, "unknown": unknown, "unreachable": unreachable}
+
+
+def usage_table(report):
+    """The fleet usage report for a person: a key a line, worst first, then the SVMs that
+    did not count (no report, a stale one, unreachable)."""
+    rows = [("SERIAL", "SLOT", "UNITS", "USED", "PERCENT", "BAND", "SVMS", "NOT COUNTED")]
+    for key in report["keys"]:
+        missing = [u for u in report["unknown"] if u["serial"] == key["serial"] and u["slot"] == key["slot"]]
+        rows.append(
+            (
+                key["serial"],
+                key["slot"] or "-",
+                str(key["units"]),
+                str(key["used"]),
+                "%.1f %%" % key["percent"],
+                key["band"],
+                "%d of %d reporting" % (len(key["svms"]), key["svmCount"]),
+                ", ".join(u["host"] + (" (stale)" if u.get("stale") else " (no report)") for u in missing) or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    for svm in report["unreachable"]:
+        lines.append("unreachable: %s: %s" % (svm["host"], svm["message"]))
+    bands = {}
+    for key in report["keys"]:
+        bands[key["band"]] = bands.get(key["band"], 0) + 1
+    lines.append("")
+    lines.append(
+        "Fleet usage: %d key%s: %s; %d SVM slot%s without a current report, %d SVM%s unreachable"
+        % (
+            len(report["keys"]),
+            "" if len(report["keys"]) == 1 else "s",
+            ", ".join("%d %s" % (bands[b], b) for b in reversed(BANDS) if b in bands) or "none",
+            len(report["unknown"]),
+            "" if len(report["unknown"]) == 1 else "s",
+            len(report["unreachable"]),
+            "" if len(report["unreachable"]) == 1 else "s",
+        )
+    )
+    return "\n".join(lines)

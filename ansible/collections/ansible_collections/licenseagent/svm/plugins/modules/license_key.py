@@ -158,6 +158,20 @@ dropped_reserve_serial:
   description: The reserve key dropped because it would no longer take over (rule A4).
   returned: when a reserve was dropped
   type: str
+usage:
+  description:
+    - The slot's last usage report on this SVM (rule U1) before the task, C(units),
+      C(reportedAt), C(ageSeconds), C(stale), C(percent) and C(band) against the active key;
+      the fleet activation task sums it into the reserve's coverage (rule U4).
+  returned: when the SVM has a usage report for the key's slot
+  type: dict
+agent_warnings:
+  description:
+    - The agent's warnings about the key, each with C(slot), C(code) and C(message), for example
+      C(reserve_units_short) for a reserve licensing fewer units than the slot uses (rule U3).
+  returned: when the agent gave any
+  type: list
+  elements: dict
 removed_serials:
   description: Keys of another scheme removed with O(replace_scheme) (rule A2).
   returned: when a key was added
@@ -203,6 +217,9 @@ def added_fields(reply):
 
 def present(module, client, result, status, key, slot):
     role = module.params["role"]
+    usage = (la.slot_status(status, slot) or {}).get("usage") if slot else None
+    if usage:
+        result["usage"] = usage
     if slot and module.params["only_where_active"] and role == "reserve" and not la.active_key(status, slot):
         result.update(
             result="skipped",
@@ -228,6 +245,8 @@ def present(module, client, result, status, key, slot):
 
     result["slot"] = reply.get("slot") or slot
     result.update(added_fields(reply))
+    if reply.get("warnings"):
+        result["agent_warnings"] = reply["warnings"]
     if reply.get("unchanged"):
         result.update(result="unchanged", changed=False, message=reply.get("message") or "already held")
         module.exit_json(**result)

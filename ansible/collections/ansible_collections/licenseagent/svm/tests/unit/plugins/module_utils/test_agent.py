@@ -159,3 +159,110 @@ class FleetStatusTests(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def status_of(*slots):
+    """A license_status_info outcome with these slots."""
+    return {"status": {"slots": list(slots)}}
+
+
+def server(serial, units, used=None, stale=False, reserve=None):
+    entry = {"slot": "server", "status": "active", "active": {"serial": serial, "units": units}}
+    if used is not None:
+        entry["usage"] = {"units": used, "reportedAt": "2027-01-01T08:00:00Z", "stale": stale}
+    if reserve:
+        entry["reserve"] = {"serial": reserve[0], "units": reserve[1]}
+    return entry
+
+
+class UsageTests(unittest.TestCase):
+    """Rule U4: a key's usage is the sum over the SVMs where it is active."""
+
+    def test_U4_the_bands_are_the_agents_at_their_exact_bounds(self):
+        for units, used, band in ((10, 8, "normal"), (10, 9, "high"), (10, 10, "high"), (10, 11, "exceeded"),
+                                  (10, 12, "critical"), (100, 110, "exceeded"), (100, 111, "critical")):
+            self.assertEqual(la.band(used, units), band, (units, used))
+        self.assertEqual(la.percent(530, 500), 106.0)
+        self.assertEqual(la.percent(1, 3), 33.3)
+
+    def test_U4_a_shared_key_sums_its_svms_and_lists_those_not_counted(self):
+        outcomes = {
+            "a1": status_of(server("KS-1", 500, 300, reserve=("KS-2", 500))),
+            "a2": status_of(server("KS-1", 500, 230)),
+            "a3": status_of(server("KS-1", 500)),  # no report: not zero
+            "a4": status_of(server("KS-1", 500, 900, stale=True)),  # stale: not counted
+            "b1": status_of(server("KS-9", 100, 50)),
+            "c1": {"unreachable": True, "msg": "ssh: connect\n refused"},
+        }
+        report = la.fleet_usage(["a1", "a2", "a3", "a4", "b1", "c1"], outcomes, "2027-01-01T09:00:00Z")
+        self.assertEqual(report["task"], "usage")
+        self.assertEqual(report["at"], "2027-01-01T09:00:00Z")
+        first, second = report["keys"]
+        self.assertEqual(
+            first,
+            {"serial": "KS-1", "slot": "server", "units": 500, "used": 530, "percent": 106.0, "band": "exceeded",
+             "svmCount": 4,
+             "svms": [{"host": "a1", "used": 300, "reportedAt": "2027-01-01T08:00:00Z"},
+                      {"host": "a2", "used": 230, "reportedAt": "2027-01-01T08:00:00Z"}],
+             "reserves": [{"serial": "KS-2", "units": 500, "hosts": ["a1"]}]})
+        self.assertEqual((second["serial"], second["band"], second["percent"]), ("KS-9", "normal", 50.0))
+        self.assertEqual(
+            report["unknown"],
+            [{"host": "a3", "slot": "server", "serial": "KS-1"},
+             {"host": "a4", "slot": "server", "serial": "KS-1", "stale": True, "reportedAt": "2027-01-01T08:00:00Z"}])
+        self.assertEqual(report["unreachable"], [{"host": "c1", "message": "ssh: connect refused"}])
+        table = la.usage_table(report).split("\n")
+        self.assertEqual(table[0].split(), ["SERIAL", "SLOT", "UNITS", "USED", "PERCENT", "BAND", "SVMS", "NOT", "COUNTED"])
+        self.assertEqual(
+            table[1].split(),
+            ["KS-1", "server", "500", "530", "106.0", "%", "exceeded", "2", "of", "4", "reporting", "a3", "(no",
+             "report),", "a4", "(stale)"])
+        self.assertEqual(table[2].split()[:6], ["KS-9", "server", "100", "50", "50.0", "%"])
+        self.assertEqual(table[3], "unreachable: c1: ssh: connect refused")
+        self.assertEqual(
+            table[-1], "Fleet usage: 2 keys: 1 exceeded, 1 normal; 2 SVM slots without a current report, 1 SVM unreachable")
+
+    def test_U4_worst_band_first_then_the_highest_percentage(self):
+        outcomes = {
+            "h": status_of(server("HIGH", 100, 95)),
+            "c": status_of(server("CRIT", 100, 120)),
+            "n": status_of(server("NORM", 100, 10)),
+            "e": status_of(server("EXC", 100, 105)),
+        }
+        report = la.fleet_usage(["h", "c", "n", "e"], outcomes, "t")
+        self.assertEqual([k["serial"] for k in report["keys"]], ["CRIT", "EXC", "HIGH", "NORM"])
+
+    def test_U4_a_reserves_coverage_is_its_units_against_the_svms_it_was_added_to(self):
+        outcomes = {
+            "a1": {"result": "added", "slot": "server", "usage": {"units": 300}},
+            "a2": {"result": "unchanged", "slot": "server", "usage": {"units": 230}},
+            "a3": {"result": "added", "slot": "server"},
+            "a4": {"result": "added", "slot": "server", "usage": {"units": 50, "stale": True}},
+            "b1": {"result": "refused", "slot": "server", "rule": "R5", "code": "x", "message": "m",
+                   "usage": {"units": 999}},
+        }
+        report = la.activation_report(
+            ["a1", "a2", "a3", "a4", "b1"], outcomes, "reserve", "KS-2", "s", "f", units=500)
+        self.assertEqual(report["coverage"], {"units": 500, "used": 530, "unreported": ["a3", "a4"]})
+        self.assertEqual(report["svms"][0], {"host": "a1", "result": "added", "slot": "server", "used": 300})
+        summary = la.activation_table(report).rsplit("\n", maxsplit=1)[-1]
+        self.assertIn(
+            "; coverage: 500 units for 530 in use (106.0 %), 30 would be uncovered, "
+            "no current usage report from a3, a4", summary)
+        # Nobody reported: the coverage is unknown, not "0 in use".
+        silent = la.activation_report(["a3"], outcomes, "reserve", "KS-2", "s", "f", units=500)
+        self.assertEqual(silent["coverage"], {"units": 500, "used": 0, "unreported": ["a3"]})
+        self.assertIn("; coverage unknown: no current usage report from a3",
+                      la.activation_table(silent).rsplit("\n", maxsplit=1)[-1])
+        # An active key has no coverage; nor has a reserve whose units are unknown.
+        self.assertNotIn("coverage", la.activation_report(["a1"], outcomes, "active", "KS-2", "s", "f", units=500))
+        self.assertNotIn("coverage", la.activation_report(["a1"], outcomes, "reserve", "KS-2", "s", "f"))
+
+    def test_the_fleet_status_shows_each_slots_usage(self):
+        entry = la.fleet_entry("a1", status_of(server("KS-1", 10, 9)))
+        self.assertEqual(entry["slots"][0]["usage"]["units"], 9)
+        table = la.fleet_table(la.fleet_status(["a1", "a2"], {"a1": status_of(server("KS-1", 10, 9)),
+                                                              "a2": status_of(server("KS-1", 10))}, "t"))
+        self.assertIn("9/10 (90.0 %, high)", table)
+        self.assertIn("unknown", table)
+        self.assertEqual(la.usage_cell({"units": 12, "stale": True}, 10), "12/10 (120.0 %, critical) STALE")
