@@ -70,11 +70,11 @@ class FleetTests(unittest.TestCase):
         cls.jwk = os.path.join(k, "fleet-issuer.jwk")
         cls.key_files = {}
 
-        def issue(name, serial, expires, os_type="server"):
+        def issue(name, serial, expires, os_type="server", units=50):
             args = [
                 "issue", "--signer", cls.signer, "--serial", serial, "--edition", "enterprise",
                 "--scheme", "vm-count", "--os-type", os_type, "--license-type", "commercial",
-                "--units", "50", "--not-before=-1d", "--expires=" + expires,
+                "--units", str(units), "--not-before=-1d", "--expires=" + expires,
             ]
             path = os.path.join(k, name + ".jws")
             with open(path, "w") as f:
@@ -246,11 +246,15 @@ class FleetTests(unittest.TestCase):
             report["summary"],
             {"added": 1, "unchanged": 1, "refused": 1, "skipped": 1, "unreachable": 1, "failed": 0},
         )
-        self.assertEqual(list(report), ["task", "role", "serial", "startedAt", "finishedAt", "svms", "summary"])
+        self.assertEqual(
+            list(report), ["task", "role", "serial", "startedAt", "finishedAt", "svms", "summary", "coverage"])
+        # U4: no SVM the reserve went to reports its usage yet: none is counted as zero.
+        self.assertEqual(report["coverage"], {"units": 50, "used": 0, "unreported": ["svm-a1", "svm-a2"]})
         # The table on standard output, and the agents' own journal on the SVMs.
         self.assertRegex(result.stdout, r"svm-b1\s+refused\s+server\s+R5 expires_before_active")
         # (The YAML callback folds long rows: compare with the folds undone.)
-        self.assertIn("1 added, 1 unchanged, 1 refused, 1 skipped, 1 unreachable, 0 failed",
+        self.assertIn("1 added, 1 unchanged, 1 refused, 1 skipped, 1 unreachable, 0 failed; "
+                      "coverage unknown: no current usage report from svm-a1, svm-a2",
                       re.sub(r"\s+", " ", result.stdout))
         held = json.loads(self.lab.svm("svm-a1").sh("agentctl status --json").stdout)
         self.assertEqual(held["slots"][0]["reserve"]["serial"], "KS-2")
@@ -476,6 +480,73 @@ class FleetTests(unittest.TestCase):
             server.terminate()
             server.wait()
             server.stdout.close()
+
+    def test_13_usage_across_the_fleet_per_key_and_a_reserves_coverage(self):
+        """Rule U4: one key shared by three SVMs, two reporting usage whose sum crosses
+        100 %, one not reporting, one SVM unreachable; then a reserve too small for the
+        fleet's usage, whose coverage the activation task reports."""
+        self.issue("usage", "KS-U", "+120d")
+        self.issue("usage-reserve", "KS-UR", "+300d", units=40)
+        report, _ = self.activation_task("usage", False, "-e", "target=svm-a1:svm-a2:svm-b1")
+        self.assertEqual(self.results(report), {"svm-a1": "added", "svm-a2": "added", "svm-b1": "added"})
+        self.assertNotIn("coverage", report)  # an active key: nothing to cover
+        for name, units in (("svm-a1", 30), ("svm-a2", 25)):
+            said = self.lab.svm(name).sh("agentctl report-usage server %d" % units).stdout
+            self.assertIn("%d units of the active key's 50" % units, said)
+        # The reserve: 40 units for the 55 its two SVMs use.
+        report, result = self.activation_task("usage-reserve", True, "-e", "target=cluster_a")
+        self.assertEqual(self.results(report), {"svm-a1": "added", "svm-a2": "added"})
+        self.assertEqual(report["coverage"], {"units": 40, "used": 55})
+        # (The YAML callback folds long rows: compare with the folds undone.)
+        self.assertIn("coverage: 40 units for 55 in use (137.5 %), 15 would be uncovered",
+                      re.sub(r"\s+", " ", result.stdout))
+
+        path = os.path.join(self.lab.directory, "usage.json")
+        # The table's rows one per line, unfolded: the callback's JSON result format.
+        result = self.lab.ansible_playbook("playbooks/fleet_usage.yml", "-e", "report=%s" % path,
+                                           extra_env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+        self.assertEqual(result.returncode, 0, result.stdout[-4000:] + result.stderr[-2000:])
+        with open(path) as f:
+            usage = json.load(f)
+        reported = {}
+        for name in ("svm-a1", "svm-a2"):
+            status = json.loads(self.lab.svm(name).sh("agentctl status --json").stdout)
+            reported[name] = status["slots"][0]["usage"]["reportedAt"]
+        self.assertRegex(usage.pop("at"), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        unreachable = usage.pop("unreachable")
+        self.assertEqual([svm["host"] for svm in unreachable], ["svm-down"])
+        self.assertIn("10.231.0.250", unreachable[0]["message"])
+        self.assertEqual(
+            usage,
+            {
+                "task": "usage",
+                "keys": [
+                    {
+                        "serial": "KS-U", "slot": "server", "units": 50, "used": 55, "percent": 110.0,
+                        "band": "exceeded", "svmCount": 3,
+                        "svms": [{"host": "svm-a1", "used": 30, "reportedAt": reported["svm-a1"]},
+                                 {"host": "svm-a2", "used": 25, "reportedAt": reported["svm-a2"]}],
+                        "reserves": [{"serial": "KS-UR", "units": 40, "hosts": ["svm-a1", "svm-a2"]}],
+                    }
+                ],
+                "unknown": [{"host": "svm-b1", "slot": "server", "serial": "KS-U"}],
+            },
+            json.dumps(usage, indent=1),
+        )
+        for line in (
+            "SERIAL  SLOT    UNITS  USED  PERCENT  BAND      SVMS              NOT COUNTED",
+            "KS-U    server  50     55    110.0 %  exceeded  2 of 3 reporting  svm-b1 (no report)",
+            "unreachable: svm-down: ",
+            "Fleet usage: 1 key: 1 exceeded; 1 SVM slot without a current report, 1 SVM unreachable",
+        ):
+            self.assertIn(line, result.stdout)
+        # The fleet status shows each SVM's usage too.
+        status = self.lab.ansible_playbook(
+            "playbooks/fleet_status.yml", "-e", "report=%s" % os.path.join(self.lab.directory, "fleet-usage-status.json"),
+            extra_env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+        self.assertEqual(status.returncode, 0, status.stdout[-4000:])
+        self.assertRegex(status.stdout, r"svm-a1 .*KS-U .*30/50 \(60\.0 %, normal\)")
+        self.assertRegex(status.stdout, r"svm-b1 .*KS-U .*unknown")
 
 
 if __name__ == "__main__":
