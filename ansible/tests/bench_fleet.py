@@ -1,4 +1,4 @@
-"""Benchmark: the activation task over fleets of booted SVMs (fleetlab.py).
+"""Benchmark: the activation task and the fleet usage playbook over fleets of booted SVMs.
 
     python3 ansible/tests/bench_fleet.py [--sizes 5,10,20] [--json]
 
@@ -7,8 +7,10 @@ active key everywhere, then times the activation task (a reserve key on every SV
 again after each run) with forks 5 and forks 20, each with pipelining on (the shipped
 ansible.cfg) and off, every SSH connection new (as when an operator runs the task once);
 then once more with forks 20 and pipelining over the SSH connections the previous run left
-open (ControlPersist). Prints wall time and per-SVM cost; figures, not assertions. Needs
-root (as the fleet tests).
+open (ControlPersist). Then every SVM but one reports its usage and the fleet usage
+playbook (which only reads) is timed the same ways with pipelining. Prints wall time and
+per-SVM cost; figures, not assertions. Needs root (as the fleet tests); SVMs come from
+fleetlab.py.
 """
 
 from __future__ import annotations
@@ -83,9 +85,33 @@ def bench(size, keys):
             if index == len(runs) - 2:
                 continue  # the run that opens the connections the last one reuses
             rows.append({
-                "svms": size, "forks": forks, "pipelining": pipelining, "connections": "new" if cold else "reused",
-                "seconds": round(elapsed, 2), "perSvmSeconds": round(elapsed / size, 3),
-                "bootSeconds": round(boot, 1), "installSeconds": round(install, 1),
+                "playbook": "activation_task", "svms": size, "forks": forks, "pipelining": pipelining,
+                "connections": "new" if cold else "reused", "seconds": round(elapsed, 2),
+                "perSvmSeconds": round(elapsed / size, 3), "bootSeconds": round(boot, 1),
+                "installSeconds": round(install, 1),
+            })
+        # The fleet usage playbook (rule U4): every SVM but the last reports its usage, then the
+        # playbook reads every status and writes the report and the table. It changes nothing,
+        # so every run does the same work.
+        reported = lab.ansible("all:!svm-%02d" % size, "-m", "ansible.builtin.command",
+                               "-a", "agentctl report-usage server 7", "-f", "20")
+        if reported.returncode != 0:
+            raise RuntimeError(reported.stdout[-2000:])
+        usage_runs = [(5, True, True), (20, True, True), (20, True, False), (20, True, False)]
+        usage_warm = tempfile.mkdtemp(prefix="cp-usage-", dir=lab.directory)
+        for index, (forks, pipelining, cold) in enumerate(usage_runs):
+            env = {"ANSIBLE_PIPELINING": "1"}
+            if not cold:
+                env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = usage_warm
+            elapsed = timed(lab, "playbooks/fleet_usage.yml", "-e", "report=%s" % os.path.join(lab.directory, "usage.json"),
+                            "-f", str(forks), env=env, cold=cold)
+            if index == len(usage_runs) - 2:
+                continue  # the run that opens the connections the last one reuses
+            rows.append({
+                "playbook": "fleet_usage", "svms": size, "forks": forks, "pipelining": pipelining,
+                "connections": "new" if cold else "reused", "seconds": round(elapsed, 2),
+                "perSvmSeconds": round(elapsed / size, 3), "bootSeconds": round(boot, 1),
+                "installSeconds": round(install, 1),
             })
     finally:
         lab.down()
@@ -110,12 +136,12 @@ def main():
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("%5s %6s %11s %12s %9s %11s %8s %10s" % ("SVMs", "forks", "pipelining", "connections", "task s", "per SVM s",
-                                                  "boot s", "install s"))
+    print("%-16s %5s %6s %11s %12s %9s %11s %8s %10s" % ("playbook", "SVMs", "forks", "pipelining", "connections",
+                                                       "task s", "per SVM s", "boot s", "install s"))
     for r in rows:
-        print("%5d %6d %11s %12s %9.2f %11.3f %8.1f %10.1f" % (
-            r["svms"], r["forks"], "on" if r["pipelining"] else "off", r["connections"], r["seconds"], r["perSvmSeconds"],
-            r["bootSeconds"], r["installSeconds"]))
+        print("%-16s %5d %6d %11s %12s %9.2f %11.3f %8.1f %10.1f" % (
+            r["playbook"], r["svms"], r["forks"], "on" if r["pipelining"] else "off", r["connections"], r["seconds"],
+            r["perSvmSeconds"], r["bootSeconds"], r["installSeconds"]))
     return 0
 
 
