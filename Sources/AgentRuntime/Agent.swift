@@ -61,6 +61,9 @@ public actor Agent: DispatchQueueActor {
   /// The control plane's view is behind the agent's state: it is published (once) when
   /// the work in hand is done (``publishView()``).
   private var viewChanged = false
+  /// The last STATUS= sent to the service manager: a decision that does not change it sends
+  /// nothing (PID 1 is not told the same line for every call of a busy client).
+  private var lastStatus: String?
   private let store: StateStore
   private let clock: WallClock
   private let notifier: Notifier
@@ -137,7 +140,10 @@ public actor Agent: DispatchQueueActor {
 
   /// READY=1 with the current STATUS=. From async code (the service group) it hops onto the
   /// agent's queue without blocking a thread of the caller's executor.
-  public func announceReady() { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
+  public func announceReady() {
+    notifier.notify("READY=1\nSTATUS=\(statusLine())")
+    lastStatus = nil
+  }
 
   private func startIsolated(announceReady: Bool) throws(AgentStartError) {
     startedAt = clock.now()
@@ -214,6 +220,7 @@ public actor Agent: DispatchQueueActor {
     metrics.configure(configuration.metricsTextfile, logger: logger)
     scheduleMetrics()
     if announceReady { notifier.notify("READY=1\nSTATUS=\(statusLine())") }
+    lastStatus = nil
     scheduleTrim()
     // Once more when the rest of start-up (the service group, signal handlers) is done:
     // a single deferred call, not a recurring timer.
@@ -257,6 +264,7 @@ public actor Agent: DispatchQueueActor {
   public func reload() {
     notifier.notify(
       "RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.microseconds())\nSTATUS=Reloading configuration")
+    lastStatus = nil
     do {
       let newConfiguration = try AgentConfiguration.load(path: paths.configurationFile)
       let (trust, problems) = TrustDirectory.load(paths.trustDirectory)
@@ -279,12 +287,14 @@ public actor Agent: DispatchQueueActor {
       let now = clock.now()
       carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
       notifier.notify("READY=1\nSTATUS=\(statusLine())")
+      lastStatus = nil
     } catch {
       logger.error(
         "Invalid configuration: the previous configuration stays in force; fix the file and reload again",
         metadata: ["error": "\(error)"])
       notifier.notify(
         "READY=1\nSTATUS=Configuration error, previous configuration kept: \(error) | \(statusLine())")
+      lastStatus = nil
     }
   }
 
@@ -326,7 +336,7 @@ public actor Agent: DispatchQueueActor {
           metadata: ["error": "\(error)"])
         stateWriteFailures += 1
         schedulePersistRetry()
-        notifier.notify("STATUS=\(statusLine())")
+        notifyStatus()
         scheduleMetrics()
         return error
       }
@@ -358,10 +368,18 @@ public actor Agent: DispatchQueueActor {
     for request in decision.activations { startAttempt(request) }
     if persistRetry == nil { timer?.arm(at: engine.nextWake(state)?.at) }
     publishView()
-    notifier.notify("STATUS=\(statusLine())")
+    notifyStatus()
     scheduleMetrics()
     scheduleTrim()
     return nil
+  }
+
+  /// STATUS= for the service manager, when it changed.
+  private func notifyStatus() {
+    let line = statusLine()
+    guard line != lastStatus else { return }
+    lastStatus = line
+    notifier.notify("STATUS=\(line)")
   }
 
   /// A write of the state besides a decision's own (the outbox's acknowledgement, the
@@ -527,6 +545,9 @@ public actor Agent: DispatchQueueActor {
     case .failure(let error): return .failure(error)
     case .success(let decoded): request = decoded
     }
+    // What is due is done first (a promotion before the call that arrived after its instant),
+    // whatever else keeps the queue busy.
+    if let due = engine.nextWake(state)?.at, due <= clock.now(), persistRetry == nil { timerFired() }
     let now = clock.now()
     switch request {
     case .getStatus:

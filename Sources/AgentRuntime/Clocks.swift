@@ -2,6 +2,7 @@ import CLinux
 import Dispatch
 import Glibc
 import LicenseCore
+import Synchronization
 
 /// Fires once at a wall-clock instant. Re-arming replaces the previous deadline. Owned by
 /// the agent's actor, and armed only from it.
@@ -17,10 +18,21 @@ public protocol WallClockTimer: AnyObject {
 public final class DispatchWallClockTimer: WallClockTimer {
   private let source: DispatchSourceTimer
   public private(set) var deadline: Timestamp?
+  /// Whether the handler ran since the deadline was set.
+  private let fired: FiredSinceArmed
+
+  private final class FiredSinceArmed: Sendable {
+    let value = Atomic<Bool>(false)
+  }
 
   public init(queue: DispatchQueue, handler: @escaping @Sendable () -> Void) {
     source = DispatchSource.makeTimerSource(flags: [.strict], queue: queue)
-    source.setEventHandler(handler: handler)
+    let fired = FiredSinceArmed()
+    self.fired = fired
+    source.setEventHandler {
+      fired.value.store(true, ordering: .relaxed)
+      handler()
+    }
     source.schedule(wallDeadline: .distantFuture, leeway: .nanoseconds(0))
     source.resume()
   }
@@ -28,6 +40,12 @@ public final class DispatchWallClockTimer: WallClockTimer {
   deinit { source.cancel() }
 
   public func arm(at instant: Timestamp?) {
+    // The same deadline, not fired yet: it stands. Scheduling the source again would drop a
+    // firing that waits for the queue, and a queue kept busy (a flood of an admin's calls,
+    // each re-arming after its change) would then never run it: the expiry would wait for
+    // the flood to end.
+    if instant != nil, instant == deadline, !fired.value.load(ordering: .relaxed) { return }
+    fired.value.store(false, ordering: .relaxed)
     deadline = instant
     guard let instant else {
       source.schedule(wallDeadline: .distantFuture, leeway: .nanoseconds(0))

@@ -100,4 +100,24 @@ import Testing
     let checked = try agent.agentctl(["check-key", large])
     #expect(checked.status == 1 && checked.stderr.contains("longer than 16384 bytes"), "\(checked.stderr)")
   }
+
+  /// An admin's client that misbehaves (a consumer of the admin group reporting usage in a
+  /// loop, 8 calls always in flight): before the fix the expiry timer, re-armed at the same
+  /// instant after each call, dropped its firing and the promotion waited for the flood to
+  /// end (42 s in the helper's attack).
+  @Test func anAdminsFloodOfUsageReportsDelaysNeitherThePromotionNorTheWatchdog() throws {
+    let (agent, exp) = try agentWithAPromotionDue(in: 4)
+    let start = ProcessInfo.processInfo.systemUptime
+    let flooder = try HostileClientTests.HostileClient(
+      socket: agent.socketPath, uid: 0, ["admin-flood", "8", "9"])
+    defer { flooder.release() }
+    usleep(1_500_000)
+    try expectTheTimelineHeld(agent, exp: exp, flooder: flooder, since: start)
+    let answered = flooder.line()
+    #expect(answered.hasPrefix("answered "), "\(answered)")
+    // The band flapping 8, 12 of 10 units: logged when entered, not for every report (U2).
+    let bands = try agent.journal(["MESSAGE_ID=\(EventKind.licenseLimitExceeded.messageID)"])
+      .filter { $0["_PID"] == "\(agent.pid!)" }
+    #expect(bands.count <= 2, "\(bands.count) band events")
+  }
 }

@@ -16,6 +16,11 @@ as an unprivileged user). Debian's python3, standard library only.
                                          user), "big" (oneway CheckKey with a BYTES-long
                                          key; a new connection when the agent closes
                                          one); prints "sent N calls on C connections"
+  hostile_client.py SOCKET admin-flood N SECONDS
+                                         as an admin (root, or the admin group) whose client
+                                         misbehaves: N connections, each with one ReportUsage
+                                         in flight at all times, the units alternating 8, 12;
+                                         prints "answered N calls"
   hostile_client.py - forge FIELD=VALUE...
                                          writes one entry with these fields to the journal's
                                          native socket, as any local user may
@@ -138,6 +143,32 @@ def flood(path, kind, seconds, size):
         s.close()
 
 
+def admin_flood(path, count, seconds):
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    calls = [('{"method":"io.licenseagent.Agent.ReportUsage","parameters":{"slot":"server","units":%d}}'
+              % units).encode() + b"\0" for units in (8, 12)]
+    answered_calls = 0
+    for index in range(count):
+        s = connect(path)
+        s.sendall(calls[index % 2])
+        selector.register(s, selectors.EVENT_READ, [index, b""])
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        for key, _ in selector.select(timeout=0.5):
+            data = key.fileobj.recv(65536)
+            if not data:
+                sys.exit("the agent closed an admin's connection")
+            key.data[1] += data
+            while b"\0" in key.data[1]:
+                _, key.data[1] = key.data[1].split(b"\0", 1)
+                answered_calls += 1
+                key.data[0] += 1
+                key.fileobj.sendall(calls[key.data[0] % 2])
+    print("answered %d calls" % answered_calls, flush=True)
+
+
 def forge(fields):
     entry = "".join(field + "\n" for field in fields).encode()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -153,6 +184,8 @@ if __name__ == "__main__":
         half(path, int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]) if len(sys.argv) > 5 else 1.0)
     elif mode == "flood":
         flood(path, sys.argv[3], float(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 0)
+    elif mode == "admin-flood":
+        admin_flood(path, int(sys.argv[3]), float(sys.argv[4]))
     elif mode == "forge":
         forge(sys.argv[3:])
     else:
