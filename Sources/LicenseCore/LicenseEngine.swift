@@ -380,7 +380,7 @@ public struct LicenseEngine: Sendable {
     -> Decision<Success>
   {
     var next = withAheadRecords(state, now: now)
-    let events = events + gradingUsage(&next)
+    let events = events + gradingUsage(&next, now: now)
     next.lastTransitionID += 1
     let id = next.lastTransitionID
     next.outbox += events.map { event in

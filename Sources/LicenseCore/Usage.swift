@@ -64,13 +64,30 @@ public struct UsageReport: Sendable, Equatable, Codable {
   /// The active key the logged band was graded against: a new active key (a promotion, a
   /// replacement, a renewal) is graded afresh.
   public var gradedSerial: String?
+  /// When a band was last logged for `gradedSerial`, and which: within ``relogInterval`` of
+  /// it, a band entered again after usage went back under 90 % is logged only if it is
+  /// higher than that one.
+  public var lastLoggedAt: Timestamp?
+  public var lastLoggedBand: UsageBand?
 
-  public init(units: Int, reportedAt: Timestamp, loggedBand: UsageBand = .normal, gradedSerial: String? = nil)
-  {
+  /// How often a report flapping across 90 % may log again: a consumer reporting every
+  /// second across the bound must not flood the journal (nor push the events the agent
+  /// checks against the journal out of its list).
+  public static let relogInterval = TimeSpan.hours(1)
+  /// A report that repeats the last one's units within this long is not written again (its
+  /// instant stays the earlier one's): a consumer reporting in a loop costs no disk write.
+  public static let repeatWindow = TimeSpan.minutes(1)
+
+  public init(
+    units: Int, reportedAt: Timestamp, loggedBand: UsageBand = .normal, gradedSerial: String? = nil,
+    lastLoggedAt: Timestamp? = nil, lastLoggedBand: UsageBand? = nil
+  ) {
     self.units = units
     self.reportedAt = reportedAt
     self.loggedBand = loggedBand
     self.gradedSerial = gradedSerial
+    self.lastLoggedAt = lastLoggedAt
+    self.lastLoggedBand = lastLoggedBand
   }
 }
 
@@ -161,20 +178,28 @@ extension LicenseEngine {
               "The SVM holds no key for the \(slot.rawValue) slot, so its usage is not counted; the slots in use are: \(which).",
             slot: slot)))
     }
+    let band = slotState.active.map { UsageBand.of(used: units, licensed: $0.claims.units) }
+    let recorded = UsageRecorded(slot: slot, units: units, band: band)
+    // The same figure again within the repeat window (and within half of stale-after): the
+    // report stands as it is, with nothing to write.
+    let window = min(UsageReport.repeatWindow.microseconds, configuration.usageStaleAfter.microseconds / 2)
+    if let previous = state.usage[slot], previous.units == units,
+      (0..<window).contains(now.microseconds(since: previous.reportedAt))
+    {
+      return .unchanged(state, .success(recorded))
+    }
     var next = state
     var report = state.usage[slot] ?? UsageReport(units: units, reportedAt: now)
     report.units = units
     report.reportedAt = now
     next.usage[slot] = report
-    let band = slotState.active.map { UsageBand.of(used: units, licensed: $0.claims.units) }
-    return commit(
-      next, events: [], result: .success(UsageRecorded(slot: slot, units: units, band: band)), now: now)
+    return commit(next, events: [], result: .success(recorded), now: now)
   }
 
   /// U2 after any change: each slot's usage graded against its active key, a band logged
   /// once when entered (and again after usage went back under 90 %); a new active key is
   /// graded afresh. Usage of slots no longer in use (A2) is dropped.
-  func gradingUsage(_ state: inout LicenseState) -> [LicenseEvent] {
+  func gradingUsage(_ state: inout LicenseState, now: Timestamp) -> [LicenseEvent] {
     var events: [LicenseEvent] = []
     for slot in state.usage.keys.sorted() {
       guard var report = state.usage[slot] else { continue }
@@ -186,12 +211,24 @@ extension LicenseEngine {
       if report.gradedSerial != active.serial {
         report.gradedSerial = active.serial
         report.loggedBand = .normal
+        report.lastLoggedAt = nil
+        report.lastLoggedBand = nil
       }
       let band = UsageBand.of(used: report.units, licensed: active.claims.units)
       if band == .normal {
         report.loggedBand = .normal
       } else if band > report.loggedBand {
         report.loggedBand = band
+        // Entered again after going under 90 %: logged again, but within an hour of the last
+        // band logged only if higher than it (a rise is always logged).
+        if let last = report.lastLoggedAt, let lastBand = report.lastLoggedBand, band <= lastBand,
+          now.microseconds(since: last) < UsageReport.relogInterval.microseconds
+        {
+          state.usage[slot] = report
+          continue
+        }
+        report.lastLoggedAt = now
+        report.lastLoggedBand = band
         events.append(
           .usageGraded(
             UsageGraded(

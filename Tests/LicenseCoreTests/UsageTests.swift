@@ -255,4 +255,42 @@ import Testing
     let back = try JSONDecoder().decode(LicenseState.self, from: JSONEncoder().encode(state.readableBy020))
     #expect(back.slots == state.slots && back.usage.isEmpty)
   }
+
+  /// A consumer reporting in a loop: the same figure within a minute is not written again.
+  @Test func U1_aReportRepeatedWithinAMinuteIsNotWrittenAgain() throws {
+    let (state, _) = report(5, at: t0 + .hours(1), held())
+    let again = engine.reportUsage(slot: .server, units: 5, now: t0 + .hours(1) + .seconds(59), state: state)
+    #expect(try again.result.get().units == 5)
+    #expect(again.actions.isEmpty && again.state == state, "nothing to write")
+    let later = engine.reportUsage(slot: .server, units: 5, now: t0 + .hours(1) + .seconds(60), state: state)
+    #expect(later.persistedTransition != nil)
+    #expect(later.state.usage[.server]?.reportedAt == t0 + .hours(1) + .seconds(60))
+    let other = engine.reportUsage(slot: .server, units: 6, now: t0 + .hours(1) + .seconds(1), state: state)
+    #expect(other.persistedTransition != nil && other.state.usage[.server]?.units == 6)
+  }
+
+  /// U2 against a flood: a report flapping across 90 % logs a band entered again at most
+  /// once an hour; a rise to a higher band is always logged.
+  @Test func U2_aReportFlappingAcross90PercentLogsAtMostOnceAnHour() throws {
+    var state = held(units: 10)
+    var logged: [(minute: Int, band: String?)] = []
+    for (minute, units) in [
+      (1, 12), (2, 8), (3, 12), (4, 8), (5, 9), (6, 8), (7, 9), (8, 11), (62, 8), (63, 12),
+    ] {
+      let (next, events) = report(units, at: t0 + .minutes(Int64(minute)), state)
+      state = next
+      logged += events.map { (minute, $0[field: .usagePercent]) }
+    }
+    #expect(logged.map(\.minute) == [1, 63], "\(logged)")
+    // A rise within the hour: 9 (high, not logged again) then 12 is a higher band than the
+    // one entered, and is logged.
+    var rising = held(units: 10)
+    var bands: [EventKind] = []
+    for (minute, units) in [(1, 9), (2, 8), (3, 9), (4, 12)] {
+      let (next, events) = report(units, at: t0 + .minutes(Int64(minute)), rising)
+      rising = next
+      bands += events.map(\.kind)
+    }
+    #expect(bands == [.licenseUsageHigh, .licenseLimitExceeded])
+  }
 }
