@@ -89,6 +89,11 @@ public struct VarlinkConnectionLimits: Sendable, Equatable {
   public var maximumPerUser = 16
   /// Of `maximumConnections`, how many only privileged peers may use.
   public var reservedForPrivileged = 32
+  /// Of those, how many only root may use: a privileged peer that is not root (a member of
+  /// the admin group, e.g. a misbehaving consumer) cannot take the socket from root.
+  public var reservedForRoot = 8
+  /// Connections of one privileged UID other than root.
+  public var maximumPerPrivilegedUser = 32
   /// A message begun and not finished within this many milliseconds closes its connection.
   public var stallTimeoutMilliseconds = 10_000
   /// Bytes held for unprivileged peers in all (what they sent and have not finished, and
@@ -305,7 +310,14 @@ public actor VarlinkServer: DispatchQueueActor {
   /// Why a new connection of `peer` is refused, or nil when it may stay.
   private func refusal(of peer: PeerCredentials, privileged: Bool) -> VarlinkDropReason? {
     if connections.count >= limits.maximumConnections { return .serverFull }
-    if privileged { return nil }
+    if privileged {
+      if peer.uid == 0 { return nil }
+      if connections.count >= limits.maximumConnections - limits.reservedForRoot { return .serverFull }
+      if connections.values.count(where: { $0.peer.uid == peer.uid }) >= limits.maximumPerPrivilegedUser {
+        return .userLimit
+      }
+      return nil
+    }
     if !take(
       1, from: &connectionBudgets, peer.uid, rate: limits.unprivilegedConnectionsPerSecond,
       burst: limits.unprivilegedConnectionBurst)

@@ -44,8 +44,8 @@ import Testing
     }
   }
 
-  func agent() throws -> AgentHarness {
-    let agent = try AgentHarness()
+  func agent(configuration: String? = nil) throws -> AgentHarness {
+    let agent = try AgentHarness(configuration: configuration)
     #expect(try agent.start())
     let key = try agent.keyFile(
       "a", agent.key("A", nbf: AgentHarness.now() - .days(1), exp: AgentHarness.now() + .days(40)))
@@ -91,6 +91,23 @@ import Testing
       #expect(root.status == 0, "\(root.stderr)")
     }
     #expect(try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=server_full"]).count == 1)
+  }
+
+  /// A member of the admin group (here nobody, through its group nogroup) is privileged but
+  /// not root: it has a limit of its own (32), and cannot take from root the connections
+  /// kept for it (the helper's attack: 130 connections made root's agentctl report the agent
+  /// down).
+  @Test func anAdminGroupMemberHoldingManyConnectionsLocksOutNeitherRootNorOtherUsers() throws {
+    let agent = try agent(configuration: "[control]\nadmin-group = \"nogroup\"\n")
+    let hog = try HostileClient(socket: agent.socketPath, uid: 65534, ["hold", "40"])
+    defer { hog.release() }
+    #expect(hog.line() == "accepted 32 refused 8")
+    let root = try agent.agentctl(["status"])
+    #expect(root.status == 0 && root.stdout.contains(agent.serial("A")), "\(root.stderr)")
+    let other = try agent.agentctl(["status"], asUser: 65502)
+    #expect(other.status == 0, "\(other.stderr)")
+    let logged = try agent.waitForJournal(["_PID=\(agent.pid!)", "REASON=user_limit"])
+    #expect(logged.first?["PEER_UID"] == "65534")
   }
 
   @Test func halfSentMessagesAreBoundedInAllAndCutOffAtTheirDeadline() throws {
