@@ -392,7 +392,8 @@ class MonitoringTests(unittest.TestCase):
         self.assertIn("SUCCESS: %d rules found" % len(shipped), checked.stdout)
         # And that is the file Prometheus evaluates.
         loaded = json.loads(self.get("http://127.0.0.1:%d/api/v1/rules" % PROMETHEUS_PORT))["data"]["groups"]
-        self.assertEqual([g["file"] for g in loaded], [self.rules_file])
+        self.assertEqual([g["file"] for g in loaded], [self.rules_file] * len(self.shipped["groups"]))
+        self.assertEqual([g["name"] for g in loaded], [g["name"] for g in self.shipped["groups"]])
         self.assertEqual([r["name"] for g in loaded for r in g["rules"]], [rule_name(r) for r in shipped])
 
     def test_02_a_key_ending_with_nothing_to_take_over_reaches_the_webhook(self):
