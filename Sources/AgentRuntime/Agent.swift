@@ -545,9 +545,6 @@ public actor Agent: DispatchQueueActor {
     case .failure(let error): return .failure(error)
     case .success(let decoded): request = decoded
     }
-    // What is due is done first (a promotion before the call that arrived after its instant),
-    // whatever else keeps the queue busy.
-    if let due = engine.nextWake(state)?.at, due <= clock.now(), persistRetry == nil { timerFired() }
     let now = clock.now()
     switch request {
     case .getStatus:

@@ -193,25 +193,15 @@ public final class FileStateStore: StateStore {
     try write(state, steps: true)
   }
 
-  /// Rewrites the state in schema 1, the form 0.1.0 reads (it refuses a schema it does not
-  /// know), before a downgrade: `license-agent --write-state-schema 1`, which the package's
-  /// prerm runs when an older version replaces it. The last good copy too, so that nothing
-  /// 0.1.0 may read is of a newer schema. The agent must not be running. A later start of
-  /// this version reads schema 1 and writes it back as the current one.
-  public func downgradeToSchema1() throws(StateStoreError) -> LoadedState {
+  /// Rewrites the state in the form an older version reads, before a downgrade
+  /// (`license-agent --write-state-schema 1|2`, which the package's prerm runs when an older
+  /// version replaces it; each refuses what it cannot read): schema 1 for 0.1.0, schema 2
+  /// without what 0.2.x cannot read (``LicenseState/readableBy020``) for 0.2.x. The last good
+  /// copy too, so that nothing the older version may read is of a newer form. The agent must
+  /// not be running. A later start of this version reads both and writes its own form back.
+  public func downgrade(toSchema schema: Int) throws(StateStoreError) -> LoadedState {
     let loaded = try load()
-    let old = loaded.state.version1
-    try write(old, steps: false)
-    try write(old, steps: false)
-    return loaded
-  }
-
-  /// Rewrites the state in schema 2 as 0.2.0 reads it (``LicenseState/readableBy020``),
-  /// before a downgrade to 0.2.x: `license-agent --write-state-schema 2`. As
-  /// ``downgradeToSchema1()``, the last good copy too, with the agent stopped.
-  public func downgradeTo020() throws(StateStoreError) -> LoadedState {
-    let loaded = try load()
-    let old = loaded.state.readableBy020
+    let old: any Encodable = schema == 1 ? loaded.state.version1 : loaded.state.readableBy020
     try write(old, steps: false)
     try write(old, steps: false)
     return loaded

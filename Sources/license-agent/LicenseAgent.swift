@@ -94,7 +94,7 @@ struct LicenseAgentMain {
     let paths = AgentPaths.fromEnvironment(ProcessInfo.processInfo.environment)
     do {
       let store = try FileStateStore(directory: paths.stateDirectory)
-      let loaded = try schema == 1 ? store.downgradeToSchema1() : store.downgradeTo020()
+      let loaded = try store.downgrade(toSchema: schema)
       let count = loaded.state.slots.count
       print(
         "\(store.stateFile): written in schema \(schema) (\(count) slot\(count == 1 ? "" : "s")), for license-agent \(schema == 1 ? "0.1.0" : "0.2.0")"

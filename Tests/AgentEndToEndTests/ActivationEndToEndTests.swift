@@ -211,7 +211,9 @@ import Testing
     return (agent, pluginDir, plugin, now)
   }
 
-  @Test func anExecPluginRenewsThroughTransientFailuresAndTimeouts() throws {
+  /// An agent whose key EXEC-1 (2 s) came from the exec plugin with the code, the plugin's
+  /// next key EXEC-2 (a day) in place: the renewal at EXEC-1's expiry is the test's.
+  func activatedThroughExecPlugin() throws -> (AgentHarness, pluginDir: String) {
     let (agent, pluginDir, plugin, now) = try execPluginAgent()
     try """
     [activation]
@@ -223,9 +225,14 @@ import Testing
     #expect(try agent.start())
     try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
     #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
-    // The renewal: one timeout, then two exit-75 answers with retryAfter, then the key.
     try agent.key("EXEC-2", nbf: now - .days(1), exp: now + .days(1)).write(
       toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    return (agent, pluginDir)
+  }
+
+  @Test func anExecPluginRenewsThroughTransientFailuresAndTimeouts() throws {
+    let (agent, pluginDir) = try activatedThroughExecPlugin()
+    // The renewal: one timeout, then two exit-75 answers with retryAfter, then the key.
     try "sleep".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
     let timedOut = try #require(try events(agent, .activationAttemptFailed).first)
     #expect(timedOut["LICENSE_ERROR"]?.contains("timeout") == true)
@@ -397,19 +404,7 @@ extension ActivationEndToEndTests {
   /// its diagnostics; in another case, without dashes) never makes the code show: the
   /// journal, the status every user may read, and the state keep the hint (C1).
   @Test func C1_aClientThatRepeatsTheCodeNeverMakesItShow() throws {
-    let (agent, pluginDir, plugin, now) = try execPluginAgent()
-    try """
-    [activation]
-    client = "exec"
-    command = ["\(plugin)"]
-    url = "https://activation.example.net"
-    \(Self.fast)
-    """.writeAsConfiguration(of: agent)
-    #expect(try agent.start())
-    try Self.code.write(toFile: agent.root + "/code", atomically: true, encoding: .utf8)
-    #expect(try agent.agentctl(["activate", "--code-file", agent.root + "/code"]).status == 0)
-    try agent.key("EXEC-2", nbf: now - .days(1), exp: now + .days(1)).write(
-      toFile: pluginDir + "/key", atomically: true, encoding: .utf8)
+    let (agent, pluginDir) = try activatedThroughExecPlugin()
     try "echo".write(toFile: pluginDir + "/mode", atomically: true, encoding: .utf8)
     let failed = try #require(try events(agent, .activationAttemptFailed).first)
     #expect(failed["LICENSE_ERROR"]?.contains("…67890") == true, "\(failed)")

@@ -59,7 +59,7 @@ import Testing
     let (store, dir) = try store(with: data)
     defer { removeTemporaryDirectory(dir) }
     try store.save(try store.load().state)  // as the agent does at start: schema 2
-    _ = try store.downgradeToSchema1()
+    _ = try store.downgrade(toSchema: 1)
     for file in [store.stateFile, store.stateFile + ".prev"] {
       let written = try Data(contentsOf: URL(fileURLWithPath: file))
       #expect(try JSONDecoder().decode(LicenseStateVersion1.self, from: written) == original, "\(file)")

@@ -56,6 +56,27 @@ def timed(lab, *args, env=None, cold=True):
     return elapsed
 
 
+def series(lab, playbook, args, runs, common, after=None):
+    """Times `playbooks/PLAYBOOK.yml ARGS` once per (forks, pipelining, new connections) of
+    `runs`, calling `after` after each; the run before the last only opens the connections
+    the last one reuses, and is not reported."""
+    rows = []
+    warm_dir = tempfile.mkdtemp(prefix="cp-warm-", dir=lab.directory)
+    for index, (forks, pipelining, cold) in enumerate(runs):
+        env = {"ANSIBLE_PIPELINING": "1" if pipelining else "0"}
+        if not cold:
+            env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = warm_dir
+        elapsed = timed(lab, "playbooks/%s.yml" % playbook, *args, "-f", str(forks), env=env, cold=cold)
+        if after is not None:
+            after()
+        if index == len(runs) - 2:
+            continue
+        rows.append(dict(common, playbook=playbook, forks=forks, pipelining=pipelining,
+                         connections="new" if cold else "reused", seconds=round(elapsed, 2),
+                         perSvmSeconds=round(elapsed / common["svms"], 3)))
+    return rows
+
+
 def bench(size, keys):
     lab = fleetlab.FleetLab(["svm-%02d" % (i + 1) for i in range(size)])
     rows = []
@@ -68,28 +89,18 @@ def bench(size, keys):
             "-e", json.dumps({"license_agent_trusted_issuers": [keys["jwk"]]}), "-f", "20",
         )
         timed(lab, "playbooks/activation_task.yml", "-e", "key_file=%s" % keys["active"], "-f", "20")
-        warm_dir = tempfile.mkdtemp(prefix="cp-warm-", dir=lab.directory)
-        runs = [(5, True, True), (5, False, True), (20, True, True), (20, False, True), (20, True, False), (20, True, False)]
-        for index, (forks, pipelining, cold) in enumerate(runs):
+
+        def remove_reserve():
             # A reserve added, then removed again, so that every run does the same work.
-            env = {"ANSIBLE_PIPELINING": "1" if pipelining else "0"}
-            if not cold:
-                env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = warm_dir
-            elapsed = timed(
-                lab, "playbooks/activation_task.yml", "-e", "key_file=%s" % keys["reserve"],
-                "-e", "reserve=true", "-f", str(forks), env=env, cold=cold,
-            )
             removed = lab.ansible("all", "-m", "licenseagent.svm.license_key", "-a", "slot=server state=absent", "-f", "20")
             if removed.returncode != 0:
                 raise RuntimeError(removed.stdout[-2000:])
-            if index == len(runs) - 2:
-                continue  # the run that opens the connections the last one reuses
-            rows.append({
-                "playbook": "activation_task", "svms": size, "forks": forks, "pipelining": pipelining,
-                "connections": "new" if cold else "reused", "seconds": round(elapsed, 2),
-                "perSvmSeconds": round(elapsed / size, 3), "bootSeconds": round(boot, 1),
-                "installSeconds": round(install, 1),
-            })
+
+        common = {"svms": size, "bootSeconds": round(boot, 1), "installSeconds": round(install, 1)}
+        rows += series(
+            lab, "activation_task", ["-e", "key_file=%s" % keys["reserve"], "-e", "reserve=true"],
+            [(5, True, True), (5, False, True), (20, True, True), (20, False, True), (20, True, False), (20, True, False)],
+            common, after=remove_reserve)
         # The fleet usage playbook (rule U4): every SVM but the last reports its usage, then the
         # playbook reads every status and writes the report and the table. It changes nothing,
         # so every run does the same work.
@@ -97,22 +108,9 @@ def bench(size, keys):
                                "-a", "agentctl report-usage server 7", "-f", "20")
         if reported.returncode != 0:
             raise RuntimeError(reported.stdout[-2000:])
-        usage_runs = [(5, True, True), (20, True, True), (20, True, False), (20, True, False)]
-        usage_warm = tempfile.mkdtemp(prefix="cp-usage-", dir=lab.directory)
-        for index, (forks, pipelining, cold) in enumerate(usage_runs):
-            env = {"ANSIBLE_PIPELINING": "1"}
-            if not cold:
-                env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = usage_warm
-            elapsed = timed(lab, "playbooks/fleet_usage.yml", "-e", "report=%s" % os.path.join(lab.directory, "usage.json"),
-                            "-f", str(forks), env=env, cold=cold)
-            if index == len(usage_runs) - 2:
-                continue  # the run that opens the connections the last one reuses
-            rows.append({
-                "playbook": "fleet_usage", "svms": size, "forks": forks, "pipelining": pipelining,
-                "connections": "new" if cold else "reused", "seconds": round(elapsed, 2),
-                "perSvmSeconds": round(elapsed / size, 3), "bootSeconds": round(boot, 1),
-                "installSeconds": round(install, 1),
-            })
+        rows += series(
+            lab, "fleet_usage", ["-e", "report=%s" % os.path.join(lab.directory, "usage.json")],
+            [(5, True, True), (20, True, True), (20, True, False), (20, True, False)], common)
     finally:
         lab.down()
     return rows
