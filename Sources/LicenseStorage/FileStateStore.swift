@@ -98,6 +98,9 @@ public final class FileStateStore: StateStore {
           remedy:
             "Create it, owned by the agent's user, with mode 0700 (StateDirectory= does this under systemd).")
       }
+      // 0700 whatever the umask the agent was started with (a umask taking the owner's
+      // search bit would leave the agent unable to use its own directory).
+      _ = chmod(directory, 0o700)
     } else if (info.st_mode & S_IFMT) != S_IFDIR {
       throw StateStoreError(
         file: directory, problem: "is not a directory", remedy: "Point STATE_DIRECTORY at a directory.")

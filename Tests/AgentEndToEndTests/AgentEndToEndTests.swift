@@ -363,6 +363,18 @@ import Testing
   /// that never ends), `status` prints one JSON object and exits 3 ("cannot be reached",
   /// contract section 7) within its timeout, and nothing from the socket reaches the
   /// terminal as a control character.
+  /// The state directory the agent creates is 0700 whatever the umask it was started with
+  /// (a umask of 0177 would take the owner's own search bit).
+  @Test func theStateDirectoryIsTheOwnersAloneWhateverTheUmask() throws {
+    let agent = try AgentHarness()
+    agent.launcher = ["/bin/sh", "-c", "umask 0177 && exec \"$0\""]
+    defer { agent.stop() }
+    #expect(try agent.start())
+    var info = stat()
+    #expect(stat(agent.stateDirectory, &info) == 0)
+    #expect(info.st_mode & 0o777 == 0o700, "mode \(String(info.st_mode & 0o777, radix: 8))")
+  }
+
   @Test func agentctlTreatsAnythingButTheAgentAsUnreachable() throws {
     let folder = makeTemporaryDirectory("hostile-varlink")
     defer { removeTemporaryDirectory(folder) }
