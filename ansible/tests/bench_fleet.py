@@ -88,7 +88,8 @@ def bench(size, keys):
             lab, "playbooks/install.yml", "-e", "license_agent_deb=%s" % fleetlab.built_package(),
             "-e", json.dumps({"license_agent_trusted_issuers": [keys["jwk"]]}), "-f", "20",
         )
-        timed(lab, "playbooks/activation_task.yml", "-e", "key_file=%s" % keys["active"], "-f", "20")
+        report = ["-e", "report=%s" % os.path.join(lab.directory, "activation.json")]  # not in the checkout
+        timed(lab, "playbooks/activation_task.yml", "-e", "key_file=%s" % keys["active"], *report, "-f", "20")
 
         def remove_reserve():
             # A reserve added, then removed again, so that every run does the same work.
@@ -98,7 +99,7 @@ def bench(size, keys):
 
         common = {"svms": size, "bootSeconds": round(boot, 1), "installSeconds": round(install, 1)}
         rows += series(
-            lab, "activation_task", ["-e", "key_file=%s" % keys["reserve"], "-e", "reserve=true"],
+            lab, "activation_task", ["-e", "key_file=%s" % keys["reserve"], "-e", "reserve=true"] + report,
             [(5, True, True), (5, False, True), (20, True, True), (20, False, True), (20, True, False), (20, True, False)],
             common, after=remove_reserve)
         # The fleet usage playbook (rule U4): every SVM but the last reports its usage, then the
