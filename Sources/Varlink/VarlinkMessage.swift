@@ -120,14 +120,29 @@ public enum VarlinkReply: Sendable, Equatable {
   case success([String: JSONValue])
   case failure(VarlinkError)
 
-  public var serialized: String {
+  public var serialized: String { serialized(continues: false) }
+
+  /// The reply with `"continues": true` when more replies follow (a call made with `more`).
+  public func serialized(continues: Bool) -> String {
+    var object: [String: JSONValue]
     switch self {
     case .success(let parameters):
-      return JSONValue.object(["parameters": .object(parameters)]).serialized
+      object = ["parameters": .object(parameters)]
     case .failure(let error):
-      return JSONValue.object(["error": .string(error.name), "parameters": .object(error.parameters)])
-        .serialized
+      object = ["error": .string(error.name), "parameters": .object(error.parameters)]
     }
+    if continues { object["continues"] = .bool(true) }
+    return JSONValue.object(object).serialized
+  }
+
+  /// Reads a reply to a call made with `more`: the reply, and whether more follow.
+  public static func parseStreamed(_ message: [UInt8]) throws(VarlinkProtocolError) -> (
+    reply: VarlinkReply, continues: Bool
+  ) {
+    let reply = try parse(message)
+    let continues = JSONValue.parse(message)?.objectValue?["continues"]?.boolValue ?? false
+    if continues, case .failure = reply { throw VarlinkProtocolError("an error reply says more follow") }
+    return (reply, continues)
   }
 
   /// Reads a reply message (for clients).

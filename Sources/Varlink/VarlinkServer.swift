@@ -52,10 +52,47 @@ public struct VarlinkServiceInfo: Sendable {
 }
 
 /// Answers a call later: for a handler that returned nil. Call it exactly once, from any
-/// thread; the connection's later calls wait until then, so replies stay in order.
+/// thread; the connection's later calls wait until then, so replies stay in order. A call
+/// made with `more` is answered through ``VarlinkServer/stream(_:to:continues:)`` instead,
+/// on the server's executor, naming ``connection``.
 public struct VarlinkResponder: Sendable {
   let deliver: @Sendable (VarlinkReply) -> Void
+  /// The connection the call came on.
+  public let connection: VarlinkConnectionID
+
+  public init(
+    connection: VarlinkConnectionID = VarlinkConnectionID(fd: -1, serial: 0),
+    deliver: @escaping @Sendable (VarlinkReply) -> Void
+  ) {
+    self.connection = connection
+    self.deliver = deliver
+  }
+
   public func callAsFunction(_ reply: VarlinkReply) { deliver(reply) }
+}
+
+/// Names one connection of a server for as long as it is open (a later connection that gets
+/// the same descriptor is another one).
+public struct VarlinkConnectionID: Sendable, Hashable {
+  public let fd: Int32
+  public let serial: UInt64
+  public init(fd: Int32, serial: UInt64) {
+    self.fd = fd
+    self.serial = serial
+  }
+}
+
+/// What became of a reply streamed to a connection.
+public enum VarlinkStreamResult: Sendable, Equatable {
+  /// Sent, or queued behind what the client has not read yet.
+  case sent
+  /// The connection is closed (the client left, or it was dropped).
+  case closed
+  /// The client left more than ``VarlinkConnectionLimits/maximumStreamBacklog`` unread: what
+  /// was queued is discarded but the reply being written, the overflow error follows it,
+  /// and the connection is closed once the client has read that (or after the stall
+  /// timeout).
+  case dropped
 }
 
 /// One interface a server serves: its IDL (served verbatim by GetInterfaceDescription), the
@@ -101,6 +138,10 @@ public struct VarlinkConnectionLimits: Sendable, Equatable {
   public var maximumUnprivilegedBuffered = 4 << 20
   /// The largest message a privileged peer may send.
   public var maximumMessageSize = 1 << 20
+  /// Bytes of streamed replies (a call made with `more`) a client may leave unread; past
+  /// it, it is dropped with an error it can read (``VarlinkStreamResult/dropped``), so that a
+  /// subscriber that stops reading never holds more than this, nor delays the others.
+  public var maximumStreamBacklog = 256 << 10
   /// The largest message an unprivileged peer may send: far below a privileged peer's, and
   /// far above any call it may make (a key to check is about a kilobyte).
   public var maximumUnprivilegedMessageSize = 64 << 10
@@ -144,6 +185,8 @@ public enum VarlinkDropReason: String, Sendable, CaseIterable {
   case unreadReplies = "unread_replies"
   /// The peer's UID opened new connections faster than it may.
   case rateLimit = "rate_limit"
+  /// A subscriber (a call made with `more`) left too much of its stream unread.
+  case slowSubscriber = "slow_subscriber"
 }
 
 /// Why the server could not start.
@@ -182,6 +225,8 @@ public actor VarlinkServer: DispatchQueueActor {
   private var readBuffer: [UInt8] = []
   /// More connections wait to be accepted in a later turn.
   private var acceptTurnQueued = false
+  /// Told of every connection that closes, whatever the reason (on the queue).
+  private var onClose: @Sendable (VarlinkConnectionID) -> Void = { _ in }
 
   public init(
     path: String, executor: DispatchQueueExecutor, info: VarlinkServiceInfo, interfaces: [VarlinkInterface],
@@ -207,6 +252,74 @@ public actor VarlinkServer: DispatchQueueActor {
     self.init(
       path: path, executor: DispatchQueueExecutor(queue: queue), info: info, interfaces: interfaces,
       limits: limits, isPrivileged: isPrivileged, onDrop: onDrop)
+  }
+
+  /// Sets what is told of each connection that closes (before ``start()``): an owner that
+  /// streams replies forgets its subscribers there.
+  public func whenConnectionCloses(_ handler: @escaping @Sendable (VarlinkConnectionID) -> Void) {
+    onClose = handler
+  }
+
+  /// Sends one reply of a call made with `more` on `connection` (from the server's executor,
+  /// e.g. by an owner that shares it): `continues` while more follow. The last one (without
+  /// `continues`) ends the call, and the connection's next calls are read. A client that
+  /// leaves more than ``VarlinkConnectionLimits/maximumStreamBacklog`` unread is sent
+  /// `overflow` (after the reply it is reading, if any) and closed: it never holds more.
+  public func stream(
+    _ reply: VarlinkReply, to connection: VarlinkConnectionID, continues: Bool, overflow: VarlinkError
+  ) -> VarlinkStreamResult {
+    stream(reply.serialized(continues: continues), to: connection, continues: continues, overflow: overflow)
+  }
+
+  /// ``stream(_:to:continues:overflow:)`` with the reply already serialized (once for
+  /// every subscriber of the same change).
+  public func stream(
+    _ text: String, to id: VarlinkConnectionID, continues: Bool, overflow: VarlinkError
+  ) -> VarlinkStreamResult {
+    guard let connection = open(id.fd, id.serial), !connection.draining else { return .closed }
+    if connection.pending.count + text.utf8.count + 1 > limits.maximumStreamBacklog {
+      drain(connection, VarlinkReply.failure(overflow).serialized)
+      return .dropped
+    }
+    if !continues {
+      connection.awaitingReply = false
+      send(text, to: connection)
+      if !connection.closed { scheduleTurn(connection) }
+    } else {
+      send(text, to: connection)
+    }
+    return connection.closed ? .closed : .sent
+  }
+
+  /// Ends `connection`'s stream with `final`, after the reply being written (the rest queued
+  /// is dropped), reads nothing more from it, and closes it once `final` is read or after the
+  /// stall timeout.
+  private func drain(_ connection: Connection, _ final: String) {
+    if let end = connection.pending.firstIndex(of: 0) {
+      connection.pending.removeSubrange((end + 1)...)
+    }
+    connection.pending.append(contentsOf: final.utf8)
+    connection.pending.append(0)
+    connection.draining = true
+    if let timer = connection.pauseTimer {
+      timer.cancel()
+      connection.pauseTimer = nil
+    } else if !connection.readSuspended {
+      connection.readSource?.suspend()
+      connection.readSuspended = true
+    }
+    connection.stallTimer?.cancel()
+    let timer = DispatchSource.makeTimerSource(queue: queue)
+    let (fd, serial) = (connection.fd, connection.serial)
+    timer.setEventHandler { [weak self] in
+      self?.assumeIsolated { server in
+        server.open(fd, serial).map { server.close($0, reason: .slowSubscriber) }
+      }
+    }
+    timer.schedule(deadline: .now() + .milliseconds(limits.stallTimeoutMilliseconds))
+    connection.stallTimer = timer
+    timer.resume()
+    flush(connection)
   }
 
   /// Binds the socket (replacing a stale one), makes it connectable by every local user
@@ -352,7 +465,7 @@ public actor VarlinkServer: DispatchQueueActor {
   /// a later turn, queued behind whatever else the queue has to do, so that no client, however
   /// fast it writes, holds the queue.
   private func service(_ connection: Connection) {
-    guard !connection.closed, connection.pauseTimer == nil else { return }
+    guard !connection.closed, connection.pauseTimer == nil, !connection.draining else { return }
     var calls = limits.callsPerWakeup
     processMessages(connection, calls: &calls)
     // Replies this turn left unread count against what unprivileged peers may hold.
@@ -479,8 +592,9 @@ public actor VarlinkServer: DispatchQueueActor {
   /// Stops reading `connection` for `milliseconds`: the kernel holds what it sends, and its
   /// writes block once the socket is full.
   private func pause(_ connection: Connection, milliseconds: Int) {
-    guard connection.pauseTimer == nil else { return }
+    guard connection.pauseTimer == nil, !connection.draining else { return }
     connection.readSource?.suspend()
+    connection.readSuspended = true
     let timer = DispatchSource.makeTimerSource(queue: queue)
     let (fd, serial) = (connection.fd, connection.serial)
     timer.setEventHandler { [weak self] in
@@ -500,6 +614,7 @@ public actor VarlinkServer: DispatchQueueActor {
     timer.cancel()
     connection.pauseTimer = nil
     connection.readSource?.resume()
+    connection.readSuspended = false
   }
 
   private func processMessages(_ connection: Connection, calls: inout Int) {
@@ -512,7 +627,8 @@ public actor VarlinkServer: DispatchQueueActor {
         let queue = self.queue
         let oneway = call.oneway
         let (fd, serial) = (connection.fd, connection.serial)
-        let responder = VarlinkResponder { [weak self] reply in
+        let responder = VarlinkResponder(connection: VarlinkConnectionID(fd: fd, serial: serial)) {
+          [weak self] reply in
           let server = self
           queue.async { server?.assumeIsolated { $0.finishDeferred(fd, serial, reply, oneway: oneway) } }
         }
@@ -601,6 +717,7 @@ public actor VarlinkServer: DispatchQueueActor {
     }
     connection.writeSource?.cancel()
     connection.writeSource = nil
+    if connection.draining { close(connection, reason: .slowSubscriber) }
   }
 
   /// Closes a connection; `reason` when the server ends it (nil: the client left).
@@ -614,15 +731,17 @@ public actor VarlinkServer: DispatchQueueActor {
     connection.writeSource = nil
     // A suspended source is resumed first: its cancellation (which closes the descriptor)
     // runs only once it is not suspended.
-    if let timer = connection.pauseTimer {
-      timer.cancel()
-      connection.pauseTimer = nil
+    connection.pauseTimer?.cancel()
+    connection.pauseTimer = nil
+    if connection.readSuspended {
       connection.readSource?.resume()
+      connection.readSuspended = false
     }
     connection.readSource?.cancel()
     connection.readSource = nil
     if connections[connection.fd] === connection { connections[connection.fd] = nil }
     if let reason { onDrop(reason, connection.peer) }
+    onClose(VarlinkConnectionID(fd: connection.fd, serial: connection.serial))
   }
 
   /// Routes a call: `org.varlink.service` is answered here, the rest by its interface.
@@ -721,6 +840,10 @@ private final class Connection {
   var turnQueued = false
   var pending: [UInt8] = []
   var closed = false
+  /// The read source is suspended (a pause, or draining).
+  var readSuspended = false
+  /// Dropped as a slow subscriber: the last replies are being written, then it closes.
+  var draining = false
   /// A client that leaves this much of its replies unread is disconnected.
   static let maximumPending = 4 << 20
 
