@@ -61,6 +61,10 @@ public actor Agent: DispatchQueueActor {
   /// The control plane's view is behind the agent's state: it is published (once) when
   /// the work in hand is done (``publishView()``).
   private var viewChanged = false
+  /// Durable changes not yet given to Monitor's subscribers and the hooks (N1, N3): given
+  /// with the view, once the work in hand is done.
+  private var pendingChanges: [DurableChange] = []
+  private let hooks: HookRunner
   /// The last STATUS= sent to the service manager: a decision that does not change it sends
   /// nothing (PID 1 is not told the same line for every call of a busy client).
   private var lastStatus: String?
@@ -117,6 +121,7 @@ public actor Agent: DispatchQueueActor {
       queue: DispatchQueue(label: "license-agent.activation", qos: Agent.queueQoS),
       makeClient: makeActivationClient, reapsChildren: reapsChildren)
     self.metrics = MetricsPublisher(queue: metricsQueue)
+    self.hooks = HookRunner(directory: paths.hooksDirectory)
   }
 
   // MARK: - Lifecycle
@@ -186,6 +191,7 @@ public actor Agent: DispatchQueueActor {
         takenBefore.filter { $0.deliveredAt <= settled }.map(\.event), after: "an unclean stop")
     }
     control.resolveAdminGroup(configuration.adminGroup, logger: logger)
+    hooks.configure(timeout: configuration.hookTimeout, logger: logger)
 
     let timer = makeTimer(queue) { [weak self] in self?.assumeIsolated { $0.timerFired() } }
     self.timer = timer
@@ -200,6 +206,8 @@ public actor Agent: DispatchQueueActor {
     // P3: promote or expire what passed while the agent was not running, then schedule.
     let now = clock.now()
     carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
+    // N2: the consumers the configuration expects are tracked from now on.
+    carryOut(engine.consumersReconfigured(now: now, state: state), decidedAt: now)
     // Renewal attempts a crash interrupted are made again.
     for request in engine.interruptedAttempts(state) { startAttempt(request) }
 
@@ -276,6 +284,7 @@ public actor Agent: DispatchQueueActor {
       configuration = newConfiguration
       engine = LicenseEngine(configuration: newConfiguration.engine, trust: trust)
       control.resolveAdminGroup(configuration.adminGroup, logger: logger)
+      hooks.configure(timeout: configuration.hookTimeout, logger: logger)
       publishView()
       if newConfiguration.metricsTextfile != metrics.file {
         metrics.remove()
@@ -286,6 +295,7 @@ public actor Agent: DispatchQueueActor {
         metadata: ["file": "\(paths.configurationFile)", "trusted_issuers": "\(trust.keys.count)"])
       let now = clock.now()
       carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
+      carryOut(engine.consumersReconfigured(now: now, state: state), decidedAt: now)
       notifier.notify("READY=1\nSTATUS=\(statusLine())")
       lastStatus = nil
     } catch {
@@ -358,6 +368,18 @@ public actor Agent: DispatchQueueActor {
       // by scripts/vm-proof: a real clock step past an expiry promoted, but its
       // CLOCK_CHANGED was never sent.)
       for case .emit(let event, nil) in decision.actions { courier.announce(event.rendered) }
+      // N1, N3: what this change announces, as durable as it is, for the subscribers and
+      // the hooks (given once the work in hand is done, after the journal has it).
+      if let id = decision.persistedTransition {
+        let transition = state.transitionName(id)
+        pendingChanges += decision.actions.compactMap { action in
+          guard case .emit(let event, nil) = action else { return nil }
+          return DurableChange(event: event.rendered, transition: nil)
+        }
+        pendingChanges += state.outbox.filter { $0.transitionID == id }.map {
+          DurableChange(event: $0, transition: transition)
+        }
+      }
       deliverOutbox()
     } else {
       // Nothing to write: no change waits for the disk any more (a failed operator request
@@ -532,9 +554,12 @@ public actor Agent: DispatchQueueActor {
   /// After a burst of changes (the end of a decision, a reload, the start): the control plane
   /// answers other users from a copy, published once for the burst.
   private func publishView() {
-    guard viewChanged else { return }
+    guard viewChanged || !pendingChanges.isEmpty else { return }
     viewChanged = false
-    control.publish(currentView())
+    let changes = pendingChanges
+    pendingChanges = []
+    control.publish(currentView(), changes: changes)
+    hooks.run(changes)
   }
 
   /// A call of root or the admin group, on this queue, in order with the agent's work;
@@ -563,6 +588,26 @@ public actor Agent: DispatchQueueActor {
           return .failure(ControlEndpoint.storageFailure(failure))
         }
         return .success(varlinkParameters(RemoveReserveReply(removed: KeyInfo(removed.key))))
+      }
+    case .confirm(let request):
+      // N2: what the consumer enforces; clears a pending CONSUMER_NOT_UPDATED.
+      let decision = engine.confirm(
+        consumer: request.consumer, slot: request.slot, serial: request.serial, now: now, state: state)
+      switch decision.result {
+      case .failure(let violation): return .failure(ControlEndpoint.error(violation))
+      case .success(let confirmed):
+        if let failure = carryOut(decision, decidedAt: now) {
+          return .failure(ControlEndpoint.storageFailure(failure))
+        }
+        if confirmed.current {
+          logger.info(
+            "Consumer confirmed the active key",
+            metadata: [
+              "consumer": "\(confirmed.consumer)", "slot": "\(confirmed.slot.rawValue)",
+              "serial": "\(confirmed.serial)",
+            ])
+        }
+        return .success(varlinkParameters(ConfirmReply(confirmed)))
       }
     case .reportUsage(let report):
       // U1: the consumer's usage; graded (U2) in the same decision.

@@ -3,6 +3,7 @@ import FoundationEssentials
 import Glibc
 import LicenseCore
 import StandardIO
+import Synchronization
 
 /// The result of running a program to completion (or to its deadline).
 public struct ChildResult: Sendable, Equatable {
@@ -54,6 +55,10 @@ public func runChild(
   maximumOutput: Int = 1 << 20, cgroups: AttemptCgroups? = nil
 ) -> ChildResult {
   var result = ChildResult(exitStatus: nil, stdout: [], stderr: [], timedOut: false, spawnError: nil)
+  // While this waits for its child, the daemon's reaper leaves every child alone (it would
+  // take this one's exit status); whatever exited meanwhile is reaped when the last ends.
+  ChildReaping.begin()
+  defer { ChildReaping.end() }
   guard let program = argv.first else {
     result.spawnError = "no program to run"
     return result
@@ -191,10 +196,39 @@ private func reapGroup(_ group: pid_t) {
 /// waiting: a process that escaped an attempt's group (`setsid`) and exited later would
 /// otherwise stay a zombie of the agent. Only for a process whose children are all
 /// started by ``runChild`` (the daemon), on the queue that runs it.
-public func reapExitedChildren() -> Int {
-  var reaped = 0
-  while clinux_reap_any() > 0 { reaped += 1 }
-  return reaped
+public func reapExitedChildren() -> Int { ChildReaping.reapIfIdle() }
+
+/// Programs run from more than one queue (activation attempts, hooks): the daemon reaps any
+/// exited child (`waitpid(-1)`, as the subreaper of what they leave) only while no
+/// ``runChild`` waits for its own, and once the last of those ends.
+enum ChildReaping {
+  private struct State {
+    var running = 0
+    var enabled = false
+  }
+  private static let state = Mutex(State())
+
+  /// This process reaps every exited child (the daemon): not a test process, whose other
+  /// children are Foundation's.
+  static func enable() { state.withLock { $0.enabled = true } }
+
+  static func begin() { state.withLock { $0.running += 1 } }
+
+  static func end() {
+    state.withLock { state in
+      state.running -= 1
+      if state.running == 0 && state.enabled { while clinux_reap_any() > 0 {} }
+    }
+  }
+
+  static func reapIfIdle() -> Int {
+    state.withLock { state in
+      guard state.running == 0 else { return 0 }
+      var reaped = 0
+      while clinux_reap_any() > 0 { reaped += 1 }
+      return reaped
+    }
+  }
 }
 
 /// The cgroup subtree systemd delegates to the agent's unit (`Delegate=yes`), where each

@@ -16,6 +16,7 @@ enum ControlRequest: Sendable, Equatable {
   case removeReserve(Slot)
   case activate(ActivationCode, Role)
   case reportUsage(ReportUsageRequest)
+  case confirm(ConfirmRequest)
 }
 
 /// The agent's control socket (contract §5): the Varlink server and its ``ControlPlane``
@@ -61,6 +62,12 @@ struct ControlEndpoint {
       // Root and the admin group keep capacity of their own and have no per-UID limit.
       isPrivileged: { peer in plane.assumeIsolated { $0.isAdmin(peer) } },
       onDrop: { reason, peer in plane.assumeIsolated { $0.connectionDropped(reason, peer: peer) } })
+    // The plane streams Monitor's replies on the server it shares an executor with, and
+    // forgets a subscriber when its connection closes.
+    server.sync { server in
+      plane.assumeIsolated { $0.attach(server) }
+      server.whenConnectionCloses { id in plane.assumeIsolated { $0.forget(id) } }
+    }
     do {
       try server.sync { try $0.start() }
     } catch {
@@ -79,7 +86,7 @@ struct ControlEndpoint {
   }
 
   /// What the control plane answers other users from, after every change of the agent's.
-  func publish(_ view: ControlView) { plane?.publish(view) }
+  func publish(_ view: ControlView, changes: [DurableChange]) { plane?.publish(view, changes: changes) }
 
   /// A forwarded call, decoded; the error to answer when it cannot be.
   func decode(_ call: VarlinkCall, peer: PeerCredentials, adminGroup: String) -> Result<
@@ -101,6 +108,9 @@ struct ControlEndpoint {
     case .addKey: return decoded(KeyRequest.self).map(ControlRequest.addKey)
     case .removeReserve: return decoded(RemoveReserveRequest.self).map { .removeReserve($0.slot) }
     case .reportUsage: return decoded(ReportUsageRequest.self).map(ControlRequest.reportUsage)
+    case .confirm: return decoded(ConfirmRequest.self).map(ControlRequest.confirm)
+    // The control plane answers Monitor itself; it is never forwarded.
+    case .monitor: return .failure(.methodNotImplemented(call.method))
     case .activate:
       return decoded(ActivateRequest.self).flatMap { request in
         // Checked for shape here: a malformed code never reaches the network.

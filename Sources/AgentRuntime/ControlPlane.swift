@@ -41,6 +41,16 @@ actor ControlPlane: DispatchQueueActor {
   /// Hands a state-changing call of a privileged peer to the agent, which answers it.
   private let forward: @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder) -> Void
   private var refusals = RefusalLog()
+  /// Monitor's subscribers (N1), by connection: each counts the replies it was sent.
+  private var subscribers: [VarlinkConnectionID: Subscriber] = [:]
+  /// The server that streams to them (it shares this executor).
+  private var server: VarlinkServer?
+
+  struct Subscriber {
+    var sequence = 0
+    var consumer: ConsumerName?
+    var uid: uid_t
+  }
 
   init(
     view: ControlView, clock: WallClock, logger: Logger, version: String,
@@ -56,8 +66,98 @@ actor ControlPlane: DispatchQueueActor {
   /// The agent's state as of its last change: queued behind what the control queue does
   /// now, so that a reply sent after a change (queued after this) finds it. No lock: the
   /// view is this actor's, reached only on its queue.
-  nonisolated func publish(_ view: ControlView) {
-    queue.async { self.assumeIsolated { $0.view = view } }
+  nonisolated func publish(_ view: ControlView, changes: [DurableChange] = []) {
+    queue.async {
+      self.assumeIsolated { plane in
+        plane.view = view
+        plane.deliver(changes)
+      }
+    }
+  }
+
+  /// The server the subscribers are on (set once, before it starts).
+  func attach(_ server: VarlinkServer) { self.server = server }
+
+  /// How many subscribers there are (tests, metrics).
+  var subscriberCount: Int { subscribers.count }
+
+  /// A subscriber's connection closed.
+  func forget(_ connection: VarlinkConnectionID) { subscribers[connection] = nil }
+
+  /// N1: each change, in order, to every subscriber, with the status after it: built and
+  /// serialized once for all. A subscriber that left too much unread is dropped (the server
+  /// sends it SubscriberDropped); none is waited for.
+  private func deliver(_ changes: [DurableChange]) {
+    guard !changes.isEmpty, !subscribers.isEmpty, let server else { return }
+    let status = JSONValue.object(varlinkParameters(currentStatus())).serialized
+    for change in changes {
+      let event = JSONValue.object(change.journalObject.mapValues(JSONValue.string)).serialized
+      for (id, var subscriber) in subscribers {
+        subscriber.sequence += 1
+        let text =
+          "{\"continues\":true,\"parameters\":{\"event\":\(event),\"sequence\":\(subscriber.sequence),\"status\":\(status)}}"
+        let result = server.assumeIsolated {
+          $0.stream(text, to: id, continues: true, overflow: Self.dropped(subscriber))
+        }
+        if result == .sent {
+          subscribers[id] = subscriber
+        } else {
+          subscribers[id] = nil
+          if result == .dropped {
+            logger.warning(
+              "Monitor subscriber dropped: it left too many changes unread",
+              metadata: [
+                "peer_uid": "\(subscriber.uid)", "consumer": "\(subscriber.consumer?.rawValue ?? "")",
+                "sequence": "\(subscriber.sequence)",
+              ])
+          }
+        }
+      }
+    }
+  }
+
+  private static func dropped(_ subscriber: Subscriber) -> VarlinkError {
+    VarlinkError(
+      AgentInterface.subscriberDropped,
+      [
+        "message": .string(
+          "This subscriber left too many changes unread and is disconnected; the changes after sequence \(subscriber.sequence - 1) were not sent. Reconnect and call Monitor again: its first reply is the status, which is the truth; read replies as they come."
+        ),
+        "backlog": .number(Double(subscriber.sequence - 1)),
+      ])
+  }
+
+  private func currentStatus() -> StatusReply {
+    StatusBuilder.build(
+      state: view.state, engine: view.engine, now: clock.now(), version: version, startedAt: view.startedAt)
+  }
+
+  /// Monitor (N1): any local user, within its connection and call budgets. The first reply
+  /// is the status as published now; the changes published after it follow.
+  private func monitor(_ call: VarlinkCall, peer: PeerCredentials, respond: VarlinkResponder) -> VarlinkReply?
+  {
+    guard call.more else { return .failure(.expectedMore) }
+    let request: MonitorRequest
+    switch MonitorRequest.decode(call.parameters) {
+    case .failure(let invalid): return .failure(.invalidParameter(invalid.name))
+    case .success(let decoded): request = decoded
+    }
+    var consumer: ConsumerName?
+    if let name = request.consumer {
+      guard let valid = ConsumerName(name) else {
+        return .failure(ControlEndpoint.error(ConsumerName.violation(name)))
+      }
+      consumer = valid
+    }
+    guard let server else { return .failure(.methodNotImplemented(call.method)) }
+    let first = VarlinkReply.success(
+      ["sequence": .number(0), "status": .object(varlinkParameters(currentStatus()))])
+    let subscriber = Subscriber(consumer: consumer, uid: peer.uid)
+    let result = server.assumeIsolated {
+      $0.stream(first, to: respond.connection, continues: true, overflow: Self.dropped(subscriber))
+    }
+    if result == .sent { subscribers[respond.connection] = subscriber }
+    return nil
   }
 
   /// Root, the agent's own user, and members of the admin group.
@@ -72,6 +172,8 @@ actor ControlPlane: DispatchQueueActor {
     guard let method = AgentMethod(rawValue: call.member) else {
       return .failure(.methodNotFound(call.method))
     }
+    // Monitor is this queue's, whoever calls: its replies come from the published view.
+    if method == .monitor { return monitor(call, peer: peer, respond: respond) }
     // Root's and the admin group's calls are the agent's, in order with its work (a status
     // after a change, or after an expiry, sees what it did).
     if isAdmin(peer) {
@@ -96,7 +198,7 @@ actor ControlPlane: DispatchQueueActor {
       case .success(let request):
         return ControlEndpoint.checkKey(request, engine: view.engine, state: view.state, now: now)
       }
-    case .addKey, .removeReserve, .activate, .reportUsage:
+    case .addKey, .removeReserve, .activate, .reportUsage, .confirm, .monitor:
       return denied(peer, call.member)
     }
   }
@@ -122,6 +224,8 @@ actor ControlPlane: DispatchQueueActor {
       what = "Control connection closed: the client did not speak Varlink, or sent an oversized message"
     case .unreadReplies: what = "Control connection closed: the client left too many replies unread"
     case .rateLimit: what = "Control connection refused: this user opens connections faster than it may"
+    case .slowSubscriber:
+      what = "Control connection closed: a Monitor subscriber left too many changes unread"
     }
     log(.dropped(reason), peer, what, metadata: ["reason": "\(reason.rawValue)"], level: .warning)
   }

@@ -82,6 +82,7 @@ struct RenewalRunner {
     } else {
       logger.info("Activation attempts run each in a process group of their own (no delegated cgroup)")
     }
+    ChildReaping.enable()
     let source = DispatchSource.makeSignalSource(signal: SIGCHLD, queue: queue)
     source.setEventHandler { _ = reapExitedChildren() }
     reaper = source

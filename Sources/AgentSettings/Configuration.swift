@@ -11,6 +11,14 @@ public struct AgentConfiguration: Sendable, Equatable {
   public var activation = Activation()
   /// `[usage] stale-after` (U1): a usage report older than this is shown as stale.
   public var usageStaleAfter = EngineConfiguration.defaultUsageStaleAfter
+  /// `[consumers] expect` and `confirm-within` (N2): the consumers that must confirm each
+  /// takeover, and how long they have.
+  public var expectedConsumers: [ConsumerName] = []
+  public var confirmWithin = EngineConfiguration.defaultConfirmWithin
+  /// `[hooks] timeout` (N3): how long one hook may run before it is killed, with whatever it
+  /// started.
+  public var hookTimeout = AgentConfiguration.defaultHookTimeout
+  public static let defaultHookTimeout = TimeSpan.seconds(30)
   /// `[metrics] textfile`: where the Prometheus text file goes (contract §8); nil: none.
   public var metricsTextfile: String? = AgentConfiguration.defaultMetricsTextfile
 
@@ -42,7 +50,8 @@ public struct AgentConfiguration: Sendable, Equatable {
     EngineConfiguration(
       product: product, warningThresholds: warningThresholds, retryInitial: activation.retryInitial,
       retryMax: activation.retryMax, alertAfter: activation.alertAfter, renewBefore: activation.renewBefore,
-      renewSpread: activation.renewSpread, usageStaleAfter: usageStaleAfter)
+      renewSpread: activation.renewSpread, usageStaleAfter: usageStaleAfter,
+      expectedConsumers: expectedConsumers, confirmWithin: confirmWithin)
   }
 
   /// Reads `path`; a missing file is the default configuration.
@@ -209,6 +218,37 @@ extension AgentConfiguration {
       let span = try duration(value, error)
       guard span.microseconds > 0 else { throw error("must be positive") }
       config.usageStaleAfter = span
+    },
+    Setting(section: "consumers", key: "expect") { config, value, error throws(ConfigurationError) in
+      guard case .array(let items) = value.kind else {
+        throw error("must be an array of consumer names such as [\"protection-server\"]")
+      }
+      var names: [ConsumerName] = []
+      for item in items {
+        let text = try string(item, error)
+        guard let name = ConsumerName(text) else {
+          throw error(
+            "has \"\(text.prefix(80))\", which is not a consumer name: use 1 to \(ConsumerName.maximumLength) letters, digits, '.', '_', '-' or '@'"
+          )
+        }
+        if !names.contains(name) { names.append(name) }
+      }
+      guard names.count <= LicenseEngine.maximumConsumers else {
+        throw error("lists \(names.count) consumers; at most \(LicenseEngine.maximumConsumers) are kept")
+      }
+      config.expectedConsumers = names
+    },
+    Setting(section: "consumers", key: "confirm-within") { config, value, error throws(ConfigurationError) in
+      let span = try duration(value, error)
+      guard span.microseconds > 0 else { throw error("must be positive") }
+      config.confirmWithin = span
+    },
+    Setting(section: "hooks", key: "timeout") { config, value, error throws(ConfigurationError) in
+      let span = try duration(value, error)
+      guard span.microseconds > 0, span <= TimeSpan.hours(1) else {
+        throw error("must be positive and at most 1h (hooks run one at a time)")
+      }
+      config.hookTimeout = span
     },
     Setting(section: "control", key: "admin-group") { config, value, error throws(ConfigurationError) in
       config.adminGroup = try string(value, error)

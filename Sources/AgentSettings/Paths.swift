@@ -26,5 +26,7 @@ public struct AgentPaths: Sendable, Equatable {
 
   public var configurationFile: String { configurationDirectory + "/agent.toml" }
   public var trustDirectory: String { configurationDirectory + "/trusted-issuers" }
+  /// Programs run after each durable change (N3).
+  public var hooksDirectory: String { configurationDirectory + "/hooks.d" }
   public var socketPath: String { runtimeDirectory + "/io.licenseagent.Agent" }
 }

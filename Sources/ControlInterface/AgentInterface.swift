@@ -18,6 +18,7 @@ public enum AgentInterface {
   public static let permissionDenied = "io.licenseagent.Agent.PermissionDenied"
   public static let storageFailure = "io.licenseagent.Agent.StorageFailure"
   public static let activationFailed = "io.licenseagent.Agent.ActivationFailed"
+  public static let subscriberDropped = "io.licenseagent.Agent.SubscriberDropped"
 
   /// The version of the `GetStatus` reply and of `agentctl status --json`.
   public static let statusSchemaVersion = 1
@@ -34,6 +35,24 @@ public enum AgentInterface {
       message: string,
       # reserve_units_short (rule U3): the reserve licenses fewer units than the slot uses
       warnings: ?[]Warning
+    )
+    """
+
+  /// The fields of GetStatus's reply, and of the Status type Monitor's replies carry.
+  static let statusFields = """
+      schemaVersion: int,
+      version: string,
+      startedAt: string,
+      now: string,
+      product: string,
+      slots: []SlotStatus,
+      warnings: []Warning,
+      alerts: []string,
+      nextAction: ?NextAction,
+      # agentctl status's exit status: 0 every slot in use has a valid key and no alert is
+      # pending, 1 a key expires within the first warning threshold with nothing to take
+      # over, 2 a slot has lapsed or an alert is pending
+      health: int
     )
     """
 
@@ -112,6 +131,18 @@ public enum AgentInterface {
       band: ?(normal, high, exceeded, critical)
     )
 
+    # A consumer of the licence and the active key of a slot (rule N2). state: confirmed
+    # (it enforces the active key), waiting (an expected consumer, within confirm-within of
+    # the takeover), late (CONSUMER_NOT_UPDATED was logged), unconfirmed (not expected)
+    type Consumer (
+      consumer: string,
+      expected: bool,
+      state: (confirmed, waiting, late, unconfirmed),
+      confirmedSerial: ?string,
+      confirmedAt: ?string,
+      dueAt: ?string
+    )
+
     # One slot in use.
     type SlotStatus (
       slot: (server, workstation, processors, cores),
@@ -135,13 +166,16 @@ public enum AgentInterface {
       lapsesAt: ?string,
       # This slot's part of the health (see GetStatus)
       health: int,
-      usage: ?Usage
+      usage: ?Usage,
+      # What each consumer confirmed of the active key (rule N2): the ones [consumers] expect,
+      # and any other that confirmed
+      consumers: ?[]Consumer
     )
 
     # The next instant the agent will act.
     type NextAction (
       at: string,
-      # promotion, expiry, warning, renewal, renewal-ahead or alert
+      # promotion, expiry, warning, renewal, renewal-ahead, alert or confirmation
       action: string,
       slot: (server, workstation, processors, cores),
       serial: string,
@@ -153,26 +187,45 @@ public enum AgentInterface {
       slot: ?(server, workstation, processors, cores),
       # no_reserve, reserve_missing_for_os_type, expiring_without_takeover, slot_expired,
       # renewing, renewal_stopped, renewal_ahead_failing, usage_high, limit_exceeded,
-      # usage_stale, reserve_units_short
+      # usage_stale, reserve_units_short, consumer_not_updated
       code: string,
       message: string
     )
 
+    # What GetStatus answers, as Monitor's replies carry it.
+    type Status (
+    \(statusFields)
+
     # Everything the agent holds and plans.
     method GetStatus() -> (
-      schemaVersion: int,
-      version: string,
-      startedAt: string,
-      now: string,
-      product: string,
-      slots: []SlotStatus,
-      warnings: []Warning,
-      alerts: []string,
-      nextAction: ?NextAction,
-      # agentctl status's exit status: 0 every slot in use has a valid key and no alert is
-      # pending, 1 a key expires within the first warning threshold with nothing to take
-      # over, 2 a slot has lapsed or an alert is pending
-      health: int
+    \(statusFields)
+
+    # Follows the agent's changes (rule N1); call it with "more". The first reply is the
+    # status as it is now (sequence 0, no event): after a reconnection it is the truth. Then
+    # one reply per durable change, in order, sent once the change is on disk: the event as
+    # the journal has it (MESSAGE, MESSAGE_ID, PRIORITY and the LICENSE_* fields, with
+    # LICENSE_TRANSITION) and the status after it. sequence counts the replies of this
+    # call; none is skipped. A subscriber that leaves too much unread is sent
+    # SubscriberDropped and disconnected. A consumer names itself (consumer) and calls
+    # Confirm once it enforces the active key of a slot (rule N2).
+    method Monitor(consumer: ?string) -> (
+      sequence: int,
+      event: ?[string]string,
+      status: Status
+    )
+
+    # The consumer enforces key serial for the slot (rule N2): root and the admin group.
+    # A consumer the configuration expects ([consumers] expect) must confirm each new active
+    # key within confirm-within, else CONSUMER_NOT_UPDATED is logged.
+    method Confirm(consumer: string, slot: (server, workstation, processors, cores), serial: string) -> (
+      consumer: string,
+      slot: (server, workstation, processors, cores),
+      serial: string,
+      # The slot's active key: current is true when serial is it
+      activeSerial: ?string,
+      current: bool,
+      expected: bool,
+      message: string
     )
 
     # The activation task: adds a key as the slot's active key or as its reserve.
@@ -201,6 +254,11 @@ public enum AgentInterface {
       message: string
     )
 
+    # A Monitor subscriber left more than the agent keeps unread: its stream ends here and
+    # the connection is closed. Reconnect and call Monitor again (its first reply is the
+    # status), and read replies as they come.
+    error SubscriberDropped (message: string, backlog: int)
+
     # A licensing rule refused the request; nothing was changed.
     error RuleViolation (rule: string, code: string, message: string, reason: ?string, serial: ?string)
 
@@ -225,6 +283,8 @@ public enum AgentMethod: String, CaseIterable, Sendable {
   case removeReserve = "RemoveReserve"
   case activate = "Activate"
   case reportUsage = "ReportUsage"
+  case monitor = "Monitor"
+  case confirm = "Confirm"
 
   /// `io.licenseagent.Agent.<name>`.
   public var qualifiedName: String { "\(AgentInterface.name).\(rawValue)" }
@@ -232,8 +292,8 @@ public enum AgentMethod: String, CaseIterable, Sendable {
   /// Whether the method changes the state (root and the admin group only, contract §5).
   public var changesState: Bool {
     switch self {
-    case .getStatus, .checkKey: return false
-    case .addKey, .removeReserve, .activate, .reportUsage: return true
+    case .getStatus, .checkKey, .monitor: return false
+    case .addKey, .removeReserve, .activate, .reportUsage, .confirm: return true
     }
   }
 }
@@ -309,6 +369,91 @@ public struct ReportUsageRequest: AgentRequest, Equatable {
   public init(slot: Slot, units: Int) {
     self.slot = slot
     self.units = units
+  }
+}
+
+/// `Monitor`'s parameters.
+public struct MonitorRequest: AgentRequest, Equatable {
+  public static let parameterNames: Set<String> = ["consumer"]
+  public var consumer: String?
+  public init(consumer: String? = nil) { self.consumer = consumer }
+}
+
+/// One `Monitor` reply: the status, with the change it follows (none in the first).
+public struct MonitorReply: Codable, Sendable, Equatable {
+  public var sequence: Int
+  public var event: [String: String]?
+  public var status: StatusReply
+
+  public init(sequence: Int, event: [String: String]?, status: StatusReply) {
+    self.sequence = sequence
+    self.event = event
+    self.status = status
+  }
+}
+
+/// `Confirm`'s parameters.
+public struct ConfirmRequest: AgentRequest, Equatable {
+  public static let parameterNames: Set<String> = ["consumer", "slot", "serial"]
+  public var consumer: String
+  public var slot: Slot
+  public var serial: String
+  public init(consumer: String, slot: Slot, serial: String) {
+    self.consumer = consumer
+    self.slot = slot
+    self.serial = serial
+  }
+}
+
+/// The `Confirm` reply.
+public struct ConfirmReply: Codable, Sendable, Equatable {
+  public var consumer: String
+  public var slot: Slot
+  public var serial: String
+  public var activeSerial: String?
+  public var current: Bool
+  public var expected: Bool
+  public var message: String
+
+  public init(_ confirmed: ConsumerConfirmed) {
+    consumer = confirmed.consumer.rawValue
+    slot = confirmed.slot
+    serial = confirmed.serial
+    activeSerial = confirmed.activeSerial
+    current = confirmed.current
+    expected = confirmed.expected
+    let name = "\(confirmed.consumer) (\(confirmed.slot.rawValue))"
+    if confirmed.current {
+      message = "Confirmed: \(name) enforces the active key \(confirmed.serial)."
+    } else if let active = confirmed.activeSerial {
+      message =
+        "Recorded: \(name) enforces \(confirmed.serial), which is not the active key \(active); enforce \(active) and confirm it."
+    } else {
+      message = "Recorded: \(name) enforces \(confirmed.serial); the slot has no active key (it has lapsed)."
+    }
+  }
+}
+
+/// A consumer of a slot's active key on the wire (N2).
+public struct ConsumerInfo: Codable, Sendable, Equatable {
+  public var consumer: String
+  public var expected: Bool
+  public var state: ConsumerStanding
+  public var confirmedSerial: String?
+  public var confirmedAt: String?
+  /// When an expected consumer that has not confirmed must have (waiting), or had to (late).
+  public var dueAt: String?
+
+  public init(
+    consumer: String, expected: Bool, state: ConsumerStanding, confirmedSerial: String?, confirmedAt: String?,
+    dueAt: String?
+  ) {
+    self.consumer = consumer
+    self.expected = expected
+    self.state = state
+    self.confirmedSerial = confirmedSerial
+    self.confirmedAt = confirmedAt
+    self.dueAt = dueAt
   }
 }
 
@@ -439,11 +584,13 @@ public struct SlotStatus: Codable, Sendable, Equatable {
   public var lapsesAt: String?
   public var health: Health
   public var usage: UsageInfo?
+  public var consumers: [ConsumerInfo]?
 
   public init(
     slot: Slot, status: Status, active: KeyInfo? = nil, reserve: KeyInfo? = nil, pending: KeyInfo? = nil,
     expired: ExpiredKeyInfo? = nil, takeover: Takeover, secondsLeft: Int? = nil, renewal: RenewalInfo? = nil,
-    renewalAhead: RenewalAheadInfo? = nil, lapsesAt: String? = nil, health: Health, usage: UsageInfo? = nil
+    renewalAhead: RenewalAheadInfo? = nil, lapsesAt: String? = nil, health: Health, usage: UsageInfo? = nil,
+    consumers: [ConsumerInfo]? = nil
   ) {
     self.slot = slot
     self.status = status
@@ -458,6 +605,7 @@ public struct SlotStatus: Codable, Sendable, Equatable {
     self.lapsesAt = lapsesAt
     self.health = health
     self.usage = usage
+    self.consumers = consumers
   }
 }
 
@@ -523,6 +671,8 @@ public struct NextAction: Codable, Sendable, Equatable {
     case promotion, expiry, warning, renewal
     case renewalAhead = "renewal-ahead"
     case alert
+    /// An expected consumer's confirmation is due (N2).
+    case confirmation
   }
   public var at: String
   public var action: Action
@@ -544,6 +694,7 @@ public struct StatusWarning: Codable, Sendable, Equatable {
     case limitExceeded = "limit_exceeded"
     case usageStale = "usage_stale"
     case reserveUnitsShort = "reserve_units_short"
+    case consumerNotUpdated = "consumer_not_updated"
   }
   public var slot: Slot?
   public var code: Code

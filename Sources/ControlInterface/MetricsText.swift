@@ -41,6 +41,10 @@ public enum MetricsText {
       "The units the slot uses, as last reported (absent while nobody reported)."
     ),
     ("license_agent_usage_report_timestamp_seconds", "gauge", "When the slot's last usage report was made."),
+    (
+      "license_agent_consumer_confirmed", "gauge",
+      "1 when the consumer confirmed it enforces the slot's active key (serial), 0 while it has not."
+    ),
   ]
 
   /// The takeover label values, in the order they are written.
@@ -73,6 +77,18 @@ public enum MetricsText {
       if let report = state.usage[slot] {
         add("license_agent_units_in_use", [("slot", name)], String(report.units))
         add("license_agent_usage_report_timestamp_seconds", [("slot", name)], seconds(report.reportedAt))
+      }
+      if let active = slotState.active {
+        // N2: the consumers expected, and any other that confirmed a key of this slot.
+        let expected = Set(engine.configuration.expectedConsumers)
+        let consumers = expected.union(state.consumers.filter { $0.value[slot]?.confirmedSerial != nil }.keys)
+        for consumer in consumers.sorted() {
+          let confirmed = state.consumers[consumer]?[slot]?.confirmedSerial == active.serial
+          add(
+            "license_agent_consumer_confirmed",
+            [("consumer", consumer.rawValue), ("slot", name), ("serial", active.serial)],
+            confirmed ? "1" : "0")
+        }
       }
       let current = engine.takeover(slotState)
       for takeover in takeovers {

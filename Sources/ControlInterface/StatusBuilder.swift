@@ -21,6 +21,8 @@ public enum StatusBuilder {
       let health = engine.health(slotState, now: now)
       let usage = state.usage[slot].map { UsageInfo($0, active: slotState.active, engine: engine, now: now) }
       warnings += usageWarnings(slot, usage, state: state)
+      let consumers = consumerInfo(slot, state: state, engine: engine, now: now)
+      warnings += consumerWarnings(slot, consumers, state: state)
       switch slotState {
       case .held(let held):
         let active = held.active
@@ -31,7 +33,7 @@ public enum StatusBuilder {
             slot: slot, status: .active, active: KeyInfo(active), reserve: held.reserve.map(KeyInfo.init),
             pending: held.pending.map(KeyInfo.init), takeover: takeover,
             secondsLeft: Int(max(left, 0) / 1_000_000),
-            renewalAhead: ahead, lapsesAt: lapsesAt, health: health, usage: usage))
+            renewalAhead: ahead, lapsesAt: lapsesAt, health: health, usage: usage, consumers: consumers))
         if let ahead, let code = active.activationCode {
           if ahead.alert {
             alerts.append(
@@ -111,6 +113,49 @@ public enum StatusBuilder {
       health: engine.health(state, now: now))
   }
 
+  /// N2: each consumer expected, or that confirmed, against the slot's active key; nil when
+  /// there is none (no consumer, or no active key).
+  static func consumerInfo(_ slot: Slot, state: LicenseState, engine: LicenseEngine, now: Timestamp)
+    -> [ConsumerInfo]?
+  {
+    guard state[slot]?.active != nil else { return nil }
+    let expected = Set(engine.configuration.expectedConsumers)
+    let names = expected.union(
+      state.consumers.filter { $0.value[slot]?.confirmedSerial != nil }.map(\.key)
+    ).sorted()
+    let list = names.compactMap { name -> ConsumerInfo? in
+      let isExpected = expected.contains(name)
+      guard
+        let standing = state.standing(
+          of: name, slot: slot, expected: isExpected, now: now, within: engine.configuration.confirmWithin)
+      else { return nil }
+      let record = state.consumers[name]?[slot]
+      let due =
+        standing == .waiting || standing == .late
+        ? record?.awaitedSince.map { ($0 + engine.configuration.confirmWithin).rfc3339 } : nil
+      return ConsumerInfo(
+        consumer: name.rawValue, expected: isExpected, state: standing,
+        confirmedSerial: record?.confirmedSerial,
+        confirmedAt: record?.confirmedAt?.rfc3339, dueAt: due)
+    }
+    return list.isEmpty ? nil : list
+  }
+
+  /// N2 for a person: an expected consumer that did not confirm the active key in time.
+  static func consumerWarnings(_ slot: Slot, _ consumers: [ConsumerInfo]?, state: LicenseState)
+    -> [StatusWarning]
+  {
+    guard let active = state[slot]?.active else { return [] }
+    return (consumers ?? []).filter { $0.state == .late }.map { consumer in
+      let confirmed = consumer.confirmedSerial.map { "it last confirmed \($0)" } ?? "it confirmed no key"
+      return StatusWarning(
+        slot: slot, code: .consumerNotUpdated,
+        message:
+          "\(slot.rawValue): the consumer \(consumer.consumer) has not confirmed the active key \(active.serial) (\(confirmed)); check that it runs and follows the agent (agentctl monitor)."
+      )
+    }
+  }
+
   /// U1–U3 for a person: the slot's usage against its active key, a stale report, and a
   /// successor that licenses fewer units than the slot uses.
   static func usageWarnings(_ slot: Slot, _ usage: UsageInfo?, state: LicenseState) -> [StatusWarning] {
@@ -157,6 +202,7 @@ public enum StatusBuilder {
     case .renewal: return .renewal
     case .renewalAhead: return .renewalAhead
     case .alert: return .alert
+    case .confirmation: return .confirmation
     }
   }
 
@@ -190,6 +236,10 @@ public enum StatusBuilder {
     case .warning(let at, let key, let threshold):
       (slot, serial, description) = (
         at, key, "\(at.rawValue): EXPIRING_SOON (\(threshold) before \(key) expires)"
+      )
+    case .confirmation(let at, let key, let consumer):
+      (slot, serial, description) = (
+        at, key, "\(at.rawValue): CONSUMER_NOT_UPDATED unless \(consumer) confirms \(key) before then"
       )
     }
     return NextAction(

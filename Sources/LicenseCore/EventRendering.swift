@@ -57,6 +57,7 @@ extension LicenseEvent {
           "The system clock was stepped \(direction) by \(TimeSpan(microseconds: delta).inWords); licence deadlines were re-evaluated at once. If the step was not intended, check time synchronisation (timedatectl).",
         fields: [.init(.clockDeltaMicroseconds, String(delta))])
     case .usageGraded(let e): return e.rendered
+    case .consumerNotUpdated(let e): return e.rendered
     case .stateRecovered(let error, let file):
       return JournalEvent(
         .stateRecovered,
@@ -233,6 +234,19 @@ extension UsageGraded {
         .init(.units, String(units)), .init(.unitsUsed, String(used)),
         .init(.usagePercent, UsageBand.percentText(percent)),
       ])
+  }
+}
+
+extension ConsumerNotUpdated {
+  var rendered: JournalEvent {
+    let confirmed =
+      confirmedSerial.map { "it last confirmed key \($0)" } ?? "it has confirmed no key for this slot"
+    return JournalEvent(
+      .consumerNotUpdated,
+      message:
+        "The consumer \(consumer) has not confirmed the new \(slot.rawValue) key \(key.serial) within \(within) of the takeover (\(confirmed)): it may still enforce the old licence and run limited. Check that \(consumer) is running and subscribed (`agentctl status` lists what each consumer confirmed); the alert clears when it confirms.",
+      fields: keyFields(slot, key) + [.init(.consumer, consumer.rawValue)]
+        + optional(.confirmedSerial, confirmedSerial))
   }
 }
 

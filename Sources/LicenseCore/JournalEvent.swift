@@ -15,6 +15,7 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
   case stateRecovered = "STATE_RECOVERED"
   case licenseUsageHigh = "LICENSE_USAGE_HIGH"
   case licenseLimitExceeded = "LICENSE_LIMIT_EXCEEDED"
+  case consumerNotUpdated = "CONSUMER_NOT_UPDATED"
 
   public var messageID: String {
     switch self {
@@ -32,6 +33,7 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case .stateRecovered: return "e3fb7954deee4da0a7c9be130eaa43af"
     case .licenseUsageHigh: return "0a44b86061a24352a043da9fa8cb70eb"
     case .licenseLimitExceeded: return "b0277bd9986a497791128aa1b40d4414"
+    case .consumerNotUpdated: return "fc31db115a6d4ae09692763a54c6d5a6"
     }
   }
 
@@ -43,7 +45,7 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case .licenseLimitExceeded: return 4
     case .expiringSoon: return 4
     case .reserveAdded, .activeAdded: return 6
-    case .reserveRejected: return 3
+    case .reserveRejected, .consumerNotUpdated: return 3
     case .reserveDropped, .activationAttemptFailed, .clockChanged, .stateRecovered: return 4
     case .licenseExpired: return 2
     case .manualActivationRequired: return 1

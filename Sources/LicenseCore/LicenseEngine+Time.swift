@@ -102,6 +102,8 @@ extension LicenseEngine {
       next[slot] = .held(updated)
       events.append(.expiringSoon(expiringSoon(slot: slot, held: updated, threshold: mostUrgent, now: now)))
     }
+    // N2: expected consumers that did not confirm the active key in time.
+    events += reportingLateConsumers(&next, now: now)
     if next == state { return .unchanged(state) }
     var decision = commit(next, events: events, result: .success(TimeProcessed()), now: now)
     decision.actions += requests.map(Action.activate)
@@ -115,7 +117,8 @@ extension LicenseEngine {
   > {
     // Retries keep their delay: a changed retry instant is a change of state, persisted
     // even when nothing else is due (else the agent's timer and its state would disagree).
-    let shifted = retriesKeepingTheirDelay(state, after: deltaMicroseconds)
+    let shifted = confirmationsKeepingTheirDelay(
+      retriesKeepingTheirDelay(state, after: deltaMicroseconds), after: deltaMicroseconds)
     var decision = timeReached(now: now, state: shifted, lateBecause: .clockStep)
     if decision.persistedTransition == nil && shifted != state {
       decision = commit(shifted, events: [], result: .success(TimeProcessed()), now: now)

@@ -96,6 +96,8 @@ public struct Wake: Sendable, Equatable {
     case renewalAhead(slot: Slot, serial: String, attempt: Int)
     /// The alert delay after the expiry of `serial` ends without a renewal (C4).
     case alert(slot: Slot, serial: String)
+    /// `consumer` must have confirmed the active key `serial` of `slot` by then (N2).
+    case confirmation(slot: Slot, serial: String, consumer: ConsumerName)
   }
   public var at: Timestamp
   public var reason: Reason
@@ -216,6 +218,11 @@ public struct EngineConfiguration: Sendable, Equatable {
   public var renewSpread: TimeSpan
   /// U1: a usage report older than this is stale (shown so; still graded).
   public var usageStaleAfter: TimeSpan
+  /// N2: the consumers that must confirm each takeover, and how long they have.
+  public var expectedConsumers: [ConsumerName]
+  public var confirmWithin: TimeSpan
+
+  public static let defaultConfirmWithin = TimeSpan.seconds(60)
 
   public static let defaultUsageStaleAfter = TimeSpan.days(1)
   public static let defaultProduct = "svm-protection"
@@ -225,7 +232,8 @@ public struct EngineConfiguration: Sendable, Equatable {
     product: String = defaultProduct, warningThresholds: [TimeSpan] = defaultWarningThresholds,
     retryInitial: TimeSpan = .seconds(5), retryMax: TimeSpan = .minutes(10),
     alertAfter: TimeSpan = .minutes(30), renewBefore: TimeSpan = .days(7), renewSpread: TimeSpan = .days(3),
-    usageStaleAfter: TimeSpan = defaultUsageStaleAfter
+    usageStaleAfter: TimeSpan = defaultUsageStaleAfter, expectedConsumers: [ConsumerName] = [],
+    confirmWithin: TimeSpan = defaultConfirmWithin
   ) {
     self.product = product
     self.warningThresholds = warningThresholds
@@ -235,6 +243,8 @@ public struct EngineConfiguration: Sendable, Equatable {
     self.renewBefore = renewBefore
     self.renewSpread = renewSpread
     self.usageStaleAfter = usageStaleAfter
+    self.expectedConsumers = expectedConsumers
+    self.confirmWithin = confirmWithin
   }
 
   /// The first (largest) warning threshold: inside it, a key with nothing to take over is
@@ -297,6 +307,7 @@ public struct LicenseEngine: Sendable {
             at: active.expiresAt - threshold,
             reason: .warning(slot: slot, serial: active.serial, threshold: threshold)))
       }
+      wakes += confirmationWakes(state, slot: slot)
     }
     // The earliest; on a tie, the first considered (the renewal before the expiry).
     return wakes.enumerated().min { ($0.element.at, $0.offset) < ($1.element.at, $1.offset) }?.element
@@ -381,6 +392,7 @@ public struct LicenseEngine: Sendable {
   {
     var next = withAheadRecords(state, now: now)
     let events = events + gradingUsage(&next, now: now)
+    trackingConsumers(&next, now: now)
     next.lastTransitionID += 1
     let id = next.lastTransitionID
     next.outbox += events.map { event in

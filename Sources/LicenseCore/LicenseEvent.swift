@@ -18,6 +18,8 @@ public enum LicenseEvent: Sendable, Equatable {
   case stateRecovered(error: String, file: String)
   /// LICENSE_USAGE_HIGH or LICENSE_LIMIT_EXCEEDED, by the band entered (U2).
   case usageGraded(UsageGraded)
+  /// An expected consumer did not confirm the new active key in time (N2).
+  case consumerNotUpdated(ConsumerNotUpdated)
 
   public var kind: EventKind {
     switch self {
@@ -34,6 +36,7 @@ public enum LicenseEvent: Sendable, Equatable {
     case .clockChanged: return .clockChanged
     case .stateRecovered: return .stateRecovered
     case .usageGraded(let e): return e.band == .high ? .licenseUsageHigh : .licenseLimitExceeded
+    case .consumerNotUpdated: return .consumerNotUpdated
     }
   }
 }
@@ -244,4 +247,7 @@ public enum JournalField: String, Sendable, Codable, CaseIterable {
   case usagePercent = "LICENSE_USAGE_PERCENT"
   /// A warning an accepted key carries (`reserve_units_short`, U3).
   case warning = "LICENSE_WARNING"
+  /// The consumer a CONSUMER_NOT_UPDATED is about, and the last serial it confirmed (N2).
+  case consumer = "LICENSE_CONSUMER"
+  case confirmedSerial = "LICENSE_CONFIRMED_SERIAL"
 }

@@ -248,6 +248,8 @@ public struct LicenseState: Sendable, Equatable {
   /// Per slot in use, the consumer's last usage report (U1): a slot without one has unknown
   /// usage, never zero.
   public var usage: [Slot: UsageReport]
+  /// What each consumer confirmed per slot, and the key it is to enforce (N2).
+  public var consumers: [ConsumerName: [Slot: ConsumerSlotRecord]]
   /// The events the journal took lately, oldest first (at most ``maximumDelivered``): the
   /// journal may still lose them (journald writes entries below crit to disk only every
   /// `SyncIntervalSec`, and its rate limit drops entries it reported as taken), so the
@@ -265,7 +267,8 @@ public struct LicenseState: Sendable, Equatable {
   public init(
     stateID: String = "", slots: [Slot: SlotState] = [:], lastTransitionID: UInt64 = 0,
     outbox: [JournalEvent] = [], counters: [Slot: SlotCounters] = [:], usage: [Slot: UsageReport] = [:],
-    delivered: [DeliveredEvent] = [], openedInBoot: String = "", closedCleanly: Bool = true
+    consumers: [ConsumerName: [Slot: ConsumerSlotRecord]] = [:], delivered: [DeliveredEvent] = [],
+    openedInBoot: String = "", closedCleanly: Bool = true
   ) {
     self.stateID = stateID
     self.slots = slots
@@ -273,6 +276,7 @@ public struct LicenseState: Sendable, Equatable {
     self.outbox = outbox
     self.counters = counters
     self.usage = usage
+    self.consumers = consumers
     self.delivered = delivered
     self.openedInBoot = openedInBoot
     self.closedCleanly = closedCleanly

@@ -7,7 +7,8 @@
 /// that a downgrade to 0.1.0 keeps the keys: 0.1.0 refuses a schema it does not know.
 extension LicenseState: Codable {
   enum CodingKeys: String, CodingKey {
-    case schemaVersion, stateID, slots, lastTransitionID, outbox, counters, usage, delivered, openedInBoot,
+    case schemaVersion, stateID, slots, lastTransitionID, outbox, counters, usage, consumers, delivered,
+      openedInBoot,
       closedCleanly
   }
 
@@ -31,6 +32,8 @@ extension LicenseState: Codable {
       outbox: try container.decode([JournalEvent].self, forKey: .outbox),
       counters: try container.decodeIfPresent([Slot: SlotCounters].self, forKey: .counters) ?? [:],
       usage: try container.decodeIfPresent([Slot: UsageReport].self, forKey: .usage) ?? [:],
+      consumers: try container.decodeIfPresent(
+        [ConsumerName: [Slot: ConsumerSlotRecord]].self, forKey: .consumers) ?? [:],
       delivered: try container.decodeIfPresent([DeliveredEvent].self, forKey: .delivered) ?? [],
       openedInBoot: try container.decodeIfPresent(String.self, forKey: .openedInBoot) ?? "",
       closedCleanly: try container.decodeIfPresent(Bool.self, forKey: .closedCleanly) ?? true)
@@ -45,6 +48,7 @@ extension LicenseState: Codable {
     try container.encode(outbox, forKey: .outbox)
     try container.encode(counters, forKey: .counters)
     try container.encode(usage, forKey: .usage)
+    if !consumers.isEmpty { try container.encode(consumers, forKey: .consumers) }
     try container.encode(delivered, forKey: .delivered)
     try container.encode(openedInBoot, forKey: .openedInBoot)
     try container.encode(closedCleanly, forKey: .closedCleanly)
@@ -55,12 +59,29 @@ extension LicenseState: Codable {
   public var version1: LicenseStateVersion1 { LicenseStateVersion1(self) }
 
   /// This state as 0.2.0 (and 0.1.0) can decode it, for a downgrade (`license-agent
-  /// --write-state-schema 2`): they refuse an event kind or a journal field they do not know,
-  /// so the usage events (U2) and U3's fields are left out of the outbox and of the events
-  /// delivered, and the usage reports (which they ignore) are dropped.
+  /// --write-state-for 0.2`): they refuse an event kind or a journal field they do not know,
+  /// so the usage events (U2), U3's fields and what 0.3.x cannot read either are left out of
+  /// the outbox and of the events delivered, and the usage reports (which they ignore) are
+  /// dropped.
   public var readableBy020: LicenseState {
-    let newKinds: Set<EventKind> = [.licenseUsageHigh, .licenseLimitExceeded]
-    let newFields: Set<JournalField> = [.units, .unitsUsed, .usagePercent, .warning]
+    var copy = readableBy030
+    copy.usage = [:]
+    return copy.leavingOut(
+      kinds: [.licenseUsageHigh, .licenseLimitExceeded],
+      fields: [.units, .unitsUsed, .usagePercent, .warning])
+  }
+
+  /// This state as 0.3.x can decode it (`license-agent --write-state-for 0.3`): without
+  /// CONSUMER_NOT_UPDATED and its fields, and without the consumers' confirmations (N2),
+  /// which 0.3.x ignores.
+  public var readableBy030: LicenseState {
+    var copy = self
+    copy.consumers = [:]
+    return copy.leavingOut(kinds: [.consumerNotUpdated], fields: [.consumer, .confirmedSerial])
+  }
+
+  private func leavingOut(kinds newKinds: Set<EventKind>, fields newFields: Set<JournalField>) -> LicenseState
+  {
     func known(_ event: JournalEvent) -> JournalEvent? {
       guard !newKinds.contains(event.kind) else { return nil }
       var copy = event
@@ -68,7 +89,6 @@ extension LicenseState: Codable {
       return copy
     }
     var copy = self
-    copy.usage = [:]
     copy.outbox = outbox.compactMap(known)
     copy.delivered = delivered.compactMap { entry in
       known(entry.event).map {

@@ -63,6 +63,14 @@ public enum RuleID: String, Sendable, CaseIterable, Codable {
   case U3
   /// U4: across the fleet a key's usage is the sum over its SVMs (the fleet tools).
   case U4
+  /// N1: every durable change is delivered to Monitor's subscribers, in order, after it is
+  /// durable; a subscriber that does not read is dropped, never delaying the agent.
+  case N1
+  /// N2: a declared consumer confirms the serial it enforces; CONSUMER_NOT_UPDATED when an
+  /// expected one has not within `confirm-within` of a takeover.
+  case N2
+  /// N3: hooks run after each durable change, supervised, never delaying or undoing it.
+  case N3
   /// W1: EXPIRING_SOON at each threshold, once per key.
   case W1
   /// T1: expiry instants are wall-clock instants; clock changes are noticed at once.

@@ -34,12 +34,17 @@ import Testing
     state = engine.addKey(issuer.key("R", exp: t0 + .days(100)), role: .reserve, now: t0, state: state).state
     state = engine.timeReached(now: t0 + .days(10), state: state).state
     state = engine.reportUsage(slot: .server, units: 3, now: t0 + .days(10), state: state).state
+    state =
+      engine.confirm(
+        consumer: "protection-server", slot: .server, serial: "R", now: t0 + .days(10), state: state
+      )
+      .state
     let text = render(state)
     for family in MetricsText.families {
       #expect(text.contains("# TYPE \(family.name) \(family.type)\n"), "\(family.name)")
       #expect(text.contains("# HELP \(family.name) "), "\(family.name)")
     }
-    #expect(MetricsText.families.count == 14)
+    #expect(MetricsText.families.count == 15)
     #expect(text.hasSuffix("\n"))
   }
 
@@ -89,6 +94,42 @@ import Testing
     #expect(
       samples(text, "license_agent_usage_report_timestamp_seconds") == [
         #"{slot="server"}"#: String((t0 + .seconds(90)).microseconds / 1_000_000)
+      ])
+  }
+
+  @Test func N2_eachExpectedConsumerAgainstTheActiveKey() {
+    let exp = t0 + .days(10)
+    let expecting = LicenseEngine(
+      configuration: EngineConfiguration(expectedConsumers: [ConsumerName("protection-server")!]),
+      trust: issuer.trust)
+    func render(_ state: LicenseState) -> String {
+      MetricsText.render(
+        state: state, engine: expecting, version: "0.1.0", product: "svm-protection", stateWriteFailures: 0)
+    }
+    var state = expecting.addKey(issuer.key("A", exp: exp), role: .active, now: t0, state: LicenseState())
+      .state
+    state =
+      expecting.addKey(issuer.key("R", exp: exp + .days(90)), role: .reserve, now: t0, state: state).state
+    // Expected and not confirmed yet: 0, for the active key.
+    #expect(
+      samples(render(state), "license_agent_consumer_confirmed") == [
+        #"{consumer="protection-server",slot="server",serial="A"}"#: "0"
+      ])
+    state =
+      expecting.confirm(consumer: "protection-server", slot: .server, serial: "A", now: t0, state: state)
+      .state
+    state = expecting.confirm(consumer: "dashboard", slot: .server, serial: "A", now: t0, state: state).state
+    #expect(
+      samples(render(state), "license_agent_consumer_confirmed") == [
+        #"{consumer="dashboard",slot="server",serial="A"}"#: "1",
+        #"{consumer="protection-server",slot="server",serial="A"}"#: "1",
+      ])
+    // After the takeover both lag behind the new active key until they confirm it.
+    state = expecting.timeReached(now: exp, state: state).state
+    #expect(
+      samples(render(state), "license_agent_consumer_confirmed") == [
+        #"{consumer="dashboard",slot="server",serial="R"}"#: "0",
+        #"{consumer="protection-server",slot="server",serial="R"}"#: "0",
       ])
   }
 
@@ -161,8 +202,7 @@ import Testing
   /// implements them. That issue adds them to `MetricsText.families` and empties its entry
   /// here.
   static let ahead = SpecAhead([
-    24: ["license_agent_consumer_confirmed"],  // consumers
-    25: ["license_agent_key_blocked", "license_agent_key_grace_end_timestamp_seconds"],  // blocked keys
+    25: ["license_agent_key_blocked", "license_agent_key_grace_end_timestamp_seconds"]  // blocked keys
   ])
 
   /// The contract (`../shared/spec/contract.md` §8): every metric of its table, with its

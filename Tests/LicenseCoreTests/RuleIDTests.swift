@@ -10,8 +10,7 @@ import Testing
   /// Rules the document describes ahead of their code, by the open issue that implements
   /// them. That issue adds the rules' `RuleID` cases and empties its entry here.
   static let ahead = SpecAhead([
-    24: ["N1", "N2", "N3"],  // consumers: Monitor, Confirm, hooks
-    25: ["B1", "B2", "B3"],  // blocked keys
+    25: ["B1", "B2", "B3"]  // blocked keys
   ])
 
   /// The rule ids of the document: rules are introduced as "- **R5** The reserve key ..."
