@@ -291,6 +291,7 @@ def fleet_entry(host, outcome):
             "slots": [],
             "alerts": [],
             "soonestLapse": None,
+            "consumersLagging": [],
         }
     status = outcome["status"]
     slots = []
@@ -305,17 +306,23 @@ def fleet_entry(host, outcome):
                 "takeover": entry.get("takeover"),
                 "lapsesAt": slot_lapse(entry),
                 "usage": entry.get("usage"),
+                "consumers": [dict(c) for c in entry.get("consumers") or []],
             }
         )
     alerts = list(status.get("alerts", []))
+    lagging = lagging_consumers(status)
     lapses = [s["lapsesAt"] for s in slots if s["lapsesAt"] is not None]
     # The agent's health (0.2.0: agentctl's exit status) says whether a person is needed;
-    # an older agent's is worked out from its alerts and slots.
+    # an older agent's is worked out from its alerts and slots. A consumer lagging (N2) is
+    # its own state, unless a slot has lapsed too (whatever the health makes of consumers).
     health = status.get("health")
+    lapsed = any(s["status"] != "active" for s in slots)
     if alerts:
         state = "alert"
-    elif health == 2 or (health is None and any(s["status"] != "active" for s in slots)):
+    elif lapsed or (health == 2 and not lagging):
         state = "expired"
+    elif lagging:
+        state = "lagging"
     elif not slots:
         state = "no-key"
     else:
@@ -327,6 +334,7 @@ def fleet_entry(host, outcome):
         "alerts": alerts,
         "soonestLapse": min(lapses) if lapses else None,
         "version": status.get("version"),
+        "consumersLagging": lagging,
     }
     if status.get("nextAction"):
         result["nextAction"] = status["nextAction"]
@@ -335,13 +343,17 @@ def fleet_entry(host, outcome):
     return result
 
 
-_STATE_RANK = {"alert": 0, "expired": 0, "unreachable": 1, "failed": 1, "no-key": 2, "ok": 3}
+# A consumer lagging needs a person as much as an expired slot: the VMs are protected (or
+# not) by the key the consumer still enforces, not by the one the agent made active.
+_STATE_RANK = {"alert": 0, "expired": 0, "lagging": 0, "unreachable": 1, "failed": 1, "no-key": 2, "ok": 3}
 
 
 def fleet_status(hosts, outcomes, generated_at):
-    """The fleet status report: SVMs with an alert or an expired slot first, then those that
-    cannot be read, then by the soonest lapse with nothing to take over (RFC 3339 UTC
-    strings sort as instants), SVMs that never lapse (activation codes) last."""
+    """The fleet status report: SVMs with an alert, an expired slot or a consumer lagging
+    first, then those that cannot be read, then by the soonest lapse with nothing to take
+    over (RFC 3339 UTC strings sort as instants), SVMs that never lapse (activation codes)
+    last. `consumersLagging` lists every consumer lagging across the fleet, whatever its
+    SVM's state (an SVM with an expired slot may have one too)."""
     svms = [fleet_entry(host, outcomes.get(host)) for host in hosts]
     svms.sort(
         key=lambda s: (
@@ -354,14 +366,23 @@ def fleet_status(hosts, outcomes, generated_at):
     summary = {}
     for svm in svms:
         summary[svm["state"]] = summary.get(svm["state"], 0) + 1
-    return {"task": "status", "generatedAt": generated_at, "svms": svms, "summary": summary}
+    lagging = [dict(host=svm["host"], **consumer) for svm in svms for consumer in svm["consumersLagging"]]
+    return {
+        "task": "status",
+        "generatedAt": generated_at,
+        "svms": svms,
+        "consumersLagging": lagging,
+        "summary": summary,
+    }
 
 
 def fleet_table(report):
-    rows = [("SVM", "STATE", "SLOT", "ACTIVE", "UNTIL", "TAKEOVER", "USAGE", "LAPSES")]
+    """The fleet status for a person: a slot a line, then the consumers lagging (N2), then
+    the summary."""
+    rows = [("SVM", "STATE", "SLOT", "ACTIVE", "UNTIL", "TAKEOVER", "USAGE", "LAPSES", "CONSUMERS")]
     for svm in report["svms"]:
         if not svm["slots"]:
-            rows.append((svm["host"], svm["state"], "-", "-", "-", "-", "-", svm.get("message", "")))
+            rows.append((svm["host"], svm["state"], "-", "-", "-", "-", "-", svm.get("message", ""), ""))
             continue
         for index, slot in enumerate(svm["slots"]):
             active = slot.get("active") or slot.get("expired") or {}
@@ -378,19 +399,107 @@ def fleet_table(report):
                     takeover,
                     usage_cell(slot.get("usage"), active.get("units")),
                     slot["lapsesAt"] or "never (renewed)",
+                    consumers_cell(slot.get("consumers")),
                 )
             )
         if svm["alerts"]:
-            rows.append(("", "", "alerts: " + ", ".join(svm["alerts"]), "", "", "", "", ""))
+            rows.append(("", "", "alerts: " + ", ".join(svm["alerts"]), "", "", "", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lagging = report.get("consumersLagging") or []
+    if lagging:
+        lines.append("")
+        lines.extend(lagging_lines(lagging))
     summary = report["summary"]
     lines.append("")
     lines.append(
         "Fleet status: %d SVMs: %s"
         % (len(report["svms"]), ", ".join("%d %s" % (n, s) for s, n in sorted(summary.items())))
+        + lagging_sentence(lagging)
     )
     return "\n".join(lines)
+
+
+# Consumers (rule N2): the programs that enforce the licence (the protection service) confirm
+# the serial they enforce per slot; the agent says in its status which are late.
+
+def lagging_consumers(status):
+    """The consumers the agent finds late (rule N2) in a GetStatus reply: expected ones that
+    have not confirmed their slot's active key within `confirm-within` (the agent logged
+    CONSUMER_NOT_UPDATED). The agent decides it (state `late`); a consumer still within its
+    time (`waiting`) is not lagging yet. Each: slot, consumer, serial (the active key it
+    should enforce), confirmedSerial (the last it confirmed; None if it never did),
+    confirmedAt, dueAt. An agent that knows no consumers (older ones) shows none."""
+    lagging = []
+    for entry in status.get("slots", []):
+        active = (entry.get("active") or {}).get("serial")
+        for consumer in entry.get("consumers") or []:
+            if consumer.get("state") != "late":
+                continue
+            lagging.append(
+                {
+                    "slot": entry.get("slot"),
+                    "consumer": consumer.get("consumer"),
+                    "serial": active,
+                    "confirmedSerial": consumer.get("confirmedSerial"),
+                    "confirmedAt": consumer.get("confirmedAt"),
+                    "dueAt": consumer.get("dueAt"),
+                }
+            )
+    return lagging
+
+
+def consumers_cell(consumers):
+    """A slot's consumers in the fleet status table: "protection-server ok",
+    "protection-server LATE (confirmed KS-1)", "backup waiting (until 2027-...)"."""
+    if not consumers:
+        return "-"
+    cells = []
+    for consumer in consumers:
+        name, state = consumer.get("consumer") or "?", consumer.get("state")
+        if state == "confirmed":
+            cells.append("%s ok" % name)
+        elif state == "waiting":
+            cells.append("%s waiting" % name + (" (until %s)" % consumer["dueAt"] if consumer.get("dueAt") else ""))
+        elif state == "late":
+            cells.append("%s LATE (confirmed %s)" % (name, consumer.get("confirmedSerial") or "none"))
+        else:
+            cells.append("%s %s (confirmed %s)" % (name, state or "unknown", consumer.get("confirmedSerial") or "none"))
+    return ", ".join(cells)
+
+
+def lagging_lines(lagging):
+    """The fleet status table's section of the consumers lagging: a consumer a line."""
+    rows = [("CONSUMERS LAGGING", "SLOT", "CONSUMER", "SHOULD ENFORCE", "LAST CONFIRMED", "DUE")]
+    for entry in lagging:
+        confirmed = entry.get("confirmedSerial") or "none"
+        if entry.get("confirmedSerial") and entry.get("confirmedAt"):
+            confirmed += " at %s" % entry["confirmedAt"]
+        rows.append(
+            (
+                entry["host"],
+                entry.get("slot") or "-",
+                entry.get("consumer") or "-",
+                entry.get("serial") or "-",
+                confirmed,
+                entry.get("dueAt") or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+def lagging_sentence(lagging):
+    """The fleet status summary's words on the consumers lagging, after "; "."""
+    if not lagging:
+        return ""
+    hosts = len(set(entry["host"] for entry in lagging))
+    return "; %d consumer%s lagging on %d SVM%s" % (
+        len(lagging),
+        "" if len(lagging) == 1 else "s",
+        hosts,
+        "" if hosts == 1 else "s",
+    )
 
 
 def _brief(key):

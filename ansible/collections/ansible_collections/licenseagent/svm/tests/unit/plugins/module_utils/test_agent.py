@@ -266,3 +266,167 @@ class UsageTests(unittest.TestCase):
         self.assertIn("9/10 (90.0 %, high)", table)
         self.assertIn("unknown", table)
         self.assertEqual(la.usage_cell({"units": 12, "stale": True}, 10), "12/10 (120.0 %, critical) STALE")
+
+
+# Rule N2: GetStatus replies (as agentctl status --json prints them) with consumers. svm-c1's
+# protection server still enforces KS-1 a minute after KS-2 took over: the agent found it
+# late, logged CONSUMER_NOT_UPDATED and warns of it.
+LATE_STATUS = {
+    "schemaVersion": 1,
+    "version": "0.3.0",
+    "health": 0,
+    "slots": [
+        {
+            "slot": "server",
+            "status": "active",
+            "active": {"serial": "KS-2", "expiresAt": "2027-12-01T00:00:00Z", "units": 500},
+            "takeover": "none",
+            "lapsesAt": "2027-12-01T00:00:00Z",
+            "consumers": [
+                {"consumer": "backup-agent", "expected": False, "state": "unconfirmed",
+                 "confirmedSerial": "KS-1", "confirmedAt": "2026-12-01T00:00:05Z"},
+                {"consumer": "protection-server", "expected": True, "state": "late",
+                 "confirmedSerial": "KS-1", "confirmedAt": "2026-12-01T00:00:02Z",
+                 "dueAt": "2027-01-01T09:01:00Z"},
+            ],
+        },
+        {
+            "slot": "workstation",
+            "status": "active",
+            "active": {"serial": "WS-7", "expiresAt": "2028-01-01T00:00:00Z", "units": 50},
+            "takeover": "none",
+            "lapsesAt": "2028-01-01T00:00:00Z",
+            "consumers": [
+                {"consumer": "protection-server", "expected": True, "state": "late",
+                 "dueAt": "2027-01-01T09:01:00Z"},
+            ],
+        },
+    ],
+    "alerts": [],
+    "warnings": [
+        {"slot": "server", "code": "consumer_not_updated",
+         "message": "server: the consumer protection-server has not confirmed the active key KS-2 "
+                    "(it last confirmed KS-1); check that it runs and follows the agent (agentctl monitor)."},
+        {"slot": "workstation", "code": "consumer_not_updated",
+         "message": "workstation: the consumer protection-server has not confirmed the active key WS-7 "
+                    "(it confirmed no key); check that it runs and follows the agent (agentctl monitor)."},
+    ],
+}
+
+
+def consumer_status(serial, *consumers, status="active", lapses="2027-06-01T00:00:00Z"):
+    """A license_status_info outcome: one server slot whose active key is `serial`, with
+    these consumers (none: an agent that knows none, as before N2)."""
+    entry = {"slot": "server", "status": status, "takeover": "none", "lapsesAt": lapses}
+    if status == "active":
+        entry["active"] = {"serial": serial, "expiresAt": lapses, "units": 10}
+    else:
+        entry["expired"] = {"serial": serial, "expiresAt": lapses}
+    if consumers:
+        entry["consumers"] = list(consumers)
+    return {"status": {"slots": [entry], "alerts": [], "warnings": [], "health": 0 if status == "active" else 2}}
+
+
+def consumer(state, confirmed=None, due="2027-01-01T09:01:00Z", name="protection-server"):
+    entry = {"consumer": name, "expected": state != "unconfirmed", "state": state}
+    if confirmed:
+        entry["confirmedSerial"] = confirmed
+        entry["confirmedAt"] = "2027-01-01T08:00:00Z"
+    if state in ("waiting", "late"):
+        entry["dueAt"] = due
+    return entry
+
+
+class ConsumerTests(unittest.TestCase):
+    """Rule N2 in the fleet status: the SVMs whose consumer lags."""
+
+    def test_N2_a_lagging_consumer_is_one_the_agent_found_late(self):
+        self.assertEqual(
+            la.lagging_consumers(LATE_STATUS),
+            [{"slot": "server", "consumer": "protection-server", "serial": "KS-2", "confirmedSerial": "KS-1",
+              "confirmedAt": "2026-12-01T00:00:02Z", "dueAt": "2027-01-01T09:01:00Z"},
+             {"slot": "workstation", "consumer": "protection-server", "serial": "WS-7", "confirmedSerial": None,
+              "confirmedAt": None, "dueAt": "2027-01-01T09:01:00Z"}])
+        # Confirmed, still within its time, or not expected (the agent logs nothing for it):
+        # not lagging. Nor is anything on an agent that knows no consumers.
+        for state in ("confirmed", "waiting", "unconfirmed"):
+            self.assertEqual(la.lagging_consumers(consumer_status("KS-2", consumer(state, "KS-1"))["status"]), [],
+                             state)
+        self.assertEqual(la.lagging_consumers(consumer_status("KS-2")["status"]), [])
+        self.assertEqual(la.lagging_consumers({"slots": [{"slot": "server", "consumers": None}]}), [])
+
+    def test_N2_svms_whose_consumer_lags_come_first_and_are_listed_and_counted(self):
+        outcomes = {
+            "svm-c1": {"status": LATE_STATUS},
+            "svm-ok": consumer_status("KS-2", consumer("confirmed", "KS-2"), lapses="2027-02-01T00:00:00Z"),
+            "svm-wait": consumer_status("KS-2", consumer("waiting", "KS-1"), lapses="2027-03-01T00:00:00Z"),
+            "svm-old": consumer_status("KS-2", lapses="2027-04-01T00:00:00Z"),
+            "svm-exp": consumer_status("KS-0", status="expired", lapses="2026-12-01T00:00:00Z"),
+            "svm-down": {"unreachable": True, "msg": "no route"},
+        }
+        report = la.fleet_status(sorted(outcomes), outcomes, "2027-01-01T09:05:00Z")
+        # A consumer lagging needs a person as an expired slot does: first, by lapse.
+        self.assertEqual([s["host"] for s in report["svms"]],
+                         ["svm-exp", "svm-c1", "svm-down", "svm-ok", "svm-wait", "svm-old"])
+        by_host = {s["host"]: s for s in report["svms"]}
+        self.assertEqual(by_host["svm-c1"]["state"], "lagging")
+        self.assertEqual(by_host["svm-wait"]["state"], "ok")
+        self.assertEqual(by_host["svm-c1"]["warnings"][0]["code"], "consumer_not_updated")
+        self.assertEqual([c["consumer"] for c in by_host["svm-c1"]["slots"][0]["consumers"]],
+                         ["backup-agent", "protection-server"])
+        self.assertEqual(by_host["svm-old"]["slots"][0]["consumers"], [])
+        self.assertEqual(by_host["svm-down"]["consumersLagging"], [])
+        self.assertEqual(report["summary"], {"expired": 1, "lagging": 1, "unreachable": 1, "ok": 3})
+        self.assertEqual(list(report), ["task", "generatedAt", "svms", "consumersLagging", "summary"])
+        self.assertEqual(
+            report["consumersLagging"],
+            [{"host": "svm-c1", "slot": "server", "consumer": "protection-server", "serial": "KS-2",
+              "confirmedSerial": "KS-1", "confirmedAt": "2026-12-01T00:00:02Z", "dueAt": "2027-01-01T09:01:00Z"},
+             {"host": "svm-c1", "slot": "workstation", "consumer": "protection-server", "serial": "WS-7",
+              "confirmedSerial": None, "confirmedAt": None, "dueAt": "2027-01-01T09:01:00Z"}])
+
+    def test_N2_a_lapsed_slot_or_an_alert_outranks_a_lagging_consumer_which_is_still_listed(self):
+        lapsed = json.loads(json.dumps(LATE_STATUS))
+        lapsed["health"] = 2
+        lapsed["slots"][1] = {"slot": "workstation", "status": "expired", "takeover": "none",
+                              "expired": {"serial": "WS-7", "expiresAt": "2026-12-01T00:00:00Z"}}
+        alerted = dict(LATE_STATUS, alerts=["manual_activation_required"])
+        # An agent whose health counted a late consumer (2) is still lagging, not expired.
+        unhealthy = dict(LATE_STATUS, health=2)
+        report = la.fleet_status(["a", "b", "c"], {"a": {"status": lapsed}, "b": {"status": alerted},
+                                                   "c": {"status": unhealthy}}, "t")
+        self.assertEqual({s["host"]: s["state"] for s in report["svms"]}, {"a": "expired", "b": "alert", "c": "lagging"})
+        self.assertEqual([(c["host"], c["slot"]) for c in report["consumersLagging"]],
+                         [("a", "server"), ("b", "server"), ("b", "workstation"), ("c", "server"), ("c", "workstation")])
+        self.assertIn("; 5 consumers lagging on 3 SVMs", la.fleet_table(report).rsplit("\n", maxsplit=1)[-1])
+
+    def test_N2_the_table_shows_each_slots_consumers_and_a_section_of_those_lagging(self):
+        outcomes = {
+            "svm-c1": {"status": LATE_STATUS},
+            "svm-ok": consumer_status("KS-2", consumer("confirmed", "KS-2")),
+            "svm-wait": consumer_status("KS-2", consumer("waiting", "KS-1")),
+            "svm-old": consumer_status("KS-2"),
+        }
+        table = la.fleet_table(la.fleet_status(sorted(outcomes), outcomes, "t")).split("\n")
+        self.assertEqual(table[0].split(), ["SVM", "STATE", "SLOT", "ACTIVE", "UNTIL", "TAKEOVER", "USAGE", "LAPSES",
+                                            "CONSUMERS"])
+        self.assertRegex(table[1], r"^svm-c1\s+lagging\s+server\s+KS-2\s+.*\s+backup-agent unconfirmed "
+                                   r"\(confirmed KS-1\), protection-server LATE \(confirmed KS-1\)$")
+        self.assertRegex(table[2], r"^\s+workstation\s+WS-7\s+.*\s+protection-server LATE \(confirmed none\)$")
+        self.assertRegex(table[3], r"^svm-ok\s+ok\s+.*\s+protection-server ok$")
+        self.assertRegex(table[4], r"^svm-old\s+ok\s+.*\s+2027-06-01T00:00:00Z\s+-$")
+        self.assertRegex(table[5], r"^svm-wait\s+ok\s+.*\s+protection-server waiting \(until 2027-01-01T09:01:00Z\)$")
+        self.assertEqual(table[6], "")
+        self.assertEqual(table[7].split(), ["CONSUMERS", "LAGGING", "SLOT", "CONSUMER", "SHOULD", "ENFORCE", "LAST",
+                                            "CONFIRMED", "DUE"])
+        self.assertEqual(table[8].split(), ["svm-c1", "server", "protection-server", "KS-2", "KS-1", "at",
+                                            "2026-12-01T00:00:02Z", "2027-01-01T09:01:00Z"])
+        self.assertEqual(table[9].split(), ["svm-c1", "workstation", "protection-server", "WS-7", "none",
+                                            "2027-01-01T09:01:00Z"])
+        self.assertEqual(table[-1], "Fleet status: 4 SVMs: 1 lagging, 3 ok; 2 consumers lagging on 1 SVM")
+
+    def test_N2_no_section_and_no_sentence_when_no_consumer_lags(self):
+        outcomes = {"svm-ok": consumer_status("KS-2", consumer("confirmed", "KS-2")), "svm-old": consumer_status("KS-2")}
+        table = la.fleet_table(la.fleet_status(sorted(outcomes), outcomes, "t"))
+        self.assertNotIn("LAGGING", table)
+        self.assertEqual(table.rsplit("\n", maxsplit=1)[-1], "Fleet status: 2 SVMs: 2 ok")
