@@ -55,14 +55,21 @@ slots:
       C(active) and C(reserve) keys (serial, issuer, edition, licenseType, units, notBefore,
       expiresAt, source, codeHint), C(takeover) (C(reserve), C(activation-code), C(none)),
       C(secondsLeft) and C(renewal).
+    - With an agent that knows consumers (rule N2), a slot with an active key and a consumer
+      expected or that confirmed a key of it has C(consumers), each with C(consumer),
+      C(expected), C(state) (C(confirmed); C(waiting); C(late), not confirmed within
+      C(confirm-within); C(unconfirmed), neither expected nor confirmed), C(confirmedSerial)
+      and C(confirmedAt) (the serial it last confirmed, and when) and C(dueAt) (while it is
+      awaited).
   returned: always
   type: list
   elements: dict
 agent_warnings:
   description:
     - The agent's warnings for a person (no reserve, a slot expiring with nothing to take
-      over...), each with C(slot), C(code) and C(message). (Not C(warnings), which Ansible
-      keeps for its own.)
+      over, C(consumer_not_updated) for an expected consumer late confirming the active key...),
+      each with C(slot), C(code) and C(message). (Not C(warnings), which Ansible keeps for its
+      own.)
   returned: always
   type: list
   elements: dict
