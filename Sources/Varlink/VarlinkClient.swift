@@ -73,6 +73,30 @@ public final class VarlinkClient {
     return try read()
   }
 
+  /// Calls `method` with `more` (a subscription): its first reply, and whether more follow
+  /// (then ``next(waitingForever:)`` reads them).
+  public func callMore(_ method: String, _ parameters: [String: JSONValue] = [:]) throws(VarlinkClientError)
+    -> (reply: VarlinkReply, continues: Bool)
+  {
+    startDeadline()
+    try write(VarlinkCall(method: method, parameters: parameters, more: true).serialized)
+    return try readStreamed()
+  }
+
+  /// The next reply of a call made with `more`: within the timeout, or whenever it comes
+  /// (`waitingForever`: a subscriber waits for changes as long as there are none).
+  public func next(waitingForever: Bool = false) throws(VarlinkClientError) -> (
+    reply: VarlinkReply, continues: Bool
+  ) {
+    if waitingForever { deadline = Int64.max } else { startDeadline() }
+    return try readStreamed()
+  }
+
+  private func readStreamed() throws(VarlinkClientError) -> (reply: VarlinkReply, continues: Bool) {
+    let message = try readMessage()
+    do { return try VarlinkReply.parseStreamed(message) } catch { throw .broken(error.description) }
+  }
+
   /// Sends raw text followed by NUL (for tests of malformed input).
   public func send(_ text: String) throws(VarlinkClientError) {
     startDeadline()
@@ -96,8 +120,8 @@ public final class VarlinkClient {
   /// Waits until the socket is ready for `events`, or throws when the deadline passes.
   private func wait(for events: Int32) throws(VarlinkClientError) {
     while true {
-      let remaining = deadline - Self.monotonicMilliseconds()
-      guard remaining > 0 else { throw .timedOut }
+      let remaining = deadline == Int64.max ? -1 : deadline - Self.monotonicMilliseconds()
+      guard remaining != 0, remaining >= -1 else { throw .timedOut }
       var descriptor = pollfd(fd: fd, events: Int16(events), revents: 0)
       let ready = poll(&descriptor, 1, Int32(min(remaining, Int64(Int32.max))))
       if ready > 0 { return }
@@ -124,10 +148,15 @@ public final class VarlinkClient {
   }
 
   private func read() throws(VarlinkClientError) -> VarlinkReply {
+    let message = try readMessage()
+    do { return try VarlinkReply.parse(message) } catch { throw .broken(error.description) }
+  }
+
+  private func readMessage() throws(VarlinkClientError) -> [UInt8] {
     var buffer = [UInt8](repeating: 0, count: 65_536)
     while true {
       do {
-        if let message = try framer.next() { return try VarlinkReply.parse(message) }
+        if let message = try framer.next() { return message }
       } catch {
         throw .broken(error.description)
       }

@@ -24,7 +24,9 @@ struct AgentCtl: ParsableCommand {
       """,
     version: ProductVersion.current,
     subcommands: [
-      Status.self, AddKey.self, CheckKey.self, RemoveReserve.self, Activate.self, ReportUsage.self,
+      Status.self, Monitor.self, AddKey.self, CheckKey.self, RemoveReserve.self, Activate.self,
+      ReportUsage.self,
+      Confirm.self,
     ]
   )
 

@@ -195,6 +195,9 @@ struct Status: ParsableCommand {
         lines.append("           expires \(left(active.expiresAt)), at \(active.expiresAt)")
       }
       lines.append(usage(slot))
+      if let consumers = slot.consumers {
+        lines.append("  consumers " + consumers.map { consumerText($0, left: left) }.joined(separator: "; "))
+      }
       if let reserve = slot.reserve {
         lines.append("  reserve  \(describe(reserve))")
         lines.append("           valid \(reserve.notBefore) .. \(reserve.expiresAt)")
@@ -257,6 +260,18 @@ struct Status: ParsableCommand {
     }
     return lines.joined(separator: "\n")
   }
+}
+
+/// N2: a consumer of a slot's active key, as `status` and `monitor` print it.
+func consumerText(_ consumer: ConsumerInfo, left: (String) -> String) -> String {
+  var text = "\(consumer.consumer) \(consumer.state == .late ? "LATE" : consumer.state.rawValue)"
+  switch consumer.state {
+  case .confirmed: break
+  case .waiting: text += consumer.dueAt.map { " (due \(left($0)))" } ?? ""
+  case .late, .unconfirmed:
+    text += consumer.confirmedSerial.map { " (enforces \($0))" } ?? " (confirmed nothing)"
+  }
+  return text
 }
 
 /// How JSON is printed, as systemd's tools accept it: `--json=short` (one line, also what a
