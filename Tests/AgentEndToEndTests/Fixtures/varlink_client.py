@@ -60,29 +60,34 @@ def check(value, kind, iface, path):
         raise ValueError(f"{path}: {value!r} does not match the IDL type {type(kind).__name__}")
 
 
-socket, bad_key = sys.argv[1], sys.argv[2].strip()
-out = {}
-with varlink.Client(address="unix:" + socket) as client:
-    with client.open("org.varlink.service") as service:
-        info = service.GetInfo()
-        out["interfaces"] = info["interfaces"]
-        iface = varlink.Interface(service.GetInterfaceDescription("io.licenseagent.Agent")["description"])
-    with client.open("io.licenseagent.Agent") as agent:
-        status = agent.GetStatus()
-        check(status, iface.members["GetStatus"].out_type, iface, "GetStatus")
-        out["activeSerial"] = status["slots"][0]["active"]["serial"]
-        try:
-            agent.AddKey(bad_key, "reserve")
-            raise ValueError("AddKey accepted a reserve that R5 refuses")
-        except varlink.VarlinkError as error:
-            out["error"] = error.error()
-            name = error.error().rsplit(".", 1)[1]
-            check(error.parameters(), iface.members[name].type, iface, name)
-            out["rule"] = error.parameters()["rule"]
-            out["code"] = error.parameters()["code"]
-    with client.open("io.licenseagent.Agent") as agent:
-        # As an active key the same key is acceptable (it would replace the active key).
-        checked = agent.CheckKey(bad_key, "active")
-        check(checked, iface.members["CheckKey"].out_type, iface, "CheckKey")
-        out["checkSlot"] = checked["slot"]
-print(json.dumps(out))
+def main():
+    socket, bad_key = sys.argv[1], sys.argv[2].strip()
+    out = {}
+    with varlink.Client(address="unix:" + socket) as client:
+        with client.open("org.varlink.service") as service:
+            info = service.GetInfo()
+            out["interfaces"] = info["interfaces"]
+            iface = varlink.Interface(service.GetInterfaceDescription("io.licenseagent.Agent")["description"])
+        with client.open("io.licenseagent.Agent") as agent:
+            status = agent.GetStatus()
+            check(status, iface.members["GetStatus"].out_type, iface, "GetStatus")
+            out["activeSerial"] = status["slots"][0]["active"]["serial"]
+            try:
+                agent.AddKey(bad_key, "reserve")
+                raise ValueError("AddKey accepted a reserve that R5 refuses")
+            except varlink.VarlinkError as error:
+                out["error"] = error.error()
+                name = error.error().rsplit(".", 1)[1]
+                check(error.parameters(), iface.members[name].type, iface, name)
+                out["rule"] = error.parameters()["rule"]
+                out["code"] = error.parameters()["code"]
+        with client.open("io.licenseagent.Agent") as agent:
+            # As an active key the same key is acceptable (it would replace the active key).
+            checked = agent.CheckKey(bad_key, "active")
+            check(checked, iface.members["CheckKey"].out_type, iface, "CheckKey")
+            out["checkSlot"] = checked["slot"]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
