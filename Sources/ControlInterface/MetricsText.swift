@@ -43,7 +43,7 @@ public enum MetricsText {
     ("license_agent_usage_report_timestamp_seconds", "gauge", "When the slot's last usage report was made."),
     (
       "license_agent_consumer_confirmed", "gauge",
-      "1 when the consumer confirmed it enforces the slot's active key (serial), 0 while it has not."
+      "1 when the consumer confirmed it enforces the slot's active key (serial); 0 while a consumer of [consumers] expect has not."
     ),
   ]
 
@@ -79,15 +79,17 @@ public enum MetricsText {
         add("license_agent_usage_report_timestamp_seconds", [("slot", name)], seconds(report.reportedAt))
       }
       if let active = slotState.active {
-        // N2: the consumers expected, and any other that confirmed a key of this slot.
+        // N2: each consumer expected, 1 once it confirmed the active key and 0 until then (what
+        // an alert watches); any other consumer only while it enforces the active key (it is
+        // never awaited, so never 0).
         let expected = Set(engine.configuration.expectedConsumers)
         let consumers = expected.union(state.consumers.filter { $0.value[slot]?.confirmedSerial != nil }.keys)
         for consumer in consumers.sorted() {
           let confirmed = state.consumers[consumer]?[slot]?.confirmedSerial == active.serial
+          guard confirmed || expected.contains(consumer) else { continue }
           add(
             "license_agent_consumer_confirmed",
-            [("consumer", consumer.rawValue), ("slot", name), ("serial", active.serial)],
-            confirmed ? "1" : "0")
+            [("consumer", consumer.rawValue), ("slot", name), ("serial", active.serial)], confirmed ? "1" : "0")
         }
       }
       let current = engine.takeover(slotState)
