@@ -90,6 +90,7 @@ actor ControlPlane: DispatchQueueActor {
   private func deliver(_ changes: [DurableChange]) {
     guard !changes.isEmpty, !subscribers.isEmpty, let server else { return }
     let status = JSONValue.object(varlinkParameters(currentStatus())).serialized
+    let overflow = dropped()
     for change in changes {
       let event = JSONValue.object(change.journalObject.mapValues(JSONValue.string)).serialized
       for (id, var subscriber) in subscribers {
@@ -97,7 +98,7 @@ actor ControlPlane: DispatchQueueActor {
         let text =
           "{\"continues\":true,\"parameters\":{\"event\":\(event),\"sequence\":\(subscriber.sequence),\"status\":\(status)}}"
         let result = server.assumeIsolated {
-          $0.stream(text, to: id, continues: true, overflow: Self.dropped(subscriber))
+          $0.stream(text, to: id, continues: true, overflow: overflow)
         }
         if result == .sent {
           subscribers[id] = subscriber
@@ -116,14 +117,15 @@ actor ControlPlane: DispatchQueueActor {
     }
   }
 
-  private static func dropped(_ subscriber: Subscriber) -> VarlinkError {
-    VarlinkError(
+  private func dropped() -> VarlinkError {
+    let limit = server?.limits.maximumStreamBacklog ?? 0
+    return VarlinkError(
       AgentInterface.subscriberDropped,
       [
         "message": .string(
-          "This subscriber left too many changes unread and is disconnected; the changes after sequence \(subscriber.sequence - 1) were not sent. Reconnect and call Monitor again: its first reply is the status, which is the truth; read replies as they come."
+          "This subscriber left more than \(limit / 1024) KiB of changes unread and is disconnected: what it had not read was not all sent, and nothing after it will be. Reconnect and call Monitor again: its first reply is the status, which is the truth; then read replies as they come."
         ),
-        "backlog": .number(Double(subscriber.sequence - 1)),
+        "backlog": .number(Double(limit)),
       ])
   }
 
@@ -153,8 +155,9 @@ actor ControlPlane: DispatchQueueActor {
     let first = VarlinkReply.success(
       ["sequence": .number(0), "status": .object(varlinkParameters(currentStatus()))])
     let subscriber = Subscriber(consumer: consumer, uid: peer.uid)
+    let overflow = dropped()
     let result = server.assumeIsolated {
-      $0.stream(first, to: respond.connection, continues: true, overflow: Self.dropped(subscriber))
+      $0.stream(first, to: respond.connection, continues: true, overflow: overflow)
     }
     if result == .sent { subscribers[respond.connection] = subscriber }
     return nil

@@ -254,9 +254,9 @@ public enum AgentInterface {
       message: string
     )
 
-    # A Monitor subscriber left more than the agent keeps unread: its stream ends here and
-    # the connection is closed. Reconnect and call Monitor again (its first reply is the
-    # status), and read replies as they come.
+    # A Monitor subscriber left more than the agent keeps unread (backlog, in bytes): its
+    # stream ends here and the connection is closed. Reconnect and call Monitor again (its
+    # first reply is the status), and read replies as they come.
     error SubscriberDropped (message: string, backlog: int)
 
     # A licensing rule refused the request; nothing was changed.

@@ -89,7 +89,8 @@ public enum MetricsText {
           guard confirmed || expected.contains(consumer) else { continue }
           add(
             "license_agent_consumer_confirmed",
-            [("consumer", consumer.rawValue), ("slot", name), ("serial", active.serial)], confirmed ? "1" : "0")
+            [("consumer", consumer.rawValue), ("slot", name), ("serial", active.serial)],
+            confirmed ? "1" : "0")
         }
       }
       let current = engine.takeover(slotState)

@@ -196,18 +196,37 @@ public final class FileStateStore: StateStore {
     try write(state, steps: true)
   }
 
+  /// The older versions the state can be rewritten for (`license-agent --write-state-for`).
+  public enum OlderRelease: String, Sendable, CaseIterable {
+    case v01 = "0.1"
+    case v02 = "0.2"
+    case v03 = "0.3"
+  }
+
   /// Rewrites the state in the form an older version reads, before a downgrade
-  /// (`license-agent --write-state-schema 1|2`, which the package's prerm runs when an older
-  /// version replaces it; each refuses what it cannot read): schema 1 for 0.1.0, schema 2
-  /// without what 0.2.x cannot read (``LicenseState/readableBy020``) for 0.2.x. The last good
-  /// copy too, so that nothing the older version may read is of a newer form. The agent must
-  /// not be running. A later start of this version reads both and writes its own form back.
-  public func downgrade(toSchema schema: Int) throws(StateStoreError) -> LoadedState {
+  /// (`license-agent --write-state-for 0.1|0.2|0.3`, which the package's prerm runs when an
+  /// older version replaces it; each refuses what it cannot read): schema 1 for 0.1.x; schema
+  /// 2 without what 0.2.x cannot read (``LicenseState/readableBy020``); schema 2 without what
+  /// 0.3.x cannot read (``LicenseState/readableBy030``). The last good copy too, so that
+  /// nothing the older version may read is of a newer form. The agent must not be running. A
+  /// later start of this version reads them and writes its own form back.
+  public func downgrade(for release: OlderRelease) throws(StateStoreError) -> LoadedState {
     let loaded = try load()
-    let old: any Encodable = schema == 1 ? loaded.state.version1 : loaded.state.readableBy020
+    let old: any Encodable
+    switch release {
+    case .v01: old = loaded.state.version1
+    case .v02: old = loaded.state.readableBy020
+    case .v03: old = loaded.state.readableBy030
+    }
     try write(old, steps: false)
     try write(old, steps: false)
     return loaded
+  }
+
+  /// ``downgrade(for:)`` by schema, as `--write-state-schema 1|2` names it: 1 for 0.1.x, 2
+  /// for 0.2.x.
+  public func downgrade(toSchema schema: Int) throws(StateStoreError) -> LoadedState {
+    try downgrade(for: schema == 1 ? .v01 : .v02)
   }
 
   private func write(_ state: some Encodable, steps: Bool) throws(StateStoreError) {

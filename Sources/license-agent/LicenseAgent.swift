@@ -17,7 +17,7 @@ import UnixSignals
 struct LicenseAgentMain {
   static let usage = """
     Usage: license-agent [--version | --help | --check-config FILE | --remove-metrics |
-                          --write-state-schema 1|2]
+                          --write-state-for 0.1|0.2|0.3]
 
     Runs the licence agent in the foreground (as systemd's license-agent.service does). It keeps
     the SVM's licence from lapsing: it promotes the reserve key at the instant the active key
@@ -37,14 +37,16 @@ struct LicenseAgentMain {
                          exits 0. The unit runs it as ExecStopPost=, so that after a crash too
                          monitoring sees the agent is down; the daemon removes it itself at a
                          graceful stop.
-    --write-state-schema 1|2
+    --write-state-for 0.1|0.2|0.3
                          rewrites the state (state.json and its last good copy) in the form
-                         license-agent 0.1.0 (schema 1) or 0.2.0 (schema 2, without what 0.2.0
-                         cannot read: usage reports and their events) reads, and exits: 0 done, 1
-                         not done (the state is unchanged). Only while the agent is stopped: the
-                         package runs it before a downgrade (an older version refuses what it
-                         cannot read and would not start); this version reads both and writes
-                         its own form back at its next start.
+                         license-agent 0.1.x (schema 1), 0.2.x or 0.3.x (schema 2, without what
+                         they cannot read: usage reports and their events for 0.2.x, consumers'
+                         confirmations and CONSUMER_NOT_UPDATED for both) reads, and exits: 0
+                         done, 1 not done (the state is unchanged). Only while the agent is
+                         stopped: the package runs it before a downgrade (an older version
+                         refuses what it cannot read and would not start); this version reads
+                         them and writes its own form back at its next start.
+                         --write-state-schema 1|2 is the older spelling of 0.1 and 0.2.
 
     Signals: SIGTERM/SIGINT stop gracefully; SIGHUP rereads the configuration and the trust
     directory (an invalid configuration keeps the old one).
@@ -88,20 +90,21 @@ struct LicenseAgentMain {
     return 0
   }
 
-  /// `--write-state-schema 1|2`: the state in the form 0.1.0 (schema 1) or 0.2.0 (schema 2)
-  /// reads, before a downgrade.
-  static func writeStateSchema(_ schema: Int) -> Int32 {
+  /// `--write-state-for 0.1|0.2|0.3` (and its older spelling `--write-state-schema 1|2`): the
+  /// state in the form that version reads, before a downgrade.
+  static func writeState(for release: FileStateStore.OlderRelease) -> Int32 {
     let paths = AgentPaths.fromEnvironment(ProcessInfo.processInfo.environment)
     do {
       let store = try FileStateStore(directory: paths.stateDirectory)
-      let loaded = try store.downgrade(toSchema: schema)
+      let loaded = try store.downgrade(for: release)
       let count = loaded.state.slots.count
+      let schema = release == .v01 ? 1 : 2
       print(
-        "\(store.stateFile): written in schema \(schema) (\(count) slot\(count == 1 ? "" : "s")), for license-agent \(schema == 1 ? "0.1.0" : "0.2.0")"
+        "\(store.stateFile): written in schema \(schema) (\(count) slot\(count == 1 ? "" : "s")), for license-agent \(release.rawValue).x"
       )
       return 0
     } catch {
-      StandardStream.error("license-agent: cannot write the state in schema \(schema): \(error)\n")
+      StandardStream.error("license-agent: cannot write the state for \(release.rawValue).x: \(error)\n")
       return 1
     }
   }
@@ -127,13 +130,20 @@ struct LicenseAgentMain {
       exit(checkConfiguration(file: arguments[1]))
     }
     if arguments == ["--remove-metrics"] { exit(removeMetrics()) }
+    if arguments.first == "--write-state-for" {
+      guard arguments.count == 2, let release = FileStateStore.OlderRelease(rawValue: arguments[1]) else {
+        StandardStream.error("license-agent: --write-state-for takes 0.1, 0.2 or 0.3\n\n\(usage)\n")
+        exit(64)
+      }
+      exit(writeState(for: release))
+    }
     if arguments.first == "--write-state-schema" {
       guard arguments.count == 2, let schema = Int(arguments[1]), schema == 1 || schema == 2 else {
         StandardStream.error(
           "license-agent: --write-state-schema takes 1 (for 0.1.0) or 2 (for 0.2.0)\n\n\(usage)\n")
         exit(64)
       }
-      exit(writeStateSchema(schema))
+      exit(writeState(for: schema == 1 ? .v01 : .v02))
     }
     guard arguments.isEmpty else {
       StandardStream.error("license-agent: unknown argument '\(arguments[0])'\n\n\(usage)\n")

@@ -107,6 +107,23 @@ import Testing
       try await machine.run("systemctl show -p MainPID --value license-agent").stdout == pidBeforeReload)
     #expect(try await machine.run("systemctl is-active license-agent").stdout == "active\n")
 
+    // A hook (N3) under the hardened unit: run after each change as the agent's user, with
+    // the event on standard input; what it leaves behind (even in a session of its own) is
+    // ended with its cgroup. The package ships the folder, with a README that never runs.
+    try """
+    #!/bin/sh
+    input=$(cat)
+    echo "$LICENSE_EVENT $LICENSE_SLOT $LICENSE_SERIAL $(id -un) $input" | systemd-cat -t license-hook
+    setsid sleep 300 </dev/null >/dev/null 2>&1 &
+
+    """.write(toFile: lab + "/record-hook", atomically: true, encoding: .utf8)
+    chmod(lab + "/record-hook", 0o755)
+    #expect(try await machine.run("test -f /etc/license-agent/hooks.d/README").status == 0)
+    #expect(
+      try await machine.run("install -m 0755 /mnt/lab/record-hook /etc/license-agent/hooks.d/50-record")
+        .status
+        == 0)
+
     // agentctl: refused to an unprivileged user (77, naming the group), allowed to root.
     let now = AgentHarness.now()
     let expiry = now + .seconds(20)
@@ -145,6 +162,23 @@ import Testing
     #expect(explained.contains("Documentation: man:license-agent(8)"), "\(explained)")
     let after = try await machine.run("systemctl status license-agent --no-pager").stdout
     #expect(after.contains("Status: \"server: E2E-R until"), "\(after)")
+    // The hook saw each change, the promotion last, as the journal has it.
+    let hooked = try await Self.poll(tries: 100) {
+      try await machine.run("journalctl -t license-hook -o cat --no-pager").stdout
+    } until: {
+      $0.contains("KEY_PROMOTED server E2E-R")
+    }
+    #expect(hooked.contains("ACTIVE_ADDED server E2E-A license-agent {"), "\(hooked)")
+    #expect(hooked.contains("KEY_PROMOTED server E2E-R license-agent {"), "\(hooked)")
+    #expect(hooked.contains("\"MESSAGE_ID\":\"\(Self.promotionID)\""), "\(hooked)")
+    #expect(try await machine.run("rm /etc/license-agent/hooks.d/50-record").status == 0)
+    // Once the last hook has exited (its line may come a moment before).
+    let sleeping = try await Self.poll(tries: 50) {
+      try await machine.run("pgrep -x sleep").stdout
+    } until: {
+      $0.isEmpty
+    }
+    #expect(sleeping.isEmpty, "the hooks' setsid children were ended")
 
     // Exactly once under the real unit: the agent stopped as if killed after it announced
     // the promotion and before it acknowledged it (its state with KEY_PROMOTED put back in
