@@ -458,6 +458,9 @@ public actor Agent: DispatchQueueActor {
   /// A round of delivery; its acknowledgement made durable; a refused round retried.
   private func deliverOutbox() {
     let round = courier.deliver(&state, now: clock.now(), logger: logger)
+    // Subscribers and hooks get the changes as soon as the journal has them, not after the
+    // acknowledgement's write below (a whole fsync later).
+    publishView()
     if round.acknowledged {
       saveCounted(state)
       armJournalChecks()

@@ -244,7 +244,7 @@ extension ConsumerNotUpdated {
     return JournalEvent(
       .consumerNotUpdated,
       message:
-        "The consumer \(consumer) has not confirmed the new \(slot.rawValue) key \(key.serial) within \(within) of the takeover (\(confirmed)): it may still enforce the old licence and run limited. Check that \(consumer) is running and subscribed (`agentctl status` lists what each consumer confirmed); the alert clears when it confirms.",
+        "The consumer \(consumer) has not confirmed that it enforces the \(slot.rawValue) key \(key.serial) within \(within) of it becoming the active key (\(confirmed)): it may still enforce the former licence and run limited. Check that \(consumer) is running and subscribed (`agentctl status` lists what each consumer confirmed); the alert clears when it confirms.",
       fields: keyFields(slot, key) + [.init(.consumer, consumer.rawValue)]
         + optional(.confirmedSerial, confirmedSerial))
   }

@@ -18,6 +18,7 @@ struct Bench: ParsableCommand {
     abstract: "Benchmarks of license-agent on this machine.",
     subcommands: [
       Promotion.self, Idle.self, Startup.self, StatusTime.self, Renewal.self, Crash.self, Fleet.self,
+      MonitorBench.self,
     ])
 }
 
@@ -69,7 +70,7 @@ struct Promotion: ParsableCommand {
     guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
     let agentPath = agentExecutable(agent)
     let (measured, limitMeasured, faults) = try measureAgent(
-      agentPath: agentPath, step: step, metrics: !noMetrics)
+      agentPath: agentPath, keys: keys, step: step, metrics: !noMetrics)
     let delays = measured.sorted()
     let limit = limitMeasured.sorted()
     let early = delays.filter { $0 < 0 }.count
@@ -105,7 +106,7 @@ struct Promotion: ParsableCommand {
   }
 
   /// A process's minor page faults so far (`minflt`, the 10th field of /proc/PID/stat).
-  private func minorFaults(_ pid: Int32) -> Int {
+  static func minorFaults(_ pid: Int32) -> Int {
     guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
       let end = stat.lastIndex(of: ")")
     else { return 0 }
@@ -125,9 +126,42 @@ struct Promotion: ParsableCommand {
   /// The agent's promotion delays, the limit's in the same window (a sample three quarters
   /// of the way between two expiries, while the agent has nothing to do, so that both meet
   /// the same disk), and the agent's minor page faults per promotion over the run.
-  private func measureAgent(agentPath: String, step: TimeSpan, metrics: Bool) throws -> (
+}
+
+/// What one run of promotions saw, for the benchmarks built on it.
+struct PromotionRun {
+  /// Each promotion's LICENSE_DELAY_USEC, by serial, and its expired key's exp: the instant
+  /// the promotion became durable is their sum.
+  var delays: [String: Int64] = [:]
+  var expiries: [String: Timestamp] = [:]
+  /// When journald received each KEY_PROMOTED (`__REALTIME_TIMESTAMP`), when it is used.
+  var journalReceived: [String: Timestamp] = [:]
+  var limit: [Int64] = []
+  var faultsPerPromotion = 0.0
+
+  /// When each promotion became durable.
+  var durableAt: [String: Timestamp] {
+    var instants: [String: Timestamp] = [:]
+    for (serial, delay) in delays {
+      if let exp = expiries[serial] { instants[serial] = exp + TimeSpan(microseconds: delay) }
+    }
+    return instants
+  }
+}
+
+extension Promotion {
+  func measureAgent(agentPath: String, keys: Int, step: TimeSpan, metrics: Bool) throws -> (
     [Int64], [Int64], Double
   ) {
+    let run = try Self.measure(agentPath: agentPath, keys: keys, step: step, metrics: metrics)
+    return (Array(run.delays.values), run.limit, run.faultsPerPromotion)
+  }
+
+  /// `keys` promotions `step` apart by the agent at `agentPath`; `attach` is called with the
+  /// agent's socket once it runs and before the first key is added (subscribers).
+  static func measure(
+    agentPath: String, keys: Int, step: TimeSpan, metrics: Bool, attach: (String) throws -> Void = { _ in }
+  ) throws -> PromotionRun {
     let probe = try LimitProbe()
     let folder = try BenchFolder("promotion", metrics: metrics)
     let issuer = folder.issuer
@@ -148,8 +182,9 @@ struct Promotion: ParsableCommand {
       return (serial, delay)
     }
 
+    try attach(socket)
     let client = try VarlinkClient(path: socket)
-    let run = String(getpid())
+    let run = String(getpid()) + "-" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
     let start = now()
     let first = start + .seconds(1)
     func expiry(_ index: Int) -> Timestamp {
@@ -207,6 +242,7 @@ struct Promotion: ParsableCommand {
     let faults = Double(minorFaults(process.processIdentifier) - faultsBefore) / Double(keys)
 
     var delays: [String: Int64] = [:]
+    var received: [String: Timestamp] = [:]
     for _ in 0..<100 {
       if useJournal {
         let query = Process()
@@ -227,6 +263,9 @@ struct Promotion: ParsableCommand {
             let delay = object["LICENSE_DELAY_USEC"]?.stringValue.flatMap(Int64.init)
           else { continue }
           delays[name] = delay
+          if let at = object["__REALTIME_TIMESTAMP"]?.stringValue.flatMap(Int64.init) {
+            received[name] = Timestamp(microseconds: at)
+          }
         }
       } else {
         delays = events.all
@@ -238,9 +277,15 @@ struct Promotion: ParsableCommand {
       throw BenchError(description: "found \(delays.count) KEY_PROMOTED events of \(keys)")
     }
     limit.append(try probe.sample(at: expiry(keys - 1) + TimeSpan(microseconds: step.microseconds * 3 / 4)))
-    return (Array(delays.values), limit, faults)
+    var result = PromotionRun()
+    result.delays = delays
+    result.journalReceived = received
+    result.limit = limit
+    result.faultsPerPromotion = faults
+    // Key `index` is promoted when key `index - 1` expires.
+    for index in 1...keys { result.expiries[serial(index)] = expiry(index - 1) }
+    return result
   }
-
 }
 
 /// The limit a promotion delay is held against: an absolute CLOCK_REALTIME timerfd wake-up
