@@ -272,6 +272,48 @@ import Testing
     #expect(try agent.agentctl(["status"]).status == 0)
   }
 
+  @Test func N2_theReferenceConsumerFollowsATakeoverAndConfirmsInTime() throws {
+    let agent = try AgentHarness(
+      configuration: "[consumers]\nexpect = [\"reference\"]\nconfirm-within = \"3s\"\n")
+    defer { agent.stop() }
+    #expect(try agent.start())
+    let enforced = agent.root + "/enforced"
+    let consumer = Process()
+    consumer.executableURL = URL(fileURLWithPath: python3())
+    let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+      .deletingLastPathComponent().path
+    consumer.arguments = [
+      repository + "/examples/reference-consumer", "--socket", agent.socketPath, "--consumer", "reference",
+      "--enforce-dir", enforced,
+    ]
+    consumer.standardOutput = FileHandle.nullDevice
+    try consumer.run()
+    defer {
+      kill(consumer.processIdentifier, SIGKILL)
+      consumer.waitUntilExit()
+    }
+    let now = AgentHarness.now()
+    let expiry = Timestamp(microseconds: (now + .seconds(3)).microseconds / 1_000_000 * 1_000_000)
+    try agent.keyPair(activeUntil: expiry)
+    #expect(try agent.events(.keyPromoted, serial: agent.serial("R")).count == 1)
+    // It enforces the promoted key and confirmed it: no CONSUMER_NOT_UPDATED, then or later.
+    let deadline = Date().addingTimeInterval(10)
+    var confirmed = false
+    while Date() < deadline && !confirmed {
+      let status = try agent.agentctl(["status", "--json"]).stdout
+      confirmed = status.contains("\"confirmedSerial\":\"\(agent.serial("R"))\"")
+      usleep(50_000)
+    }
+    #expect(confirmed)
+    #expect(
+      (try? String(contentsOfFile: enforced + "/server", encoding: .utf8)) == agent.serial("R") + "\n")
+    AgentHarness.sleep(until: expiry + .seconds(4))
+    _ = try agent.settle()
+    #expect(
+      try agent.journal(["_PID=\(agent.pid!)", "MESSAGE_ID=\(EventKind.consumerNotUpdated.messageID)"])
+        .isEmpty)
+  }
+
   @Test func N3_hooksRunAfterEachChangeSupervisedAndChangeNothing() throws {
     let agent = try AgentHarness(configuration: "[hooks]\ntimeout = \"1s\"\n")
     defer { agent.stop() }
