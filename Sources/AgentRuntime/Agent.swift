@@ -372,12 +372,18 @@ public actor Agent: DispatchQueueActor {
       // the hooks (given once the work in hand is done, after the journal has it).
       if let id = decision.persistedTransition {
         let transition = state.transitionName(id)
+        let before = pendingChanges.count
         pendingChanges += decision.actions.compactMap { action in
           guard case .emit(let event, nil) = action else { return nil }
           return DurableChange(event: event.rendered, transition: nil)
         }
         pendingChanges += state.outbox.filter { $0.transitionID == id }.map {
           DurableChange(event: $0, transition: transition)
+        }
+        // A change that logs nothing (a usage report within its band, a confirmation) still
+        // reaches the subscribers, with the status after it.
+        if pendingChanges.count == before {
+          pendingChanges.append(DurableChange(event: nil, transition: transition))
         }
       }
       deliverOutbox()

@@ -9,15 +9,17 @@ import StandardIO
 import Synchronization
 import Systemd
 
-/// A durable change as subscribers (Monitor) and hooks receive it: the event, with the
-/// transition the journal names it by.
+/// A durable change as subscribers (Monitor) and hooks receive it: its event, with the
+/// transition the journal names it by; none for a change that logs nothing (a usage report
+/// within its band, a confirmation), which subscribers get with the status alone.
 public struct DurableChange: Sendable, Equatable {
-  public var event: JournalEvent
+  public var event: JournalEvent?
   public var transition: String?
 
   /// The event as the journal has it: MESSAGE, MESSAGE_ID, PRIORITY, SYSLOG_IDENTIFIER,
   /// LICENSE_EVENT, the `LICENSE_*` fields and LICENSE_TRANSITION.
-  public var journalObject: [String: String] {
+  public var journalObject: [String: String]? {
+    guard let event else { return nil }
     var object: [String: String] = [:]
     for (name, value) in journalFields(of: event, transition: transition) { object[name] = value }
     return object
@@ -63,7 +65,9 @@ final class HookRunner: Sendable {
   }
 
   /// Queues `changes` for the hooks (from the agent's queue: returns at once).
-  func run(_ changes: [DurableChange]) {
+  func run(_ all: [DurableChange]) {
+    // Hooks are given events: a change that logs nothing has nothing to give them.
+    let changes = all.filter { $0.event != nil }
     guard !changes.isEmpty else { return }
     let start = pending.withLock { state -> Bool in
       state.changes += changes
@@ -117,39 +121,41 @@ final class HookRunner: Sendable {
         return (next, dropped, state.timeout, state.logger)
       }
       if dropped > 0 {
-        logger?.warning(
-          "Hooks fall behind the changes: the oldest were given to no hook",
-          metadata: ["changes_not_given": "\(dropped)", "backlog": "\(Self.maximumBacklog)"])
+        note(
+          "behind", logger, "Hooks fall behind the changes: the oldest were given to no hook",
+          ["changes_not_given": "\(dropped)", "backlog": "\(Self.maximumBacklog)"])
       }
       guard let change = next else { return }
       for hook in hooks(logger: logger) { run(hook, change, timeout: timeout, logger: logger) }
     }
   }
 
-  /// The environment of a hook: the agent's own (PATH, locale) without what is systemd's to
-  /// give the agent alone, plus the event's main fields.
+  /// The environment of a hook: only what a program needs of the agent's (PATH, locale, time
+  /// zone, the directories systemd gives it), never the rest (a proxy's credentials, a
+  /// credentials directory), plus the event's main fields.
   static func environment(for change: DurableChange, timeout: TimeSpan) -> [String: String] {
-    var env = ProcessInfo.processInfo.environment
-    for name in [
-      "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
-    ] {
-      env.removeValue(forKey: name)
-    }
-    env["LICENSE_EVENT"] = change.event.kind.rawValue
-    env["LICENSE_SLOT"] = change.event[field: .slot] ?? ""
-    env["LICENSE_SERIAL"] = change.event[field: .serial] ?? ""
+    let kept: Set<String> = [
+      "PATH", "LANG", "LANGUAGE", "TZ", "HOME", "USER", "LOGNAME", "CONFIGURATION_DIRECTORY",
+      "STATE_DIRECTORY",
+      "RUNTIME_DIRECTORY", "INVOCATION_ID", "JOURNAL_STREAM",
+    ]
+    var env = ProcessInfo.processInfo.environment.filter { kept.contains($0.key) || $0.key.hasPrefix("LC_") }
+    if env["PATH"] == nil { env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" }
+    env["LICENSE_EVENT"] = change.event?.kind.rawValue ?? ""
+    env["LICENSE_SLOT"] = change.event?[field: .slot] ?? ""
+    env["LICENSE_SERIAL"] = change.event?[field: .serial] ?? ""
     env["LICENSE_TRANSITION"] = change.transition ?? ""
     env["LICENSE_HOOK_TIMEOUT_SEC"] = String(max(timeout.microseconds / 1_000_000, 1))
     return env
   }
 
   private func run(_ hook: String, _ change: DurableChange, timeout: TimeSpan, logger: Logger?) {
-    let input = JSONValue.object(change.journalObject.mapValues(JSONValue.string)).serialized + "\n"
+    let input = JSONValue.object((change.journalObject ?? [:]).mapValues(JSONValue.string)).serialized + "\n"
     let result = runChild(
       [hook], environment: Self.environment(for: change, timeout: timeout), input: Array(input.utf8),
       timeout: timeout, maximumOutput: Self.maximumOutput, cgroups: RenewalRunner.attemptCgroups)
     let name = String(hook.split(separator: "/").last ?? "")
-    var metadata: Logger.Metadata = ["hook": "\(hook)", "event": "\(change.event.kind.rawValue)"]
+    var metadata: Logger.Metadata = ["hook": "\(hook)", "event": "\(change.event?.kind.rawValue ?? "")"]
     let stderr = ExternalText.bounded(
       String(decoding: result.stderr, as: UTF8.self).trimmingWhitespace(),
       limit: ExternalText.diagnosticsLimit)
@@ -165,7 +171,10 @@ final class HookRunner: Sendable {
       metadata["exit_status"] = "\(result.exitStatus.map(String.init) ?? "signal")"
       note("failed:\(name)", logger, "Hook failed; the change stands", metadata)
     } else if result.leftoverProcesses {
-      note("leftover:\(name)", logger, "Hook exited leaving processes behind; they were killed", metadata)
+      let group = RenewalRunner.attemptCgroups == nil ? "process group" : "cgroup"
+      note(
+        "leftover:\(name)", logger, "Hook exited leaving processes behind in its \(group); they were killed",
+        metadata)
     }
   }
 

@@ -160,6 +160,8 @@ public final class VarlinkClient {
       } catch {
         throw .broken(error.description)
       }
+      // Waiting for ever is for the next message: one begun must end within the timeout.
+      if deadline == Int64.max && framer.hasPartialMessage { startDeadline() }
       try wait(for: Int32(POLLIN))
       let count = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
       if count > 0 {

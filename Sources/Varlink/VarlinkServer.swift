@@ -283,17 +283,24 @@ public actor VarlinkServer: DispatchQueueActor {
     }
     if !continues {
       connection.awaitingReply = false
+      connection.streaming = false
       send(text, to: connection)
       if !connection.closed { scheduleTurn(connection) }
     } else {
+      connection.streaming = true
       send(text, to: connection)
+      // A message begun on it must still be finished in time, stream or not.
+      if !connection.closed { watchForStall(connection) }
     }
+    // What unprivileged subscribers leave unread counts against their bound at once.
+    if !connection.privileged && !connection.closed { enforceBufferBound() }
     return connection.closed ? .closed : .sent
   }
 
   /// Ends `connection`'s stream with `final`, after the reply being written (the rest queued
-  /// is dropped), reads nothing more from it, and closes it once `final` is read or after the
-  /// stall timeout.
+  /// is dropped), reads nothing more from it, and closes it once `final` is read, or once
+  /// it has read nothing for ``drainTimeoutMilliseconds`` (each write that goes through
+  /// starts that wait again).
   private func drain(_ connection: Connection, _ final: String) {
     if let end = connection.pending.firstIndex(of: 0) {
       connection.pending.removeSubrange((end + 1)...)
@@ -308,6 +315,15 @@ public actor VarlinkServer: DispatchQueueActor {
       connection.readSource?.suspend()
       connection.readSuspended = true
     }
+    armDrainTimer(connection)
+    flush(connection)
+  }
+
+  /// How long a dropped subscriber may read nothing before it is closed without its error:
+  /// one paused for a while (stopped, swapping) still gets to read why it was dropped.
+  var drainTimeoutMilliseconds: Int { limits.stallTimeoutMilliseconds * 6 }
+
+  private func armDrainTimer(_ connection: Connection) {
     connection.stallTimer?.cancel()
     let timer = DispatchSource.makeTimerSource(queue: queue)
     let (fd, serial) = (connection.fd, connection.serial)
@@ -316,10 +332,9 @@ public actor VarlinkServer: DispatchQueueActor {
         server.open(fd, serial).map { server.close($0, reason: .slowSubscriber) }
       }
     }
-    timer.schedule(deadline: .now() + .milliseconds(limits.stallTimeoutMilliseconds))
+    timer.schedule(deadline: .now() + .milliseconds(drainTimeoutMilliseconds))
     connection.stallTimer = timer
     timer.resume()
-    flush(connection)
   }
 
   /// Binds the socket (replacing a stale one), makes it connectable by every local user
@@ -453,7 +468,9 @@ public actor VarlinkServer: DispatchQueueActor {
     {
       total -= largest.bufferedBytes
       held.removeAll { $0 === largest }
-      close(largest, reason: .bufferLimit)
+      // Mostly replies it left unread (a subscriber), or mostly input it did not finish.
+      close(
+        largest, reason: largest.pending.count > largest.framer.bufferedCount ? .unreadReplies : .bufferLimit)
     }
   }
 
@@ -648,7 +665,12 @@ public actor VarlinkServer: DispatchQueueActor {
   /// A begun message must be finished in time; while calls wait for a deferred reply the
   /// client is not the one stalling.
   private func watchForStall(_ connection: Connection) {
-    guard !connection.closed, connection.framer.hasPartialMessage, !connection.awaitingReply else {
+    guard !connection.draining else { return }
+    // A stream's connection answers nothing more, but a message begun on it is held to the
+    // same deadline (a subscriber cannot keep a half-sent call for ever).
+    guard !connection.closed, connection.framer.hasPartialMessage,
+      !connection.awaitingReply || connection.streaming
+    else {
       connection.stallTimer?.cancel()
       connection.stallTimer = nil
       return
@@ -697,6 +719,8 @@ public actor VarlinkServer: DispatchQueueActor {
       let written = connection.pending.withUnsafeBytes { write(connection.fd, $0.baseAddress, $0.count) }
       if written > 0 {
         connection.pending.removeFirst(written)
+        // A dropped subscriber that reads is given the time to read its error.
+        if connection.draining && !connection.pending.isEmpty { armDrainTimer(connection) }
       } else if written < 0 && errno == EINTR {
         continue
       } else if written < 0 && errno == EAGAIN {
@@ -844,6 +868,8 @@ private final class Connection {
   var readSuspended = false
   /// Dropped as a slow subscriber: the last replies are being written, then it closes.
   var draining = false
+  /// A call made with `more` is being answered (``VarlinkServer/stream(_:to:continues:overflow:)``).
+  var streaming = false
   /// A client that leaves this much of its replies unread is disconnected.
   static let maximumPending = 4 << 20
 

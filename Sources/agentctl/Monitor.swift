@@ -82,17 +82,21 @@ struct Monitor: ParsableCommand {
     }
     let decoded: MonitorReply
     do {
-      decoded = try decodeParameters(MonitorReply.self, from: parameters)
+      decoded = try decodeParameters(MonitorReply.self, from: parameters.forTerminal)
     } catch {
       printError("agentctl: the reply on the socket is not a Monitor reply this agentctl reads (\(error))")
       throw ExitCode(3)
     }
     let status = decoded.status
     guard let event = decoded.event else {
-      emit(
-        "\(status.now) license-agent \(ExternalText.code(status.version)): following the licence (Ctrl-C to stop)"
-      )
-      for slot in status.slots { emit("\(status.now) \(Self.summary(slot))") }
+      if decoded.sequence == 0 {
+        emit("\(status.now) license-agent \(status.version): following the licence (Ctrl-C to stop)")
+        for slot in status.slots { emit("\(status.now) \(Self.summary(slot))") }
+      } else {
+        // A change that logs nothing (a usage report within its band, a confirmation).
+        emit(
+          "\(status.now) changed without an event: " + status.slots.map(Self.summary).joined(separator: "; "))
+      }
       return
     }
     func field(_ name: String) -> String {

@@ -54,7 +54,7 @@ struct Status: ParsableCommand {
       switch try client.call(AgentMethod.getStatus.qualifiedName, GetStatusRequest().parameters) {
       case .success(let parameters):
         do {
-          status = try decodeParameters(StatusReply.self, from: parameters)
+          status = try decodeParameters(StatusReply.self, from: parameters.forTerminal)
         } catch {
           unreachable = "the reply on \(socket) is not a status this agentctl reads (\(error))"
         }
@@ -259,6 +259,24 @@ struct Status: ParsableCommand {
       lines.append("\nNext action: none scheduled")
     }
     return lines.joined(separator: "\n")
+  }
+}
+
+extension [String: JSONValue] {
+  /// What a reply says, fit for a terminal: every string bounded and stripped of control
+  /// characters (escape sequences from whatever listens on a --socket path), once, before
+  /// anything of it is printed. JSON output needs none of it: it escapes them.
+  var forTerminal: [String: JSONValue] { mapValues(\.forTerminal) }
+}
+
+extension JSONValue {
+  var forTerminal: JSONValue {
+    switch self {
+    case .string(let text): return .string(ExternalText.bounded(text, limit: ExternalText.diagnosticsLimit))
+    case .array(let items): return .array(items.map(\.forTerminal))
+    case .object(let members): return .object(members.mapValues(\.forTerminal))
+    default: return self
+    }
   }
 }
 

@@ -421,6 +421,42 @@ import Testing
     }
   }
 
+  /// What a server on --socket says never reaches the terminal raw, in agentctl status or
+  /// agentctl monitor; and a monitor reply begun and never finished ends agentctl within its
+  /// deadline (it waits for ever only between replies).
+  @Test func agentctlMonitorAndStatusPrintNoEscapeSequenceAndDoNotHang() throws {
+    let folder = makeTemporaryDirectory("hostile-varlink")
+    defer { removeTemporaryDirectory(folder) }
+    let script =
+      URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/hostile_varlink.py"
+    let socket = folder + "/status"
+    let server = Process()
+    server.executableURL = URL(fileURLWithPath: python3())
+    server.arguments = [script, socket, "status"]
+    let ready = Pipe()
+    server.standardOutput = ready
+    try server.run()
+    defer {
+      kill(server.processIdentifier, SIGKILL)
+      server.waitUntilExit()
+    }
+    _ = ready.fileHandleForReading.availableData
+    let env = ["PATH": "/usr/bin:/bin", "STATE_DIRECTORY": folder + "/no-state"]
+    let status = try runProcess(
+      "/usr/bin/timeout", ["60", productsDirectory() + "/agentctl", "--socket", socket, "status"],
+      environment: env)
+    #expect(status.stdout.contains("license-agent 9.9"), "\(status.stdout) \(status.stderr)")
+    #expect(!(status.stdout + status.stderr).contains("\u{1B}"), "an escape sequence reached the terminal")
+    let started = Date()
+    let monitor = try runProcess(
+      "/usr/bin/timeout", ["60", productsDirectory() + "/agentctl", "--socket", socket, "monitor"],
+      environment: env)
+    #expect(monitor.status == 3, "\(monitor.status): \(monitor.stderr)")
+    #expect(Date().timeIntervalSince(started) < 30, "a reply begun and never finished ends the monitor")
+    #expect(monitor.stdout.contains("license-agent 9.9"), "\(monitor.stdout)")
+    #expect(!(monitor.stdout + monitor.stderr).contains("\u{1B}"), "an escape sequence reached the terminal")
+  }
+
   func decodeStatus(_ text: String) throws -> StatusReply {
     try JSONDecoder().decode(StatusReply.self, from: Data(text.utf8))
   }

@@ -98,9 +98,17 @@ import Testing
       let reasons = Mutex<[VarlinkDropReason]>([])
     }
     let drops = Drops()
+    /// The connections subscribed with Watch (a call made with `more`), and the server for
+    /// its handler to stream on.
+    final class Watch: Sendable {
+      let watchers = Mutex<[VarlinkConnectionID]>([])
+      let server = Mutex<VarlinkServer?>(nil)
+    }
+    let watch = Watch()
 
     init(limits: VarlinkConnectionLimits = VarlinkConnectionLimits(), privileged: Bool = true) throws {
       let drops = self.drops
+      let watch = self.watch
       server = VarlinkServer(
         path: dir + "/test.socket", queue: queue,
         info: VarlinkServiceInfo(vendor: "v", product: "p", version: "1", url: "u"),
@@ -108,9 +116,22 @@ import Testing
           VarlinkInterface(
             name: "org.example.test",
             description:
-              "interface org.example.test\nmethod Echo(x: ?object) -> (x: ?object, uid: int)\nmethod Later() -> (later: bool)\n",
-            methods: ["Echo", "Later"]
+              "interface org.example.test\nmethod Echo(x: ?object) -> (x: ?object, uid: int)\nmethod Later() -> (later: bool)\nmethod Watch() -> (n: int, pad: string)\n",
+            methods: ["Echo", "Later", "Watch"]
           ) { call, peer, respond in
+            if call.member == "Watch" {
+              guard call.more, let server = watch.server.withLock({ $0 }) else {
+                return .failure(.expectedMore)
+              }
+              // Handlers run on the server's queue: the first reply streams at once.
+              _ = server.assumeIsolated {
+                $0.stream(
+                  .success(["n": .number(0), "pad": .string("")]), to: respond.connection, continues: true,
+                  overflow: VarlinkError("org.example.test.Dropped"))
+              }
+              watch.watchers.withLock { $0.append(respond.connection) }
+              return nil
+            }
             if call.member == "Later" {
               // Answered later, from another thread.
               DispatchQueue(label: "later").asyncAfter(deadline: .now() + 0.2) {
@@ -124,7 +145,27 @@ import Testing
           }
         ], limits: limits, isPrivileged: { _ in privileged },
         onDrop: { reason, _ in drops.reasons.withLock { $0.append(reason) } })
+      watch.server.withLock { $0 = server }
       try server.sync { try $0.start() }
+    }
+
+    /// Streams `count` replies of about `size` bytes to every watcher, numbered from 1; what
+    /// became of each.
+    func push(_ count: Int, size: Int = 1024) -> [VarlinkStreamResult] {
+      let ids = watch.watchers.withLock { $0 }
+      return server.sync { server in
+        var results: [VarlinkStreamResult] = []
+        for id in ids {
+          for n in 1...count {
+            results.append(
+              server.stream(
+                .success(["n": .number(Double(n)), "pad": .string(String(repeating: "x", count: size))]),
+                to: id,
+                continues: true, overflow: VarlinkError("org.example.test.Dropped")))
+          }
+        }
+        return results
+      }
     }
 
     deinit {
@@ -208,6 +249,82 @@ import Testing
 
   /// A client that sends many calls at once and reads every reply is served at its budget,
   /// and never closed as stalled: its calls are whole, they only wait for their turn.
+  /// N1's bound: a subscriber that stops reading is dropped once it leaves more than the
+  /// backlog unread; the error follows the replies already on their way, and it can read it
+  /// after a pause longer than the stall timeout (it is given a while to read it).
+  @Test func N1_aStreamIsInOrderAndASubscriberThatStopsReadingGetsItsErrorAfterAPause() throws {
+    var limits = VarlinkConnectionLimits()
+    limits.maximumStreamBacklog = 16 << 10
+    limits.stallTimeoutMilliseconds = 200
+    let f = try Fixture(limits: limits, privileged: false)
+    let client = try VarlinkClient(path: f.path, timeoutSeconds: 5)
+    let first = try client.callMore("org.example.test.Watch")
+    #expect(first.continues && first.reply == .success(["n": .number(0), "pad": .string("")]))
+    // Reading: every reply, in order.
+    let results = f.push(5)
+    #expect(results == Array(repeating: .sent, count: 5))
+    for n in 1...5 {
+      let next = try client.next()
+      #expect(
+        next.continues
+          && next.reply
+            == .success(["n": .number(Double(n)), "pad": .string(String(repeating: "x", count: 1024))])
+      )
+    }
+    // Not reading, far past what the socket and the backlog hold: dropped.
+    let flood = f.push(2000)
+    let firstDrop = try #require(flood.firstIndex(of: .dropped), "never dropped")
+    #expect(flood[(firstDrop + 1)...].allSatisfy { $0 == .closed }, "nothing queued after the drop")
+    // A pause three times the stall timeout, then it reads: the replies in order, the error, the end.
+    usleep(600_000)
+    var n = 0  // the flood is numbered from 1 again
+    var ended: VarlinkError?
+    while ended == nil {
+      let next = try client.next()
+      switch next.reply {
+      case .success(let parameters):
+        n += 1
+        #expect(parameters["n"] == .number(Double(n)), "in order, none skipped")
+        #expect(next.continues)
+      case .failure(let error):
+        ended = error
+        #expect(!next.continues)
+      }
+    }
+    #expect(ended?.name == "org.example.test.Dropped")
+    #expect(n > 0 && n < 2000)
+    #expect(throws: VarlinkClientError.self) { try client.next() }
+    #expect(f.drops.reasons.withLock { $0 } == [.slowSubscriber])
+  }
+
+  /// A stream's connection answers nothing more, but a message begun on it is held to the
+  /// stall deadline like any other: a subscriber cannot keep a half-sent call for ever.
+  @Test func N1_aHalfSentCallOnAStreamIsClosedAsStalled() throws {
+    var limits = VarlinkConnectionLimits()
+    limits.stallTimeoutMilliseconds = 200
+    let f = try Fixture(limits: limits, privileged: false)
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(f.path.utf8) + [0]) }
+    let connected = withUnsafePointer(to: &address) {
+      $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+        connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+      }
+    }
+    try #require(connected == 0)
+    func write(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) } }
+    write(Array(#"{"method":"org.example.test.Watch","more":true}"#.utf8) + [0])
+    // Its first reply comes; then a call begun and never finished.
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    #expect(recv(fd, &buffer, buffer.count, 0) > 0)
+    write(Array(#"{"method":"org.example.test.Ech"#.utf8))
+    let deadline = Date().addingTimeInterval(3)
+    while f.drops.reasons.withLock({ $0 }).isEmpty && Date() < deadline { usleep(20_000) }
+    #expect(f.drops.reasons.withLock { $0 } == [.stalled])
+  }
+
   @Test func aPipelinedClientIsServedAtItsBudgetAndNotClosedAsStalled() throws {
     var limits = VarlinkConnectionLimits()
     limits.unprivilegedCallsPerSecond = 10

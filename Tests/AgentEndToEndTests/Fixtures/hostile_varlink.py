@@ -5,8 +5,11 @@ would, for the tests of what agentctl does with it. Prints "ready" once listenin
       error    an error reply whose message holds terminal escape sequences
       garbage  a reply that is not a status
       drip     a reply that never ends, one byte a second
+      status   a status whose strings hold terminal escape sequences; to a call made with
+               "more" (Monitor), that status, then a reply begun and never finished
 """
 
+import json
 import os
 import socket
 import sys
@@ -35,6 +38,17 @@ def serve(connection):
             connection.sendall(reply.replace("\x1b", "\\u001b").replace("\x07", "\\u0007").encode() + b"\0")
         elif mode == "garbage":
             connection.sendall(b'{"parameters":{"foo":1}}\0')
+        elif mode == "status":
+            status = {"schemaVersion": 1, "version": "9.9 " + ESCAPES, "startedAt": "2026-01-01T00:00:00Z",
+                      "now": "2026-01-01T00:00:00Z", "product": "svm " + ESCAPES, "slots": [], "warnings": [],
+                      "alerts": [ESCAPES], "health": 0}
+            if b'"more":true' in request:
+                connection.sendall(json.dumps({"continues": True, "parameters": {"sequence": 0, "status": status}})
+                                   .encode() + b"\0")
+                connection.sendall(b'{"continues":true,"parameters":{"sequence":1,')
+                time.sleep(60)
+            else:
+                connection.sendall(json.dumps({"parameters": status}).encode() + b"\0")
         elif mode == "drip":
             connection.sendall(b"{")
             try:
