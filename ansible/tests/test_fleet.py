@@ -548,6 +548,42 @@ class FleetTests(unittest.TestCase):
         self.assertRegex(status.stdout, r"svm-a1 .*KS-U .*30/50 \(60\.0 %, normal\)")
         self.assertRegex(status.stdout, r"svm-b1 .*KS-U .*unknown")
 
+    def test_14_the_fleet_status_lists_a_consumer_that_lags(self):
+        """Rule N2 over the fleet: the role makes svm-a2 expect the protection service, which
+        does not confirm the active key; the fleet status puts that SVM first and lists the
+        consumer lagging, until it confirms."""
+        result = self.playbook(
+            "playbooks/install.yml", "-e", "license_agent_deb=%s" % self.package,
+            "-e", json.dumps({"license_agent_consumers_expect": ["protection-server"],
+                              "license_agent_consumers_confirm_within": "2s"}), "--limit", "svm-a2",
+        )
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        svm = self.lab.svm("svm-a2")
+        toml = svm.sh("cat /etc/license-agent/agent.toml").stdout
+        self.assertIn('[consumers]\nexpect = ["protection-server"]\nconfirm-within = "2s"', toml)
+        active = json.loads(svm.sh("agentctl status --json").stdout)["slots"][0]["active"]["serial"]
+        deadline = time.time() + 30
+        while "CONSUMER_NOT_UPDATED" not in svm.sh("journalctl -u license-agent -o cat --no-pager", check=False).stdout:
+            self.assertLess(time.time(), deadline, "no CONSUMER_NOT_UPDATED on svm-a2")
+            time.sleep(0.5)
+        path = os.path.join(self.lab.directory, "fleet-consumers.json")
+        status = self.lab.ansible_playbook("playbooks/fleet_status.yml", "-e", "report=%s" % path,
+                                           extra_env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+        self.assertEqual(status.returncode, 0, status.stdout[-4000:])
+        with open(path) as f:
+            fleet = json.load(f)
+        lagging = [(c["host"], c["slot"], c["consumer"], c["serial"]) for c in fleet["consumersLagging"]]
+        self.assertEqual(lagging, [("svm-a2", "server", "protection-server", active)], json.dumps(fleet, indent=1))
+        by_host = {entry["host"]: entry for entry in fleet["svms"]}
+        self.assertIn(by_host["svm-a2"]["state"], ("lagging", "expired", "alert"))
+        self.assertIn("CONSUMERS LAGGING", status.stdout)
+        self.assertRegex(status.stdout, r"svm-a2\s+server\s+protection-server\s+%s" % re.escape(active))
+        # It confirms: nothing lags any more.
+        svm.sh("agentctl confirm --consumer protection-server server %s" % active)
+        self.lab.ansible_playbook("playbooks/fleet_status.yml", "-e", "report=%s" % path)
+        with open(path) as f:
+            self.assertEqual(json.load(f)["consumersLagging"], [])
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
