@@ -563,7 +563,8 @@ class FleetTests(unittest.TestCase):
         self.assertIn('[consumers]\nexpect = ["protection-server"]\nconfirm-within = "2s"', toml)
         active = json.loads(svm.sh("agentctl status --json").stdout)["slots"][0]["active"]["serial"]
         deadline = time.time() + 30
-        while "CONSUMER_NOT_UPDATED" not in svm.sh("journalctl -u license-agent -o cat --no-pager", check=False).stdout:
+        journal = "journalctl -u license-agent -o cat --no-pager MESSAGE_ID=fc31db115a6d4ae09692763a54c6d5a6"
+        while "protection-server" not in svm.sh(journal, check=False).stdout:
             self.assertLess(time.time(), deadline, "no CONSUMER_NOT_UPDATED on svm-a2")
             time.sleep(0.5)
         path = os.path.join(self.lab.directory, "fleet-consumers.json")
