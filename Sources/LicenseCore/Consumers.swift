@@ -154,16 +154,8 @@ extension LicenseEngine {
             slot: slot)))
     }
     guard let slotState = state[slot] else {
-      let inUse = state.slotsInUse.map(\.rawValue)
-      let which = inUse.isEmpty ? "none yet (add a key first)" : inUse.joined(separator: ", ")
       return .unchanged(
-        state,
-        .failure(
-          RuleViolation(
-            rule: .N2, code: "slot_not_in_use",
-            message:
-              "The SVM holds no key for the \(slot.rawValue) slot, so there is nothing to confirm; the slots in use are: \(which).",
-            slot: slot)))
+        state, .failure(state.slotNotInUse(slot, rule: .N2, so: "there is nothing to confirm")))
     }
     if state.consumers[name] == nil && state.consumers.count >= Self.maximumConsumers {
       return .unchanged(

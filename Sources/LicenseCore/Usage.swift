@@ -137,6 +137,17 @@ public struct UnitsShort: Sendable, Equatable {
 }
 
 extension LicenseState {
+  /// `slot_not_in_use`: a request about a slot that holds no key, naming those that do.
+  func slotNotInUse(_ slot: Slot, rule: RuleID, so consequence: String) -> RuleViolation {
+    let inUse = slotsInUse.map(\.rawValue)
+    let which = inUse.isEmpty ? "none yet (add a key first)" : inUse.joined(separator: ", ")
+    return RuleViolation(
+      rule: rule, code: "slot_not_in_use",
+      message:
+        "The SVM holds no key for the \(slot.rawValue) slot, so \(consequence); the slots in use are: \(which).",
+      slot: slot)
+  }
+
   /// U3: `key` (a reserve or pending key of `slot`) against the slot's last usage report;
   /// nil when it covers it, or when nobody reported (unknown is never zero, nor short).
   public func unitsShort(_ key: LicenseKey, slot: Slot) -> UnitsShort? {
@@ -167,16 +178,7 @@ extension LicenseEngine {
             slot: slot)))
     }
     guard let slotState = state[slot] else {
-      let inUse = state.slotsInUse.map(\.rawValue)
-      let which = inUse.isEmpty ? "none yet (add a key first)" : inUse.joined(separator: ", ")
-      return .unchanged(
-        state,
-        .failure(
-          RuleViolation(
-            rule: .U1, code: "slot_not_in_use",
-            message:
-              "The SVM holds no key for the \(slot.rawValue) slot, so its usage is not counted; the slots in use are: \(which).",
-            slot: slot)))
+      return .unchanged(state, .failure(state.slotNotInUse(slot, rule: .U1, so: "its usage is not counted")))
     }
     let band = slotState.active.map { UsageBand.of(used: units, licensed: $0.claims.units) }
     let recorded = UsageRecorded(slot: slot, units: units, band: band)

@@ -375,25 +375,34 @@ import Testing
     #expect(info.st_mode & 0o777 == 0o700, "mode \(String(info.st_mode & 0o777, radix: 8))")
   }
 
+  /// Fixtures/hostile_varlink.py in `mode` on `socket`, once it listens.
+  static func hostileServer(_ socket: String, _ mode: String) throws -> Process {
+    let server = Process()
+    server.executableURL = URL(fileURLWithPath: python3())
+    server.arguments = [
+      URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/hostile_varlink.py",
+      socket, mode,
+    ]
+    let ready = Pipe()
+    server.standardOutput = ready
+    try server.run()
+    _ = ready.fileHandleForReading.availableData  // "ready": it listens
+    return server
+  }
+
+  /// SIGKILL: children of the test runner inherit its blocked signals, SIGTERM included.
+  static func end(_ process: Process) {
+    kill(process.processIdentifier, SIGKILL)
+    process.waitUntilExit()
+  }
+
   @Test func agentctlTreatsAnythingButTheAgentAsUnreachable() throws {
     let folder = makeTemporaryDirectory("hostile-varlink")
     defer { removeTemporaryDirectory(folder) }
-    let script =
-      URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/hostile_varlink.py"
     for mode in ["error", "garbage", "drip"] {
       let socket = folder + "/" + mode
-      let server = Process()
-      server.executableURL = URL(fileURLWithPath: python3())
-      server.arguments = [script, socket, mode]
-      let ready = Pipe()
-      server.standardOutput = ready
-      try server.run()
-      defer {
-        // SIGKILL: children of the test runner inherit its blocked signals, SIGTERM included.
-        kill(server.processIdentifier, SIGKILL)
-        server.waitUntilExit()
-      }
-      _ = ready.fileHandleForReading.availableData  // "ready": it listens
+      let server = try Self.hostileServer(socket, mode)
+      defer { Self.end(server) }
       // A hang is ended by timeout(1) after a minute (exit 124): agentctl's own deadline is
       // 10 s for the whole call.
       let env = ["PATH": "/usr/bin:/bin", "STATE_DIRECTORY": folder + "/no-state"]
@@ -427,20 +436,9 @@ import Testing
   @Test func agentctlMonitorAndStatusPrintNoEscapeSequenceAndDoNotHang() throws {
     let folder = makeTemporaryDirectory("hostile-varlink")
     defer { removeTemporaryDirectory(folder) }
-    let script =
-      URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Fixtures/hostile_varlink.py"
     let socket = folder + "/status"
-    let server = Process()
-    server.executableURL = URL(fileURLWithPath: python3())
-    server.arguments = [script, socket, "status"]
-    let ready = Pipe()
-    server.standardOutput = ready
-    try server.run()
-    defer {
-      kill(server.processIdentifier, SIGKILL)
-      server.waitUntilExit()
-    }
-    _ = ready.fileHandleForReading.availableData
+    let server = try Self.hostileServer(socket, "status")
+    defer { Self.end(server) }
     let env = ["PATH": "/usr/bin:/bin", "STATE_DIRECTORY": folder + "/no-state"]
     let status = try runProcess(
       "/usr/bin/timeout", ["60", productsDirectory() + "/agentctl", "--socket", socket, "status"],
