@@ -123,13 +123,14 @@ import Testing
               guard call.more, let server = watch.server.withLock({ $0 }) else {
                 return .failure(.expectedMore)
               }
-              // Handlers run on the server's queue: the first reply streams at once.
+              // Handlers run on the server's queue: the first reply streams at once, and the
+              // watcher is known before the client can read it.
+              watch.watchers.withLock { $0.append(respond.connection) }
               _ = server.assumeIsolated {
                 $0.stream(
                   .success(["n": .number(0), "pad": .string("")]), to: respond.connection, continues: true,
                   overflow: VarlinkError("org.example.test.Dropped"))
               }
-              watch.watchers.withLock { $0.append(respond.connection) }
               return nil
             }
             if call.member == "Later" {
@@ -152,8 +153,10 @@ import Testing
     /// Streams `count` replies of about `size` bytes to every watcher, numbered from 1; what
     /// became of each.
     func push(_ count: Int, size: Int = 1024) -> [VarlinkStreamResult] {
-      let ids = watch.watchers.withLock { $0 }
+      let watch = self.watch
       return server.sync { server in
+        // Read on the server's queue: after any Watch call it is answering.
+        let ids = watch.watchers.withLock { $0 }
         var results: [VarlinkStreamResult] = []
         for id in ids {
           for n in 1...count {
@@ -255,7 +258,7 @@ import Testing
   @Test func N1_aStreamIsInOrderAndASubscriberThatStopsReadingGetsItsErrorAfterAPause() throws {
     var limits = VarlinkConnectionLimits()
     limits.maximumStreamBacklog = 16 << 10
-    limits.stallTimeoutMilliseconds = 200
+    limits.stallTimeoutMilliseconds = 500
     let f = try Fixture(limits: limits, privileged: false)
     let client = try VarlinkClient(path: f.path, timeoutSeconds: 5)
     let first = try client.callMore("org.example.test.Watch")
@@ -276,7 +279,7 @@ import Testing
     let firstDrop = try #require(flood.firstIndex(of: .dropped), "never dropped")
     #expect(flood[(firstDrop + 1)...].allSatisfy { $0 == .closed }, "nothing queued after the drop")
     // A pause three times the stall timeout, then it reads: the replies in order, the error, the end.
-    usleep(600_000)
+    usleep(1_500_000)
     var n = 0  // the flood is numbered from 1 again
     var ended: VarlinkError?
     while ended == nil {
