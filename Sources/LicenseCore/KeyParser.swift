@@ -151,16 +151,18 @@ public enum KeyParser {
     return serial
   }
 
-  private struct Parts {
+  struct Parts {
     var compact: String
     var alg: String
     var kid: String
+    /// The header's `typ`, when it has one (a blocklist's is `license-blocklist+jwt`).
+    var typ: String?
     var payload: [String: JSONValue]
     var signingInput: [UInt8]
     var signature: [UInt8]
   }
 
-  private static func split(_ text: String) throws(KeyDefect) -> Parts {
+  static func split(_ text: String) throws(KeyDefect) -> Parts {
     let compact = text.trimmingWhitespace()
     guard !compact.isEmpty else { throw .malformed("the key is empty") }
     let pieces = compact.split(separator: ".", omittingEmptySubsequences: false)
@@ -190,8 +192,8 @@ public enum KeyParser {
     }
     let signingInput = Array(compact.utf8.prefix(pieces[0].utf8.count + 1 + pieces[1].utf8.count))
     return Parts(
-      compact: compact, alg: alg, kid: kid, payload: payload, signingInput: signingInput, signature: signature
-    )
+      compact: compact, alg: alg, kid: kid, typ: header["typ"]?.stringValue, payload: payload,
+      signingInput: signingInput, signature: signature)
   }
 
   private static func claims(_ payload: [String: JSONValue]) throws(KeyDefect) -> LicenseClaims {

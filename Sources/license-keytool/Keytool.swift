@@ -23,7 +23,7 @@ struct Keytool: ParsableCommand {
       64 usage error, 74 a file could not be read or written.
       """,
     version: ProductVersion.current,
-    subcommands: [Keygen.self, Issue.self, Inspect.self]
+    subcommands: [Keygen.self, Issue.self, MakeBlocklist.self, Inspect.self]
   )
 }
 
@@ -178,12 +178,81 @@ struct Issue: ParsableCommand {
   }
 }
 
+struct MakeBlocklist: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "blocklist",
+    abstract: "Sign a blocklist (rule B1) and print it (one line).",
+    discussion: """
+      A blocklist names every key of its issuer blocked so far, and replaces the issuer's \
+      previous list: give it a sequence number higher than the last one's (an agent refuses \
+      an older list, blocklist_rollback). Each --block SERIAL[:REASON] names a key of this \
+      issuer. Times as for issue (RFC 3339, +90d, =-1d, now). The list is checked as the \
+      agent would read it before it is printed.
+      """)
+
+  @Option(help: "The issuer's private JWK (from keygen).")
+  var signer: String
+  @Option(help: "The list's sequence number (0 or more), higher than the issuer's previous list's.")
+  var seq: Int
+  @Option(
+    name: .customLong("block"), parsing: .singleValue,
+    help: ArgumentHelp(
+      "A key to block: its serial (jti), and why after a colon.", valueName: "SERIAL[:REASON]"))
+  var blocked: [String] = []
+  @Option(help: "When the keys were blocked (each entry's since).")
+  var since: String = "now"
+  @Option(help: "The product.")
+  var product: String = EngineConfiguration.defaultProduct
+  @Option(help: "The issuer name (iss), as in its keys; default: the signer's kid.")
+  var issuer: String?
+  @Option(help: "The JWS alg: EdDSA (RFC 8037) or Ed25519 (RFC 9864).")
+  var alg: String = "EdDSA"
+
+  func validate() throws {
+    guard seq >= 0 else { throw ValidationError("--seq must be 0 or more, not \(seq)") }
+    for entry in blocked where entry.hasPrefix(":") || entry.isEmpty {
+      throw ValidationError("--block '\(entry)' names no serial: use --block SERIAL or --block SERIAL:REASON")
+    }
+  }
+
+  func run() throws {
+    let now = currentTime()
+    guard let when = Timestamp(instant: since, now: now) else {
+      throw ValidationError(
+        "--since '\(since)' is not a time: use RFC 3339 (2026-12-31T09:00:00Z) or a relative time (=-1d, now)"
+      )
+    }
+    let jwk: JWK
+    do {
+      jwk = try JWK(json: readInput(signer))
+    } catch {
+      fail("\(signer) is not a usable issuer key: \(error)", code: 74)
+    }
+    let entries = blocked.map { text -> BlockedEntry in
+      let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
+      return BlockedEntry(
+        serial: String(parts[0]), since: when, reason: parts.count > 1 ? String(parts[1]) : "")
+    }
+    let list = Blocklist(
+      compact: "", kid: jwk.kid, issuer: issuer ?? jwk.kid, sequence: seq,
+      issuedAt: Timestamp(seconds: now.microseconds / 1_000_000), product: product, entries: entries)
+    do throws(KeyDefect) {
+      let signed = try BlocklistParser.sign(list, with: jwk, alg: alg)
+      _ = try BlocklistParser.verify(signed, trust: TrustStore([jwk]))
+      print(signed)
+    } catch {
+      throw ValidationError("cannot sign this blocklist: \(error.description) (\(error.reason))")
+    }
+  }
+}
+
 struct Inspect: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Show a key's claims and verdict; exit 0 when valid, 1 otherwise.",
     discussion: """
       Without --trust the signature is not checked (the verdict says so). With --trust \
-      the key must be signed by an issuer of that directory. The key must also be valid \
+      the key must be signed by an issuer of that directory. A blocklist (rule B1) is \
+      recognised by its header and shown with its entries. The key must also be valid \
       now (nbf <= now < exp), and for --product if given. On refusal the code (and, for \
       invalid_key, the reason) is printed: see the README's table of reasons.
       """)
@@ -199,6 +268,7 @@ struct Inspect: ParsableCommand {
 
   func run() throws {
     let text = String(decoding: readInput(file), as: UTF8.self)
+    if BlocklistParser.looksLikeBlocklist(text) { return try inspectBlocklist(text) }
     let now = currentTime()
     var key: LicenseKey?
     var code: String?
@@ -241,6 +311,74 @@ struct Inspect: ParsableCommand {
       print(jsonReport(key: key, code: code, reason: reason, message: message, now: now))
     } else {
       print(textReport(key: key, code: code, reason: reason, message: message, now: now))
+    }
+    if code != nil { throw ExitCode(1) }
+  }
+
+  /// A blocklist: its issuer, sequence and entries, and the verdict on its signature.
+  private func inspectBlocklist(_ text: String) throws {
+    var list: Blocklist?
+    var failure: KeyDefect?
+    do {
+      if let trust {
+        var info = stat()
+        guard stat(trust, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+          fail("--trust \(trust) is not a directory", code: 74)
+        }
+        list = try BlocklistParser.verify(text, trust: TrustDirectory.load(trust).trust)
+      } else {
+        list = try BlocklistParser.parseUnverified(text)
+      }
+    } catch {
+      failure = error
+    }
+    var wrongProduct: String?
+    if let list, let product, list.product != product {
+      wrongProduct = "the blocklist is for \"\(list.product)\", not \"\(product)\""
+    }
+    let code = failure?.code ?? (wrongProduct == nil ? nil : "wrong_product")
+    if json {
+      var fields: [(String, String)] = [
+        ("kind", jsonString("blocklist")), ("valid", code == nil ? "true" : "false"),
+        ("signatureChecked", trust != nil && list != nil ? "true" : "false"),
+        ("code", code.map(jsonString) ?? "null"), ("reason", failure.map { jsonString($0.reason) } ?? "null"),
+        ("message", (failure?.description ?? wrongProduct).map(jsonString) ?? "null"),
+      ]
+      if let list {
+        let entries = list.entries.map {
+          "{\"serial\":\(jsonString($0.serial)),\"since\":\(jsonString($0.since.rfc3339)),\"reason\":\(jsonString($0.reason))}"
+        }
+        fields += [
+          ("issuer", jsonString(list.issuer)), ("kid", jsonString(list.kid)), ("seq", String(list.sequence)),
+          ("issuedAt", jsonString(list.issuedAt.rfc3339)), ("product", jsonString(list.product)),
+          ("blocked", "[" + entries.joined(separator: ",") + "]"),
+        ]
+      }
+      print("{" + fields.map { "\(jsonString($0.0)):\($0.1)" }.joined(separator: ",") + "}")
+    } else {
+      var lines: [String] = []
+      if let list {
+        lines += [
+          "Blocklist \(list.sequence) of issuer \(list.issuer) (kid \(list.kid))",
+          "  product:   \(list.product)",
+          "  issued:    \(list.issuedAt)",
+          "  blocked:   \(list.entries.count) key\(list.entries.count == 1 ? "" : "s")",
+        ]
+        for entry in list.entries {
+          lines.append(
+            "    \(entry.serial)  since \(entry.since)\(entry.reason.isEmpty ? "" : "  (\(entry.reason))")")
+        }
+      }
+      if let failure {
+        lines.append("Verdict: INVALID, \(failure.code) (\(failure.reason)): \(failure.description)")
+      } else if let wrongProduct {
+        lines.append("Verdict: INVALID, wrong_product: \(wrongProduct)")
+      } else if trust != nil {
+        lines.append("Verdict: valid blocklist; signature verified with trusted issuer key \(list!.kid)")
+      } else {
+        lines.append("Verdict: valid blocklist; signature NOT checked (pass --trust DIR to check it)")
+      }
+      print(lines.joined(separator: "\n"))
     }
     if code != nil { throw ExitCode(1) }
   }

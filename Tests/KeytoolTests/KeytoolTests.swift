@@ -212,4 +212,74 @@ import Testing
     #expect(claims["exp"] as? Double == 1_893_456_000.5)
     #expect((json["header"] as? [String: Any])?["alg"] as? String == "Ed25519")
   }
+
+  // MARK: Blocklists (rule B1, contract §1)
+
+  @Test(arguments: ["joserfc", "cryptography"])
+  func B1_aBlocklistMadeByAnotherJOSEImplementationIsReadWithItsEntries(library: String) throws {
+    let dir = makeTemporaryDirectory()
+    defer { removeTemporaryDirectory(dir) }
+    try FileManager.default.createDirectory(atPath: dir + "/trust", withIntermediateDirectories: true)
+    let claims = """
+      {"iss":"python","typ":"license-blocklist","seq":7,"iat":1767225600,"product":"svm-protection",\
+      "blocked":[{"serial":"PY-1","since":1767225600,"reason":"resold"},{"serial":"PY-2","since":1767225601.5}]}
+      """
+    let made = try runProcess(
+      python3(),
+      [interop, "issue", library, "EdDSA", dir + "/trust", "py-issuer", claims, "license-blocklist+jwt"])
+    #expect(made.status == 0, "python: \(made.stderr)")
+    let result = try keytool("inspect", "-", "--trust", dir + "/trust", "--json", input: made.stdout)
+    #expect(result.status == 0, "\(result.stdout)")
+    let json = try #require(
+      try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+    #expect(json["kind"] as? String == "blocklist" && json["signatureChecked"] as? Bool == true)
+    #expect(json["issuer"] as? String == "python" && json["seq"] as? Int == 7)
+    let blocked = try #require(json["blocked"] as? [[String: Any]])
+    #expect(blocked.map { $0["serial"] as? String } == ["PY-1", "PY-2"])
+    #expect(blocked.map { $0["reason"] as? String } == ["resold", ""])
+    #expect(blocked.last?["since"] as? String == "2026-01-01T00:00:01.500000Z")
+    // Signed with the header of a key, it is not a blocklist; nor is a key read as one.
+    let asKey = try runProcess(
+      python3(), [interop, "issue", library, "EdDSA", dir + "/trust", "py-2", claims, "JWT"])
+    #expect(throws: KeyDefect.self) { try BlocklistParser.parseUnverified(asKey.stdout) }
+    #expect(throws: KeyDefect.self) { try KeyParser.parseUnverified(made.stdout) }
+  }
+
+  @Test func B1_aBlocklistMadeByKeytoolVerifiesInAnotherJOSEImplementation() throws {
+    let dir = makeTemporaryDirectory()
+    defer { removeTemporaryDirectory(dir) }
+    try makeIssuer(dir)
+    let made = try keytool(
+      "blocklist", "--signer", dir + "/keys/acme-2027.private.jwk", "--alg", "Ed25519", "--seq", "3",
+      "--block",
+      "KS-100:resold",
+      "--block", "KS-101", "--since", "2026-06-01T00:00:00Z")
+    #expect(made.status == 0, "\(made.stderr)")
+    try made.stdout.write(toFile: dir + "/list.jws", atomically: true, encoding: .utf8)
+    let verified = try runProcess(
+      python3(), [interop, "verify", dir + "/keys/acme-2027.jwk", dir + "/list.jws"])
+    #expect(verified.status == 0, "python: \(verified.stderr)")
+    let json = try #require(
+      try JSONSerialization.jsonObject(with: Data(verified.stdout.utf8)) as? [String: Any])
+    #expect((json["header"] as? [String: Any])?["typ"] as? String == "license-blocklist+jwt")
+    let claims = try #require(json["claims"] as? [String: Any])
+    #expect(claims["typ"] as? String == "license-blocklist" && claims["seq"] as? Int == 3)
+    #expect(claims["iss"] as? String == "acme-2027")
+    let blocked = try #require(claims["blocked"] as? [[String: Any]])
+    #expect(blocked.map { $0["serial"] as? String } == ["KS-100", "KS-101"])
+    #expect(blocked.first?["reason"] as? String == "resold")
+    #expect(blocked.first?["since"] as? Double == 1_780_272_000)
+    // inspect shows it, and says the signature was not checked without --trust.
+    let shown = try keytool("inspect", dir + "/list.jws")
+    #expect(shown.status == 0)
+    #expect(shown.stdout.contains("Blocklist 3 of issuer acme-2027"), "\(shown.stdout)")
+    #expect(shown.stdout.contains("KS-100  since 2026-06-01T00:00:00Z  (resold)"), "\(shown.stdout)")
+    #expect(shown.stdout.contains("signature NOT checked"))
+    // Bad input is refused with a clear message.
+    let noSerial = try keytool(
+      "blocklist", "--signer", dir + "/keys/acme-2027.private.jwk", "--seq", "4", "--block", ":why")
+    #expect(noSerial.status != 0 && noSerial.stderr.contains("names no serial"), "\(noSerial.stderr)")
+    let negative = try keytool("blocklist", "--signer", dir + "/keys/acme-2027.private.jwk", "--seq=-1")
+    #expect(negative.status != 0 && negative.stderr.contains("0 or more"), "\(negative.stderr)")
+  }
 }
