@@ -192,3 +192,162 @@ public enum BlocklistParser {
     return signingInput + "." + Base64URL.encode(signature)
   }
 }
+
+/// A list the agent keeps (B1): the issuer's list with the highest `seq` it has seen, as
+/// signed, with when it first learned of each entry (a blocked active key's grace runs from
+/// then, rule B2, so that a newer list repeating an entry does not move it).
+public struct StoredBlocklist: Sendable, Equatable, Codable {
+  public struct Entry: Sendable, Equatable, Codable {
+    public var serial: String
+    public var since: Timestamp
+    public var reason: String
+    public var learnedAt: Timestamp
+  }
+  public var compact: String
+  public var issuer: String
+  public var sequence: Int
+  public var receivedAt: Timestamp
+  public var entries: [Entry]
+
+  public func entry(serial: String) -> Entry? { entries.first { $0.serial == serial } }
+}
+
+/// A key of this SVM that a list blocks, for AddBlocklist's reply and the status.
+public struct BlockedKey: Sendable, Equatable {
+  public var slot: Slot
+  public var role: Role
+  /// `pending`: the key renewed ahead with the activation code.
+  public var pending: Bool
+  public var serial: String
+  public var since: Timestamp
+  public var reason: String
+  /// Dropped at once (a reserve or pending key, B3); an active key stays (B2).
+  public var dropped: Bool
+}
+
+/// What a blocklist did, for the reply.
+public struct BlocklistAdded: Sendable, Equatable {
+  public var issuer: String
+  public var sequence: Int
+  public var entries: Int
+  /// The same list was already kept: nothing changed.
+  public var unchanged: Bool
+  /// The keys of this SVM it blocks.
+  public var blocks: [BlockedKey]
+}
+
+extension LicenseState {
+  /// The entry of a kept list that blocks `key` (a key of that list's issuer), if any (B1).
+  public func blockEntry(for key: LicenseKey) -> StoredBlocklist.Entry? {
+    blocklists[key.claims.issuer]?.entry(serial: key.serial)
+  }
+}
+
+extension LicenseEngine {
+  /// B1: a blocklist from the directory or the control interface. Verified as a key is, for
+  /// this product; kept per issuer when its `seq` is higher than the kept list's (an older
+  /// one, or another list with the same `seq`, is `blocklist_rollback`; the same list again
+  /// changes nothing). B3: a reserve or pending key it blocks is dropped at once. A blocked
+  /// active key is listed in the reply (its grace, B2, is not applied by this version).
+  public func addBlocklist(_ text: String, now: Timestamp, state: LicenseState) -> Decision<BlocklistAdded> {
+    func refuse(_ code: String, _ message: String, reason: String? = nil) -> Decision<BlocklistAdded> {
+      .unchanged(state, .failure(RuleViolation(rule: .B1, code: code, reason: reason, message: message)))
+    }
+    let list: Blocklist
+    do {
+      list = try BlocklistParser.verify(text, trust: trust)
+    } catch {
+      if case .untrustedIssuer = error { return refuse("untrusted_issuer", "Refused: \(error).") }
+      return refuse(
+        "invalid_blocklist", "Refused: \(error.description.replacing("the key", with: "the blocklist")).",
+        reason: error.reason)
+    }
+    guard list.product == configuration.product else {
+      return refuse(
+        "wrong_product",
+        "Blocklist \(list.sequence) of \(list.issuer) is for the product \"\(list.product)\", not \"\(configuration.product)\"."
+      )
+    }
+    if let kept = state.blocklists[list.issuer] {
+      if kept.sequence == list.sequence && kept.compact == list.compact {
+        return .unchanged(
+          state,
+          .success(
+            BlocklistAdded(
+              issuer: list.issuer, sequence: list.sequence, entries: list.entries.count, unchanged: true,
+              blocks: blockedKeys(in: state, dropping: false))))
+      }
+      guard list.sequence > kept.sequence else {
+        return refuse(
+          "blocklist_rollback",
+          "Blocklist \(list.sequence) of \(list.issuer) is not newer than the one kept (\(kept.sequence)): an older list cannot undo a newer one. Use the issuer's latest list."
+        )
+      }
+    }
+    var next = state
+    let kept = state.blocklists[list.issuer]
+    next.blocklists[list.issuer] = StoredBlocklist(
+      compact: list.compact, issuer: list.issuer, sequence: list.sequence, receivedAt: now,
+      entries: list.entries.map { entry in
+        StoredBlocklist.Entry(
+          serial: entry.serial, since: entry.since, reason: entry.reason,
+          learnedAt: kept?.entry(serial: entry.serial)?.learnedAt ?? now)
+      })
+    let blocks = blockedKeys(in: next, dropping: true)
+    var events: [LicenseEvent] = []
+    for blocked in blocks where blocked.dropped {
+      guard case .held(var held)? = next[blocked.slot] else { continue }
+      let key: InstalledKey
+      switch held.successor {
+      case .reserve(let reserve): key = reserve
+      case .pending(let pending): key = pending
+      default: continue
+      }
+      held.successor = .none
+      next[blocked.slot] = .held(held)
+      events.append(
+        .reserveDropped(
+          ReserveDropped(
+            slot: blocked.slot, key: KeyRef(key),
+            reason: .blocked(activeSerial: held.active.serial, since: blocked.since, why: blocked.reason))))
+    }
+    return commit(
+      next, events: events,
+      result: .success(
+        BlocklistAdded(
+          issuer: list.issuer, sequence: list.sequence, entries: list.entries.count, unchanged: false,
+          blocks: blocks)),
+      now: now)
+  }
+
+  /// The keys of `state` its kept lists block; a reserve or pending key is marked `dropped`
+  /// when `dropping`.
+  func blockedKeys(in state: LicenseState, dropping: Bool) -> [BlockedKey] {
+    var found: [BlockedKey] = []
+    for (slot, held) in state.heldSlots {
+      func add(_ key: InstalledKey, _ role: Role, pending: Bool) {
+        guard let entry = state.blockEntry(for: key.key) else { return }
+        found.append(
+          BlockedKey(
+            slot: slot, role: role, pending: pending, serial: key.serial, since: entry.since,
+            reason: entry.reason,
+            dropped: dropping && role == .reserve))
+      }
+      add(held.active, .active, pending: false)
+      if let reserve = held.reserve { add(reserve, .reserve, pending: false) }
+      if let pending = held.pending { add(pending, .reserve, pending: true) }
+    }
+    return found
+  }
+
+  /// B3: `key_blocked`, when a kept list blocks `key`.
+  func blockedRefusal(_ key: LicenseKey, rule: RuleID, state: LicenseState) -> RuleViolation? {
+    guard let entry = state.blockEntry(for: key) else { return nil }
+    let why = entry.reason.isEmpty ? "" : " (\(entry.reason))"
+    return RuleViolation(
+      rule: rule, code: "key_blocked",
+      message:
+        "Key \(key.serial) was blocked by its issuer \(key.claims.issuer) on \(entry.since)\(why); it is not added. Ask the vendor for a key that is not blocked.",
+      serial: key.serial, slot: key.slot, expiresAt: key.claims.expiresAt)
+  }
+}

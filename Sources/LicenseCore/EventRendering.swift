@@ -118,6 +118,11 @@ extension ReserveDropped {
       message =
         "\(renewedAhead(key.serial, hint)), had itself expired at \(key.expiresAt) before it could take over from \(active.serial) (expired at \(active.expiresAt)); it is not promoted. The agent renews from \(key.serial) with the activation code now."
       fields.append(.init(.reason, "expired"))
+    case .blocked(let activeSerial, let since, let why):
+      let words = why.isEmpty ? "" : " (\(why))"
+      message =
+        "Reserve key \(key.serial) of the \(slot.rawValue) slot was removed: its issuer blocked it on \(since)\(words). Nothing takes over from \(activeSerial) unless a new reserve is added (`agentctl add-key --reserve FILE`)."
+      fields += [.init(.activeSerial, activeSerial), .init(.reason, "blocked")]
     }
     return JournalEvent(.reserveDropped, message: message, fields: fields)
   }

@@ -87,6 +87,8 @@ extension LicenseEngine {
         "Key \(key.serial) is for the product \"\(claims.product)\", not \"\(configuration.product)\"; use a key issued for this product."
       )
     }
+    // B3: a key its issuer blocked is never added.
+    if let blocked = blockedRefusal(key, rule: entry, state: state) { return .failure(blocked) }
     switch role {
     case .active: return planActive(key, replaceScheme: replaceScheme, now: now, state: state, refuse: refuse)
     case .reserve: return planReserve(key, now: now, state: state, refuse: refuse)

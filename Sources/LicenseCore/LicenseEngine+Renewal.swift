@@ -107,6 +107,10 @@ extension LicenseEngine {
       case .failure(let problem): return .failure(problem)
       case .success(let checked): key = checked
       }
+      // B3: a key the server gives that its issuer blocked is bad_key_from_server.
+      if let blocked = blockedRefusal(key, rule: .B3, state: state) {
+        return .failure(ContinuationProblem(blocked.ruleAndCode))
+      }
       held.successor = .pending(InstalledKey(key: key, addedAt: now, activationCode: underway.code))
       next[request.slot] = .held(held)
       aheadOf = KeyRef(held.active)

@@ -125,6 +125,8 @@ public struct ReserveDropped: Sendable, Equatable {
     case replacedByOperator(activeSerial: String?, reserveSerial: String)
     /// P4 for a key obtained ahead: it expired before it could take over from `active`.
     case expiredBeforeTakeover(active: KeyRef, codeHint: String?)
+    /// B3: its issuer blocked it (since, why).
+    case blocked(activeSerial: String, since: Timestamp, why: String)
   }
   public var slot: Slot
   public var key: KeyRef

@@ -250,6 +250,8 @@ public struct LicenseState: Sendable, Equatable {
   public var usage: [Slot: UsageReport]
   /// What each consumer confirmed per slot, and the key it is to enforce (N2).
   public var consumers: [ConsumerName: [Slot: ConsumerSlotRecord]]
+  /// Per issuer, the blocklist with the highest sequence seen (B1).
+  public var blocklists: [String: StoredBlocklist]
   /// The events the journal took lately, oldest first (at most ``maximumDelivered``): the
   /// journal may still lose them (journald writes entries below crit to disk only every
   /// `SyncIntervalSec`, and its rate limit drops entries it reported as taken), so the
@@ -267,7 +269,8 @@ public struct LicenseState: Sendable, Equatable {
   public init(
     stateID: String = "", slots: [Slot: SlotState] = [:], lastTransitionID: UInt64 = 0,
     outbox: [JournalEvent] = [], counters: [Slot: SlotCounters] = [:], usage: [Slot: UsageReport] = [:],
-    consumers: [ConsumerName: [Slot: ConsumerSlotRecord]] = [:], delivered: [DeliveredEvent] = [],
+    consumers: [ConsumerName: [Slot: ConsumerSlotRecord]] = [:], blocklists: [String: StoredBlocklist] = [:],
+    delivered: [DeliveredEvent] = [],
     openedInBoot: String = "", closedCleanly: Bool = true
   ) {
     self.stateID = stateID
@@ -277,6 +280,7 @@ public struct LicenseState: Sendable, Equatable {
     self.counters = counters
     self.usage = usage
     self.consumers = consumers
+    self.blocklists = blocklists
     self.delivered = delivered
     self.openedInBoot = openedInBoot
     self.closedCleanly = closedCleanly

@@ -7,7 +7,8 @@
 /// that a downgrade to 0.1.0 keeps the keys: 0.1.0 refuses a schema it does not know.
 extension LicenseState: Codable {
   enum CodingKeys: String, CodingKey {
-    case schemaVersion, stateID, slots, lastTransitionID, outbox, counters, usage, consumers, delivered,
+    case schemaVersion, stateID, slots, lastTransitionID, outbox, counters, usage, consumers, blocklists,
+      delivered,
       openedInBoot,
       closedCleanly
   }
@@ -34,6 +35,7 @@ extension LicenseState: Codable {
       usage: try container.decodeIfPresent([Slot: UsageReport].self, forKey: .usage) ?? [:],
       consumers: try container.decodeIfPresent(
         [ConsumerName: [Slot: ConsumerSlotRecord]].self, forKey: .consumers) ?? [:],
+      blocklists: try container.decodeIfPresent([String: StoredBlocklist].self, forKey: .blocklists) ?? [:],
       delivered: try container.decodeIfPresent([DeliveredEvent].self, forKey: .delivered) ?? [],
       openedInBoot: try container.decodeIfPresent(String.self, forKey: .openedInBoot) ?? "",
       closedCleanly: try container.decodeIfPresent(Bool.self, forKey: .closedCleanly) ?? true)
@@ -49,6 +51,7 @@ extension LicenseState: Codable {
     try container.encode(counters, forKey: .counters)
     try container.encode(usage, forKey: .usage)
     if !consumers.isEmpty { try container.encode(consumers, forKey: .consumers) }
+    if !blocklists.isEmpty { try container.encode(blocklists, forKey: .blocklists) }
     try container.encode(delivered, forKey: .delivered)
     try container.encode(openedInBoot, forKey: .openedInBoot)
     try container.encode(closedCleanly, forKey: .closedCleanly)
@@ -77,6 +80,7 @@ extension LicenseState: Codable {
   public var readableBy030: LicenseState {
     var copy = self
     copy.consumers = [:]
+    copy.blocklists = [:]
     return copy.leavingOut(kinds: [.consumerNotUpdated], fields: [.consumer, .confirmedSerial])
   }
 

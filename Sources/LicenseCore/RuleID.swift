@@ -63,6 +63,10 @@ public enum RuleID: String, Sendable, CaseIterable, Codable {
   case U3
   /// U4: across the fleet a key's usage is the sum over its SVMs (the fleet tools).
   case U4
+  /// B1: an issuer's signed blocklist, the highest sequence kept per issuer.
+  case B1
+  /// B3: a blocked key is never added; a blocked reserve or pending key is dropped.
+  case B3
   /// N1: every durable change is delivered to Monitor's subscribers, in order, after it is
   /// durable; a subscriber that does not read is dropped, never delaying the agent.
   case N1
