@@ -208,6 +208,8 @@ public actor Agent: DispatchQueueActor {
     carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
     // N2: the consumers the configuration expects are tracked from now on.
     carryOut(engine.consumersReconfigured(now: now, state: state), decidedAt: now)
+    // B1: the blocklists of the directory.
+    readBlocklists()
     // Renewal attempts a crash interrupted are made again.
     for request in engine.interruptedAttempts(state) { startAttempt(request) }
 
@@ -296,6 +298,7 @@ public actor Agent: DispatchQueueActor {
       let now = clock.now()
       carryOut(engine.timeReached(now: now, state: state), decidedAt: now)
       carryOut(engine.consumersReconfigured(now: now, state: state), decidedAt: now)
+      readBlocklists()
       notifier.notify("READY=1\nSTATUS=\(statusLine())")
       lastStatus = nil
     } catch {
@@ -551,6 +554,47 @@ public actor Agent: DispatchQueueActor {
     }
   }
 
+  // MARK: - Blocklists (B1)
+
+  /// The lists of the blocklist directory, each kept when newer than the issuer's list the
+  /// state has. A file older than the kept list (a newer one came through the control
+  /// interface) is normal and said once at info; any other refusal is an error naming the
+  /// file.
+  private func readBlocklists() {
+    let (lists, problems) = BlocklistDirectory.load(paths.blocklistDirectory)
+    for problem in problems {
+      logger.error(
+        "Ignored a file of the blocklist directory",
+        metadata: ["file": "\(problem.file)", "problem": "\(problem.problem)"])
+    }
+    for (file, text) in lists {
+      let now = clock.now()
+      let decision = engine.addBlocklist(text, now: now, state: state)
+      switch decision.result {
+      case .failure(let violation) where violation.code == "blocklist_rollback":
+        logger.info(
+          "A blocklist file is not newer than the list kept; it is ignored",
+          metadata: ["file": "\(file)", "message": "\(violation.message)"])
+      case .failure(let violation):
+        logger.error(
+          "Ignored a file of the blocklist directory",
+          metadata: ["file": "\(file)", "code": "\(violation.code)", "problem": "\(violation.message)"])
+      case .success(let added):
+        guard !added.unchanged, carryOut(decision, decidedAt: now) == nil else { continue }
+        logBlocklist(added, from: file)
+      }
+    }
+  }
+
+  private func logBlocklist(_ added: BlocklistAdded, from source: String) {
+    logger.notice(
+      "Blocklist kept",
+      metadata: [
+        "issuer": "\(added.issuer)", "sequence": "\(added.sequence)", "entries": "\(added.entries)",
+        "blocks": "\(added.blocks.map(\.serial).joined(separator: " "))", "source": "\(source)",
+      ])
+  }
+
   // MARK: - Control (ControlEndpoint)
 
   /// What the control plane reads without this queue (``ControlView``).
@@ -597,6 +641,18 @@ public actor Agent: DispatchQueueActor {
           return .failure(ControlEndpoint.storageFailure(failure))
         }
         return .success(varlinkParameters(RemoveReserveReply(removed: KeyInfo(removed.key))))
+      }
+    case .addBlocklist(let request):
+      // B1: a blocklist; B3: what it blocks here is dropped or listed.
+      let decision = engine.addBlocklist(request.blocklist, now: now, state: state)
+      switch decision.result {
+      case .failure(let violation): return .failure(ControlEndpoint.error(violation))
+      case .success(let added):
+        if let failure = carryOut(decision, decidedAt: now) {
+          return .failure(ControlEndpoint.storageFailure(failure))
+        }
+        if !added.unchanged { logBlocklist(added, from: "the control interface (peer uid \(peer.uid))") }
+        return .success(varlinkParameters(AddBlocklistReply(added)))
       }
     case .confirm(let request):
       // N2: what the consumer enforces; clears a pending CONSUMER_NOT_UPDATED.

@@ -17,6 +17,7 @@ enum ControlRequest: Sendable, Equatable {
   case activate(ActivationCode, Role)
   case reportUsage(ReportUsageRequest)
   case confirm(ConfirmRequest)
+  case addBlocklist(AddBlocklistRequest)
 }
 
 /// The agent's control socket (contract §5): the Varlink server and its ``ControlPlane``
@@ -109,6 +110,7 @@ struct ControlEndpoint {
     case .removeReserve: return decoded(RemoveReserveRequest.self).map { .removeReserve($0.slot) }
     case .reportUsage: return decoded(ReportUsageRequest.self).map(ControlRequest.reportUsage)
     case .confirm: return decoded(ConfirmRequest.self).map(ControlRequest.confirm)
+    case .addBlocklist: return decoded(AddBlocklistRequest.self).map(ControlRequest.addBlocklist)
     // The control plane answers Monitor itself; it is never forwarded.
     case .monitor: return .failure(.methodNotImplemented(call.method))
     case .activate:

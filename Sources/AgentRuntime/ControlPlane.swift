@@ -191,7 +191,7 @@ actor ControlPlane: DispatchQueueActor {
       case .success(let request):
         return ControlEndpoint.checkKey(request, engine: view.engine, state: view.state, now: now)
       }
-    case .addKey, .removeReserve, .activate, .reportUsage, .confirm, .monitor:
+    case .addKey, .removeReserve, .activate, .reportUsage, .confirm, .monitor, .addBlocklist:
       return denied(peer, call.member)
     }
   }

@@ -26,6 +26,8 @@ public struct AgentPaths: Sendable, Equatable {
 
   public var configurationFile: String { configurationDirectory + "/agent.toml" }
   public var trustDirectory: String { configurationDirectory + "/trusted-issuers" }
+  /// Blocklists (B1), `*.jws`, read at start and on reload.
+  public var blocklistDirectory: String { configurationDirectory + "/blocklists" }
   /// Programs run after each durable change (N3).
   public var hooksDirectory: String { configurationDirectory + "/hooks.d" }
   public var socketPath: String { runtimeDirectory + "/io.licenseagent.Agent" }

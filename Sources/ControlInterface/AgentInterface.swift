@@ -254,6 +254,31 @@ public enum AgentInterface {
       message: string
     )
 
+    # A key of this SVM that a blocklist blocks (rule B1). role reserve with pending: the key
+    # renewed ahead with the activation code. dropped: a reserve or pending key, removed at
+    # once (rule B3); an active key stays
+    type BlockedKey (
+      slot: (server, workstation, processors, cores),
+      role: (active, reserve),
+      pending: bool,
+      serial: string,
+      since: string,
+      reason: string,
+      dropped: bool
+    )
+
+    # A blocklist of a trusted issuer (rule B1), as license-keytool blocklist makes it: kept
+    # when newer than the issuer's list the agent has (else RuleViolation B1
+    # blocklist_rollback); root and the admin group. blocks: the keys of this SVM it blocks.
+    method AddBlocklist(blocklist: string) -> (
+      issuer: string,
+      sequence: int,
+      entries: int,
+      unchanged: bool,
+      blocks: []BlockedKey,
+      message: string
+    )
+
     # A Monitor subscriber left more than the agent keeps unread (backlog, in bytes): its
     # stream ends here and the connection is closed. Reconnect and call Monitor again (its
     # first reply is the status), and read replies as they come.
@@ -285,6 +310,7 @@ public enum AgentMethod: String, CaseIterable, Sendable {
   case reportUsage = "ReportUsage"
   case monitor = "Monitor"
   case confirm = "Confirm"
+  case addBlocklist = "AddBlocklist"
 
   /// `io.licenseagent.Agent.<name>`.
   public var qualifiedName: String { "\(AgentInterface.name).\(rawValue)" }
@@ -293,7 +319,7 @@ public enum AgentMethod: String, CaseIterable, Sendable {
   public var changesState: Bool {
     switch self {
     case .getStatus, .checkKey, .monitor: return false
-    case .addKey, .removeReserve, .activate, .reportUsage, .confirm: return true
+    case .addKey, .removeReserve, .activate, .reportUsage, .confirm, .addBlocklist: return true
     }
   }
 }
@@ -369,6 +395,68 @@ public struct ReportUsageRequest: AgentRequest, Equatable {
   public init(slot: Slot, units: Int) {
     self.slot = slot
     self.units = units
+  }
+}
+
+/// `AddBlocklist`'s parameters.
+public struct AddBlocklistRequest: AgentRequest, Equatable {
+  public static let parameterNames: Set<String> = ["blocklist"]
+  public var blocklist: String
+  public init(blocklist: String) { self.blocklist = blocklist }
+}
+
+/// A blocked key on the wire (B1, B3).
+public struct BlockedKeyInfo: Codable, Sendable, Equatable {
+  public var slot: Slot
+  public var role: Role
+  public var pending: Bool
+  public var serial: String
+  public var since: String
+  public var reason: String
+  public var dropped: Bool
+
+  public init(_ key: BlockedKey) {
+    slot = key.slot
+    role = key.role
+    pending = key.pending
+    serial = key.serial
+    since = key.since.rfc3339
+    reason = key.reason
+    dropped = key.dropped
+  }
+}
+
+/// The `AddBlocklist` reply.
+public struct AddBlocklistReply: Codable, Sendable, Equatable {
+  public var issuer: String
+  public var sequence: Int
+  public var entries: Int
+  public var unchanged: Bool
+  public var blocks: [BlockedKeyInfo]
+  public var message: String
+
+  public init(_ added: BlocklistAdded) {
+    issuer = added.issuer
+    sequence = added.sequence
+    entries = added.entries
+    unchanged = added.unchanged
+    blocks = added.blocks.map(BlockedKeyInfo.init)
+    var lines = [
+      added.unchanged
+        ? "Blocklist \(added.sequence) of \(added.issuer) is already the one kept; nothing changed."
+        : "Blocklist \(added.sequence) of \(added.issuer) kept (\(added.entries) blocked key\(added.entries == 1 ? "" : "s"))."
+    ]
+    if added.blocks.isEmpty { lines.append("It blocks no key of this SVM.") }
+    for key in added.blocks {
+      let what = key.role == .active ? "active key" : key.pending ? "key renewed ahead" : "reserve key"
+      let why = key.reason.isEmpty ? "" : " (\(key.reason))"
+      lines.append(
+        key.dropped
+          ? "It blocks the \(key.slot.rawValue) \(what) \(key.serial) (since \(key.since.rfc3339)\(why)): removed."
+          : "It blocks the \(key.slot.rawValue) \(what) \(key.serial) (since \(key.since.rfc3339)\(why)): add a key that is not blocked (this version applies no grace period yet)."
+      )
+    }
+    message = lines.joined(separator: "\n")
   }
 }
 

@@ -96,3 +96,32 @@ public enum TrustDirectory {
     return .success(Data(bytes.prefix(total)))
   }
 }
+
+/// The blocklist directory (rule B1): `*.jws` files beside the trust directory, read at
+/// start and on reload, bounded like the trust directory's files.
+public enum BlocklistDirectory {
+  public static let maximumFiles = 64
+
+  /// The lists' texts, in name order, with the files that could not be read.
+  public static func load(_ directory: String) -> (
+    lists: [(file: String, text: String)], problems: [TrustDirectory.Problem]
+  ) {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return ([], []) }
+    var lists: [(file: String, text: String)] = []
+    var problems: [TrustDirectory.Problem] = []
+    let files = names.sorted().filter { $0.hasSuffix(".jws") }
+    for name in files.dropFirst(maximumFiles) {
+      problems.append(
+        TrustDirectory.Problem(
+          file: directory + "/" + name, problem: "is past the first \(maximumFiles) files: not read"))
+    }
+    for name in files.prefix(maximumFiles) {
+      let path = directory + "/" + name
+      switch TrustDirectory.readRegularFile(path, limit: BlocklistParser.maximumLength + 4096) {
+      case .success(let bytes): lists.append((path, String(decoding: bytes, as: UTF8.self)))
+      case .failure(let problem): problems.append(problem)
+      }
+    }
+    return (lists, problems)
+  }
+}

@@ -26,7 +26,7 @@ struct AgentCtl: ParsableCommand {
     subcommands: [
       Status.self, Monitor.self, AddKey.self, CheckKey.self, RemoveReserve.self, Activate.self,
       ReportUsage.self,
-      Confirm.self,
+      Confirm.self, AddBlocklist.self,
     ]
   )
 

@@ -128,6 +128,34 @@ struct Monitor: ParsableCommand {
   }
 }
 
+/// `agentctl add-blocklist`: a blocklist of a trusted issuer (rule B1).
+struct AddBlocklist: ParsableCommand {
+  @ParentCommand var global: AgentCtl
+  static let configuration = CommandConfiguration(
+    commandName: "add-blocklist",
+    abstract: "Give the agent a blocklist of a trusted issuer; say which keys of this SVM it blocks.",
+    discussion: """
+      The list (a JWS, as license-keytool blocklist makes it) is kept when it is newer than \
+      the issuer's list the agent has (a lower or equal sequence is refused, rule B1 \
+      blocklist_rollback). A blocked reserve or key renewed ahead is removed at once (B3). \
+      Lists in /etc/license-agent/blocklists/*.jws are read at start and on reload. Root and \
+      the admin group only.
+      """)
+
+  @OptionGroup var connection: ConnectionOptions
+  @Argument(help: "The blocklist file ('-' for standard input).")
+  var file: String
+
+  func run() throws {
+    let text = try readKey(file)
+    switch try connection.after(global).call(.addBlocklist, AddBlocklistRequest(blocklist: text)) {
+    case .success(let reply):
+      print(try decodeParameters(AddBlocklistReply.self, from: reply.forTerminal).message)
+    case .failure(let error): try fail(error)
+    }
+  }
+}
+
 /// `agentctl confirm`: a consumer says it enforces a key (rule N2).
 struct Confirm: ParsableCommand {
   @ParentCommand var global: AgentCtl
