@@ -82,6 +82,13 @@ public enum AgentInterface {
       promotedAt: ?string
     )
 
+    # A key's block (rule B1).
+    type Blocked (
+      since: string,
+      reason: string,
+      learnedAt: string
+    )
+
     # The renewal of an expired key with its activation code.
     type Renewal (
       # retrying, or stopped after a permanent failure
@@ -169,7 +176,10 @@ public enum AgentInterface {
       usage: ?Usage,
       # What each consumer confirmed of the active key (rule N2): the ones [consumers] expect,
       # and any other that confirmed
-      consumers: ?[]Consumer
+      consumers: ?[]Consumer,
+      # The active key's issuer blocked it (rule B1): since when, why, and when this agent
+      # learned of it
+      activeBlocked: ?Blocked
     )
 
     # The next instant the agent will act.
@@ -187,7 +197,7 @@ public enum AgentInterface {
       slot: ?(server, workstation, processors, cores),
       # no_reserve, reserve_missing_for_os_type, expiring_without_takeover, slot_expired,
       # renewing, renewal_stopped, renewal_ahead_failing, usage_high, limit_exceeded,
-      # usage_stale, reserve_units_short, consumer_not_updated
+      # usage_stale, reserve_units_short, consumer_not_updated, key_blocked
       code: string,
       message: string
     )
@@ -522,6 +532,19 @@ public struct ConfirmReply: Codable, Sendable, Equatable {
   }
 }
 
+/// A key's block on the wire (B1).
+public struct BlockedInfo: Codable, Sendable, Equatable {
+  public var since: String
+  public var reason: String
+  public var learnedAt: String
+
+  public init(_ entry: StoredBlocklist.Entry) {
+    since = entry.since.rfc3339
+    reason = entry.reason
+    learnedAt = entry.learnedAt.rfc3339
+  }
+}
+
 /// A consumer of a slot's active key on the wire (N2).
 public struct ConsumerInfo: Codable, Sendable, Equatable {
   public var consumer: String
@@ -673,12 +696,14 @@ public struct SlotStatus: Codable, Sendable, Equatable {
   public var health: Health
   public var usage: UsageInfo?
   public var consumers: [ConsumerInfo]?
+  /// The active key's block (B1), when its issuer blocked it.
+  public var activeBlocked: BlockedInfo?
 
   public init(
     slot: Slot, status: Status, active: KeyInfo? = nil, reserve: KeyInfo? = nil, pending: KeyInfo? = nil,
     expired: ExpiredKeyInfo? = nil, takeover: Takeover, secondsLeft: Int? = nil, renewal: RenewalInfo? = nil,
     renewalAhead: RenewalAheadInfo? = nil, lapsesAt: String? = nil, health: Health, usage: UsageInfo? = nil,
-    consumers: [ConsumerInfo]? = nil
+    consumers: [ConsumerInfo]? = nil, activeBlocked: BlockedInfo? = nil
   ) {
     self.slot = slot
     self.status = status
@@ -694,6 +719,7 @@ public struct SlotStatus: Codable, Sendable, Equatable {
     self.health = health
     self.usage = usage
     self.consumers = consumers
+    self.activeBlocked = activeBlocked
   }
 }
 
@@ -783,6 +809,7 @@ public struct StatusWarning: Codable, Sendable, Equatable {
     case usageStale = "usage_stale"
     case reserveUnitsShort = "reserve_units_short"
     case consumerNotUpdated = "consumer_not_updated"
+    case keyBlocked = "key_blocked"
   }
   public var slot: Slot?
   public var code: Code

@@ -42,6 +42,10 @@ public enum MetricsText {
     ),
     ("license_agent_usage_report_timestamp_seconds", "gauge", "When the slot's last usage report was made."),
     (
+      "license_agent_key_blocked", "gauge",
+      "1 for a key the agent holds that its issuer blocked (a blocklist, rule B1)."
+    ),
+    (
       "license_agent_consumer_confirmed", "gauge",
       "1 when the consumer confirmed it enforces the slot's active key (serial); 0 while a consumer of [consumers] expect has not."
     ),
@@ -73,6 +77,7 @@ public enum MetricsText {
         add("license_agent_key_expiry_timestamp_seconds", labels, seconds(key.expiresAt))
         add("license_agent_key_not_before_timestamp_seconds", labels, seconds(key.claims.notBefore))
         add("license_agent_key_units", labels, String(key.claims.units))
+        if state.blockEntry(for: key.key) != nil { add("license_agent_key_blocked", labels, "1") }
       }
       if let report = state.usage[slot] {
         add("license_agent_units_in_use", [("slot", name)], String(report.units))

@@ -28,12 +28,25 @@ public enum StatusBuilder {
         let active = held.active
         let left = active.expiresAt.microseconds(since: now)
         let ahead = held.ahead.map { RenewalAheadInfo($0, held: held, engine: engine) }
+        // B1: a blocked active key is shown so (its grace, B2, is not applied yet).
+        let activeInfo = KeyInfo(active)
+        let blockEntry = state.blockEntry(for: active.key)
+        if let entry = blockEntry {
+          let why = entry.reason.isEmpty ? "" : " (\(entry.reason))"
+          warnings.append(
+            StatusWarning(
+              slot: slot, code: .keyBlocked,
+              message:
+                "\(slot.rawValue): the active key \(active.serial) was blocked by its issuer on \(entry.since)\(why); replace it with a key that is not blocked (agentctl add-key FILE)."
+            ))
+        }
         slots.append(
           SlotStatus(
-            slot: slot, status: .active, active: KeyInfo(active), reserve: held.reserve.map(KeyInfo.init),
+            slot: slot, status: .active, active: activeInfo, reserve: held.reserve.map(KeyInfo.init),
             pending: held.pending.map(KeyInfo.init), takeover: takeover,
             secondsLeft: Int(max(left, 0) / 1_000_000),
-            renewalAhead: ahead, lapsesAt: lapsesAt, health: health, usage: usage, consumers: consumers))
+            renewalAhead: ahead, lapsesAt: lapsesAt, health: health, usage: usage, consumers: consumers,
+            activeBlocked: blockEntry.map(BlockedInfo.init)))
         if let ahead, let code = active.activationCode {
           if ahead.alert {
             alerts.append(

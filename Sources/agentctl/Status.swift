@@ -193,6 +193,11 @@ struct Status: ParsableCommand {
         lines.append("  active   \(describe(active))")
         lines.append("           valid \(active.notBefore) .. \(active.expiresAt)")
         lines.append("           expires \(left(active.expiresAt)), at \(active.expiresAt)")
+        if let blocked = slot.activeBlocked {
+          let why = blocked.reason.isEmpty ? "" : " (\(blocked.reason))"
+          lines.append(
+            "           BLOCKED by its issuer since \(blocked.since)\(why); learned at \(blocked.learnedAt)")
+        }
       }
       lines.append(usage(slot))
       if let consumers = slot.consumers {

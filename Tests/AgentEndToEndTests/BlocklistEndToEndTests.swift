@@ -52,6 +52,20 @@ import Testing
     let older = try agent.agentctl(["add-blocklist", try agent.keyFile("list-1", try list(agent, 1, []))])
     #expect(older.status == 1 && older.stderr.contains("blocklist_rollback"), "\(older.stderr)")
 
+    // A list that blocks the active key: shown, counted, and the operator told to replace it.
+    let third = try agent.agentctl([
+      "add-blocklist", try agent.keyFile("list-3", try list(agent, 3, ["A", "R"])),
+    ])
+    #expect(third.status == 0 && third.stdout.contains("active key \(agent.serial("A"))"), "\(third.stdout)")
+    let status = try agent.agentctl(["status"])
+    #expect(status.stdout.contains("BLOCKED by its issuer since"), "\(status.stdout)")
+    #expect(status.stdout.contains("was blocked by its issuer"), "\(status.stdout)")
+    let metrics = try String(contentsOfFile: agent.metricsFile, encoding: .utf8)
+    #expect(
+      metrics.contains(
+        "license_agent_key_blocked{slot=\"server\",role=\"active\",serial=\"\(agent.serial("A"))\"} 1"),
+      "\(metrics)")
+
     // A restart keeps the newer list; the directory's older one is ignored quietly.
     #expect(agent.stop() == 0)
     #expect(try agent.start())

@@ -26,7 +26,7 @@ import Testing
     return found
   }
 
-  @Test func everyFamilyOfTheContractHasItsTypeAndHelp() {
+  @Test func everyFamilyOfTheContractHasItsTypeAndHelp() throws {
     var state = engine.addKey(
       issuer.key("A", exp: t0 + .days(10)), role: .active, now: t0, state: LicenseState()
     )
@@ -39,12 +39,23 @@ import Testing
         consumer: "protection-server", slot: .server, serial: "R", now: t0 + .days(10), state: state
       )
       .state
+    // A blocklist blocking the active key R (B1).
+    let blocking = try BlocklistParser.sign(
+      Blocklist(
+        compact: "", kid: issuer.jwk.kid, issuer: "test-issuer", sequence: 1, issuedAt: t0,
+        product: "svm-protection",
+        entries: [BlockedEntry(serial: "R", since: t0, reason: "resold")]), with: issuer.jwk)
+    state = engine.addBlocklist(blocking, now: t0 + .days(10), state: state).state
+    #expect(
+      samples(render(state), "license_agent_key_blocked") == [
+        #"{slot="server",role="active",serial="R"}"#: "1"
+      ])
     let text = render(state)
     for family in MetricsText.families {
       #expect(text.contains("# TYPE \(family.name) \(family.type)\n"), "\(family.name)")
       #expect(text.contains("# HELP \(family.name) "), "\(family.name)")
     }
-    #expect(MetricsText.families.count == 15)
+    #expect(MetricsText.families.count == 16)
     #expect(text.hasSuffix("\n"))
   }
 
@@ -202,7 +213,7 @@ import Testing
   /// implements them. That issue adds them to `MetricsText.families` and empties its entry
   /// here.
   static let ahead = SpecAhead([
-    25: ["license_agent_key_blocked", "license_agent_key_grace_end_timestamp_seconds"]  // blocked keys
+    25: ["license_agent_key_grace_end_timestamp_seconds"]  // blocked keys: the grace (B2)
   ])
 
   /// The contract (`../shared/spec/contract.md` §8): every metric of its table, with its
