@@ -46,10 +46,9 @@ actor ControlPlane: DispatchQueueActor {
   /// The server that streams to them (it shares this executor).
   private var server: VarlinkServer?
 
+  /// A subscriber counts the replies it was sent (its sequence).
   struct Subscriber {
     var sequence = 0
-    var consumer: ConsumerName?
-    var uid: uid_t
   }
 
   init(
@@ -134,17 +133,14 @@ actor ControlPlane: DispatchQueueActor {
     case .failure(let invalid): return .failure(.invalidParameter(invalid.name))
     case .success(let decoded): request = decoded
     }
-    var consumer: ConsumerName?
-    if let name = request.consumer {
-      guard let valid = ConsumerName(name) else {
-        return .failure(ControlEndpoint.error(ConsumerName.violation(name)))
-      }
-      consumer = valid
+    // A consumer's name is checked as Confirm checks it; it confirms nothing by itself.
+    if let name = request.consumer, ConsumerName(name) == nil {
+      return .failure(ControlEndpoint.error(ConsumerName.violation(name)))
     }
     guard let server else { return .failure(.methodNotImplemented(call.method)) }
     let first = VarlinkReply.success(
       ["sequence": .number(0), "status": .object(varlinkParameters(currentStatus()))])
-    let subscriber = Subscriber(consumer: consumer, uid: peer.uid)
+    let subscriber = Subscriber()
     let overflow = dropped()
     let result = server.assumeIsolated {
       $0.stream(first, to: respond.connection, continues: true, overflow: overflow)
@@ -268,49 +264,11 @@ enum RefusalKind: Hashable, Sendable {
   case dropped(VarlinkDropReason)
 }
 
-/// The bookkeeping of ``ControlPlane``'s rate-limited refusal lines (a value, tested alone).
-struct RefusalLog: Sendable {
-  struct Key: Hashable, Sendable {
-    var kind: RefusalKind
-    var uid: uid_t
-  }
-
-  enum Admission: Equatable {
-    /// Log it, with this many not logged since the previous line.
-    case log(unlogged: Int)
-    /// Drop it; `firstSinceLine` when it is the first dropped since the last line (the
-    /// caller then arranges the closing line).
-    case suppressed(firstSinceLine: Bool)
-  }
-
-  static let intervalMilliseconds: Int64 = 60_000
-  /// Keys kept at most (one per kind and UID); the oldest quiet ones go first.
-  static let maximumKeys = 4096
-
-  private var lastLogged: [Key: Int64] = [:]
-  private var suppressed: [Key: Int] = [:]
-
-  /// How many keys are kept (for tests).
-  var keyCount: Int { lastLogged.count }
-
-  mutating func admit(_ key: Key, now: Int64) -> Admission {
-    if let last = lastLogged[key], now - last < Self.intervalMilliseconds {
-      let count = suppressed[key, default: 0]
-      suppressed[key] = count + 1
-      return .suppressed(firstSinceLine: count == 0)
-    }
-    if lastLogged.count >= Self.maximumKeys {
-      lastLogged = lastLogged.filter { now - $0.value < Self.intervalMilliseconds }
-    }
-    lastLogged[key] = now
-    return .log(unlogged: suppressed.removeValue(forKey: key) ?? 0)
-  }
-
-  /// The count dropped since the last line, which the closing line reports (it counts as a
-  /// line: the next refusal waits a minute after it).
-  mutating func takeSuppressed(_ key: Key, now: Int64) -> Int? {
-    guard let count = suppressed.removeValue(forKey: key) else { return nil }
-    lastLogged[key] = now
-    return count
-  }
+/// Who is refused what: the key of ``ControlPlane``'s rate-limited refusal lines.
+struct RefusalKey: Hashable, Sendable {
+  var kind: RefusalKind
+  var uid: uid_t
 }
+
+/// ``ControlPlane``'s refusal lines: one a minute per kind of refusal and UID.
+typealias RefusalLog = RateLimitedLog<RefusalKey>

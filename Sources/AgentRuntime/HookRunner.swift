@@ -49,8 +49,8 @@ final class HookRunner: Sendable {
     var dropped = 0
     var timeout = AgentConfiguration.defaultHookTimeout
     var logger: Logger?
-    var lastLogged: [String: Int64] = [:]
-    var suppressed: [String: Int] = [:]
+    /// Warnings about hooks, once a minute per hook and kind.
+    var lines = RateLimitedLog<String>()
   }
   private let pending = Mutex(Pending())
 
@@ -182,18 +182,7 @@ final class HookRunner: Sendable {
   private func note(_ key: String, _ logger: Logger?, _ message: String, _ metadata: Logger.Metadata) {
     guard let logger else { return }
     let now = MonotonicClock.milliseconds()
-    let unlogged = pending.withLock { state -> Int? in
-      if let last = state.lastLogged[key], now - last < 60_000 {
-        state.suppressed[key, default: 0] += 1
-        return nil
-      }
-      if state.lastLogged.count > 1024 {
-        state.lastLogged = state.lastLogged.filter { now - $0.value < 60_000 }
-      }
-      state.lastLogged[key] = now
-      return state.suppressed.removeValue(forKey: key) ?? 0
-    }
-    guard let unlogged else { return }
+    guard case .log(let unlogged) = pending.withLock({ $0.lines.admit(key, now: now) }) else { return }
     var fields = metadata
     fields["not_logged_since_last"] = "\(unlogged)"
     logger.warning("\(message)", metadata: fields)

@@ -214,11 +214,7 @@ extension AgentConfiguration {
       }
       config.metricsTextfile = path
     },
-    Setting(section: "usage", key: "stale-after") { config, value, error throws(ConfigurationError) in
-      let span = try duration(value, error)
-      guard span.microseconds > 0 else { throw error("must be positive") }
-      config.usageStaleAfter = span
-    },
+    positiveDuration("usage", "stale-after", \.usageStaleAfter),
     Setting(section: "consumers", key: "expect") { config, value, error throws(ConfigurationError) in
       guard case .array(let items) = value.kind else {
         throw error("must be an array of consumer names such as [\"protection-server\"]")
@@ -238,11 +234,7 @@ extension AgentConfiguration {
       }
       config.expectedConsumers = names
     },
-    Setting(section: "consumers", key: "confirm-within") { config, value, error throws(ConfigurationError) in
-      let span = try duration(value, error)
-      guard span.microseconds > 0 else { throw error("must be positive") }
-      config.confirmWithin = span
-    },
+    positiveDuration("consumers", "confirm-within", \.confirmWithin),
     Setting(section: "hooks", key: "timeout") { config, value, error throws(ConfigurationError) in
       let span = try duration(value, error)
       guard span.microseconds > 0, span <= TimeSpan.hours(1) else {
@@ -289,34 +281,34 @@ extension AgentConfiguration {
       }
       config.activation.command = command
     },
-    positiveDuration("attempt-timeout", \.attemptTimeout),
-    positiveDuration("retry-initial", \.retryInitial),
-    positiveDuration("retry-max", \.retryMax),
-    positiveDuration("alert-after", \.alertAfter),
+    positiveDuration("activation", "attempt-timeout", \.activation.attemptTimeout),
+    positiveDuration("activation", "retry-initial", \.activation.retryInitial),
+    positiveDuration("activation", "retry-max", \.activation.retryMax),
+    positiveDuration("activation", "alert-after", \.activation.alertAfter),
     // C6: "0s" is allowed (renewal ahead off; a zero spread asks at exp - renew-before).
-    nonNegativeDuration("renew-before", \.renewBefore),
-    nonNegativeDuration("renew-spread", \.renewSpread),
+    nonNegativeDuration("activation", "renew-before", \.activation.renewBefore),
+    nonNegativeDuration("activation", "renew-spread", \.activation.renewSpread),
   ]
 
   private static func positiveDuration(
-    _ key: String, _ path: WritableKeyPath<Activation, TimeSpan> & Sendable
+    _ section: String, _ key: String, _ path: WritableKeyPath<AgentConfiguration, TimeSpan> & Sendable
   )
     -> Setting
   {
-    Setting(section: "activation", key: key) { config, value, error throws(ConfigurationError) in
+    Setting(section: section, key: key) { config, value, error throws(ConfigurationError) in
       let span = try duration(value, error)
       guard span.microseconds > 0 else { throw error("must be positive") }
-      config.activation[keyPath: path] = span
+      config[keyPath: path] = span
     }
   }
 
   private static func nonNegativeDuration(
-    _ key: String, _ path: WritableKeyPath<Activation, TimeSpan> & Sendable
+    _ section: String, _ key: String, _ path: WritableKeyPath<AgentConfiguration, TimeSpan> & Sendable
   ) -> Setting {
-    Setting(section: "activation", key: key) { config, value, error throws(ConfigurationError) in
+    Setting(section: section, key: key) { config, value, error throws(ConfigurationError) in
       let span = try duration(value, error)
       guard span.microseconds >= 0 else { throw error("must not be negative") }
-      config.activation[keyPath: path] = span
+      config[keyPath: path] = span
     }
   }
 

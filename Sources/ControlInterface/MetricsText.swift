@@ -88,8 +88,7 @@ public enum MetricsText {
         // an alert watches); any other consumer only while it enforces the active key (it is
         // never awaited, so never 0).
         let expected = Set(engine.configuration.expectedConsumers)
-        let consumers = expected.union(state.consumers.filter { $0.value[slot]?.confirmedSerial != nil }.keys)
-        for consumer in consumers.sorted() {
+        for consumer in engine.consumersShown(for: slot, in: state) {
           let confirmed = state.consumers[consumer]?[slot]?.confirmedSerial == active.serial
           guard confirmed || expected.contains(consumer) else { continue }
           add(

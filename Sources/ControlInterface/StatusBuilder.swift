@@ -133,10 +133,7 @@ public enum StatusBuilder {
   {
     guard state[slot]?.active != nil else { return nil }
     let expected = Set(engine.configuration.expectedConsumers)
-    let names = expected.union(
-      state.consumers.filter { $0.value[slot]?.confirmedSerial != nil }.map(\.key)
-    ).sorted()
-    let list = names.compactMap { name -> ConsumerInfo? in
+    let list = engine.consumersShown(for: slot, in: state).compactMap { name -> ConsumerInfo? in
       let isExpected = expected.contains(name)
       guard
         let standing = state.standing(

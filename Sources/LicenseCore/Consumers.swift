@@ -226,6 +226,14 @@ extension LicenseEngine {
     }
   }
 
+  /// The consumers of `slot` the status and the metrics show, by name: the ones expected,
+  /// and any other that confirmed a key of the slot.
+  public func consumersShown(for slot: Slot, in state: LicenseState) -> [ConsumerName] {
+    Set(configuration.expectedConsumers).union(
+      state.consumers.filter { $0.value[slot]?.confirmedSerial != nil }.keys
+    ).sorted()
+  }
+
   /// When `consumer` must have confirmed `slot`'s active key by, if it is still awaited.
   public func confirmationDeadline(_ record: ConsumerSlotRecord, consumer: ConsumerName) -> Timestamp? {
     guard configuration.expectedConsumers.contains(consumer), !record.reported, !record.isConfirmed,

@@ -23,25 +23,10 @@ public enum TrustDirectory {
   /// block the read forever) or are larger than ``maximumFileSize``, and files past the
   /// first ``maximumFiles``. A missing directory is an empty trust store.
   public static func load(_ directory: String) -> (trust: TrustStore, problems: [Problem]) {
-    guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else {
-      return (TrustStore(), [])
-    }
     var keys: [JWK] = []
-    var problems: [Problem] = []
-    let files = names.sorted().filter { $0.hasSuffix(".jwk") }
-    for name in files.dropFirst(maximumFiles) {
-      problems.append(
-        Problem(file: directory + "/" + name, problem: "is past the first \(maximumFiles) files: not read"))
-    }
-    for name in files.prefix(maximumFiles) {
-      let path = directory + "/" + name
-      let data: Data
-      switch readRegularFile(path, limit: maximumFileSize) {
-      case .success(let bytes): data = bytes
-      case .failure(let problem):
-        problems.append(problem)
-        continue
-      }
+    var (files, problems) = readFiles(
+      directory, suffix: ".jwk", maximumFiles: maximumFiles, maximumSize: maximumFileSize)
+    for (path, data) in files {
       do {
         let jwk = try JWK(json: data)
         if jwk.seed != nil {
@@ -61,6 +46,30 @@ public enum TrustDirectory {
       }
     }
     return (TrustStore(keys), problems)
+  }
+
+  /// The `*suffix` files of `directory`, in name order, read whole: the first
+  /// `maximumFiles`, regular files of at most `maximumSize` bytes; the others reported. A
+  /// missing directory has none.
+  static func readFiles(_ directory: String, suffix: String, maximumFiles: Int, maximumSize: Int) -> (
+    files: [(path: String, data: Data)], problems: [Problem]
+  ) {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return ([], []) }
+    var files: [(path: String, data: Data)] = []
+    var problems: [Problem] = []
+    let matching = names.sorted().filter { $0.hasSuffix(suffix) }
+    for name in matching.dropFirst(maximumFiles) {
+      problems.append(
+        Problem(file: directory + "/" + name, problem: "is past the first \(maximumFiles) files: not read"))
+    }
+    for name in matching.prefix(maximumFiles) {
+      let path = directory + "/" + name
+      switch readRegularFile(path, limit: maximumSize) {
+      case .success(let data): files.append((path, data))
+      case .failure(let problem): problems.append(problem)
+      }
+    }
+    return (files, problems)
   }
 
   /// A regular file's bytes, opened without blocking (O_NONBLOCK: a FIFO is refused, not
@@ -106,22 +115,9 @@ public enum BlocklistDirectory {
   public static func load(_ directory: String) -> (
     lists: [(file: String, text: String)], problems: [TrustDirectory.Problem]
   ) {
-    guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return ([], []) }
-    var lists: [(file: String, text: String)] = []
-    var problems: [TrustDirectory.Problem] = []
-    let files = names.sorted().filter { $0.hasSuffix(".jws") }
-    for name in files.dropFirst(maximumFiles) {
-      problems.append(
-        TrustDirectory.Problem(
-          file: directory + "/" + name, problem: "is past the first \(maximumFiles) files: not read"))
-    }
-    for name in files.prefix(maximumFiles) {
-      let path = directory + "/" + name
-      switch TrustDirectory.readRegularFile(path, limit: BlocklistParser.maximumLength + 4096) {
-      case .success(let bytes): lists.append((path, String(decoding: bytes, as: UTF8.self)))
-      case .failure(let problem): problems.append(problem)
-      }
-    }
-    return (lists, problems)
+    let (files, problems) = TrustDirectory.readFiles(
+      directory, suffix: ".jws", maximumFiles: maximumFiles, maximumSize: BlocklistParser.maximumLength + 4096
+    )
+    return (files.map { ($0.path, String(decoding: $0.data, as: UTF8.self)) }, problems)
   }
 }

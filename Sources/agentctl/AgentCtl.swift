@@ -75,11 +75,30 @@ struct ConnectionOptions: ParsableArguments {
         path: socketPath, timeoutSeconds: timeoutSeconds, maximumReplySize: Self.maximumReplySize)
       return try client.call(method.qualifiedName, request.parameters)
     } catch {
-      printError(
-        "agentctl: the agent cannot be reached: \(error). Is license-agent running? (systemctl status license-agent)"
-      )
-      throw ExitCode(3)
+      throw Self.unreachable(error)
     }
+  }
+
+  /// Calls a method of io.licenseagent.Agent with `more`: the client, to read what follows,
+  /// and the first reply; exits 3 when the agent cannot be reached.
+  func subscribe(_ method: AgentMethod, _ request: some AgentRequest, timeoutSeconds: Int = 10) throws
+    -> (client: VarlinkClient, first: (reply: VarlinkReply, continues: Bool))
+  {
+    do {
+      let client = try VarlinkClient(
+        path: socketPath, timeoutSeconds: timeoutSeconds, maximumReplySize: Self.maximumReplySize)
+      return (client, try client.callMore(method.qualifiedName, request.parameters))
+    } catch {
+      throw Self.unreachable(error)
+    }
+  }
+
+  /// Says the agent cannot be reached; the exit status 3 to throw.
+  static func unreachable(_ error: VarlinkClientError) -> ExitCode {
+    printError(
+      "agentctl: the agent cannot be reached: \(error). Is license-agent running? (systemctl status license-agent)"
+    )
+    return ExitCode(3)
   }
 }
 

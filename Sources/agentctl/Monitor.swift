@@ -35,20 +35,8 @@ struct Monitor: ParsableCommand {
   }
 
   func run() throws {
-    let socket = connection.after(global).socketPath
-    let client: VarlinkClient
-    var reply: (reply: VarlinkReply, continues: Bool)
-    do {
-      client = try VarlinkClient(
-        path: socket, timeoutSeconds: 10, maximumReplySize: ConnectionOptions.maximumReplySize)
-      reply = try client.callMore(
-        AgentMethod.monitor.qualifiedName, MonitorRequest(consumer: consumer).parameters)
-    } catch {
-      printError(
-        "agentctl: the agent cannot be reached: \(error). Is license-agent running? (systemctl status license-agent)"
-      )
-      throw ExitCode(3)
-    }
+    let (client, first) = try connection.after(global).subscribe(.monitor, MonitorRequest(consumer: consumer))
+    var reply = first
     while true {
       switch reply.reply {
       case .failure(let error):

@@ -69,10 +69,10 @@ struct Promotion: ParsableCommand {
     }
     guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
     let agentPath = agentExecutable(agent)
-    let (measured, limitMeasured, faults) = try measureAgent(
-      agentPath: agentPath, keys: keys, step: step, metrics: !noMetrics)
-    let delays = measured.sorted()
-    let limit = limitMeasured.sorted()
+    let run = try Self.measure(agentPath: agentPath, keys: keys, step: step, metrics: !noMetrics)
+    let faults = run.faultsPerPromotion
+    let delays = run.delays.values.sorted()
+    let limit = run.limit.sorted()
     let early = delays.filter { $0 < 0 }.count
     let p99 = percentile(delays, 99)
     let limitP99 = percentile(limit, 99)
@@ -150,13 +150,6 @@ struct PromotionRun {
 }
 
 extension Promotion {
-  func measureAgent(agentPath: String, keys: Int, step: TimeSpan, metrics: Bool) throws -> (
-    [Int64], [Int64], Double
-  ) {
-    let run = try Self.measure(agentPath: agentPath, keys: keys, step: step, metrics: metrics)
-    return (Array(run.delays.values), run.limit, run.faultsPerPromotion)
-  }
-
   /// `keys` promotions `step` apart by the agent at `agentPath`; `attach` is called with the
   /// agent's socket once it runs and before the first key is added (subscribers).
   static func measure(

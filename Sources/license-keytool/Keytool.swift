@@ -59,6 +59,24 @@ func readInput(_ path: String) -> Data {
   return data
 }
 
+/// The issuer's private JWK of `--signer` (issue, blocklist).
+func readSigner(_ path: String) -> JWK {
+  do {
+    return try JWK(json: readInput(path))
+  } catch {
+    fail("\(path) is not a usable issuer key: \(error)", code: 74)
+  }
+}
+
+/// The trust directory of `--trust` (inspect): a directory, or exit 74.
+func readTrust(_ path: String) -> (trust: TrustStore, problems: [TrustDirectory.Problem]) {
+  var info = stat()
+  guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
+    fail("--trust \(path) is not a directory", code: 74)
+  }
+  return TrustDirectory.load(path)
+}
+
 struct Keygen: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Make an issuer key pair: NAME.private.jwk (mode 0600) and NAME.jwk (public).",
@@ -159,12 +177,7 @@ struct Issue: ParsableCommand {
       scheme: try choice(scheme, "scheme", Scheme.self),
       osType: try osType.map { try choice($0, "os-type", OSType.self) },
       licenseType: try choice(licenseType, "license-type", LicenseType.self), units: units)
-    let jwk: JWK
-    do {
-      jwk = try JWK(json: readInput(signer))
-    } catch {
-      fail("\(signer) is not a usable issuer key: \(error)", code: 74)
-    }
+    let jwk = readSigner(signer)
     var signed = claims
     if issuer == nil { signed.issuer = jwk.kid }
     do {
@@ -222,12 +235,7 @@ struct MakeBlocklist: ParsableCommand {
         "--since '\(since)' is not a time: use RFC 3339 (2026-12-31T09:00:00Z) or a relative time (=-1d, now)"
       )
     }
-    let jwk: JWK
-    do {
-      jwk = try JWK(json: readInput(signer))
-    } catch {
-      fail("\(signer) is not a usable issuer key: \(error)", code: 74)
-    }
+    let jwk = readSigner(signer)
     let entries = blocked.map { text -> BlockedEntry in
       let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
       return BlockedEntry(
@@ -277,11 +285,7 @@ struct Inspect: ParsableCommand {
     var trustProblems: [TrustDirectory.Problem] = []
     do {
       if let trust {
-        var info = stat()
-        guard stat(trust, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-          fail("--trust \(trust) is not a directory", code: 74)
-        }
-        let loaded = TrustDirectory.load(trust)
+        let loaded = readTrust(trust)
         trustProblems = loaded.problems
         key = try KeyParser.verify(text, trust: loaded.trust)
       } else {
@@ -321,11 +325,7 @@ struct Inspect: ParsableCommand {
     var failure: KeyDefect?
     do {
       if let trust {
-        var info = stat()
-        guard stat(trust, &info) == 0, info.st_mode & S_IFMT == S_IFDIR else {
-          fail("--trust \(trust) is not a directory", code: 74)
-        }
-        list = try BlocklistParser.verify(text, trust: TrustDirectory.load(trust).trust)
+        list = try BlocklistParser.verify(text, trust: readTrust(trust).trust)
       } else {
         list = try BlocklistParser.parseUnverified(text)
       }

@@ -445,12 +445,11 @@ import Testing
       environment: env)
     #expect(status.stdout.contains("license-agent 9.9"), "\(status.stdout) \(status.stderr)")
     #expect(!(status.stdout + status.stderr).contains("\u{1B}"), "an escape sequence reached the terminal")
-    let started = Date()
+    // Under timeout(1)'s minute: exit 3 is agentctl ending by itself (timeout's would be 124).
     let monitor = try runProcess(
       "/usr/bin/timeout", ["60", productsDirectory() + "/agentctl", "--socket", socket, "monitor"],
       environment: env)
     #expect(monitor.status == 3, "\(monitor.status): \(monitor.stderr)")
-    #expect(Date().timeIntervalSince(started) < 30, "a reply begun and never finished ends the monitor")
     #expect(monitor.stdout.contains("license-agent 9.9"), "\(monitor.stdout)")
     #expect(!(monitor.stdout + monitor.stderr).contains("\u{1B}"), "an escape sequence reached the terminal")
   }
