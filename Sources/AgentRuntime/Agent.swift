@@ -761,9 +761,12 @@ public actor Agent: DispatchQueueActor {
     let parts = state.slotsInUse.compactMap { slot -> String? in
       switch state[slot] {
       case nil: return nil
+      case .held(let held)? where held.isLapsed:
+        return "\(slot.rawValue): EXPIRED (\(held.active.serial) blocked, grace ended)"
       case .held(let held)?:
-        let until = String(held.active.expiresAt.rfc3339.prefix(16).map { $0 == "T" ? " " : $0 }) + " UTC"
-        return "\(slot.rawValue): \(held.active.serial) until \(until), "
+        let until = String(held.endsAt.rfc3339.prefix(16).map { $0 == "T" ? " " : $0 }) + " UTC"
+        let blocked = held.blocked == nil ? "" : " (BLOCKED)"
+        return "\(slot.rawValue): \(held.active.serial)\(blocked) until \(until), "
           + (held.reserve != nil ? "reserve ready" : "no reserve")
       case .lapsed(let lapsed)?:
         return "\(slot.rawValue): EXPIRED (\(lapsed.expired.serial))"

@@ -15,6 +15,8 @@ public struct AgentConfiguration: Sendable, Equatable {
   /// takeover, and how long they have.
   public var expectedConsumers: [ConsumerName] = []
   public var confirmWithin = EngineConfiguration.defaultConfirmWithin
+  /// `[blocking] grace` (B2): how long a blocked active key keeps working.
+  public var blockingGrace = EngineConfiguration.defaultBlockingGrace
   /// `[hooks] timeout` (N3): how long one hook may run before it is killed, with whatever it
   /// started.
   public var hookTimeout = AgentConfiguration.defaultHookTimeout
@@ -51,7 +53,7 @@ public struct AgentConfiguration: Sendable, Equatable {
       product: product, warningThresholds: warningThresholds, retryInitial: activation.retryInitial,
       retryMax: activation.retryMax, alertAfter: activation.alertAfter, renewBefore: activation.renewBefore,
       renewSpread: activation.renewSpread, usageStaleAfter: usageStaleAfter,
-      expectedConsumers: expectedConsumers, confirmWithin: confirmWithin)
+      expectedConsumers: expectedConsumers, confirmWithin: confirmWithin, blockingGrace: blockingGrace)
   }
 
   /// Reads `path`; a missing file is the default configuration.
@@ -235,6 +237,13 @@ extension AgentConfiguration {
       config.expectedConsumers = names
     },
     positiveDuration("consumers", "confirm-within", \.confirmWithin),
+    Setting(section: "blocking", key: "grace") { config, value, error throws(ConfigurationError) in
+      let span = try duration(value, error)
+      guard span.microseconds >= 0, span <= TimeSpan.days(366) else {
+        throw error("must be between \"0s\" (a blocked key counts as expired at once) and \"366d\"")
+      }
+      config.blockingGrace = span
+    },
     Setting(section: "hooks", key: "timeout") { config, value, error throws(ConfigurationError) in
       let span = try duration(value, error)
       guard span.microseconds > 0, span <= TimeSpan.hours(1) else {

@@ -82,11 +82,15 @@ public enum AgentInterface {
       promotedAt: ?string
     )
 
-    # A key's block (rule B1).
+    # A key's block (rules B1, B2): the key keeps working until graceEndsAt, when it counts
+    # as expired; lapsedAt: the grace ended and what takes over is not valid yet (the slot
+    # is expired until then).
     type Blocked (
       since: string,
       reason: string,
-      learnedAt: string
+      learnedAt: string,
+      graceEndsAt: string,
+      lapsedAt: ?string
     )
 
     # The renewal of an expired key with its activation code.
@@ -274,7 +278,9 @@ public enum AgentInterface {
       serial: string,
       since: string,
       reason: string,
-      dropped: bool
+      dropped: bool,
+      # an active key's grace end (rule B2)
+      graceEndsAt: ?string
     )
 
     # A blocklist of a trusted issuer (rule B1), as license-keytool blocklist makes it: kept
@@ -424,6 +430,7 @@ public struct BlockedKeyInfo: Codable, Sendable, Equatable {
   public var since: String
   public var reason: String
   public var dropped: Bool
+  public var graceEndsAt: String?
 
   public init(_ key: BlockedKey) {
     slot = key.slot
@@ -433,6 +440,7 @@ public struct BlockedKeyInfo: Codable, Sendable, Equatable {
     since = key.since.rfc3339
     reason = key.reason
     dropped = key.dropped
+    graceEndsAt = key.graceEndsAt?.rfc3339
   }
 }
 
@@ -463,7 +471,7 @@ public struct AddBlocklistReply: Codable, Sendable, Equatable {
       lines.append(
         key.dropped
           ? "It blocks the \(key.slot.rawValue) \(what) \(key.serial) (since \(key.since.rfc3339)\(why)): removed."
-          : "It blocks the \(key.slot.rawValue) \(what) \(key.serial) (since \(key.since.rfc3339)\(why)): add a key that is not blocked (this version applies no grace period yet)."
+          : "It blocks the \(key.slot.rawValue) \(what) \(key.serial) (since \(key.since.rfc3339)\(why)): it keeps working until the end of its grace, \(key.graceEndsAt?.rfc3339 ?? "its expiry"); add a key that is not blocked before then."
       )
     }
     message = lines.joined(separator: "\n")
@@ -537,11 +545,15 @@ public struct BlockedInfo: Codable, Sendable, Equatable {
   public var since: String
   public var reason: String
   public var learnedAt: String
+  public var graceEndsAt: String
+  public var lapsedAt: String?
 
-  public init(_ entry: StoredBlocklist.Entry) {
-    since = entry.since.rfc3339
-    reason = entry.reason
-    learnedAt = entry.learnedAt.rfc3339
+  public init(_ held: HeldSlot, _ block: ActiveBlock) {
+    since = block.since.rfc3339
+    reason = block.reason
+    learnedAt = block.learnedAt.rfc3339
+    graceEndsAt = held.endsAt.rfc3339
+    lapsedAt = block.lapsedAt?.rfc3339
   }
 }
 

@@ -46,6 +46,10 @@ public enum MetricsText {
       "1 for a key the agent holds that its issuer blocked (a blocklist, rule B1)."
     ),
     (
+      "license_agent_key_grace_end_timestamp_seconds", "gauge",
+      "When a blocked active key counts as expired: the end of its grace, or its exp if sooner (rule B2)."
+    ),
+    (
       "license_agent_consumer_confirmed", "gauge",
       "1 when the consumer confirmed it enforces the slot's active key (serial); 0 while a consumer of [consumers] expect has not."
     ),
@@ -79,6 +83,12 @@ public enum MetricsText {
         add("license_agent_key_units", labels, String(key.claims.units))
         if state.blockEntry(for: key.key) != nil { add("license_agent_key_blocked", labels, "1") }
       }
+      if let held = slotState.held, held.blocked != nil {
+        // B2: when the blocked active key counts as expired.
+        add(
+          "license_agent_key_grace_end_timestamp_seconds", [("slot", name), ("serial", held.active.serial)],
+          seconds(held.endsAt))
+      }
       if let report = state.usage[slot] {
         add("license_agent_units_in_use", [("slot", name)], String(report.units))
         add("license_agent_usage_report_timestamp_seconds", [("slot", name)], seconds(report.reportedAt))
@@ -103,7 +113,8 @@ public enum MetricsText {
           "license_agent_slot_takeover", [("slot", name), ("takeover", takeover.rawValue)],
           takeover == current ? "1" : "0")
       }
-      add("license_agent_slot_expired", [("slot", name)], slotState.active == nil ? "1" : "0")
+      let expired = slotState.active == nil || slotState.held?.isLapsed == true
+      add("license_agent_slot_expired", [("slot", name)], expired ? "1" : "0")
       add(
         "license_agent_alert", [("slot", name), ("alert", "manual_activation_required")],
         engine.alertPending(slotState) ? "1" : "0")

@@ -26,27 +26,32 @@ public enum StatusBuilder {
       switch slotState {
       case .held(let held):
         let active = held.active
-        let left = active.expiresAt.microseconds(since: now)
+        let left = held.endsAt.microseconds(since: now)
         let ahead = held.ahead.map { RenewalAheadInfo($0, held: held, engine: engine) }
-        // B1: a blocked active key is shown so (its grace, B2, is not applied yet).
-        let activeInfo = KeyInfo(active)
-        let blockEntry = state.blockEntry(for: active.key)
-        if let entry = blockEntry {
-          let why = entry.reason.isEmpty ? "" : " (\(entry.reason))"
+        if let block = held.blocked {
+          // B2: a blocked active key keeps working until the end of its grace.
+          let why = block.reason.isEmpty ? "" : " (\(block.reason))"
+          let blockedOn = "the active key \(active.serial) was blocked by its issuer on \(block.since)\(why)"
+          if let successor = held.successorKey, held.isLapsed {
+            alerts.append(
+              "\(slot.rawValue): EXPIRED: \(blockedOn) and its grace ended at \(held.endsAt); \(successor.serial) takes over only at \(successor.claims.notBefore). Add an active key that is valid now (agentctl add-key FILE)."
+            )
+          }
           warnings.append(
             StatusWarning(
               slot: slot, code: .keyBlocked,
               message:
-                "\(slot.rawValue): the active key \(active.serial) was blocked by its issuer on \(entry.since)\(why); replace it with a key that is not blocked (agentctl add-key FILE)."
+                "\(slot.rawValue): \(blockedOn); it counts as expired at the end of its grace, \(held.endsAt). Add a reserve key that is not blocked (agentctl add-key --reserve FILE) or replace it (agentctl add-key FILE) before then."
             ))
         }
         slots.append(
           SlotStatus(
-            slot: slot, status: .active, active: activeInfo, reserve: held.reserve.map(KeyInfo.init),
+            slot: slot, status: held.isLapsed ? .expired : .active, active: KeyInfo(active),
+            reserve: held.reserve.map(KeyInfo.init),
             pending: held.pending.map(KeyInfo.init), takeover: takeover,
             secondsLeft: Int(max(left, 0) / 1_000_000),
             renewalAhead: ahead, lapsesAt: lapsesAt, health: health, usage: usage, consumers: consumers,
-            activeBlocked: blockEntry.map(BlockedInfo.init)))
+            activeBlocked: held.blocked.map { BlockedInfo(held, $0) }))
         if let ahead, let code = active.activationCode {
           if ahead.alert {
             alerts.append(
@@ -67,14 +72,14 @@ public enum StatusBuilder {
               StatusWarning(
                 slot: slot, code: .expiringWithoutTakeover,
                 message:
-                  "\(slot.rawValue): key \(active.serial) expires in \(TimeSpan(microseconds: max(left, 0)).inWords) (\(active.expiresAt)) and nothing will take over; add a reserve key (agentctl add-key --reserve FILE)."
+                  "\(slot.rawValue): key \(active.serial) expires in \(TimeSpan(microseconds: max(left, 0)).inWords) (\(held.endsAt)) and nothing will take over; add a reserve key (agentctl add-key --reserve FILE)."
               ))
           } else {
             warnings.append(
               StatusWarning(
                 slot: slot, code: .noReserve,
                 message:
-                  "\(slot.rawValue): no reserve key; nothing takes over when \(active.serial) expires at \(active.expiresAt)."
+                  "\(slot.rawValue): no reserve key; nothing takes over when \(active.serial) expires at \(held.endsAt)."
               ))
           }
         }

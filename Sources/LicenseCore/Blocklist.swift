@@ -223,6 +223,8 @@ public struct BlockedKey: Sendable, Equatable {
   public var reason: String
   /// Dropped at once (a reserve or pending key, B3); an active key stays (B2).
   public var dropped: Bool
+  /// An active key's grace end (B2).
+  public var graceEndsAt: Timestamp?
 }
 
 /// What a blocklist did, for the reply.
@@ -247,8 +249,8 @@ extension LicenseEngine {
   /// B1: a blocklist from the directory or the control interface. Verified as a key is, for
   /// this product; kept per issuer when its `seq` is higher than the kept list's (an older
   /// one, or another list with the same `seq`, is `blocklist_rollback`; the same list again
-  /// changes nothing). B3: a reserve or pending key it blocks is dropped at once. A blocked
-  /// active key is listed in the reply (its grace, B2, is not applied by this version).
+  /// changes nothing). B3: a reserve or pending key it blocks is dropped at once. B2: a blocked
+  /// active key keeps working until the end of its grace.
   public func addBlocklist(_ text: String, now: Timestamp, state: LicenseState) -> Decision<BlocklistAdded> {
     func refuse(_ code: String, _ message: String, reason: String? = nil) -> Decision<BlocklistAdded> {
       .unchanged(state, .failure(RuleViolation(rule: .B1, code: code, reason: reason, message: message)))
@@ -293,8 +295,8 @@ extension LicenseEngine {
           serial: entry.serial, since: entry.since, reason: entry.reason,
           learnedAt: kept?.entry(serial: entry.serial)?.learnedAt ?? now)
       })
+    var events = applyingBlocks(&next, now: now)
     let blocks = blockedKeys(in: next, dropping: true)
-    var events: [LicenseEvent] = []
     for blocked in blocks where blocked.dropped {
       guard case .held(var held)? = next[blocked.slot] else { continue }
       let key: InstalledKey
@@ -303,6 +305,11 @@ extension LicenseEngine {
       case .pending(let pending): key = pending
       default: continue
       }
+      events.append(
+        .keyBlocked(
+          KeyBlocked(
+            slot: blocked.slot, key: KeyRef(key), role: blocked.pending ? .pending : .reserve,
+            since: blocked.since, reason: blocked.reason)))
       held.successor = .none
       next[blocked.slot] = .held(held)
       events.append(
@@ -320,6 +327,37 @@ extension LicenseEngine {
       now: now)
   }
 
+  /// B2: gives each held slot's active key the block its kept lists say (its grace from
+  /// when the agent learned of the entry, fixed then), or lifts a block a newer list no
+  /// longer has. KEY_BLOCKED for each key newly blocked. Thresholds already passed for the
+  /// grace's end are not logged late (W1).
+  func applyingBlocks(_ state: inout LicenseState, now: Timestamp) -> [LicenseEvent] {
+    var events: [LicenseEvent] = []
+    for (slot, held) in state.heldSlots {
+      var updated = held
+      if let entry = state.blockEntry(for: held.active.key) {
+        guard held.blocked == nil else { continue }
+        updated.blocked = ActiveBlock(
+          since: entry.since, reason: entry.reason, learnedAt: entry.learnedAt,
+          graceEndsAt: entry.learnedAt + configuration.blockingGrace)
+        updated.warned.formUnion(passedThresholds(of: updated.endsAt, at: now))
+        events.append(
+          .keyBlocked(
+            KeyBlocked(
+              slot: slot, key: KeyRef(held.active), role: .active, since: entry.since, reason: entry.reason,
+              graceEndsAt: updated.endsAt, then: whatTakesOver(updated))))
+      } else if held.blocked != nil {
+        // A newer list unblocks it: its deadlines are its `exp`'s again.
+        updated.blocked = nil
+        updated.warned = passedThresholds(of: held.active.expiresAt, at: now)
+      } else {
+        continue
+      }
+      state[slot] = .held(updated)
+    }
+    return events
+  }
+
   /// The keys of `state` its kept lists block; a reserve or pending key is marked `dropped`
   /// when `dropping`.
   func blockedKeys(in state: LicenseState, dropping: Bool) -> [BlockedKey] {
@@ -331,7 +369,8 @@ extension LicenseEngine {
           BlockedKey(
             slot: slot, role: role, pending: pending, serial: key.serial, since: entry.since,
             reason: entry.reason,
-            dropped: dropping && role == .reserve))
+            dropped: dropping && role == .reserve,
+            graceEndsAt: role == .active ? held.blocked.map { _ in held.endsAt } : nil))
       }
       add(held.active, .active, pending: false)
       if let reserve = held.reserve { add(reserve, .reserve, pending: false) }

@@ -41,11 +41,18 @@ extension LicenseEvent {
         e.expiredReserve.map {
           " Its reserve \($0.serial) had itself expired at \($0.expiresAt) and was not promoted."
         } ?? ""
+      let ended =
+        e.graceEnded
+        ? "key \(e.key.serial), blocked by its issuer, reached the end of its grace at \(e.key.expiresAt)"
+        : "key \(e.key.serial) ended at \(e.key.expiresAt)"
+      let then =
+        e.takesOverLater.map {
+          " and key \($0.serial), which takes over, is valid only from \($0.expiresAt): the slot is expired until then. Add an active key that is valid now with `agentctl add-key FILE` to end this sooner."
+        } ?? " and nothing took over.\(reserveNote) Add an active key with `agentctl add-key FILE`."
       return JournalEvent(
-        .licenseExpired,
-        message:
-          "The \(e.slot.rawValue) licence has expired: key \(e.key.serial) ended at \(e.key.expiresAt) and nothing took over.\(reserveNote) Add an active key with `agentctl add-key FILE`.",
+        .licenseExpired, message: "The \(e.slot.rawValue) licence has expired: \(ended)\(then)",
         fields: keyFields(e.slot, e.key))
+    case .keyBlocked(let e): return e.rendered
     case .activationAttemptFailed(let e): return e.rendered
     case .activationRenewed(let e): return e.rendered
     case .manualActivationRequired(let e): return e.rendered
@@ -123,6 +130,10 @@ extension ReserveDropped {
       message =
         "Reserve key \(key.serial) of the \(slot.rawValue) slot was removed: its issuer blocked it on \(since)\(words). Nothing takes over from \(activeSerial) unless a new reserve is added (`agentctl add-key --reserve FILE`)."
       fields += [.init(.activeSerial, activeSerial), .init(.reason, "blocked")]
+    case .notValidAtGraceEnd(let active, let validFrom):
+      message =
+        "Key \(key.serial) of the \(slot.rawValue) slot is valid only from \(validFrom), after the end of the grace of the blocked key \(active.serial) at \(active.expiresAt); it is removed, and the agent renews with the activation code now."
+      fields += [.init(.activeSerial, active.serial), .init(.reason, "not-yet-valid")]
     }
     return JournalEvent(.reserveDropped, message: message, fields: fields)
   }
@@ -239,6 +250,41 @@ extension UsageGraded {
         .init(.units, String(units)), .init(.unitsUsed, String(used)),
         .init(.usagePercent, UsageBand.percentText(percent)),
       ])
+  }
+}
+
+extension KeyBlocked {
+  var rendered: JournalEvent {
+    let why = reason.isEmpty ? "" : " (\(reason))"
+    let message: String
+    switch role {
+    case .active:
+      let ends = graceEndsAt ?? key.expiresAt
+      let words: String
+      switch then {
+      case .reserve(let serial)?: words = "reserve key \(serial) takes over then if it is valid then"
+      case .pending(let serial)?:
+        words = "key \(serial), renewed ahead with the activation code, takes over then"
+      case .renewAhead?, .renewAtExpiry?:
+        words = "the agent renews with the activation code then (ask the vendor why the key was blocked)"
+      case .nothing?, nil:
+        words =
+          "nothing takes over and the slot will be expired: add a reserve key that is not blocked (`agentctl add-key --reserve FILE`) or a new active key before then"
+      }
+      message =
+        "CRITICAL: the active \(slot.rawValue) key \(key.serial) was blocked by its issuer on \(since)\(why). It keeps working until the end of its grace, \(ends); \(words)."
+    case .reserve, .pending:
+      let what =
+        role == .pending
+        ? "Key \(key.serial), renewed ahead with the activation code," : "Reserve key \(key.serial)"
+      message =
+        "\(what) of the \(slot.rawValue) slot was blocked by its issuer on \(since)\(why); it is removed and will not take over. Add a reserve key that is not blocked (`agentctl add-key --reserve FILE`)."
+    }
+    return JournalEvent(
+      .keyBlocked, message: message,
+      fields: keyFields(slot, key) + [
+        .init(.role, role.rawValue), .init(.blockedSince, since.rfc3339),
+      ] + optional(.graceEndsAt, graceEndsAt?.rfc3339) + [.init(.reason, reason)])
   }
 }
 

@@ -15,6 +15,7 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
   case stateRecovered = "STATE_RECOVERED"
   case licenseUsageHigh = "LICENSE_USAGE_HIGH"
   case licenseLimitExceeded = "LICENSE_LIMIT_EXCEEDED"
+  case keyBlocked = "KEY_BLOCKED"
   case consumerNotUpdated = "CONSUMER_NOT_UPDATED"
 
   public var messageID: String {
@@ -33,6 +34,7 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case .stateRecovered: return "e3fb7954deee4da0a7c9be130eaa43af"
     case .licenseUsageHigh: return "0a44b86061a24352a043da9fa8cb70eb"
     case .licenseLimitExceeded: return "b0277bd9986a497791128aa1b40d4414"
+    case .keyBlocked: return "e55a64d5379b41d8ba3a6e6c859241a8"
     case .consumerNotUpdated: return "fc31db115a6d4ae09692763a54c6d5a6"
     }
   }
@@ -47,7 +49,7 @@ public enum EventKind: String, Sendable, Codable, CaseIterable {
     case .reserveAdded, .activeAdded: return 6
     case .reserveRejected, .consumerNotUpdated: return 3
     case .reserveDropped, .activationAttemptFailed, .clockChanged, .stateRecovered: return 4
-    case .licenseExpired: return 2
+    case .licenseExpired, .keyBlocked: return 2
     case .manualActivationRequired: return 1
     }
   }

@@ -14,20 +14,40 @@ extension LicenseEngine {
     var next = withAheadRecords(state, now: now)
     var events: [LicenseEvent] = []
     var requests: [ActivationRequest] = []
-    for (slot, held) in next.heldSlots where held.active.expiresAt <= now {
+    for (slot, held) in next.heldSlots where held.endsAt <= now {
       let active = held.active
+      // B2: a blocked key counts as expired at the end of its grace.
+      let ended = KeyRef(serial: active.serial, expiresAt: held.endsAt)
+      let notYetValid = held.successorKey.flatMap {
+        $0.expiresAt > now && $0.claims.notBefore > now ? $0 : nil
+      }
+      if let successor = notYetValid, active.activationCode == nil {
+        // B2: the grace ended before what takes over is valid: the slot is expired until
+        // its `nbf` (logged once), when it takes over. (With an activation code, the agent
+        // renews at once instead, below.)
+        guard !held.isLapsed else { continue }
+        var lapsed = held
+        lapsed.blocked?.lapsedAt = now
+        next[slot] = .held(lapsed)
+        events.append(
+          .licenseExpired(
+            LicenseExpired(
+              slot: slot, key: ended, graceEnded: held.blocked != nil,
+              takesOverLater: KeyRef(serial: successor.serial, expiresAt: successor.claims.notBefore))))
+        continue
+      }
       switch held.successor {
       case .reserve(let reserve) where reserve.expiresAt > now:
         // P1: the reserve becomes active; P5: schedules follow it.
         events.append(
           .keyPromoted(
-            promote(reserve, .reserve, after: active, slot: slot, now: now, cause: cause, in: &next)))
+            promote(reserve, .reserve, after: held, slot: slot, now: now, cause: cause, in: &next)))
       case .pending(let pending) where pending.expiresAt > now:
         // C6: the key obtained ahead takes over as a reserve does (P1, P3, P5).
         events.append(
           .keyPromoted(
             promote(
-              pending, .pending(codeHint: pending.activationCode?.hint), after: active, slot: slot, now: now,
+              pending, .pending(codeHint: pending.activationCode?.hint), after: held, slot: slot, now: now,
               cause: cause, in: &next)))
       default:
         if let code = active.activationCode {
@@ -38,19 +58,31 @@ extension LicenseEngine {
           // past its whole period) is not promoted (P4) but is the licence's latest key: the
           // renewal continues from it, so that the server gives the period after it, not the
           // same one again; and the journal says so (RESERVE_DROPPED, reason `expired`).
-          let last = held.pending ?? active
-          if let pending = held.pending {
+          // B2: the same at the end of a blocked key's grace.
+          // B2: a successor valid only after the grace's end does not keep the slot waiting:
+          // the renewal starts now, and the journal says why that key is dropped.
+          let expiredPending = notYetValid == nil ? held.pending : nil
+          let last = expiredPending ?? active
+          if let pending = expiredPending {
             events.append(
               .reserveDropped(
                 ReserveDropped(
                   slot: slot, key: KeyRef(pending),
                   reason: .expiredBeforeTakeover(
                     active: KeyRef(active), codeHint: pending.activationCode?.hint))))
+          } else if let waiting = notYetValid {
+            events.append(
+              .reserveDropped(
+                ReserveDropped(
+                  slot: slot, key: KeyRef(waiting),
+                  reason: .notValidAtGraceEnd(active: ended, validFrom: waiting.claims.notBefore))))
           }
           let ahead = held.ahead?.attempts
+          var expired = ExpiredKey(last)
+          if expiredPending == nil { expired.expiresAt = held.endsAt }
           next[slot] = .lapsed(
             LapsedSlot(
-              expired: ExpiredKey(last),
+              expired: expired,
               renewal: Renewal(
                 code: code,
                 attempts: RenewalAttempts(
@@ -60,11 +92,18 @@ extension LicenseEngine {
             ActivationRequest(slot: slot, code: code, currentSerial: last.serial, attempt: 1, kind: .atExpiry)
           )
         } else {
-          // P4 / P6: nothing valid takes over; the slot is expired.
-          next[slot] = .lapsed(LapsedSlot(expired: ExpiredKey(active)))
-          events.append(
-            .licenseExpired(
-              LicenseExpired(slot: slot, key: KeyRef(active), expiredReserve: held.reserve.map(KeyRef.init))))
+          // P4 / P6: nothing valid takes over; the slot is expired (already said when a
+          // blocked key's grace ended with a successor valid only later, since removed).
+          var expired = ExpiredKey(active)
+          expired.expiresAt = held.endsAt
+          next[slot] = .lapsed(LapsedSlot(expired: expired))
+          if !held.isLapsed {
+            events.append(
+              .licenseExpired(
+                LicenseExpired(
+                  slot: slot, key: ended, expiredReserve: held.successorKey.map(KeyRef.init),
+                  graceEnded: held.blocked != nil)))
+          }
         }
       }
     }
@@ -91,9 +130,9 @@ extension LicenseEngine {
       next[slot] = .lapsed(lapsed)
     }
     requests += startDueAheadAttempts(now: now, in: &next)
-    for (slot, held) in next.heldSlots {
+    for (slot, held) in next.heldSlots where !held.isLapsed {
       let due = configuration.warningThresholds
-        .filter { held.active.expiresAt - $0 <= now && !held.warned.contains($0) }
+        .filter { held.endsAt - $0 <= now && !held.warned.contains($0) }
         .sorted()
       guard let mostUrgent = due.first else { continue }
       // After downtime several thresholds may be due at once: log only the most urgent one.
@@ -161,24 +200,36 @@ extension LicenseEngine {
   /// P1 for `successor` (the reserve, or the pending key of C6): it becomes the active key
   /// at `now` (P5: schedules follow it), counted with its delay from `active`'s expiry.
   func promote(
-    _ successor: InstalledKey, _ source: KeyPromoted.Source, after active: InstalledKey, slot: Slot,
+    _ successor: InstalledKey, _ source: KeyPromoted.Source, after held: HeldSlot, slot: Slot,
     now: Timestamp, cause: Lateness, in next: inout LicenseState
   ) -> KeyPromoted {
-    let lateness = now.microseconds(since: active.expiresAt)
+    // From the instant it was due: the former key's end (its `exp`, or its grace's end,
+    // B2), or the successor's `nbf` when that came later (B2).
+    let due = max(held.endsAt, successor.claims.notBefore)
+    let lateness = now.microseconds(since: due)
+    let active = KeyRef(serial: held.active.serial, expiresAt: held.endsAt)
     var promoted = successor
     promoted.promotedAt = now
     next[slot] = .held(HeldSlot(active: promoted, warned: passedThresholds(of: promoted.expiresAt, at: now)))
     next.counters[slot, default: SlotCounters()].promotions += 1
     next.counters[slot, default: SlotCounters()].lastPromotionDelayMicroseconds = lateness
     var event = KeyPromoted(
-      slot: slot, key: KeyRef(successor), source: source, previous: KeyRef(active), lateness: lateness,
-      cause: cause)
+      slot: slot, key: KeyRef(successor), source: source, previous: active, lateness: lateness, cause: cause)
     event.unitsShort = next.unitsShort(successor.key, slot: slot)  // U3, at takeover
     return event
   }
 
   /// EXPIRING_SOON for the held slot's active key at `threshold`.
   func expiringSoon(slot: Slot, held: HeldSlot, threshold: TimeSpan, now: Timestamp) -> ExpiringSoon {
+    let active = held.active
+    return ExpiringSoon(
+      slot: slot, key: KeyRef(serial: active.serial, expiresAt: held.endsAt), threshold: threshold,
+      left: TimeSpan(microseconds: held.endsAt.microseconds(since: now)), then: whatTakesOver(held))
+  }
+
+  /// What happens at the end of the held slot's active key, in the words of EXPIRING_SOON
+  /// and KEY_BLOCKED.
+  func whatTakesOver(_ held: HeldSlot) -> ExpiringSoon.Then {
     let active = held.active
     let then: ExpiringSoon.Then
     switch held.successor {
@@ -187,15 +238,13 @@ extension LicenseEngine {
     case .renewingAhead, .none:
       if active.activationCode == nil {
         then = .nothing
-      } else if let due = aheadAttemptDue(held), due < active.expiresAt {
+      } else if let due = aheadAttemptDue(held), due < held.endsAt {
         then = .renewAhead(nextRequestAt: due)
       } else {
         then = .renewAtExpiry
       }
     }
-    return ExpiringSoon(
-      slot: slot, key: KeyRef(active), threshold: threshold,
-      left: TimeSpan(microseconds: active.expiresAt.microseconds(since: now)), then: then)
+    return then
   }
 
   /// Thresholds already reached at `now` for a key expiring at `expiry` (never logged late).

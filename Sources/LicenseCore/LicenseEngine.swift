@@ -221,6 +221,10 @@ public struct EngineConfiguration: Sendable, Equatable {
   /// N2: the consumers that must confirm each takeover, and how long they have.
   public var expectedConsumers: [ConsumerName]
   public var confirmWithin: TimeSpan
+  /// B2: how long a blocked active key keeps working after the agent learns of the block.
+  public var blockingGrace: TimeSpan
+
+  public static let defaultBlockingGrace = TimeSpan.days(8)
 
   public static let defaultConfirmWithin = TimeSpan.seconds(60)
 
@@ -233,7 +237,7 @@ public struct EngineConfiguration: Sendable, Equatable {
     retryInitial: TimeSpan = .seconds(5), retryMax: TimeSpan = .minutes(10),
     alertAfter: TimeSpan = .minutes(30), renewBefore: TimeSpan = .days(7), renewSpread: TimeSpan = .days(3),
     usageStaleAfter: TimeSpan = defaultUsageStaleAfter, expectedConsumers: [ConsumerName] = [],
-    confirmWithin: TimeSpan = defaultConfirmWithin
+    confirmWithin: TimeSpan = defaultConfirmWithin, blockingGrace: TimeSpan = defaultBlockingGrace
   ) {
     self.product = product
     self.warningThresholds = warningThresholds
@@ -245,6 +249,7 @@ public struct EngineConfiguration: Sendable, Equatable {
     self.usageStaleAfter = usageStaleAfter
     self.expectedConsumers = expectedConsumers
     self.confirmWithin = confirmWithin
+    self.blockingGrace = blockingGrace
   }
 
   /// The first (largest) warning threshold: inside it, a key with nothing to take over is
@@ -298,13 +303,21 @@ public struct LicenseEngine: Sendable {
             at: due,
             reason: .renewalAhead(slot: slot, serial: active.serial, attempt: ahead.attempts.failures + 1)))
       }
-      wakes.append(
-        Wake(
-          at: active.expiresAt, reason: .expiry(slot: slot, serial: active.serial, takeover: takeover(held))))
-      for threshold in configuration.warningThresholds where !held.warned.contains(threshold) {
+      if held.isLapsed, let successor = held.successorKey {
+        // B2: the grace ended; what takes over does so at its `nbf`.
         wakes.append(
           Wake(
-            at: active.expiresAt - threshold,
+            at: successor.claims.notBefore,
+            reason: .expiry(slot: slot, serial: active.serial, takeover: takeover(held))))
+      } else {
+        wakes.append(
+          Wake(at: held.endsAt, reason: .expiry(slot: slot, serial: active.serial, takeover: takeover(held))))
+      }
+      for threshold in configuration.warningThresholds
+      where !held.warned.contains(threshold) && !held.isLapsed {
+        wakes.append(
+          Wake(
+            at: held.endsAt - threshold,
             reason: .warning(slot: slot, serial: active.serial, threshold: threshold)))
       }
       wakes += confirmationWakes(state, slot: slot)
@@ -346,7 +359,7 @@ public struct LicenseEngine: Sendable {
       switch held.successor {
       case .reserve(let reserve): return reserve.activationCode == nil ? reserve.expiresAt : nil
       case .pending, .renewingAhead: return nil
-      case .none: return held.active.activationCode == nil ? held.active.expiresAt : nil
+      case .none: return held.active.activationCode == nil ? held.endsAt : nil
       }
     }
   }
@@ -366,9 +379,9 @@ public struct LicenseEngine: Sendable {
     case nil: return .ok
     case .lapsed?: return .lapsedOrAlert
     case .held(let held)?:
-      if alertPending(slot) { return .lapsedOrAlert }
+      if alertPending(slot) || held.isLapsed { return .lapsedOrAlert }
       if takeover(held) == .none
-        && held.active.expiresAt.microseconds(since: now) <= configuration.firstThreshold.microseconds
+        && held.endsAt.microseconds(since: now) <= configuration.firstThreshold.microseconds
       {
         return .expiringWithoutTakeover
       }

@@ -18,6 +18,8 @@ public enum LicenseEvent: Sendable, Equatable {
   case stateRecovered(error: String, file: String)
   /// LICENSE_USAGE_HIGH or LICENSE_LIMIT_EXCEEDED, by the band entered (U2).
   case usageGraded(UsageGraded)
+  /// A key the agent holds was blocked by its issuer (B2, B3).
+  case keyBlocked(KeyBlocked)
   /// An expected consumer did not confirm the new active key in time (N2).
   case consumerNotUpdated(ConsumerNotUpdated)
 
@@ -36,6 +38,7 @@ public enum LicenseEvent: Sendable, Equatable {
     case .clockChanged: return .clockChanged
     case .stateRecovered: return .stateRecovered
     case .usageGraded(let e): return e.band == .high ? .licenseUsageHigh : .licenseLimitExceeded
+    case .keyBlocked: return .keyBlocked
     case .consumerNotUpdated: return .consumerNotUpdated
     }
   }
@@ -127,6 +130,9 @@ public struct ReserveDropped: Sendable, Equatable {
     case expiredBeforeTakeover(active: KeyRef, codeHint: String?)
     /// B3: its issuer blocked it (since, why).
     case blocked(activeSerial: String, since: Timestamp, why: String)
+    /// B2: valid only from `validFrom`, after the end of the grace of the blocked `active`
+    /// key, which renews with its activation code at once instead.
+    case notValidAtGraceEnd(active: KeyRef, validFrom: Timestamp)
   }
   public var slot: Slot
   public var key: KeyRef
@@ -161,12 +167,32 @@ public struct ExpiringSoon: Sendable, Equatable {
   }
 }
 
-/// LICENSE_EXPIRED (P4, P6).
+/// LICENSE_EXPIRED (P4, P6; B2 at the end of a blocked key's grace).
 public struct LicenseExpired: Sendable, Equatable {
   public var slot: Slot
+  /// The key that expired (`expiresAt`: the instant it counted as expired).
   public var key: KeyRef
   /// A reserve that had itself expired, and was not promoted.
   public var expiredReserve: KeyRef?
+  /// B2: the key was blocked and its grace ended.
+  public var graceEnded: Bool = false
+  /// B2: the key that takes over once it is valid (`expiresAt` here: its `nbf`).
+  public var takesOverLater: KeyRef?
+}
+
+/// KEY_BLOCKED (B2, B3): a list blocks a key the agent holds.
+public struct KeyBlocked: Sendable, Equatable {
+  public enum Role: String, Sendable, Equatable {
+    case active, reserve, pending
+  }
+  public var slot: Slot
+  public var key: KeyRef
+  public var role: Role
+  public var since: Timestamp
+  public var reason: String
+  /// An active key's grace end, and what takes over then.
+  public var graceEndsAt: Timestamp?
+  public var then: ExpiringSoon.Then?
 }
 
 /// Which renewal an attempt belongs to (rule C2 at expiry, C6 ahead of it).
@@ -252,4 +278,8 @@ public enum JournalField: String, Sendable, Codable, CaseIterable {
   /// The consumer a CONSUMER_NOT_UPDATED is about, and the last serial it confirmed (N2).
   case consumer = "LICENSE_CONSUMER"
   case confirmedSerial = "LICENSE_CONFIRMED_SERIAL"
+  /// KEY_BLOCKED (B2): the blocked key's role, when its issuer blocked it, the grace's end.
+  case role = "LICENSE_ROLE"
+  case blockedSince = "LICENSE_BLOCKED_SINCE"
+  case graceEndsAt = "LICENSE_GRACE_ENDS_AT"
 }

@@ -126,19 +126,66 @@ public enum Successor: Sendable, Equatable {
   case pending(InstalledKey)
 }
 
-/// A slot whose active key is valid (until time is processed past its `exp`).
+/// The block of a held slot's active key (rule B2): its issuer blocked it, and it keeps
+/// working until the end of the grace, an instant fixed when the agent learned of the block
+/// and persisted, so that neither a restart nor a clock step moves it.
+public struct ActiveBlock: Sendable, Equatable, Codable {
+  /// When the issuer blocked it, and why (the list's words, bounded).
+  public var since: Timestamp
+  public var reason: String
+  /// When the agent learned of the block.
+  public var learnedAt: Timestamp
+  /// The end of the grace: the key counts as expired at this instant.
+  public var graceEndsAt: Timestamp
+  /// The grace ended while what takes over was not yet valid (its `nbf` is later): the slot
+  /// is expired since then (LICENSE_EXPIRED was logged) until that key takes over.
+  public var lapsedAt: Timestamp?
+
+  public init(
+    since: Timestamp, reason: String, learnedAt: Timestamp, graceEndsAt: Timestamp, lapsedAt: Timestamp? = nil
+  ) {
+    self.since = since
+    self.reason = reason
+    self.learnedAt = learnedAt
+    self.graceEndsAt = graceEndsAt
+    self.lapsedAt = lapsedAt
+  }
+}
+
+/// A slot whose active key is valid (until time is processed past its `exp`, or past the
+/// end of its grace when it is blocked).
 public struct HeldSlot: Sendable, Equatable {
   public var active: InstalledKey
   /// The EXPIRING_SOON thresholds already logged, or already passed when the active key
   /// arrived (W1: never twice, never late).
   public var warned: Set<TimeSpan>
   public var successor: Successor
+  /// The active key's block, when its issuer blocked it (B2).
+  public var blocked: ActiveBlock?
 
-  public init(active: InstalledKey, warned: Set<TimeSpan> = [], successor: Successor = .none) {
+  public init(
+    active: InstalledKey, warned: Set<TimeSpan> = [], successor: Successor = .none,
+    blocked: ActiveBlock? = nil
+  ) {
     self.active = active
     self.warned = warned
     self.successor = successor
+    self.blocked = blocked
   }
+
+  /// When the active key counts as expired: its `exp`, or the end of its grace when it is
+  /// blocked and that comes first (B2). Every deadline of the slot counts to this instant.
+  public var endsAt: Timestamp {
+    guard let grace = blocked?.graceEndsAt else { return active.expiresAt }
+    return min(grace, active.expiresAt)
+  }
+
+  /// The grace of a blocked active key ended and what takes over is not yet valid: the
+  /// slot is expired until then (B2).
+  public var isLapsed: Bool { blocked?.lapsedAt != nil }
+
+  /// The key that takes over at ``endsAt``: the reserve or the key obtained ahead.
+  public var successorKey: InstalledKey? { reserve ?? pending }
 
   public var reserve: InstalledKey? {
     if case .reserve(let key) = successor { return key } else { return nil }

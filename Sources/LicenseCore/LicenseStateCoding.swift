@@ -80,8 +80,16 @@ extension LicenseState: Codable {
   public var readableBy030: LicenseState {
     var copy = self
     copy.consumers = [:]
+    // 0.3.x knows no blocks: it keeps a blocked key until its `exp` (B1–B3 are lost).
     copy.blocklists = [:]
-    return copy.leavingOut(kinds: [.consumerNotUpdated], fields: [.consumer, .confirmedSerial])
+    for (slot, held) in heldSlots where held.blocked != nil {
+      var unblocked = held
+      unblocked.blocked = nil
+      copy[slot] = .held(unblocked)
+    }
+    return copy.leavingOut(
+      kinds: [.consumerNotUpdated, .keyBlocked],
+      fields: [.consumer, .confirmedSerial, .role, .blockedSince, .graceEndsAt])
   }
 
   private func leavingOut(kinds newKinds: Set<EventKind>, fields newFields: Set<JournalField>) -> LicenseState
@@ -185,7 +193,7 @@ extension RenewalAttempts: Codable {
 }
 
 extension HeldSlot: Codable {
-  enum CodingKeys: String, CodingKey { case active, warned, reserve, renewingAhead, pending }
+  enum CodingKeys: String, CodingKey { case active, warned, reserve, renewingAhead, pending, blocked }
 
   public init(from decoder: Decoder) throws {
     let container = try decoder.container(keyedBy: CodingKeys.self)
@@ -201,7 +209,8 @@ extension HeldSlot: Codable {
     self.init(
       active: try container.decode(InstalledKey.self, forKey: .active),
       warned: try TimeSpan.thresholds(try container.decode([String].self, forKey: .warned)),
-      successor: successors.first ?? .none)
+      successor: successors.first ?? .none,
+      blocked: try container.decodeIfPresent(ActiveBlock.self, forKey: .blocked))
   }
 
   public func encode(to encoder: Encoder) throws {
@@ -214,6 +223,7 @@ extension HeldSlot: Codable {
     case .renewingAhead(let renewal): try container.encode(renewal, forKey: .renewingAhead)
     case .pending(let key): try container.encode(key, forKey: .pending)
     }
+    try container.encodeIfPresent(blocked, forKey: .blocked)
   }
 }
 

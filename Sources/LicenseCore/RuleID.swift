@@ -65,6 +65,8 @@ public enum RuleID: String, Sendable, CaseIterable, Codable {
   case U4
   /// B1: an issuer's signed blocklist, the highest sequence kept per issuer.
   case B1
+  /// B2: a blocked active key keeps working for a grace period, then counts as expired.
+  case B2
   /// B3: a blocked key is never added; a blocked reserve or pending key is dropped.
   case B3
   /// N1: every durable change is delivered to Monitor's subscribers, in order, after it is

@@ -188,15 +188,23 @@ struct Status: ParsableCommand {
         )
         continue
       }
-      lines.append("\(slot.slot): active")
+      if let blocked = slot.activeBlocked, let lapsed = blocked.lapsedAt {
+        lines.append("\(slot.slot): EXPIRED (the blocked key's grace ended at \(lapsed))")
+      } else {
+        lines.append("\(slot.slot): active")
+      }
       if let active = slot.active {
         lines.append("  active   \(describe(active))")
         lines.append("           valid \(active.notBefore) .. \(active.expiresAt)")
-        lines.append("           expires \(left(active.expiresAt)), at \(active.expiresAt)")
         if let blocked = slot.activeBlocked {
           let why = blocked.reason.isEmpty ? "" : " (\(blocked.reason))"
           lines.append(
             "           BLOCKED by its issuer since \(blocked.since)\(why); learned at \(blocked.learnedAt)")
+          lines.append(
+            "           grace ends \(left(blocked.graceEndsAt)), at \(blocked.graceEndsAt): it counts as expired then"
+          )
+        } else {
+          lines.append("           expires \(left(active.expiresAt)), at \(active.expiresAt)")
         }
       }
       lines.append(usage(slot))

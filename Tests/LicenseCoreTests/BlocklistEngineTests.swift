@@ -4,7 +4,7 @@ import LicenseTestSupport
 import Testing
 
 /// Rules B1 (the lists an agent keeps) and B3 (blocked keys refused and dropped), with the
-/// engine. B2 (a blocked active key's grace) is issue 25's next part.
+/// engine; B2 is BlockedGraceTests.
 @Suite struct BlocklistEngineTests {
   let issuer = TestIssuer()
   let t0 = TestIssuer.t0
@@ -91,8 +91,9 @@ import Testing
     #expect(added.blocks.first { $0.serial == "KS-1" }?.dropped == false)
     #expect(d.state[.server]?.reserve == nil)
     #expect(d.state[.server]?.active?.serial == "KS-1")
-    let event = try #require(d.renderedEvents.first)
-    #expect(event.kind == .reserveDropped && event[field: .reason] == "blocked")
+    let event = try #require(d.renderedEvents.first { $0.kind == .reserveDropped })
+    #expect(event[field: .reason] == "blocked")
+    #expect(d.renderedEvents.map(\.kind) == [.keyBlocked, .keyBlocked, .reserveDropped])
     #expect(event[field: .serial] == "KS-2" && event[field: .activeSerial] == "KS-1")
     #expect(event.message.contains("resold"))
   }

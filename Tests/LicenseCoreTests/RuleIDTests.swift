@@ -9,9 +9,7 @@ import Testing
 
   /// Rules the document describes ahead of their code, by the open issue that implements
   /// them. That issue adds the rules' `RuleID` cases and empties its entry here.
-  static let ahead = SpecAhead([
-    25: ["B2"]  // blocked keys: the grace (B1 and B3 are in)
-  ])
+  static let ahead = SpecAhead([:])
 
   /// The rule ids of the document: rules are introduced as "- **R5** The reserve key ..."
   /// (the words above them as "- **Slot**: ...").
