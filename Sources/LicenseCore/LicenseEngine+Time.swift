@@ -12,7 +12,9 @@ extension LicenseEngine {
   > {
     // C6: a key the agent has not drawn for yet (an older state file) is drawn for now.
     var next = withAheadRecords(state, now: now)
-    var events: [LicenseEvent] = []
+    // B2: a kept list's block not yet applied (a state an older version wrote) is applied
+    // now, its grace from when the agent learned of it.
+    var events: [LicenseEvent] = applyingBlocks(&next, now: now)
     var requests: [ActivationRequest] = []
     for (slot, held) in next.heldSlots where held.endsAt <= now {
       let active = held.active

@@ -74,22 +74,28 @@ extension LicenseState: Codable {
       fields: [.units, .unitsUsed, .usagePercent, .warning])
   }
 
-  /// This state as 0.3.x can decode it (`license-agent --write-state-for 0.3`): without
-  /// CONSUMER_NOT_UPDATED and its fields, and without the consumers' confirmations (N2),
-  /// which 0.3.x ignores.
+  /// This state as 0.3.x can decode it (`license-agent --write-state-for 0.3`): what 0.4.x
+  /// reads, without CONSUMER_NOT_UPDATED and its fields, and without the consumers'
+  /// confirmations (N2), which 0.3.x ignores.
   public var readableBy030: LicenseState {
-    var copy = self
+    var copy = readableBy040
     copy.consumers = [:]
-    // 0.3.x knows no blocks: it keeps a blocked key until its `exp` (B1–B3 are lost).
+    // 0.3.x knows no blocklists (B1, B3 are lost with them).
     copy.blocklists = [:]
+    return copy.leavingOut(kinds: [.consumerNotUpdated], fields: [.consumer, .confirmedSerial])
+  }
+
+  /// This state as 0.4.x can decode it (`license-agent --write-state-for 0.4`): without
+  /// KEY_BLOCKED and its fields, and without the grace of blocked active keys (B2), which
+  /// 0.4.x does not apply: it keeps a blocked active key until its `exp`.
+  public var readableBy040: LicenseState {
+    var copy = self
     for (slot, held) in heldSlots where held.blocked != nil {
       var unblocked = held
       unblocked.blocked = nil
       copy[slot] = .held(unblocked)
     }
-    return copy.leavingOut(
-      kinds: [.consumerNotUpdated, .keyBlocked],
-      fields: [.consumer, .confirmedSerial, .role, .blockedSince, .graceEndsAt])
+    return copy.leavingOut(kinds: [.keyBlocked], fields: [.role, .blockedSince, .graceEndsAt])
   }
 
   private func leavingOut(kinds newKinds: Set<EventKind>, fields newFields: Set<JournalField>) -> LicenseState

@@ -2,5 +2,5 @@
 /// `license-keytool` print it, `GetInfo` returns it, and `packaging/build-deb` reads it
 /// (from `license-agent --version`) to name the Debian package.
 public enum ProductVersion {
-  public static let current = "0.4.0"
+  public static let current = "0.5.0"
 }

@@ -201,13 +201,14 @@ public final class FileStateStore: StateStore {
     case v01 = "0.1"
     case v02 = "0.2"
     case v03 = "0.3"
+    case v04 = "0.4"
   }
 
   /// Rewrites the state in the form an older version reads, before a downgrade
-  /// (`license-agent --write-state-for 0.1|0.2|0.3`, which the package's prerm runs when an
-  /// older version replaces it; each refuses what it cannot read): schema 1 for 0.1.x; schema
-  /// 2 without what 0.2.x cannot read (``LicenseState/readableBy020``); schema 2 without what
-  /// 0.3.x cannot read (``LicenseState/readableBy030``). The last good copy too, so that
+  /// (`license-agent --write-state-for 0.1|0.2|0.3|0.4`, which the package's prerm runs when
+  /// an older version replaces it; each refuses what it cannot read): schema 1 for 0.1.x;
+  /// schema 2 without what 0.2.x, 0.3.x or 0.4.x cannot read (``LicenseState/readableBy020``,
+  /// ``LicenseState/readableBy030``, ``LicenseState/readableBy040``). The last good copy too, so that
   /// nothing the older version may read is of a newer form. The agent must not be running. A
   /// later start of this version reads them and writes its own form back.
   public func downgrade(for release: OlderRelease) throws(StateStoreError) -> LoadedState {
@@ -217,6 +218,7 @@ public final class FileStateStore: StateStore {
     case .v01: old = loaded.state.version1
     case .v02: old = loaded.state.readableBy020
     case .v03: old = loaded.state.readableBy030
+    case .v04: old = loaded.state.readableBy040
     }
     try write(old, steps: false)
     try write(old, steps: false)

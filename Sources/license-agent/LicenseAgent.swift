@@ -37,11 +37,12 @@ struct LicenseAgentMain {
                          exits 0. The unit runs it as ExecStopPost=, so that after a crash too
                          monitoring sees the agent is down; the daemon removes it itself at a
                          graceful stop.
-    --write-state-for 0.1|0.2|0.3
+    --write-state-for 0.1|0.2|0.3|0.4
                          rewrites the state (state.json and its last good copy) in the form
-                         license-agent 0.1.x (schema 1), 0.2.x or 0.3.x (schema 2, without what
-                         they cannot read: usage reports and their events for 0.2.x, consumers'
-                         confirmations and CONSUMER_NOT_UPDATED for both) reads, and exits: 0
+                         license-agent 0.1.x (schema 1), 0.2.x, 0.3.x or 0.4.x (schema 2, without
+                         what they cannot read: usage reports and their events for 0.2.x,
+                         consumers' confirmations and CONSUMER_NOT_UPDATED for 0.3.x and older,
+                         KEY_BLOCKED and blocked keys' grace for all) reads, and exits: 0
                          done, 1 not done (the state is unchanged). Only while the agent is
                          stopped: the package runs it before a downgrade (an older version
                          refuses what it cannot read and would not start); this version reads
@@ -90,7 +91,7 @@ struct LicenseAgentMain {
     return 0
   }
 
-  /// `--write-state-for 0.1|0.2|0.3` (and its older spelling `--write-state-schema 1|2`): the
+  /// `--write-state-for 0.1|0.2|0.3|0.4` (and its older spelling `--write-state-schema 1|2`): the
   /// state in the form that version reads, before a downgrade.
   static func writeState(for release: FileStateStore.OlderRelease) -> Int32 {
     let paths = AgentPaths.fromEnvironment(ProcessInfo.processInfo.environment)
@@ -132,7 +133,7 @@ struct LicenseAgentMain {
     if arguments == ["--remove-metrics"] { exit(removeMetrics()) }
     if arguments.first == "--write-state-for" {
       guard arguments.count == 2, let release = FileStateStore.OlderRelease(rawValue: arguments[1]) else {
-        StandardStream.error("license-agent: --write-state-for takes 0.1, 0.2 or 0.3\n\n\(usage)\n")
+        StandardStream.error("license-agent: --write-state-for takes 0.1, 0.2, 0.3 or 0.4\n\n\(usage)\n")
         exit(64)
       }
       exit(writeState(for: release))

@@ -196,3 +196,18 @@ import Testing
     #expect(!old.outbox.flatMap(\.fields).contains { $0.name == .graceEndsAt })
   }
 }
+
+extension BlockedGraceTests {
+  @Test func B2_aBlockInAStateWrittenByAnOlderVersionIsAppliedFromWhenItWasLearned() throws {
+    let state = try blocked(held())
+    // 0.4.x kept the list but applied no grace: its form has no block on the slot.
+    let old = try JSONDecoder().decode(LicenseState.self, from: JSONEncoder().encode(state.readableBy040))
+    #expect(old[.server]?.held?.blocked == nil && !old.blocklists.isEmpty)
+    let d = engine.timeReached(now: learned + .days(1), state: old)
+    #expect(d.state[.server]?.held?.endsAt == graceEnd)
+    #expect(d.renderedEvents.contains { $0.kind == .keyBlocked })
+    // Past the grace's end, the reserve takes over at once, late by what passed.
+    let late = engine.timeReached(now: graceEnd + .hours(2), state: old)
+    #expect(promoted(late)?.lateness == TimeSpan.hours(2).microseconds)
+  }
+}
