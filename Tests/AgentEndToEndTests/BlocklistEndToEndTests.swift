@@ -3,9 +3,10 @@ import LicenseCore
 import LicenseTestSupport
 import Testing
 
-/// Rules B1 and B3 with the built agent: lists from the blocklist directory and from
+/// Rules B1–B3 with the built agent: lists from the blocklist directory and from
 /// `agentctl add-blocklist`, kept across a restart, a blocked reserve dropped in the real
-/// journal, a blocked key refused.
+/// journal, a blocked key refused, and a blocked active key's grace ending with the reserve
+/// taking over, measured like any promotion.
 @Suite struct BlocklistEndToEndTests {
   /// A list of the harness issuer's keys (`iss` test-issuer), signed by it.
   func list(_ agent: AgentHarness, _ seq: Int, _ names: [String]) throws -> String {
@@ -78,5 +79,84 @@ import Testing
       agent.keyFile("R-3", agent.key("R", nbf: AgentHarness.now(), exp: AgentHarness.now() + .days(90))),
     ])
     #expect(stillRefused.status == 1 && stillRefused.stderr.contains("key_blocked"), "\(stillRefused.stderr)")
+  }
+
+  /// The list blocking `names`, as a file, given with agentctl (root).
+  func block(_ agent: AgentHarness, _ seq: Int, _ names: [String]) throws -> String {
+    let added = try agent.agentctl([
+      "add-blocklist", try agent.keyFile("list-\(seq)", try list(agent, seq, names)),
+    ])
+    #expect(added.status == 0, "\(added.stderr)")
+    return added.stdout
+  }
+
+  @Test func B2_theReserveTakesOverAtTheGraceEndDurableBeforeAnnouncedAndMeasured() throws {
+    let agent = try AgentHarness(configuration: "[blocking]\ngrace = \"3s\"\n")
+    defer { agent.stop() }
+    #expect(try agent.start())
+    try agent.keyPair(activeUntil: AgentHarness.now() + .days(10))
+    let before = AgentHarness.now()
+    let reply = try block(agent, 1, ["A"])
+    let after = AgentHarness.now()
+    #expect(reply.contains("keeps working until the end of its grace"), "\(reply)")
+    // KEY_BLOCKED, critical, at once, with the grace's end (3 s after the agent learned).
+    let blocked = try #require(try agent.events(.keyBlocked, serial: agent.serial("A")).first)
+    #expect(blocked["PRIORITY"] == "2" && blocked["LICENSE_ROLE"] == "active")
+    #expect(blocked["LICENSE_REASON"] == "resold" && blocked["LICENSE_BLOCKED_SINCE"] != nil)
+    let graceEnd = try #require(blocked["LICENSE_GRACE_ENDS_AT"].flatMap(Timestamp.init(rfc3339:)))
+    #expect(graceEnd >= before + .seconds(3) - .seconds(1) && graceEnd <= after + .seconds(3))
+    let status = try agent.agentctl(["status"])
+    #expect(status.stdout.contains("grace ends"), "\(status.stdout)")
+    let metrics = try String(contentsOfFile: agent.metricsFile, encoding: .utf8)
+    #expect(
+      metrics.contains(
+        "license_agent_key_grace_end_timestamp_seconds{slot=\"server\",serial=\"\(agent.serial("A"))\"}"),
+      "\(metrics)")
+
+    // At the grace's end the reserve takes over: never before, once, with its delay.
+    let promoted = try #require(try agent.events(.keyPromoted, serial: agent.serial("R")).first)
+    #expect(promoted["LICENSE_PREVIOUS_SERIAL"] == agent.serial("A"))
+    let received = try #require(promoted["__REALTIME_TIMESTAMP"].flatMap(Int64.init))
+    #expect(received >= graceEnd.microseconds, "never early")
+    let delay = try #require(promoted["LICENSE_DELAY_USEC"].flatMap(Int64.init))
+    #expect(delay >= 0 && received - graceEnd.microseconds >= delay, "measured from the grace's end")
+    // The state held the promotion before the journal had it (P2), and a restart repeats nothing.
+    let state = try String(contentsOfFile: agent.stateDirectory + "/state.json", encoding: .utf8)
+    #expect(
+      state.contains(agent.serial("R")) && !state.contains("\"graceEndsAt\""), "the block went with the key")
+    #expect(agent.stop() == 0)
+    #expect(try agent.start())
+    _ = try agent.settle()
+    #expect(
+      try agent.journal([
+        "MESSAGE_ID=\(EventKind.keyPromoted.messageID)", "LICENSE_SERIAL=\(agent.serial("R"))",
+      ]).count == 1)
+  }
+
+  @Test func B2_aReserveValidOnlyAfterTheGraceLeavesTheSlotExpiredUntilThenAcrossARestart() throws {
+    let agent = try AgentHarness(configuration: "[blocking]\ngrace = \"2s\"\n")
+    defer { agent.stop() }
+    #expect(try agent.start())
+    let nbf = AgentHarness.now() + .seconds(6)
+    try agent.keyPair(activeUntil: AgentHarness.now() + .days(10), reserveFrom: nbf)
+    _ = try block(agent, 1, ["A"])
+    let expired = try #require(try agent.events(.licenseExpired, serial: agent.serial("A")).first)
+    #expect(expired["PRIORITY"] == "2")
+    #expect(expired["MESSAGE"]?.contains(agent.serial("R")) == true, "\(expired)")
+    let status = try agent.agentctl(["status"])
+    #expect(status.status == 2 && status.stdout.contains("EXPIRED"), "\(status.stdout)")
+    let metrics = try String(contentsOfFile: agent.metricsFile, encoding: .utf8)
+    #expect(metrics.contains("license_agent_slot_expired{slot=\"server\"} 1"), "\(metrics)")
+    // A restart while expired: still expired, nothing logged again, the reserve at its nbf.
+    #expect(agent.stop() == 0)
+    #expect(try agent.start())
+    let promoted = try #require(try agent.events(.keyPromoted, serial: agent.serial("R")).first)
+    let received = try #require(promoted["__REALTIME_TIMESTAMP"].flatMap(Int64.init))
+    #expect(received >= nbf.microseconds, "not before the reserve is valid")
+    #expect(
+      try agent.journal([
+        "MESSAGE_ID=\(EventKind.licenseExpired.messageID)", "LICENSE_SERIAL=\(agent.serial("A"))",
+      ]).count == 1)
+    #expect(try agent.agentctl(["status"]).status == 0)
   }
 }
