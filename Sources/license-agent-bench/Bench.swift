@@ -48,7 +48,11 @@ struct Promotion: ParsableCommand {
       window, between the promotions (three quarters of the way to the next expiry, while \
       the agent has nothing to do), so that both meet the same disk: N absolute \
       CLOCK_REALTIME timerfd wake-ups, each followed by the same fsync'ed state write. The agent writes its metrics file (contract §8) in the folder after each \
-      change, as it does on an SVM; --no-metrics turns that off, to compare.
+      change, as it does on an SVM; --no-metrics turns that off, to compare. \
+      With --at-grace-end, each active key does not expire: the bench blocks it (rule B2, a \
+      blocklist given with AddBlocklist) and the agent runs with [blocking] grace = SPACING, \
+      so that each promotion happens at the end of a blocked key's grace; its delay is \
+      measured from that end, and the limit is sampled three quarters of the way into it.
       """)
 
   @Option(help: "Number of promotions.")
@@ -62,6 +66,8 @@ struct Promotion: ParsableCommand {
   var agent: String?
   @Flag(help: "Run the agent without its metrics file ([metrics] textfile = \"\").")
   var noMetrics = false
+  @Flag(help: "Promote at the end of a blocked key's grace (rule B2) instead of at exp.")
+  var atGraceEnd = false
 
   func run() throws {
     guard let step = TimeSpan(spacing), step.microseconds >= 50_000 else {
@@ -69,7 +75,8 @@ struct Promotion: ParsableCommand {
     }
     guard keys >= 1 else { throw ValidationError("--keys must be at least 1") }
     let agentPath = agentExecutable(agent)
-    let run = try Self.measure(agentPath: agentPath, keys: keys, step: step, metrics: !noMetrics)
+    let run = try Self.measure(
+      agentPath: agentPath, keys: keys, step: step, metrics: !noMetrics, atGraceEnd: atGraceEnd)
     let faults = run.faultsPerPromotion
     let delays = run.delays.values.sorted()
     let limit = run.limit.sorted()
@@ -85,12 +92,13 @@ struct Promotion: ParsableCommand {
         "limit_p50_usec": .number(Double(percentile(limit, 50))), "limit_p99_usec": .number(Double(limitP99)),
         "ratio_p99": .number((ratio * 100).rounded() / 100),
         "agent_minor_faults_per_promotion": .number((faults * 10).rounded() / 10),
-        "metrics_file": .bool(!noMetrics),
+        "metrics_file": .bool(!noMetrics), "at_grace_end": .bool(atGraceEnd),
       ]
       print(JSONValue.object(object).serialized)
     } else {
       print(
-        "promotion: \(delays.count) promotions, \(step) apart (delay from exp to durable promotion); metrics file "
+        "promotion: \(delays.count) promotions, \(step) apart (delay from "
+          + (atGraceEnd ? "the blocked key's grace end" : "exp") + " to durable promotion); metrics file "
           + (noMetrics ? "off" : "on"))
       print("                                     p50        p99        max")
       print(
@@ -153,10 +161,12 @@ extension Promotion {
   /// `keys` promotions `step` apart by the agent at `agentPath`; `attach` is called with the
   /// agent's socket once it runs and before the first key is added (subscribers).
   static func measure(
-    agentPath: String, keys: Int, step: TimeSpan, metrics: Bool, attach: (String) throws -> Void = { _ in }
+    agentPath: String, keys: Int, step: TimeSpan, metrics: Bool, atGraceEnd: Bool = false,
+    attach: (String) throws -> Void = { _ in }
   ) throws -> PromotionRun {
     let probe = try LimitProbe()
     let folder = try BenchFolder("promotion", metrics: metrics)
+    if atGraceEnd { try folder.writeConfiguration("[blocking]\ngrace = \"\(step)\"\n") }
     let issuer = folder.issuer
     let useJournal = access("/run/systemd/journal/socket", W_OK) == 0
     let agentErr = Pipe()
@@ -184,10 +194,14 @@ extension Promotion {
       first + TimeSpan(microseconds: step.microseconds * Int64(index))
     }
     func serial(_ index: Int) -> String { "BENCH-\(run)-\(index)" }
+    // At the grace's end, the keys end long after the run (each after the one before: R5).
+    func keyEnd(_ index: Int) -> Timestamp {
+      atGraceEnd ? start + .days(30) + .seconds(Int64(index)) : expiry(index)
+    }
     func key(_ index: Int) throws -> String {
       let claims = LicenseClaims(
         issuer: "bench", serial: serial(index), issuedAt: start, notBefore: start - .days(1),
-        expiresAt: expiry(index),
+        expiresAt: keyEnd(index),
         product: EngineConfiguration.defaultProduct, edition: .enterprise, scheme: .vmCount, osType: .server,
         licenseType: .commercial, units: 1)
       return try KeyParser.sign(claims, with: issuer)
@@ -208,11 +222,49 @@ extension Promotion {
       else { return nil }
       return slot["active"]?.objectValue?["serial"]?.stringValue
     }
+    // B2: blocks the keys up to `index` (a list replaces the issuer's previous one); the
+    // active one's grace ends `step` later. The instant the agent gives is the promotion's due.
+    var graceEnds: [Int: Timestamp] = [:]
+    func block(_ index: Int) throws -> Timestamp {
+      let list = try BlocklistParser.sign(
+        Blocklist(
+          compact: "", kid: issuer.kid, issuer: "bench", sequence: index + 1, issuedAt: now(),
+          product: EngineConfiguration.defaultProduct,
+          entries: (0...index).map { BlockedEntry(serial: serial($0), since: start, reason: "bench") }),
+        with: issuer)
+      let reply = try client.call("io.licenseagent.Agent.AddBlocklist", ["blocklist": .string(list)])
+      guard case .success(let added) = reply, case .array(let blocks)? = added["blocks"],
+        let end = blocks.compactMap({ $0.objectValue?["graceEndsAt"]?.stringValue }).first
+          .flatMap(Timestamp.init(rfc3339:))
+      else { throw BenchError(description: "AddBlocklist \(index + 1) gave no grace end: \(reply)") }
+      return end
+    }
     try add(0, "active")
     try add(1, "reserve")
+    if atGraceEnd { graceEnds[0] = try block(0) }
     let faultsBefore = minorFaults(process.processIdentifier)
     var limit: [Int64] = []
-    for index in 1...keys {
+    for index in 1...keys where atGraceEnd {
+      // The same rhythm, from each grace's end: a sample of the limit three quarters of the
+      // way into the grace, then the promotion confirmed 20 ms after its end.
+      guard let end = graceEnds[index - 1] else { break }
+      limit.append(try probe.sample(at: end - TimeSpan(microseconds: step.microseconds / 4)))
+      sleepUntil(end + .milliseconds(20))
+      var promoted = false
+      for _ in 0..<1000 {
+        if try activeSerial() == serial(index) {
+          promoted = true
+          break
+        }
+        usleep(2000)
+      }
+      guard promoted else { throw BenchError(description: "\(serial(index)) was not promoted") }
+      if index < keys {
+        try add(index + 1, "reserve")
+        graceEnds[index] = try block(index)
+      }
+    }
+    for index in 1...keys where !atGraceEnd {
       // 20 ms after the expiry the promotion is long done: confirm it, then add the next
       // reserve; at three quarters of the way to the next expiry, one sample of the limit.
       // Nothing touches the agent around the expiry instants themselves.
@@ -269,14 +321,18 @@ extension Promotion {
     guard delays.count == keys else {
       throw BenchError(description: "found \(delays.count) KEY_PROMOTED events of \(keys)")
     }
-    limit.append(try probe.sample(at: expiry(keys - 1) + TimeSpan(microseconds: step.microseconds * 3 / 4)))
+    limit.append(
+      try probe.sample(
+        at: atGraceEnd
+          ? now() + TimeSpan(microseconds: step.microseconds * 3 / 4)
+          : expiry(keys - 1) + TimeSpan(microseconds: step.microseconds * 3 / 4)))
     var result = PromotionRun()
     result.delays = delays
     result.journalReceived = received
     result.limit = limit
     result.faultsPerPromotion = faults
-    // Key `index` is promoted when key `index - 1` expires.
-    for index in 1...keys { result.expiries[serial(index)] = expiry(index - 1) }
+    // Key `index` is promoted when key `index - 1` expires (or its grace ends).
+    for index in 1...keys { result.expiries[serial(index)] = graceEnds[index - 1] ?? expiry(index - 1) }
     return result
   }
 }
