@@ -46,6 +46,13 @@ def fleet_usage(hostvars, hosts, variable, generated_at):
     return la.fleet_usage(list(hosts), _outcomes(hostvars, hosts, variable), generated_at)
 
 
+def blocklist_report(hostvars, hosts, variable, blocklist, started_at, finished_at, check_mode=False):
+    """The blocklist task's report over `hosts` (playbooks/blocklist.yml)."""
+    return la.blocklist_report(
+        list(hosts), _outcomes(hostvars, hosts, variable), blocklist, started_at, finished_at, bool(check_mode)
+    )
+
+
 def key_claim(key, claim):
     """A claim of a licence key's payload (serial: jti; slot: the slot it goes to)."""
     try:
@@ -73,6 +80,8 @@ class FilterModule(object):
         return {
             "activation_report": activation_report,
             "activation_table": la.activation_table,
+            "blocklist_report": blocklist_report,
+            "blocklist_table": la.blocklist_table,
             "report_failed": la.report_failed,
             "fleet_status": fleet_status,
             "fleet_table": la.fleet_table,

@@ -10,8 +10,10 @@ Pure functions of plain values, shared by the modules (on the SVM) and the repor
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import re
+import time
 
 SLOTS = ("server", "workstation", "processors", "cores")
 CODE_PATTERN = re.compile(r"^[A-Z0-9]{5}(-[A-Z0-9]{5}){3}$")
@@ -666,3 +668,267 @@ def usage_table(report):
         )
     )
     return "\n".join(lines)
+
+
+# Blocklists (rules B1-B3; the license_blocklist module, playbooks/blocklist.yml): an issuer's
+# signed list of the keys it blocked, given to every SVM; the report of what it blocked where.
+
+BLOCKLIST_HEADER_TYPE = "license-blocklist+jwt"
+BLOCKLIST_CLAIM_TYPE = "license-blocklist"
+# One result per SVM, in the report's summary order (would-apply counts as applied).
+BLOCKLIST_RESULTS = ("applied", "unchanged", "refused", "unreachable", "failed")
+BLOCK_FIELDS = ("slot", "role", "pending", "serial", "since", "reason", "dropped")
+
+
+def _json_part(part, what):
+    try:
+        data = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise KeyFormatError("the blocklist's %s is not base64url-encoded JSON" % what) from None
+    if not isinstance(value, dict):
+        raise KeyFormatError("the blocklist's %s is not a JSON object" % what)
+    return value
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def blocklist_claims(text):
+    """The claims of a blocklist (contract section 1, "Blocklists"), without checking its
+    signature, with `seq` as an integer: the agent checks the signature and the issuer's
+    trust; the modules and reports only name the list (issuer, sequence) and, in check mode,
+    say what it would block. Raises KeyFormatError, saying why, for text that is not one."""
+    parts = (text or "").strip().split(".")
+    if len(parts) != 3:
+        raise KeyFormatError("a blocklist is three base64url parts joined by '.', this has %d" % len(parts))
+    header = _json_part(parts[0], "header")
+    claims = _json_part(parts[1], "payload")
+    if header.get("typ") != BLOCKLIST_HEADER_TYPE or claims.get("typ") != BLOCKLIST_CLAIM_TYPE:
+        raise KeyFormatError(
+            "not a blocklist: its header's typ is %s, not %s (a licence key goes to license_key)"
+            % (json.dumps(header.get("typ")), json.dumps(BLOCKLIST_HEADER_TYPE))
+        )
+    if not isinstance(claims.get("iss"), str) or not claims["iss"]:
+        raise KeyFormatError("the blocklist names no issuer (iss)")
+    seq = claims.get("seq")
+    if not _is_number(seq) or seq != int(seq) or seq < 0:
+        raise KeyFormatError("the blocklist's seq is not an integer of 0 or more")
+    blocked = claims.get("blocked")
+    if not isinstance(blocked, list):
+        raise KeyFormatError("the blocklist's blocked is not an array")
+    for index, entry in enumerate(blocked):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("serial"), str)
+            or not entry["serial"]
+            or not _is_number(entry.get("since"))
+            or not isinstance(entry.get("reason"), (str, type(None)))
+        ):
+            raise KeyFormatError("the blocklist's blocked[%d] is not {serial, since, reason}" % index)
+    claims = dict(claims, seq=int(seq))
+    return claims
+
+
+def rfc3339(seconds):
+    """Seconds since the epoch as the agent writes instants: RFC 3339 UTC, microseconds only
+    when there are any."""
+    whole, fraction = divmod(int(round(seconds * 1000000)), 1000000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    if fraction:
+        text += ".%06d" % fraction
+    return text + "Z"
+
+
+def parse_rfc3339(text):
+    """An RFC 3339 instant (the agent's: UTC, `Z`, optional fraction) as a datetime, or None."""
+    if not isinstance(text, str):
+        return None
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,9})?(Z|[+-]\d\d:\d\d)$", text.strip(), re.I)
+    if not match:
+        return None
+    moment = datetime.datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")
+    if match.group(2):
+        moment += datetime.timedelta(microseconds=int((match.group(2)[1:] + "000000")[:6]))
+    zone = match.group(3).upper()
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        moment -= sign * datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    return moment
+
+
+def normalize_block(block):
+    """A BlockedKey of the agent's AddBlocklist reply as the report has it: every field, and
+    graceEndsAt only for an active key (where the agent gives it)."""
+    entry = dict((name, block.get(name)) for name in BLOCK_FIELDS)
+    if block.get("graceEndsAt"):
+        entry["graceEndsAt"] = block["graceEndsAt"]
+    return entry
+
+
+def predicted_blocks(status, claims):
+    """What the agent would block (rules B1-B3) if it kept the list: each key of a GetStatus
+    reply issued by the list's issuer (`iss`) whose serial the list names, as the agent's
+    BlockedKey. A reserve or a key renewed ahead (role reserve, pending) would be dropped;
+    an active key keeps working until the end of its grace, which runs from when the agent
+    learns of the block (graceEndsAt is known only for a key the agent already holds as
+    blocked). The signature is not checked: the agent does that."""
+    listed = {}
+    for entry in claims.get("blocked") or []:
+        listed.setdefault(entry["serial"], entry)
+    blocks = []
+    for entry in status.get("slots", []):
+        for field, role, pending in (("active", "active", False), ("reserve", "reserve", False),
+                                     ("pending", "reserve", True)):
+            key = entry.get(field)
+            if not key or key.get("issuer") != claims.get("iss") or key.get("serial") not in listed:
+                continue
+            item = listed[key["serial"]]
+            block = {
+                "slot": entry.get("slot"),
+                "role": role,
+                "pending": pending,
+                "serial": key["serial"],
+                "since": rfc3339(item["since"]),
+                "reason": item.get("reason") or "",
+                "dropped": role != "active",
+            }
+            already = entry.get("activeBlocked") if role == "active" else None
+            if already and already.get("graceEndsAt"):
+                block["graceEndsAt"] = already["graceEndsAt"]
+            blocks.append(block)
+    return blocks
+
+
+def blocklist_entry(host, outcome):
+    """One SVM's line of the blocklist report, from what license_blocklist registered (or
+    Ansible's record of an unreachable host or of a failure the module did not describe)."""
+    outcome = outcome or {}
+    if outcome.get("unreachable"):
+        return {"host": host, "result": "unreachable", "message": _one_line(outcome.get("msg") or "unreachable")}
+    result = outcome.get("result")
+    if result in ("applied", "would-apply", "unchanged"):
+        return {"host": host, "result": result, "blocks": [normalize_block(b) for b in outcome.get("blocks") or []]}
+    if result == "refused":
+        entry = {"host": host, "result": "refused"}
+        entry.update((k, outcome.get(k)) for k in ("rule", "code", "message"))
+        return entry
+    if not outcome:
+        message = "no result: the task did not run on this host (an earlier failure?)"
+    else:
+        message = _one_line(outcome.get("message") or outcome.get("msg") or "failed without a message")
+    return {"host": host, "result": "failed", "message": message}
+
+
+def blocklist_report(hosts, outcomes, blocklist, started_at, finished_at, check_mode=False):
+    """The blocklist task's report over `hosts`, in the style of contract section 9: the list
+    (issuer, sequence, its number of entries), a line per SVM with the keys it blocks there,
+    and a count per result."""
+    try:
+        claims = blocklist_claims(blocklist)
+        issuer, sequence, entries = claims["iss"], claims["seq"], len(claims["blocked"])
+    except KeyFormatError:
+        issuer = sequence = entries = None
+    svms = [blocklist_entry(host, outcomes.get(host)) for host in hosts]
+    summary = dict((name, 0) for name in BLOCKLIST_RESULTS)
+    for svm in svms:
+        summary["applied" if svm["result"] == "would-apply" else svm["result"]] += 1
+    report = {
+        "task": "blocklist",
+        "issuer": issuer,
+        "sequence": sequence,
+        "entries": entries,
+        "startedAt": started_at,
+        "finishedAt": finished_at,
+        "svms": svms,
+        "summary": summary,
+    }
+    if check_mode:
+        report["checkMode"] = True
+    return report
+
+
+def _block_key(block):
+    role = "pending" if block.get("pending") else block.get("role")
+    return "%s %s" % (role, block.get("serial"))
+
+
+def _block_then(block, result):
+    if block.get("role") == "active":
+        if block.get("graceEndsAt"):
+            return "grace ends %s" % block["graceEndsAt"]
+        return "grace from when applied"
+    if result == "would-apply":
+        return "would be removed"
+    return "removed" if block.get("dropped") else "-"
+
+
+def blocklist_table(report):
+    """The blocklist report for a person: a line per key blocked (SVM, slot, the key and its
+    role, since when, then: when an active key's grace ends, or that a reserve was removed,
+    the issuer's reason), a line for an SVM where it blocks nothing or that refused it, then
+    the summary."""
+    rows = [("SVM", "RESULT", "SLOT", "KEY", "BLOCKED SINCE", "THEN", "DETAIL")]
+    for svm in report["svms"]:
+        blocks = svm.get("blocks") or []
+        for index, block in enumerate(blocks):
+            rows.append(
+                (
+                    svm["host"] if index == 0 else "",
+                    svm["result"] if index == 0 else "",
+                    block.get("slot") or "-",
+                    _block_key(block),
+                    block.get("since") or "-",
+                    _block_then(block, svm["result"]),
+                    _one_line(block.get("reason") or ""),
+                )
+            )
+        if blocks:
+            continue
+        if svm["result"] in ("applied", "would-apply", "unchanged"):
+            detail = "blocks no key of this SVM"
+        elif svm["result"] == "refused":
+            detail = "%s %s: %s" % (svm.get("rule"), svm.get("code"), _one_line(svm.get("message") or ""))
+        else:
+            detail = svm.get("message") or ""
+        rows.append((svm["host"], svm["result"], "-", "-", "-", "-", detail))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        ("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1]).rstrip()
+        for row in rows
+    ]
+    summary = report["summary"]
+    blocks = [(svm["host"], block) for svm in report["svms"] for block in svm.get("blocks") or []]
+    active = [block for _host, block in blocks if block.get("role") == "active"]
+    text = "Blocklist %s of %s (%s entr%s)%s on %d SVM%s: %s" % (
+        report.get("sequence"),
+        report.get("issuer"),
+        report.get("entries"),
+        "y" if report.get("entries") == 1 else "ies",
+        " in check mode, nothing changed," if report.get("checkMode") else "",
+        len(report["svms"]),
+        "" if len(report["svms"]) == 1 else "s",
+        ", ".join("%d %s" % (summary[name], name) for name in BLOCKLIST_RESULTS),
+    )
+    if blocks:
+        hosts = len(set(host for host, _block in blocks))
+        text += "; %d key%s blocked on %d SVM%s: %d active" % (
+            len(blocks), "" if len(blocks) == 1 else "s", hosts, "" if hosts == 1 else "s", len(active))
+        graces = sorted((b["graceEndsAt"] for b in active if b.get("graceEndsAt")), key=_instant_key)
+        if graces:
+            text += " (the first grace ends %s)" % graces[0]
+        others = len(blocks) - len(active)
+        text += ", %d reserve%s %s" % (others, "" if others == 1 else "s",
+                                       "to remove" if report.get("checkMode") else "removed")
+    else:
+        text += "; it blocks no key of these SVMs"
+    lines.append("")
+    lines.append(text)
+    return "\n".join(lines)
+
+
+def _instant_key(text):
+    moment = parse_rfc3339(text)
+    return (moment is None, moment or datetime.datetime.min, text or "")
+

@@ -13,8 +13,9 @@ import unittest
 
 COLLECTION = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 COLLECTIONS_PATH = os.path.abspath(os.path.join(COLLECTION, "..", "..", ".."))
-MODULES = ["license_key", "license_activation", "license_status_info"]
-FILTERS = ["activation_report", "activation_table", "report_failed", "fleet_status", "fleet_table", "key_claim", "report_path"]
+MODULES = ["license_key", "license_activation", "license_status_info", "license_blocklist"]
+FILTERS = ["activation_report", "activation_table", "report_failed", "fleet_status", "fleet_table", "key_claim", "report_path",
+           "fleet_usage", "usage_table", "blocklist_report", "blocklist_table"]
 
 
 def ansible_doc(*args):
@@ -72,6 +73,7 @@ class DocumentationTests(unittest.TestCase):
         for name in ("plugins/modules/license_key.py", "plugins/modules/license_status_info.py",
                      "plugins/module_utils/varlink.py", "roles/license_agent/tasks/main.yml",
                      "roles/license_agent/templates/license-agent.sources.j2", "playbooks/activation_task.yml",
+                     "playbooks/blocklist.yml", "plugins/modules/license_blocklist.py",
                      "meta/runtime.yml", "LICENSE", "CHANGELOG.md", "changelogs/changelog.yaml", "MANIFEST.json"):
             self.assertIn(name, names)
         # Nothing generated: no report, no bytecode, no test output, no changelog cache.

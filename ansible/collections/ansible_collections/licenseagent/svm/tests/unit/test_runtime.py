@@ -1,9 +1,12 @@
 """meta/runtime.yml through real ansible-playbook (local connection) against a fake agent on a
-real Unix socket: the action group sets `socket` once for every module, and 0.1.0's name
-`license_status` still runs, redirected to `license_status_info`."""
+real Unix socket: the action group sets `socket` once for every module, 0.1.0's name
+`license_status` still runs, redirected to `license_status_info`, and a fleet playbook (the
+blocklist's) reports from what the module registered."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +99,55 @@ class RuntimeMetadataTests(unittest.TestCase):
             self.assertEqual(result.returncode, 0, result.stdout[-3000:] + result.stderr[-3000:])
             self.assertTrue(os.path.exists(expected), expected)
             self.assertFalse(os.path.exists(evil))
+
+    def test_the_blocklist_playbook_reports_every_svm_and_fails_on_a_refusal(self):
+        # The playbook as an operator runs it, against the fake agent: the list read on the
+        # controller, the module through the action group's socket, the report and the table.
+        def part(value):
+            return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+        listed = "%s.%s.c2ln" % (part({"alg": "EdDSA", "typ": "license-blocklist+jwt", "kid": "lab"}),
+                                 part({"iss": "lab", "typ": "license-blocklist", "seq": 4, "iat": 0,
+                                       "product": "svm-protection", "blocked": [
+                                           {"serial": "KS-1", "since": 1798761600, "reason": "refunded"}]}))
+        list_file = os.path.join(self.folder.name, "lab-0004.jws")
+        with open(list_file, "w") as f:
+            f.write(listed + "\n")
+        block = {"slot": "server", "role": "active", "pending": False, "serial": "KS-1",
+                 "since": "2027-01-01T00:00:00Z", "reason": "refunded", "dropped": False,
+                 "graceEndsAt": "2027-01-09T09:00:00Z"}
+        replies = [
+            {"parameters": {"issuer": "lab", "sequence": 4, "entries": 1, "unchanged": False, "blocks": [block],
+                            "message": "kept"}},
+            {"error": "io.licenseagent.Agent.RuleViolation",
+             "parameters": {"rule": "B1", "code": "blocklist_rollback", "message": "not newer than 5"}},
+        ]
+        agent = fake_agent.FakeAgent({"AddBlocklist": lambda _parameters: replies.pop(0)})
+        self.addCleanup(agent.close)
+        inventory = os.path.join(self.folder.name, "inventory.ini")
+        with open(inventory, "w") as f:
+            f.write("svm ansible_connection=local ansible_python_interpreter=%s license_agent_socket=%s\n"
+                    % (sys.executable, agent.path))
+        env = dict(
+            os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_PATH, ANSIBLE_NOCOLOR="1",
+            ANSIBLE_CONFIG=os.path.join(self.folder.name, "none.cfg"), ANSIBLE_LOCALHOST_WARNING="0",
+        )
+        playbook = os.path.join(COLLECTION, "playbooks", "blocklist.yml")
+        for expected_rc, expected in ((0, {"host": "svm", "result": "applied", "blocks": [block]}),
+                                      (2, {"host": "svm", "result": "refused", "rule": "B1",
+                                           "code": "blocklist_rollback", "message": "not newer than 5"})):
+            result = subprocess.run(
+                ["ansible-playbook", "-i", inventory, playbook, "-e", "blocklist_file=%s" % list_file],
+                capture_output=True, text=True, env=env, cwd=self.folder.name, timeout=120, check=False,
+            )
+            self.assertEqual(result.returncode, expected_rc, result.stdout[-3000:] + result.stderr[-3000:])
+            with open(os.path.join(self.folder.name, "blocklist-report.json")) as f:
+                report = json.load(f)
+            self.assertEqual((report["task"], report["issuer"], report["sequence"], report["entries"]),
+                             ("blocklist", "lab", 4, 1))
+            self.assertEqual(report["svms"], [expected])
+        self.assertEqual([method for method, _parameters in agent.calls], ["AddBlocklist", "AddBlocklist"])
+        self.assertEqual(agent.calls[0][1], {"blocklist": listed})
 
 
 if __name__ == "__main__":
