@@ -293,6 +293,7 @@ def fleet_entry(host, outcome):
             "slots": [],
             "alerts": [],
             "soonestLapse": None,
+            "keysBlocked": [],
             "consumersLagging": [],
         }
     status = outcome["status"]
@@ -309,20 +310,26 @@ def fleet_entry(host, outcome):
                 "lapsesAt": slot_lapse(entry),
                 "usage": entry.get("usage"),
                 "consumers": [dict(c) for c in entry.get("consumers") or []],
+                "blocked": dict(entry["activeBlocked"]) if entry.get("activeBlocked") else None,
             }
         )
     alerts = list(status.get("alerts", []))
     lagging = lagging_consumers(status)
+    blocked = blocked_keys(status)
     lapses = [s["lapsesAt"] for s in slots if s["lapsesAt"] is not None]
     # The agent's health (0.2.0: agentctl's exit status) says whether a person is needed;
     # an older agent's is worked out from its alerts and slots. A consumer lagging (N2) is
     # its own state, unless a slot has lapsed too (whatever the health makes of consumers).
+    # A blocked active key (B2) still works until its grace ends: its own state, after a
+    # lapse and before a consumer lagging.
     health = status.get("health")
     lapsed = any(s["status"] != "active" for s in slots)
     if alerts:
         state = "alert"
     elif lapsed or (health == 2 and not lagging):
         state = "expired"
+    elif blocked:
+        state = "blocked"
     elif lagging:
         state = "lagging"
     elif not slots:
@@ -336,6 +343,7 @@ def fleet_entry(host, outcome):
         "alerts": alerts,
         "soonestLapse": min(lapses) if lapses else None,
         "version": status.get("version"),
+        "keysBlocked": blocked,
         "consumersLagging": lagging,
     }
     if status.get("nextAction"):
@@ -345,42 +353,52 @@ def fleet_entry(host, outcome):
     return result
 
 
-# A consumer lagging needs a person as much as an expired slot: the VMs are protected (or
-# not) by the key the consumer still enforces, not by the one the agent made active.
-_STATE_RANK = {"alert": 0, "expired": 0, "lagging": 0, "unreachable": 1, "failed": 1, "no-key": 2, "ok": 3}
+# What needs a person first: a lapsed slot or a pending alert; then a blocked active key
+# (B2: it works until its grace ends, then counts as expired); then a consumer lagging (the
+# VMs are protected, or not, by the key the consumer still enforces, not by the one the
+# agent made active); then the SVMs that cannot be read.
+_STATE_RANK = {"alert": 0, "expired": 0, "blocked": 1, "lagging": 2, "unreachable": 3, "failed": 3, "no-key": 4,
+               "ok": 5}
+
+
+def _fleet_order(svm):
+    """An SVM's place in the fleet status: its state's rank, then the soonest instant that
+    matters (for a blocked key the end of its grace, else the soonest lapse with nothing to
+    take over); SVMs that never lapse (activation codes) last among theirs."""
+    instant = svm["soonestLapse"]
+    if svm["state"] == "blocked":
+        graces = [k["graceEndsAt"] for k in svm["keysBlocked"] if k.get("graceEndsAt")]
+        instant = min(graces, key=_instant_key) if graces else instant
+    return (_STATE_RANK[svm["state"]], instant is None, _instant_key(instant) if instant else (), svm["host"])
 
 
 def fleet_status(hosts, outcomes, generated_at):
-    """The fleet status report: SVMs with an alert, an expired slot or a consumer lagging
-    first, then those that cannot be read, then by the soonest lapse with nothing to take
-    over (RFC 3339 UTC strings sort as instants), SVMs that never lapse (activation codes)
-    last. `consumersLagging` lists every consumer lagging across the fleet, whatever its
-    SVM's state (an SVM with an expired slot may have one too)."""
+    """The fleet status report: SVMs with an alert or an expired slot first, then those with
+    a blocked active key (soonest grace end first), then those with a consumer lagging, then
+    those that cannot be read, then by the soonest lapse with nothing to take over, SVMs
+    that never lapse (activation codes) last. `keysBlocked` lists every blocked active key
+    across the fleet and `consumersLagging` every consumer lagging, whatever its SVM's state
+    (an SVM with an expired slot may have either too)."""
     svms = [fleet_entry(host, outcomes.get(host)) for host in hosts]
-    svms.sort(
-        key=lambda s: (
-            _STATE_RANK[s["state"]],
-            s["soonestLapse"] is None,
-            s["soonestLapse"] or "",
-            s["host"],
-        )
-    )
+    svms.sort(key=_fleet_order)
     summary = {}
     for svm in svms:
         summary[svm["state"]] = summary.get(svm["state"], 0) + 1
+    blocked = [dict(host=svm["host"], **key) for svm in svms for key in svm["keysBlocked"]]
     lagging = [dict(host=svm["host"], **consumer) for svm in svms for consumer in svm["consumersLagging"]]
     return {
         "task": "status",
         "generatedAt": generated_at,
         "svms": svms,
+        "keysBlocked": blocked,
         "consumersLagging": lagging,
         "summary": summary,
     }
 
 
 def fleet_table(report):
-    """The fleet status for a person: a slot a line, then the consumers lagging (N2), then
-    the summary."""
+    """The fleet status for a person: a slot a line, then the keys blocked (B1, B2), then the
+    consumers lagging (N2), then the summary."""
     rows = [("SVM", "STATE", "SLOT", "ACTIVE", "UNTIL", "TAKEOVER", "USAGE", "LAPSES", "CONSUMERS")]
     for svm in report["svms"]:
         if not svm["slots"]:
@@ -396,7 +414,7 @@ def fleet_table(report):
                     svm["host"] if index == 0 else "",
                     svm["state"] if index == 0 else "",
                     slot["slot"] + ("" if slot["status"] == "active" else " (%s)" % slot["status"]),
-                    active.get("serial") or "-",
+                    (active.get("serial") or "-") + (" BLOCKED" if slot.get("blocked") else ""),
                     active.get("expiresAt") or "-",
                     takeover,
                     usage_cell(slot.get("usage"), active.get("units")),
@@ -408,6 +426,10 @@ def fleet_table(report):
             rows.append(("", "", "alerts: " + ", ".join(svm["alerts"]), "", "", "", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    blocked = report.get("keysBlocked") or []
+    if blocked:
+        lines.append("")
+        lines.extend(blocked_lines(blocked))
     lagging = report.get("consumersLagging") or []
     if lagging:
         lines.append("")
@@ -417,6 +439,7 @@ def fleet_table(report):
     lines.append(
         "Fleet status: %d SVMs: %s"
         % (len(report["svms"]), ", ".join("%d %s" % (n, s) for s, n in sorted(summary.items())))
+        + blocked_sentence(blocked)
         + lagging_sentence(lagging)
     )
     return "\n".join(lines)
@@ -932,3 +955,81 @@ def _instant_key(text):
     moment = parse_rfc3339(text)
     return (moment is None, moment or datetime.datetime.min, text or "")
 
+
+def blocked_keys(status):
+    """The active keys a GetStatus reply shows blocked (rules B1, B2): each with its slot,
+    serial, since, reason, learnedAt, graceEndsAt (it counts as expired then), lapsedAt (the
+    grace ended and nothing valid took over), and what takes over at the grace's end:
+    takeover, takeoverSerial and takeoverFrom (the successor's notBefore; a successor that
+    starts after the grace's end leaves the slot expired until then). An agent before 0.5.0
+    shows none."""
+    found = []
+    for entry in status.get("slots", []):
+        block = entry.get("activeBlocked")
+        active = entry.get("active") or {}
+        if not block:
+            continue
+        successor = entry.get("reserve") or entry.get("pending") or {}
+        item = {
+            "slot": entry.get("slot"),
+            "serial": active.get("serial"),
+            "since": block.get("since"),
+            "reason": block.get("reason") or "",
+            "learnedAt": block.get("learnedAt"),
+            "graceEndsAt": block.get("graceEndsAt"),
+            "takeover": entry.get("takeover"),
+            "takeoverSerial": successor.get("serial"),
+            "takeoverFrom": successor.get("notBefore"),
+        }
+        if block.get("lapsedAt"):
+            item["lapsedAt"] = block["lapsedAt"]
+        found.append(item)
+    return found
+
+
+def blocked_then(item):
+    """What happens at the end of a blocked key's grace, in words, for the table."""
+    takeover = item.get("takeover")
+    if item.get("lapsedAt"):
+        return "LAPSED at %s" % item["lapsedAt"] + (
+            ": %s takes over from %s" % (item["takeoverSerial"], item["takeoverFrom"]) if item.get("takeoverSerial") else "")
+    if takeover in ("reserve", "pending-renewal") and item.get("takeoverSerial"):
+        what = "reserve" if takeover == "reserve" else "renewed"
+        starts, ends = parse_rfc3339(item.get("takeoverFrom")), parse_rfc3339(item.get("graceEndsAt"))
+        if starts and ends and starts > ends:
+            return "%s %s only from %s: LAPSES between" % (what, item["takeoverSerial"], item["takeoverFrom"])
+        return "%s %s takes over" % (what, item["takeoverSerial"])
+    if takeover == "activation-code":
+        return "renewed with the activation code"
+    return "nothing takes over: LAPSES"
+
+
+def blocked_lines(blocked):
+    """The fleet status table's section of the keys blocked: a key a line."""
+    rows = [("KEYS BLOCKED", "SLOT", "SERIAL", "SINCE", "GRACE ENDS", "THEN", "REASON")]
+    for entry in blocked:
+        rows.append(
+            (
+                entry["host"],
+                entry.get("slot") or "-",
+                entry.get("serial") or "-",
+                entry.get("since") or "-",
+                entry.get("graceEndsAt") or "-",
+                blocked_then(entry),
+                _one_line(entry.get("reason") or ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        ("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1]).rstrip()
+        for row in rows
+    ]
+
+
+def blocked_sentence(blocked):
+    """The fleet status summary's words on the keys blocked, after "; "."""
+    if not blocked:
+        return ""
+    hosts = len(set(entry["host"] for entry in blocked))
+    return "; %d key%s blocked on %d SVM%s" % (
+        len(blocked), "" if len(blocked) == 1 else "s", hosts, "" if hosts == 1 else "s")

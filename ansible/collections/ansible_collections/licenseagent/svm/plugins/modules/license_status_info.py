@@ -61,6 +61,11 @@ slots:
       C(confirm-within); C(unconfirmed), neither expected nor confirmed), C(confirmedSerial)
       and C(confirmedAt) (the serial it last confirmed, and when) and C(dueAt) (while it is
       awaited).
+    - With an agent that knows blocklists (rules B1, B2; 0.5.0), a slot whose active key its
+      issuer blocked has C(activeBlocked), with C(since) and C(reason) (the issuer's), C(learnedAt)
+      (when the agent learned of it), C(graceEndsAt) (the key counts as expired then) and
+      C(lapsedAt) (the grace ended and what takes over is not valid yet); the warning
+      C(key_blocked) says so.
   returned: always
   type: list
   elements: dict

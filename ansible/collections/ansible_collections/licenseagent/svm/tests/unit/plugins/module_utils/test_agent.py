@@ -377,7 +377,8 @@ class ConsumerTests(unittest.TestCase):
         self.assertEqual(by_host["svm-old"]["slots"][0]["consumers"], [])
         self.assertEqual(by_host["svm-down"]["consumersLagging"], [])
         self.assertEqual(report["summary"], {"expired": 1, "lagging": 1, "unreachable": 1, "ok": 3})
-        self.assertEqual(list(report), ["task", "generatedAt", "svms", "consumersLagging", "summary"])
+        self.assertEqual(list(report), ["task", "generatedAt", "svms", "keysBlocked", "consumersLagging", "summary"])
+        self.assertEqual(report["keysBlocked"], [])
         self.assertEqual(
             report["consumersLagging"],
             [{"host": "svm-c1", "slot": "server", "consumer": "protection-server", "serial": "KS-2",

@@ -1,5 +1,5 @@
 """Blocklists (rules B1-B3) on the controller: reading a list without its signature, the
-blocklist task's report and table."""
+blocklist task's report and table, and the blocked keys in the fleet status."""
 
 from __future__ import annotations
 
@@ -146,6 +146,104 @@ class BlocklistReportTests(unittest.TestCase):
                                    "ends 2027-01-09T09:00:00Z), 1 reserve removed")
         nothing = la.blocklist_report(["svm-b1"], self.OUTCOMES, blocklist(CLAIMS), "t0", "t1")
         self.assertTrue(la.blocklist_table(nothing).endswith("; it blocks no key of these SVMs"))
+
+
+def status(*slots, health=0, alerts=()):
+    return {"status": {"slots": list(slots), "alerts": list(alerts), "warnings": [], "health": health}}
+
+
+def blocked_slot(serial, grace, takeover="none", reserve=None, lapsed=None, slot="server"):
+    block = {"since": "2027-01-01T00:00:00Z", "reason": "refunded", "learnedAt": "2027-01-01T09:00:00Z",
+             "graceEndsAt": grace}
+    if lapsed:
+        block["lapsedAt"] = lapsed
+    return {"slot": slot, "status": "expired" if lapsed else "active", "takeover": takeover,
+            "active": key(serial, slot=slot), "reserve": reserve, "lapsesAt": grace, "activeBlocked": block}
+
+
+def plain_slot(serial, lapses, status_="active"):
+    entry = {"slot": "server", "status": status_, "takeover": "none", "lapsesAt": lapses}
+    if status_ == "active":
+        entry["active"] = key(serial, lapses)
+    else:
+        entry["expired"] = {"serial": serial, "expiresAt": lapses}
+    return entry
+
+
+class FleetStatusBlockedTests(unittest.TestCase):
+    """Rules B1, B2 in the fleet status: the SVMs with a blocked active key."""
+
+    def outcomes(self):
+        lagging = plain_slot("KS-L", "2027-02-01T00:00:00Z")
+        lagging["consumers"] = [{"consumer": "protection-server", "expected": True, "state": "late",
+                                 "dueAt": "2027-01-01T09:01:00Z"}]
+        late_reserve = key("KS-R", "2028-01-01T00:00:00Z", notBefore="2027-03-01T00:00:00Z")
+        return {
+            "svm-blocked-late": status(blocked_slot("KS-1", "2027-01-20T00:00:00Z", takeover="reserve",
+                                                    reserve=key("KS-9", "2028-01-01T00:00:00Z"))),
+            "svm-blocked-soon": status(blocked_slot("KS-2", "2027-01-09T09:00:00Z", takeover="reserve",
+                                                    reserve=late_reserve)),
+            "svm-expired": status(plain_slot("KS-0", "2026-12-01T00:00:00Z", "expired"), health=2),
+            "svm-lagging": status(lagging),
+            "svm-ok": status(plain_slot("KS-3", "2027-01-05T00:00:00Z")),
+            "svm-down": {"unreachable": True, "msg": "no route"},
+        }
+
+    def test_B2_a_blocked_key_comes_after_a_lapse_and_before_a_consumer_lagging(self):
+        outcomes = self.outcomes()
+        report = la.fleet_status(sorted(outcomes), outcomes, "t")
+        self.assertEqual([s["host"] for s in report["svms"]],
+                         ["svm-expired", "svm-blocked-soon", "svm-blocked-late", "svm-lagging", "svm-down", "svm-ok"])
+        self.assertEqual([s["state"] for s in report["svms"]],
+                         ["expired", "blocked", "blocked", "lagging", "unreachable", "ok"])
+        self.assertEqual(report["summary"], {"expired": 1, "blocked": 2, "lagging": 1, "unreachable": 1, "ok": 1})
+        self.assertEqual(list(report), ["task", "generatedAt", "svms", "keysBlocked", "consumersLagging", "summary"])
+        self.assertEqual(report["keysBlocked"], [
+            {"host": "svm-blocked-soon", "slot": "server", "serial": "KS-2", "since": "2027-01-01T00:00:00Z",
+             "reason": "refunded", "learnedAt": "2027-01-01T09:00:00Z", "graceEndsAt": "2027-01-09T09:00:00Z",
+             "takeover": "reserve", "takeoverSerial": "KS-R", "takeoverFrom": "2027-03-01T00:00:00Z"},
+            {"host": "svm-blocked-late", "slot": "server", "serial": "KS-1", "since": "2027-01-01T00:00:00Z",
+             "reason": "refunded", "learnedAt": "2027-01-01T09:00:00Z", "graceEndsAt": "2027-01-20T00:00:00Z",
+             "takeover": "reserve", "takeoverSerial": "KS-9", "takeoverFrom": "2026-01-01T00:00:00Z"},
+        ])
+        by_host = {s["host"]: s for s in report["svms"]}
+        self.assertEqual(by_host["svm-blocked-soon"]["slots"][0]["blocked"]["graceEndsAt"], "2027-01-09T09:00:00Z")
+        self.assertIsNone(by_host["svm-ok"]["slots"][0]["blocked"])
+        self.assertEqual(by_host["svm-down"]["keysBlocked"], [])
+
+    def test_B2_a_lapse_outranks_a_block_which_is_still_listed(self):
+        lapsed = blocked_slot("KS-1", "2027-01-09T09:00:00Z", lapsed="2027-01-09T09:00:00Z")
+        report = la.fleet_status(["a", "b"], {"a": status(lapsed, health=2),
+                                              "b": status(blocked_slot("KS-2", "2027-02-01T00:00:00Z"),
+                                                          alerts=["manual_activation_required"])}, "t")
+        self.assertEqual({s["host"]: s["state"] for s in report["svms"]}, {"a": "expired", "b": "alert"})
+        self.assertEqual([(k["host"], k["serial"], k.get("lapsedAt")) for k in report["keysBlocked"]],
+                         [("a", "KS-1", "2027-01-09T09:00:00Z"), ("b", "KS-2", None)])
+        self.assertIn("LAPSED at 2027-01-09T09:00:00Z", la.fleet_table(report))
+
+    def test_B2_the_table_marks_the_key_and_lists_the_keys_blocked_with_their_grace(self):
+        outcomes = self.outcomes()
+        outcomes["svm-none"] = status(blocked_slot("WS-1", "2027-01-15T00:00:00Z", slot="workstation"))
+        outcomes["svm-code"] = status(blocked_slot("KS-C", "2027-01-16T00:00:00Z", takeover="activation-code"))
+        table = la.fleet_table(la.fleet_status(sorted(outcomes), outcomes, "t")).split("\n")
+        self.assertRegex(table[2], r"^svm-blocked-soon\s+blocked\s+server\s+KS-2 BLOCKED\s+")
+        start = table.index("") + 1
+        self.assertEqual(table[start].split(), ["KEYS", "BLOCKED", "SLOT", "SERIAL", "SINCE", "GRACE", "ENDS", "THEN",
+                                                "REASON"])
+        self.assertRegex(table[start + 1], r"^svm-blocked-soon\s+server\s+KS-2\s+2027-01-01T00:00:00Z\s+"
+                                           r"2027-01-09T09:00:00Z\s+reserve KS-R only from 2027-03-01T00:00:00Z: "
+                                           r"LAPSES between\s+refunded$")
+        self.assertRegex(table[start + 2], r"^svm-none\s+workstation\s+WS-1\s+.*\s+nothing takes over: LAPSES\s+refunded$")
+        self.assertRegex(table[start + 3], r"^svm-code\s+server\s+KS-C\s+.*\s+renewed with the activation code\s+")
+        self.assertRegex(table[start + 4], r"^svm-blocked-late\s+server\s+KS-1\s+.*\s+reserve KS-9 takes over\s+")
+        self.assertEqual(table[start + 5], "")
+        self.assertTrue(table[start + 6].startswith("CONSUMERS LAGGING"))
+        self.assertTrue(table[-1].endswith("; 4 keys blocked on 4 SVMs; 1 consumer lagging on 1 SVM"), table[-1])
+
+    def test_B2_no_section_and_no_sentence_when_no_key_is_blocked(self):
+        table = la.fleet_table(la.fleet_status(["a"], {"a": status(plain_slot("KS-3", "2027-01-05T00:00:00Z"))}, "t"))
+        self.assertNotIn("BLOCKED", table)
+        self.assertEqual(table.rsplit("\n", maxsplit=1)[-1], "Fleet status: 1 SVMs: 1 ok")
 
 
 if __name__ == "__main__":
