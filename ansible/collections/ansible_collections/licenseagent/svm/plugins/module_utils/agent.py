@@ -944,8 +944,10 @@ def blocklist_table(report):
         others = len(blocks) - len(active)
         text += ", %d reserve%s %s" % (others, "" if others == 1 else "s",
                                        "to remove" if report.get("checkMode") else "removed")
-    else:
+    elif any(svm["result"] in ("applied", "would-apply", "unchanged") for svm in report["svms"]):
         text += "; it blocks no key of these SVMs"
+    else:
+        text += "; no SVM took it"
     lines.append("")
     lines.append(text)
     return "\n".join(lines)

@@ -146,6 +146,8 @@ class BlocklistReportTests(unittest.TestCase):
                                    "ends 2027-01-09T09:00:00Z), 1 reserve removed")
         nothing = la.blocklist_report(["svm-b1"], self.OUTCOMES, blocklist(CLAIMS), "t0", "t1")
         self.assertTrue(la.blocklist_table(nothing).endswith("; it blocks no key of these SVMs"))
+        refused = la.blocklist_report(["svm-b2"], self.OUTCOMES, blocklist(CLAIMS), "t0", "t1")
+        self.assertTrue(la.blocklist_table(refused).endswith("1 refused, 0 unreachable, 0 failed; no SVM took it"))
 
 
 def status(*slots, health=0, alerts=()):
