@@ -8,6 +8,7 @@ each builds on the fleet the previous ones left, as an administrator's day would
 
 from __future__ import annotations
 
+import calendar
 import glob
 import json
 import os
@@ -584,6 +585,118 @@ class FleetTests(unittest.TestCase):
         self.lab.ansible_playbook("playbooks/fleet_status.yml", "-e", "report=%s" % path)
         with open(path) as f:
             self.assertEqual(json.load(f)["consumersLagging"], [])
+
+    def test_15_a_blocklist_over_the_fleet_and_the_keys_it_blocks(self):
+        """Rules B1-B3 over the fleet: one list (seq 2) blocks svm-b1's active key and svm-a2's
+        reserve, blocks nothing on svm-a1, and is refused by svm-b2, which already keeps the
+        issuer's newer list (seq 3); check mode first changes nothing. Then the fleet status
+        puts svm-b1 first, with its key under KEYS BLOCKED and the end of its grace."""
+        since = "2026-11-30T12:00:00Z"
+        self.issue("blocked-active", "KS-BA", "+60d")
+        self.issue("blocked-reserve", "KS-BR", "+150d")  # after svm-a2's active KS-U (120 d)
+        b1, a2, b2 = (self.lab.svm(name) for name in ("svm-b1", "svm-a2", "svm-b2"))
+        with open(self.key_files["blocked-active"]) as f:
+            b1.sh("agentctl add-key -", input=f.read())
+        with open(self.key_files["blocked-reserve"]) as f:
+            a2.sh("agentctl add-key --reserve -", input=f.read())
+
+        def blocklist(seq):
+            path = os.path.join(self.keys, "blocklist-%d.jws" % seq)
+            with open(path, "w") as f:
+                f.write(keytool("blocklist", "--signer", self.signer, "--seq", str(seq), "--since", since,
+                                "--block", "KS-BA:refunded order", "--block", "KS-BR:leaked") + "\n")
+            return path
+
+        listed, newer = blocklist(2), blocklist(3)
+        with open(newer) as f:
+            self.assertIn("Blocklist 3 of fleet-issuer kept", b2.sh("agentctl add-blocklist -", input=f.read()).stdout)
+        path = os.path.join(self.lab.directory, "blocklist.json")
+        args = ("playbooks/blocklist.yml", "-e", "blocklist_file=%s" % listed, "-e", "report=%s" % path)
+
+        # Check mode: what the list would block, read on the controller against each SVM's keys.
+        before = {name: self.state(name) for name in SVMS}
+        self.playbook(*(args + ("--check", "--limit", "!svm-down")))
+        with open(path) as f:
+            checked = json.load(f)
+        self.assertTrue(checked["checkMode"])
+        self.assertEqual(
+            {svm["host"]: (svm["result"], [(b["serial"], b["role"], b["dropped"]) for b in svm["blocks"]])
+             for svm in checked["svms"]},
+            {"svm-a1": ("would-apply", []), "svm-a2": ("would-apply", [("KS-BR", "reserve", True)]),
+             "svm-b1": ("would-apply", [("KS-BA", "active", False)]), "svm-b2": ("would-apply", [])})
+        for name in SVMS:
+            self.assertEqual(self.state(name), before[name], "check mode changed %s's state.json" % name)
+
+        # The list given: the whole fleet's report, and the table a row a line.
+        result = self.lab.ansible_playbook(*args, extra_env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+        self.assertEqual(result.returncode, 2, result.stdout[-6000:] + result.stderr[-3000:])
+        with open(path) as f:
+            report = json.load(f)
+        # (agentctl status exits 1: the key ends at its grace's end, within 30 days, and nothing
+        # takes over.)
+        held = json.loads(b1.sh("agentctl status --json", check=False).stdout)
+        server = next(s for s in held["slots"] if s["slot"] == "server")
+        block = server["activeBlocked"]
+        grace = block["graceEndsAt"]
+        # B2: the grace ([blocking] grace, 8 days by default) from when the agent learned of it.
+        self.assertAlmostEqual(fleetlab_instant(grace) - fleetlab_instant(block["learnedAt"]), 8 * 86400, delta=0.001)
+        self.assertEqual(
+            list(report), ["task", "issuer", "sequence", "entries", "startedAt", "finishedAt", "svms", "summary"])
+        self.assertEqual((report["task"], report["issuer"], report["sequence"], report["entries"]),
+                         ("blocklist", "fleet-issuer", 2, 2))
+        by_host = {svm["host"]: svm for svm in report["svms"]}
+        self.assertEqual(by_host["svm-a1"], {"host": "svm-a1", "result": "applied", "blocks": []})
+        self.assertEqual(by_host["svm-a2"], {"host": "svm-a2", "result": "applied", "blocks": [
+            {"slot": "server", "role": "reserve", "pending": False, "serial": "KS-BR", "since": since,
+             "reason": "leaked", "dropped": True}]})
+        self.assertEqual(by_host["svm-b1"], {"host": "svm-b1", "result": "applied", "blocks": [
+            {"slot": "server", "role": "active", "pending": False, "serial": "KS-BA", "since": since,
+             "reason": "refunded order", "dropped": False, "graceEndsAt": grace}]})
+        refused = by_host["svm-b2"]
+        self.assertEqual((refused["result"], refused["rule"], refused["code"]), ("refused", "B1", "blocklist_rollback"))
+        self.assertIn("not newer than the one kept (3)", refused["message"])
+        self.assertEqual(by_host["svm-down"]["result"], "unreachable")
+        self.assertEqual(report["summary"], {"applied": 3, "unchanged": 0, "refused": 1, "unreachable": 1, "failed": 0})
+        self.assertRegex(result.stdout, r"svm-b1\s+applied\s+server\s+active KS-BA\s+%s\s+grace ends %s\s+refunded order"
+                         % (since, re.escape(grace)))
+        self.assertRegex(result.stdout, r"svm-a2\s+applied\s+server\s+reserve KS-BR\s+%s\s+removed\s+leaked" % since)
+        self.assertRegex(result.stdout, r"svm-b2\s+refused\s+-\s+-\s+-\s+-\s+B1 blocklist_rollback: ")
+        self.assertIn("2 keys blocked on 2 SVMs: 1 active (the first grace ends %s), 1 reserve removed" % grace,
+                      result.stdout)
+        # On the SVMs: the reserve is gone (B3), the active key works on, KEY_BLOCKED logged.
+        self.assertIsNone(json.loads(a2.sh("agentctl status --json", check=False).stdout)["slots"][0].get("reserve"))
+        self.assertEqual((server["status"], server["active"]["serial"]), ("active", "KS-BA"))
+        self.assertIn("KS-BA", b1.sh("journalctl -o cat --no-pager MESSAGE_ID=e55a64d5379b41d8ba3a6e6c859241a8").stdout)
+        # Given again: unchanged, nothing changed, the block as it was.
+        again = self.playbook(*(args + ("--limit", "svm-b1")))
+        self.assertEqual(self.recap(again.stdout)["svm-b1"]["changed"], 0, again.stdout)
+        with open(path) as f:
+            self.assertEqual(json.load(f)["svms"], [dict(by_host["svm-b1"], result="unchanged")])
+
+        # The fleet status: the SVM whose active key is blocked first, under KEYS BLOCKED.
+        status_path = os.path.join(self.lab.directory, "fleet-blocked.json")
+        status = self.lab.ansible_playbook("playbooks/fleet_status.yml", "-e", "report=%s" % status_path,
+                                           extra_env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+        self.assertEqual(status.returncode, 0, status.stdout[-4000:])
+        with open(status_path) as f:
+            fleet = json.load(f)
+        self.assertEqual([(svm["host"], svm["state"]) for svm in fleet["svms"]][:2],
+                         [("svm-b1", "blocked"), ("svm-down", "unreachable")], json.dumps(fleet, indent=1))
+        self.assertEqual(fleet["keysBlocked"], [
+            {"host": "svm-b1", "slot": "server", "serial": "KS-BA", "since": since, "reason": "refunded order",
+             "learnedAt": block["learnedAt"], "graceEndsAt": grace, "takeover": "none", "takeoverSerial": None,
+             "takeoverFrom": None}])
+        self.assertIn("KEYS BLOCKED", status.stdout)
+        self.assertRegex(status.stdout, r"svm-b1\s+server\s+KS-BA\s+%s\s+%s\s+nothing takes over: LAPSES\s+"
+                                        r"refunded order" % (since, re.escape(grace)))
+        self.assertIn("; 1 key blocked on 1 SVM", status.stdout)
+
+
+def fleetlab_instant(text):
+    """An agent's RFC 3339 UTC instant in seconds since the epoch."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return seconds + (float("0." + fraction) if fraction else 0.0)
 
 
 if __name__ == "__main__":
