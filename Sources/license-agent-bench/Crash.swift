@@ -25,6 +25,9 @@ import Varlink
 /// - **missing**: R2 is active after the expiry, with its KEY_PROMOTED;
 /// - **unannounced**: the outbox is empty, and ACTIVE_ADDED(A) and RESERVE_ADDED(R2) are in
 ///   the journal exactly once.
+///
+/// A quarter of the trials tell the renewal story instead (``RenewalTrial``), and an eighth
+/// the blocked key's (``GraceTrial``: the promotion at the end of its grace, rule B2).
 struct Crash: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Crash-consistency harness: SIGKILL at random instants and at each state-write step.",
@@ -68,10 +71,16 @@ struct Crash: ParsableCommand {
       while index < trials {
         let seed = baseSeed &+ UInt64(index)
         // A quarter of the trials renew a code's key (half of them ahead of its expiry, C6);
-        // the rest add, replace and promote.
+        // an eighth promote at the end of a blocked key's grace (B2), at a random instant or
+        // at a write step by turns; the rest add, replace and promote.
         if index % 4 == 3 {
           results.add(
             RenewalTrial(index: index, seed: seed, executable: executable, ahead: index % 8 == 7).run())
+        } else if index % 8 == 5 {
+          let steps = WriteStep.allCases
+          let n = (index / 16) % (steps.count * 5)
+          let crash = (index / 8) % 2 == 0 ? (steps[n % steps.count], n / steps.count + 1) : nil
+          results.add(GraceTrial(index: index, seed: seed, executable: executable, crash: crash).run())
         } else {
           results.add(CrashTrial(index: index, seed: seed, executable: executable).run())
         }
