@@ -228,7 +228,7 @@ import Testing
     let rules = Self.repository + "/packaging/prometheus/license-agent.rules.yml"
     let check = try runProcess(Self.promtool, ["check", "rules", rules])
     #expect(
-      check.status == 0 && check.stdout.contains("SUCCESS: 19 rules found"), "\(check.stdout)\(check.stderr)")
+      check.status == 0 && check.stdout.contains("SUCCESS: 20 rules found"), "\(check.stdout)\(check.stderr)")
     let test = try runProcess(
       Self.promtool,
       ["test", "rules", Self.repository + "/packaging/prometheus/license-agent.rules.test.yml"])
@@ -244,12 +244,13 @@ import Testing
       "license_agent_activation_attempts_total", "license_agent_next_action_timestamp_seconds",
       "license_agent_state_write_failures_total", "license_agent_key_units", "license_agent_units_in_use",
       "license_agent_usage_report_timestamp_seconds", "license_agent_consumer_confirmed",
+      "license_agent_key_blocked", "license_agent_key_grace_end_timestamp_seconds",
     ]
     #expect(used.subtracting(written).isEmpty, "\(used.subtracting(written))")
     // Every alert links its section of the runbook, which exists.
     let runbook = try String(contentsOfFile: Self.repository + "/docs/RUNBOOK.md", encoding: .utf8)
     let alerts = text.matches(of: /- alert: (\w+)/).map { String($0.output.1) }
-    #expect(alerts.count == 15)
+    #expect(alerts.count == 16)
     for alert in alerts {
       #expect(text.contains("docs/RUNBOOK.md#\(alert.lowercased())\""), "\(alert) has no runbook_url")
       #expect(runbook.contains("### \(alert)\n"), "docs/RUNBOOK.md has no section \(alert)")

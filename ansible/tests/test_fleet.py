@@ -595,6 +595,12 @@ class FleetTests(unittest.TestCase):
         self.issue("blocked-active", "KS-BA", "+60d")
         self.issue("blocked-reserve", "KS-BR", "+150d")  # after svm-a2's active KS-U (120 d)
         b1, a2, b2 = (self.lab.svm(name) for name in ("svm-b1", "svm-a2", "svm-b2"))
+        # The role sets svm-b1's grace ([blocking] grace, rule B2) to 9 days.
+        result = self.playbook(
+            "playbooks/install.yml", "-e", "license_agent_deb=%s" % self.package,
+            "-e", json.dumps({"license_agent_blocking_grace": "9d"}), "--limit", "svm-b1")
+        self.assertEqual(result.returncode, 0, result.stdout[-3000:])
+        self.assertIn('[blocking]\ngrace = "9d"', b1.sh("cat /etc/license-agent/agent.toml").stdout)
         with open(self.key_files["blocked-active"]) as f:
             b1.sh("agentctl add-key -", input=f.read())
         with open(self.key_files["blocked-reserve"]) as f:
@@ -638,8 +644,8 @@ class FleetTests(unittest.TestCase):
         server = next(s for s in held["slots"] if s["slot"] == "server")
         block = server["activeBlocked"]
         grace = block["graceEndsAt"]
-        # B2: the grace ([blocking] grace, 8 days by default) from when the agent learned of it.
-        self.assertAlmostEqual(fleetlab_instant(grace) - fleetlab_instant(block["learnedAt"]), 8 * 86400, delta=0.001)
+        # B2: the grace (the role's 9 days) from when the agent learned of it.
+        self.assertAlmostEqual(fleetlab_instant(grace) - fleetlab_instant(block["learnedAt"]), 9 * 86400, delta=0.001)
         self.assertEqual(
             list(report), ["task", "issuer", "sequence", "entries", "startedAt", "finishedAt", "svms", "summary"])
         self.assertEqual((report["task"], report["issuer"], report["sequence"], report["entries"]),
