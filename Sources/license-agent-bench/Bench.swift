@@ -244,12 +244,24 @@ extension Promotion {
     if atGraceEnd { graceEnds[0] = try block(0) }
     let faultsBefore = minorFaults(process.processIdentifier)
     var limit: [Int64] = []
-    for index in 1...keys where atGraceEnd {
-      // The same rhythm, from each grace's end: a sample of the limit three quarters of the
-      // way into the grace, then the promotion confirmed 20 ms after its end.
-      guard let end = graceEnds[index - 1] else { break }
-      limit.append(try probe.sample(at: end - TimeSpan(microseconds: step.microseconds / 4)))
-      sleepUntil(end + .milliseconds(20))
+    for index in 1...keys {
+      // 20 ms after the expiry (or the grace's end) the promotion is long done: confirm it,
+      // then add the next reserve (and block the new active key); three quarters of the way
+      // to the next expiry (or into the grace), one sample of the limit. Nothing touches the
+      // agent around the expiry instants themselves.
+      let due: Timestamp
+      if atGraceEnd {
+        guard let end = graceEnds[index - 1] else { break }
+        limit.append(try probe.sample(at: end - TimeSpan(microseconds: step.microseconds / 4)))
+        due = end
+      } else {
+        if index > 1 {
+          limit.append(
+            try probe.sample(at: expiry(index - 2) + TimeSpan(microseconds: step.microseconds * 3 / 4)))
+        }
+        due = expiry(index - 1)
+      }
+      sleepUntil(due + .milliseconds(20))
       var promoted = false
       for _ in 0..<1000 {
         if try activeSerial() == serial(index) {
@@ -261,28 +273,8 @@ extension Promotion {
       guard promoted else { throw BenchError(description: "\(serial(index)) was not promoted") }
       if index < keys {
         try add(index + 1, "reserve")
-        graceEnds[index] = try block(index)
+        if atGraceEnd { graceEnds[index] = try block(index) }
       }
-    }
-    for index in 1...keys where !atGraceEnd {
-      // 20 ms after the expiry the promotion is long done: confirm it, then add the next
-      // reserve; at three quarters of the way to the next expiry, one sample of the limit.
-      // Nothing touches the agent around the expiry instants themselves.
-      if index > 1 {
-        limit.append(
-          try probe.sample(at: expiry(index - 2) + TimeSpan(microseconds: step.microseconds * 3 / 4)))
-      }
-      sleepUntil(expiry(index - 1) + .milliseconds(20))
-      var promoted = false
-      for _ in 0..<1000 {
-        if try activeSerial() == serial(index) {
-          promoted = true
-          break
-        }
-        usleep(2000)
-      }
-      guard promoted else { throw BenchError(description: "\(serial(index)) was not promoted") }
-      if index < keys { try add(index + 1, "reserve") }
     }
     let faults = Double(minorFaults(process.processIdentifier) - faultsBefore) / Double(keys)
 

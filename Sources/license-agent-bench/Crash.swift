@@ -190,30 +190,17 @@ struct CrashTrial {
       r2: key(serials.r2, start, start + .days(91))
     )
 
-    var environment = agentEnvironment(folder)
-    environment["LICENSE_AGENT_LOG"] = "journal"
-    var pid: pid_t
+    // The random kill: an instant from the start to just after the expiry.
+    let agent: TrialAgent
     do {
-      var first = environment
-      if let crash { first["LICENSE_AGENT_CRASH_AT"] = "\(crash.step.rawValue):\(crash.write)" }
-      pid = try spawn(executable, [], environment: first)
+      agent = try TrialAgent(
+        executable, folder: folder, crash: crash,
+        killAfter: crash == nil ? Double(random.next() % 1_700_000) / 1_000_000 : nil)
     } catch {
       return TrialResult(kind: kind, restarts: 0, violations: [("setup", "\(error)")])
     }
-    // The random kill: an instant from the start to just after the expiry.
-    let killer = DispatchWorkItem { [pid] in kill(pid, SIGKILL) }
-    if crash == nil {
-      let delay = Double(random.next() % 1_700_000) / 1_000_000
-      DispatchQueue.global().asyncAfter(deadline: .now() + delay, execute: killer)
-    }
-    var restarts = 0
     var acknowledged: Set<String> = []
-    /// Restarts the agent (without the crash hook) when it died, and says whether it answers.
-    func ensureRunning() -> Bool {
-      ensureAgentRunning(
-        pid: &pid, restarts: &restarts, executable: executable, environment: environment,
-        socket: folder.socket)
-    }
+    func ensureRunning() -> Bool { agent.ensureRunning() }
     /// The serials of the server slot's active and reserve key, as the agent reports them.
     func slotSerials() -> (active: String?, reserve: String?) {
       guard let client = try? VarlinkClient(path: folder.socket, timeoutSeconds: 5),
@@ -255,17 +242,15 @@ struct CrashTrial {
     // The expiry, and the kill if it has not come yet.
     sleepUntil(expiry + .milliseconds(250))
     if crash == nil { sleepUntil(start + .milliseconds(1800)) }
-    killer.cancel()
+    agent.cancelKill()
     guard ensureRunning() else {
       violation("loads", "the agent did not answer after a restart")
-      kill(pid, SIGKILL)
-      waitForExit(pid)
-      return TrialResult(kind: kind, restarts: restarts, violations: violations)
+      agent.stop(SIGKILL)
+      return TrialResult(kind: kind, restarts: agent.restarts, violations: violations)
     }
     usleep(200_000)
     let (active, reserve) = slotSerials()
-    kill(pid, SIGTERM)
-    waitForExit(pid)
+    agent.stop(SIGTERM)
 
     // The state on disk.
     let state = try? FileStateStore(directory: folder.root + "/state").load().state
@@ -308,12 +293,7 @@ struct CrashTrial {
         violation("early", "KEY_PROMOTED delay \(delay) µs, at \(at)")
       }
     }
-    var seen: [String: Int] = [:]
-    for entry in entries {
-      guard let transition = entry["LICENSE_TRANSITION"], let id = entry["MESSAGE_ID"] else { continue }
-      seen[transition + " " + id, default: 0] += 1
-    }
-    for (name, count) in seen where count > 1 { violation("twice", "\(name) announced \(count) times") }
+    for twice in announcedTwice(entries) { violation("twice", twice) }
     let addedA = entries.filter {
       $0["MESSAGE_ID"] == EventKind.activeAdded.messageID && $0["LICENSE_SERIAL"] == serials.a
     }
@@ -326,7 +306,7 @@ struct CrashTrial {
     if acknowledged.contains(serials.r2) && addedR2.count != 1 {
       violation("unannounced", "RESERVE_ADDED(R2) in the journal \(addedR2.count) times")
     }
-    return TrialResult(kind: kind, restarts: restarts, violations: violations)
+    return TrialResult(kind: kind, restarts: agent.restarts, violations: violations)
   }
 
   /// The agent's journal entries about these serials.
@@ -341,6 +321,59 @@ struct CrashTrial {
       JSONValue.parse(Array(line.utf8))?.objectValue?.compactMapValues(\.stringValue)
     }
   }
+}
+
+/// A trial's agent in its folder, logging to the journal: started with the crash hook set
+/// to kill it at `crash` (a step of the N-th state write), or SIGKILLed `killAfter` seconds
+/// after its start; restarted (without the hook) by ``ensureRunning()``.
+final class TrialAgent {
+  let executable: String
+  let environment: [String: String]
+  let socket: String
+  private(set) var pid: pid_t
+  private(set) var restarts = 0
+  private let killer: DispatchWorkItem
+
+  init(_ executable: String, folder: BenchFolder, crash: (step: WriteStep, write: Int)?, killAfter: Double?)
+    throws
+  {
+    self.executable = executable
+    var environment = agentEnvironment(folder)
+    environment["LICENSE_AGENT_LOG"] = "journal"
+    self.environment = environment
+    socket = folder.socket
+    var first = environment
+    if let crash { first["LICENSE_AGENT_CRASH_AT"] = "\(crash.step.rawValue):\(crash.write)" }
+    let pid = try spawn(executable, [], environment: first)
+    self.pid = pid
+    killer = DispatchWorkItem { kill(pid, SIGKILL) }
+    if let killAfter { DispatchQueue.global().asyncAfter(deadline: .now() + killAfter, execute: killer) }
+  }
+
+  /// Restarts the agent (without the crash hook) when it died, and says whether it answers.
+  func ensureRunning() -> Bool {
+    ensureAgentRunning(
+      pid: &pid, restarts: &restarts, executable: executable, environment: environment, socket: socket)
+  }
+
+  func cancelKill() { killer.cancel() }
+
+  /// Ends the agent with `signal` and waits for it.
+  func stop(_ signal: Int32) {
+    kill(pid, signal)
+    waitForExit(pid)
+  }
+}
+
+/// The "twice" invariant: each event of a transition (`LICENSE_TRANSITION` and
+/// `MESSAGE_ID`) that the journal has more than once.
+func announcedTwice(_ entries: [[String: String]]) -> [String] {
+  var seen: [String: Int] = [:]
+  for entry in entries {
+    guard let transition = entry["LICENSE_TRANSITION"], let id = entry["MESSAGE_ID"] else { continue }
+    seen[transition + " " + id, default: 0] += 1
+  }
+  return seen.filter { $0.value > 1 }.map { "\($0.key) announced \($0.value) times" }.sorted()
 }
 
 /// Runs a command and returns its standard output.

@@ -51,31 +51,19 @@ struct GraceTrial {
           entries: [BlockedEntry(serial: serials.a, since: start, reason: "crash harness")]),
         with: folder.issuer)) ?? ""
 
-    var environment = agentEnvironment(folder)
-    environment["LICENSE_AGENT_LOG"] = "journal"
-    var pid: pid_t
+    // The random kill: from the start to just after the grace's end (about 1.5 s after the
+    // list, itself some 100 ms after the start).
+    let agent: TrialAgent
     do {
-      var first = environment
-      if let crash { first["LICENSE_AGENT_CRASH_AT"] = "\(crash.step.rawValue):\(crash.write)" }
-      pid = try spawn(executable, [], environment: first)
+      agent = try TrialAgent(
+        executable, folder: folder, crash: crash,
+        killAfter: crash == nil ? Double(random.next() % 1_900_000) / 1_000_000 : nil)
     } catch {
       return TrialResult(kind: kind, restarts: 0, violations: [("setup", "\(error)")])
     }
-    // The random kill: from the start to just after the grace's end (about 1.5 s after the
-    // list, itself some 100 ms after the start).
-    let killer = DispatchWorkItem { [pid] in kill(pid, SIGKILL) }
-    if crash == nil {
-      let delay = Double(random.next() % 1_900_000) / 1_000_000
-      DispatchQueue.global().asyncAfter(deadline: .now() + delay, execute: killer)
-    }
-    var restarts = 0
     var acknowledged: Set<String> = []
     var graceEnds: [Timestamp] = []
-    func ensureRunning() -> Bool {
-      ensureAgentRunning(
-        pid: &pid, restarts: &restarts, executable: executable, environment: environment,
-        socket: folder.socket)
-    }
+    func ensureRunning() -> Bool { agent.ensureRunning() }
     func call(_ method: String, _ parameters: [String: JSONValue]) -> [String: JSONValue]? {
       guard let client = try? VarlinkClient(path: folder.socket, timeoutSeconds: 5),
         case .success(let reply)? = try? client.call("io.licenseagent.Agent." + method, parameters)
@@ -124,19 +112,17 @@ struct GraceTrial {
     // The grace's end, and the kill if it has not come yet.
     if let end = graceEnds.first { sleepUntil(end + .milliseconds(250)) }
     if crash == nil { sleepUntil(start + .milliseconds(2100)) }
-    killer.cancel()
+    agent.cancelKill()
     guard ensureRunning() else {
       violation("loads", "the agent did not answer after a restart")
-      kill(pid, SIGKILL)
-      waitForExit(pid)
-      return TrialResult(kind: kind, restarts: restarts, violations: violations)
+      agent.stop(SIGKILL)
+      return TrialResult(kind: kind, restarts: agent.restarts, violations: violations)
     }
     // A list acknowledged before the agent was killed at the grace's end: what it did after.
     if let end = graceEnds.first { sleepUntil(end + .milliseconds(250)) }
     usleep(200_000)
     let final = slot()
-    kill(pid, SIGTERM)
-    waitForExit(pid)
+    agent.stop(SIGTERM)
 
     let state = try? FileStateStore(directory: folder.root + "/state").load().state
     if state == nil { violation("loads", "state.json does not load") }
@@ -177,12 +163,7 @@ struct GraceTrial {
         violation("early", "KEY_PROMOTED delay \(delay) µs, at \(at), grace end \(end)")
       }
     }
-    var seen: [String: Int] = [:]
-    for entry in entries {
-      guard let transition = entry["LICENSE_TRANSITION"], let id = entry["MESSAGE_ID"] else { continue }
-      seen[transition + " " + id, default: 0] += 1
-    }
-    for (name, count) in seen where count > 1 { violation("twice", "\(name) announced \(count) times") }
-    return TrialResult(kind: kind, restarts: restarts, violations: violations)
+    for twice in announcedTwice(entries) { violation("twice", twice) }
+    return TrialResult(kind: kind, restarts: agent.restarts, violations: violations)
   }
 }

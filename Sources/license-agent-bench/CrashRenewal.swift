@@ -219,12 +219,7 @@ struct RenewalTrial {
     if !chain.contains(renewed.serial) {
       violation("lost", "the active key \(renewed.serial) is not in the renewal chain \(chain)")
     }
-    var seen: [String: Int] = [:]
-    for entry in entries {
-      guard let transition = entry["LICENSE_TRANSITION"], let id = entry["MESSAGE_ID"] else { continue }
-      seen[transition + " " + id, default: 0] += 1
-    }
-    for (name, count) in seen where count > 1 { violation("twice", "\(name) announced \(count) times") }
+    for twice in announcedTwice(entries) { violation("twice", twice) }
     return TrialResult(kind: kind, restarts: restarts, violations: violations)
   }
 }
