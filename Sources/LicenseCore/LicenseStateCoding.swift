@@ -80,16 +80,16 @@ extension LicenseState: Codable {
   public var readableBy030: LicenseState {
     var copy = readableBy040
     copy.consumers = [:]
-    // 0.3.x knows no blocklists (B1, B3 are lost with them).
-    copy.blocklists = [:]
     return copy.leavingOut(kinds: [.consumerNotUpdated], fields: [.consumer, .confirmedSerial])
   }
 
   /// This state as 0.4.x can decode it (`license-agent --write-state-for 0.4`): without
-  /// KEY_BLOCKED and its fields, and without the grace of blocked active keys (B2), which
-  /// 0.4.x does not apply: it keeps a blocked active key until its `exp`.
+  /// KEY_BLOCKED and its fields, without the blocklists (0.4.0 knows none: B1–B3 are lost,
+  /// and a list given again after the upgrade back starts its grace again), and without the
+  /// grace of blocked active keys: 0.4.x keeps a blocked active key until its `exp`.
   public var readableBy040: LicenseState {
     var copy = self
+    copy.blocklists = [:]
     for (slot, held) in heldSlots where held.blocked != nil {
       var unblocked = held
       unblocked.blocked = nil

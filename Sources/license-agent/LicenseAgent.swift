@@ -42,7 +42,7 @@ struct LicenseAgentMain {
                          license-agent 0.1.x (schema 1), 0.2.x, 0.3.x or 0.4.x (schema 2, without
                          what they cannot read: usage reports and their events for 0.2.x,
                          consumers' confirmations and CONSUMER_NOT_UPDATED for 0.3.x and older,
-                         KEY_BLOCKED and blocked keys' grace for all) reads, and exits: 0
+                         blocklists, KEY_BLOCKED and blocked keys' grace for all) reads, and exits: 0
                          done, 1 not done (the state is unchanged). Only while the agent is
                          stopped: the package runs it before a downgrade (an older version
                          refuses what it cannot read and would not start); this version reads

@@ -189,8 +189,9 @@ import Testing
   @Test func B2_theDowngradeFormForgetsTheBlock() throws {
     let nbf = graceEnd + .days(2)
     let lapsed = engine.timeReached(now: graceEnd, state: try blocked(held(reserveFrom: nbf))).state
-    let old = lapsed.readableBy030
+    let old = lapsed.readableBy040
     #expect(old.blocklists.isEmpty && old[.server]?.held?.blocked == nil)
+    #expect(lapsed.readableBy030[.server] == old[.server])
     #expect(old[.server]?.reserve?.serial == "KS-2", "the reserve is kept")
     #expect(!old.outbox.contains { $0.kind == .keyBlocked })
     #expect(!old.outbox.flatMap(\.fields).contains { $0.name == .graceEndsAt })
@@ -199,9 +200,14 @@ import Testing
 
 extension BlockedGraceTests {
   @Test func B2_aBlockInAStateWrittenByAnOlderVersionIsAppliedFromWhenItWasLearned() throws {
-    let state = try blocked(held())
-    // 0.4.x kept the list but applied no grace: its form has no block on the slot.
-    let old = try JSONDecoder().decode(LicenseState.self, from: JSONEncoder().encode(state.readableBy040))
+    // A build of B1 without B2 kept the list but applied no grace: no block on the slot.
+    var old = try blocked(held())
+    old[.server]?.held.map { held in
+      var unblocked = held
+      unblocked.blocked = nil
+      old[.server] = .held(unblocked)
+    }
+    old = try JSONDecoder().decode(LicenseState.self, from: JSONEncoder().encode(old))
     #expect(old[.server]?.held?.blocked == nil && !old.blocklists.isEmpty)
     let d = engine.timeReached(now: learned + .days(1), state: old)
     #expect(d.state[.server]?.held?.endsAt == graceEnd)
