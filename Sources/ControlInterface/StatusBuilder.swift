@@ -228,6 +228,10 @@ public enum StatusBuilder {
     case .expiry(let at, let key, let takeover):
       let what: String
       switch takeover {
+      case .reserve where state[at]?.held?.isLapsed == true:
+        what = "promote reserve \(state[at]?.reserve?.serial ?? "?") once it is valid (\(key)'s grace ended)"
+      case .reserve where state[at]?.held?.blocked != nil:
+        what = "promote reserve \(state[at]?.reserve?.serial ?? "?") when \(key)'s grace ends (blocked)"
       case .reserve: what = "promote reserve \(state[at]?.reserve?.serial ?? "?") when \(key) expires"
       case .pendingRenewal:
         what = "promote the renewed key \(state[at]?.pending?.serial ?? "?") when \(key) expires"
