@@ -556,32 +556,55 @@ public actor Agent: DispatchQueueActor {
 
   // MARK: - Blocklists (B1)
 
-  /// The lists of the blocklist directory, each kept when newer than the issuer's list the
-  /// state has. A file older than the kept list (a newer one came through the control
-  /// interface) is normal and said once at info; any other refusal is an error naming the
-  /// file.
+  /// The lists of the blocklist directory: per issuer, the one with the highest sequence
+  /// is given to the engine (kept when newer than the issuer's list the state has; when it
+  /// is refused, the next highest), so that a reload applies one list per issuer, never an
+  /// older one on the way to a newer. A file older than the kept list (a newer one came
+  /// through the control interface) is normal and said once at info; any other refusal is an
+  /// error naming the file. File names and problems are bounded text from outside.
   private func readBlocklists() {
     let (lists, problems) = BlocklistDirectory.load(paths.blocklistDirectory)
-    for problem in problems {
-      logger.error(
-        "Ignored a file of the blocklist directory",
-        metadata: ["file": "\(problem.file)", "problem": "\(problem.problem)"])
+    func ignored(_ file: String, _ problem: String, code: String? = nil) {
+      var metadata: Logger.Metadata = [
+        "file": "\(ExternalText.bounded(file, limit: ExternalText.messageLimit))",
+        "problem": "\(ExternalText.bounded(problem, limit: ExternalText.messageLimit))",
+      ]
+      if let code { metadata["code"] = "\(code)" }
+      logger.error("Ignored a file of the blocklist directory", metadata: metadata)
     }
+    for problem in problems { ignored(problem.file, problem.problem) }
+    // Per issuer (as the list says; unverified here, verified by the engine), highest first.
+    var byIssuer: [String: [(file: String, text: String, sequence: Int)]] = [:]
     for (file, text) in lists {
-      let now = clock.now()
-      let decision = engine.addBlocklist(text, now: now, state: state)
-      switch decision.result {
-      case .failure(let violation) where violation.code == "blocklist_rollback":
-        logger.info(
-          "A blocklist file is not newer than the list kept; it is ignored",
-          metadata: ["file": "\(file)", "message": "\(violation.message)"])
-      case .failure(let violation):
-        logger.error(
-          "Ignored a file of the blocklist directory",
-          metadata: ["file": "\(file)", "code": "\(violation.code)", "problem": "\(violation.message)"])
-      case .success(let added):
-        guard !added.unchanged, carryOut(decision, decidedAt: now) == nil else { continue }
-        logBlocklist(added, from: file)
+      let peek = try? BlocklistParser.parseUnverified(text)
+      byIssuer[peek?.issuer ?? "", default: []].append((file, text, peek?.sequence ?? -1))
+    }
+    for issuer in byIssuer.keys.sorted() {
+      for candidate in byIssuer[issuer, default: []].sorted(by: {
+        ($0.sequence, $0.file) > ($1.sequence, $1.file)
+      }) {
+        let now = clock.now()
+        let decision = engine.addBlocklist(candidate.text, now: now, state: state)
+        switch decision.result {
+        case .failure(let violation) where violation.code == "blocklist_rollback":
+          logger.info(
+            "A blocklist file is not newer than the list kept; it is ignored",
+            metadata: [
+              "file": "\(ExternalText.bounded(candidate.file, limit: ExternalText.messageLimit))",
+              "message": "\(ExternalText.bounded(violation.message, limit: ExternalText.messageLimit))",
+            ])
+        case .failure(let violation):
+          ignored(candidate.file, violation.message, code: violation.code)
+          // An unreadable list names no issuer: each is tried; otherwise the next highest.
+          continue
+        case .success(let added):
+          if !added.unchanged, carryOut(decision, decidedAt: now) == nil {
+            logBlocklist(added, from: candidate.file)
+          }
+        }
+        // The highest that the engine took (or that is older than the kept list): the rest
+        // of this issuer's files are older still.
+        if !issuer.isEmpty { break }
       }
     }
   }

@@ -83,7 +83,7 @@ public enum BlocklistParser {
       throw .malformed("the blocklist is longer than \(maximumLength) bytes")
     }
     let parts = try KeyParser.split(text)
-    guard parts.kid.count <= KeyParser.maximumClaimLength else {
+    guard parts.kid.utf8.count <= KeyParser.maximumClaimLength else {
       throw .claimTooLong("kid", limit: KeyParser.maximumClaimLength)
     }
     guard let issuerKey = trust.keys[parts.kid] else { throw .untrustedIssuer(kid: parts.kid) }
@@ -120,10 +120,18 @@ public enum BlocklistParser {
       guard case .string(let text) = value, !text.isEmpty else {
         throw .illTypedClaim(name, expected: "a non-empty string")
       }
-      guard text.count <= KeyParser.maximumClaimLength else {
+      guard text.utf8.count <= KeyParser.maximumClaimLength else {
         throw .claimTooLong(name, limit: KeyParser.maximumClaimLength)
       }
+      try printable(text, name)
       return text
+    }
+    /// A name shown in messages and logs (an issuer, a serial): no control or format
+    /// character, which would make a line read otherwise than it is.
+    func printable(_ text: String, _ name: String) throws(KeyDefect) {
+      guard ExternalText.bounded(text, limit: Int.max) == text else {
+        throw .illTypedClaim(name, expected: "text without control or format characters")
+      }
     }
     func instant(_ value: JSONValue?, _ name: String) throws(KeyDefect) -> Timestamp {
       guard let value, value != .null else { throw .missingClaim(name) }
@@ -158,9 +166,10 @@ public enum BlocklistParser {
       guard case .string(let serial)? = entry["serial"], !serial.isEmpty else {
         throw .illTypedClaim(name + ".serial", expected: "a non-empty string")
       }
-      guard serial.count <= KeyParser.maximumClaimLength else {
+      guard serial.utf8.count <= KeyParser.maximumClaimLength else {
         throw .claimTooLong(name + ".serial", limit: KeyParser.maximumClaimLength)
       }
+      try printable(serial, name + ".serial")
       let since = try instant(entry["since"], name + ".since")
       var reason = ""
       if let value = entry["reason"], value != .null {
@@ -203,11 +212,46 @@ public struct StoredBlocklist: Sendable, Equatable, Codable {
     public var reason: String
     public var learnedAt: Timestamp
   }
-  public var compact: String
+  /// The SHA-256 of the list as signed (``SHA256/digest(_:)``): the same list given again
+  /// is known by it, before it is parsed. The text itself is not kept: it is as large as
+  /// the entries, and the state is written at every change.
+  public var digest: String
   public var issuer: String
   public var sequence: Int
   public var receivedAt: Timestamp
   public var entries: [Entry]
+
+  public init(digest: String, issuer: String, sequence: Int, receivedAt: Timestamp, entries: [Entry]) {
+    self.digest = digest
+    self.issuer = issuer
+    self.sequence = sequence
+    self.receivedAt = receivedAt
+    self.entries = entries
+  }
+
+  enum CodingKeys: String, CodingKey { case digest, compact, issuer, sequence, receivedAt, entries }
+
+  public init(from decoder: Decoder) throws {
+    let container = try decoder.container(keyedBy: CodingKeys.self)
+    // A state written by a build that kept the text has its digest computed once.
+    let digest =
+      try container.decodeIfPresent(String.self, forKey: .digest)
+      ?? SHA256.digest(try container.decode(String.self, forKey: .compact))
+    self.init(
+      digest: digest, issuer: try container.decode(String.self, forKey: .issuer),
+      sequence: try container.decode(Int.self, forKey: .sequence),
+      receivedAt: try container.decode(Timestamp.self, forKey: .receivedAt),
+      entries: try container.decode([Entry].self, forKey: .entries))
+  }
+
+  public func encode(to encoder: Encoder) throws {
+    var container = encoder.container(keyedBy: CodingKeys.self)
+    try container.encode(digest, forKey: .digest)
+    try container.encode(issuer, forKey: .issuer)
+    try container.encode(sequence, forKey: .sequence)
+    try container.encode(receivedAt, forKey: .receivedAt)
+    try container.encode(entries, forKey: .entries)
+  }
 
   public func entry(serial: String) -> Entry? { entries.first { $0.serial == serial } }
 }
@@ -246,6 +290,10 @@ extension LicenseState {
 }
 
 extension LicenseEngine {
+  /// The most issuers whose lists are kept (`too_many_blocklists`): far above the issuers a
+  /// vendor has, a bound on the state (a list's entries are written at every change).
+  public static let maximumBlocklists = 16
+
   /// B1: a blocklist from the directory or the control interface. Verified as a key is, for
   /// this product; kept per issuer when its `seq` is higher than the kept list's (an older
   /// one, or another list with the same `seq`, is `blocklist_rollback`; the same list again
@@ -255,6 +303,17 @@ extension LicenseEngine {
     func refuse(_ code: String, _ message: String, reason: String? = nil) -> Decision<BlocklistAdded> {
       .unchanged(state, .failure(RuleViolation(rule: .B1, code: code, reason: reason, message: message)))
     }
+    func unchanged(_ kept: StoredBlocklist) -> Decision<BlocklistAdded> {
+      .unchanged(
+        state,
+        .success(
+          BlocklistAdded(
+            issuer: kept.issuer, sequence: kept.sequence, entries: kept.entries.count, unchanged: true,
+            blocks: blockedKeys(in: state, dropping: false))))
+    }
+    // The same list again (a reload, a fleet run) is known by its digest, before any parsing.
+    let digest = SHA256.digest(text.trimmingWhitespace())
+    if let kept = state.blocklists.values.first(where: { $0.digest == digest }) { return unchanged(kept) }
     let list: Blocklist
     do {
       list = try BlocklistParser.verify(text, trust: trust)
@@ -271,14 +330,6 @@ extension LicenseEngine {
       )
     }
     if let kept = state.blocklists[list.issuer] {
-      if kept.sequence == list.sequence && kept.compact == list.compact {
-        return .unchanged(
-          state,
-          .success(
-            BlocklistAdded(
-              issuer: list.issuer, sequence: list.sequence, entries: list.entries.count, unchanged: true,
-              blocks: blockedKeys(in: state, dropping: false))))
-      }
       guard list.sequence > kept.sequence else {
         return refuse(
           "blocklist_rollback",
@@ -286,18 +337,29 @@ extension LicenseEngine {
         )
       }
     }
+    guard state.blocklists[list.issuer] != nil || state.blocklists.count < Self.maximumBlocklists else {
+      return refuse(
+        "too_many_blocklists",
+        "The agent already keeps the lists of \(state.blocklists.count) issuers, the most it keeps; a list of \(list.issuer) is not kept."
+      )
+    }
     var next = state
-    let kept = state.blocklists[list.issuer]
+    // When it first learned of each entry, by serial (one lookup per entry: a list replaces
+    // one of up to 10,000 entries).
+    let learned = Dictionary(
+      (state.blocklists[list.issuer]?.entries ?? []).map { ($0.serial, $0.learnedAt) }, uniquingKeysWith: min)
     next.blocklists[list.issuer] = StoredBlocklist(
-      compact: list.compact, issuer: list.issuer, sequence: list.sequence, receivedAt: now,
+      digest: SHA256.digest(list.compact), issuer: list.issuer, sequence: list.sequence, receivedAt: now,
       entries: list.entries.map { entry in
         StoredBlocklist.Entry(
           serial: entry.serial, since: entry.since, reason: entry.reason,
-          learnedAt: kept?.entry(serial: entry.serial)?.learnedAt ?? now)
+          learnedAt: learned[entry.serial] ?? now)
       })
-    var events = applyingBlocks(&next, now: now)
-    let blocks = blockedKeys(in: next, dropping: true)
-    for blocked in blocks where blocked.dropped {
+    // B3 first: a blocked reserve or pending key is dropped; then B2 for the active key, so
+    // that its KEY_BLOCKED says what takes over once the drops are made.
+    let dropping = blockedKeys(in: next, dropping: true).filter(\.dropped)
+    var events: [LicenseEvent] = []
+    for blocked in dropping {
       guard case .held(var held)? = next[blocked.slot] else { continue }
       let key: InstalledKey
       switch held.successor {
@@ -318,6 +380,8 @@ extension LicenseEngine {
             slot: blocked.slot, key: KeyRef(key),
             reason: .blocked(activeSerial: held.active.serial, since: blocked.since, why: blocked.reason))))
     }
+    events += applyingBlocks(&next, now: now)
+    let blocks = blockedKeys(in: next, dropping: false) + dropping
     return commit(
       next, events: events,
       result: .success(
@@ -336,7 +400,15 @@ extension LicenseEngine {
     for (slot, held) in state.heldSlots {
       var updated = held
       if let entry = state.blockEntry(for: held.active.key) {
-        guard held.blocked == nil else { continue }
+        if var block = held.blocked {
+          // A newer list that says another `since` or reason: shown, the grace kept.
+          guard block.since != entry.since || block.reason != entry.reason else { continue }
+          block.since = entry.since
+          block.reason = entry.reason
+          updated.blocked = block
+          state[slot] = .held(updated)
+          continue
+        }
         updated.blocked = ActiveBlock(
           since: entry.since, reason: entry.reason, learnedAt: entry.learnedAt,
           graceEndsAt: entry.learnedAt + configuration.blockingGrace)

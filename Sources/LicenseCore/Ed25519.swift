@@ -52,3 +52,16 @@ public enum Ed25519 {
     return (publicKey, secretKey)
   }
 }
+
+/// SHA-256 through libsodium: how the agent remembers a blocklist it kept without keeping
+/// its text (a list may be 1 MiB, and the state is written at every change).
+public enum SHA256 {
+  /// The digest of `text`'s UTF-8 bytes, base64url.
+  public static func digest(_ text: String) -> String {
+    var out = [UInt8](repeating: 0, count: Int(crypto_hash_sha256_BYTES))
+    let bytes = Array(text.utf8)
+    _ = sodium_init()
+    crypto_hash_sha256(&out, bytes, UInt64(bytes.count))
+    return Base64URL.encode(out)
+  }
+}

@@ -54,10 +54,11 @@ public enum KeyDefect: Error, Equatable, Sendable, CustomStringConvertible {
     case .malformed(let detail):
       return "the key is not a well-formed JWS (\(detail)); copy the whole one-line key again"
     case .unsupportedAlg(let alg):
-      return "the key is signed with alg \"\(alg)\"; only EdDSA/Ed25519 keys are accepted"
+      return
+        "the key is signed with alg \"\(ExternalText.bounded(alg, limit: 32))\"; only EdDSA/Ed25519 keys are accepted"
     case .untrustedIssuer(let kid):
       return
-        "the key was signed by issuer key \"\(kid)\", which is not in the trust directory; install that issuer's public JWK in trusted-issuers/ if you trust it"
+        "the key was signed by issuer key \"\(ExternalText.bounded(kid, limit: 64))\", which is not in the trust directory; install that issuer's public JWK in trusted-issuers/ if you trust it"
     case .badSignature:
       return
         "the signature does not match the key's content; the key was altered or re-signed, ask the vendor for an intact copy"
@@ -76,7 +77,7 @@ public enum KeyDefect: Error, Equatable, Sendable, CustomStringConvertible {
     case .expiryNotAfterNotBefore:
       return "\"exp\" is not after \"nbf\"; the key is never valid"
     case .claimTooLong(let name, let limit):
-      return "the claim \"\(name)\" is longer than \(limit) characters; no real key has one that long"
+      return "the claim \"\(name)\" is longer than \(limit) bytes; no real key has one that long"
     }
   }
 }
@@ -119,14 +120,16 @@ public enum KeyParser {
     guard parts.compact.utf8.count <= maximumKeyLength else {
       throw .malformed("the key is longer than \(maximumKeyLength) bytes")
     }
-    guard parts.kid.count <= maximumClaimLength else { throw .claimTooLong("kid", limit: maximumClaimLength) }
+    guard parts.kid.utf8.count <= maximumClaimLength else {
+      throw .claimTooLong("kid", limit: maximumClaimLength)
+    }
     guard let issuerKey = trust.keys[parts.kid] else { throw .untrustedIssuer(kid: parts.kid) }
     guard
       Ed25519.verify(signature: parts.signature, message: parts.signingInput, publicKey: issuerKey.publicKey)
     else { throw .badSignature }
     let claims = try claims(parts.payload)
     for (name, value) in [("iss", claims.issuer), ("jti", claims.serial), ("product", claims.product)]
-    where value.count > maximumClaimLength {
+    where value.utf8.count > maximumClaimLength {
       throw .claimTooLong(name, limit: maximumClaimLength)
     }
     return LicenseKey(compact: parts.compact, kid: parts.kid, alg: parts.alg, claims: claims)

@@ -6,7 +6,8 @@
 /// for every caller and pushed the reply past the control server's bounds (issue 20). So
 /// each text is cut to a length that is plenty for a person (an ellipsis says it was cut),
 /// and control characters, which would break a status line or a journal field, become
-/// spaces.
+/// spaces, as do format characters (bidirectional overrides, zero-width spaces) and line
+/// and paragraph separators, which would make a line read otherwise than it is.
 public enum ExternalText {
   /// An error code (`code_blocked`): at most this many characters.
   public static let codeLimit = 64
@@ -15,7 +16,7 @@ public enum ExternalText {
   /// What a client program wrote on its standard error, per attempt, for the journal.
   public static let diagnosticsLimit = 2000
 
-  /// `text` with control characters as spaces, cut to `limit` characters (the last of
+  /// `text` with control and format characters and line and paragraph separators as spaces, cut to `limit` characters (the last of
   /// which is then `…`).
   public static func bounded(_ text: some StringProtocol, limit: Int) -> String {
     guard limit > 0 else { return "" }
@@ -27,7 +28,10 @@ public enum ExternalText {
         out.append("…")
         break
       }
-      out.append(scalar.properties.generalCategory == .control ? " " : scalar)
+      switch scalar.properties.generalCategory {
+      case .control, .format, .lineSeparator, .paragraphSeparator: out.append(" ")
+      default: out.append(scalar)
+      }
       count += 1
     }
     return String(out)

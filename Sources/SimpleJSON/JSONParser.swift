@@ -8,10 +8,18 @@
 /// Refused, as a strict reader of signed documents should: invalid UTF-8, unescaped
 /// control characters, lone surrogates, leading zeros, numbers out of `Double`'s range,
 /// duplicate object keys (two parsers could read a signed payload differently), trailing
-/// bytes, and nesting deeper than ``maximumDepth`` (no input can exhaust the stack).
+/// bytes, nesting deeper than ``maximumDepth`` (no input can exhaust the stack), object keys
+/// longer than ``maximumKeyLength`` bytes, and text that is not stream-safe (more than
+/// ``maximumNonStarters`` combining marks in a row, Unicode's UAX #15 limit): Swift
+/// normalises a string when it hashes or compares it, and a long run of combining marks
+/// makes that quadratic (a 1 MB key cost a minute of the agent's queue, issue 25's attack).
 struct JSONParser {
   /// Arrays and objects nested deeper than this are refused.
   static let maximumDepth = 128
+  /// Object keys longer than this (in UTF-8 bytes) are refused: no document read has one.
+  static let maximumKeyLength = 256
+  /// The longest run of non-starters (combining marks) a string may hold.
+  static let maximumNonStarters = 30
 
   private let bytes: UnsafeBufferPointer<UInt8>
   private var index = 0
@@ -75,7 +83,9 @@ struct JSONParser {
     }
     while true {
       skipWhitespace()
-      guard current == UInt8(ascii: "\""), let key = string() else { return nil }
+      guard current == UInt8(ascii: "\""), let key = string(), key.utf8.count <= Self.maximumKeyLength else {
+        return nil
+      }
       skipWhitespace()
       guard current == UInt8(ascii: ":") else { return nil }
       index += 1
@@ -130,7 +140,7 @@ struct JSONParser {
       if byte == UInt8(ascii: "\"") {
         guard append(run: runStart..<index, to: &text) else { return nil }
         index += 1
-        return text
+        return Self.isStreamSafe(text) ? text : nil
       }
       if byte == UInt8(ascii: "\\") {
         guard append(run: runStart..<index, to: &text) else { return nil }
@@ -144,6 +154,22 @@ struct JSONParser {
       index += 1
     }
     return nil  // unterminated
+  }
+
+  /// Whether `text` has no run of more than ``maximumNonStarters`` combining marks (linear:
+  /// ASCII text is checked by its bytes alone).
+  static func isStreamSafe(_ text: String) -> Bool {
+    guard !text.utf8.allSatisfy({ $0 < 0x80 }) else { return true }
+    var run = 0
+    for scalar in text.unicodeScalars {
+      if scalar.value >= 0x300 && scalar.properties.canonicalCombiningClass.rawValue != 0 {
+        run += 1
+        if run > maximumNonStarters { return false }
+      } else {
+        run = 0
+      }
+    }
+    return true
   }
 
   private func append(run: Range<Int>, to text: inout String) -> Bool {

@@ -159,4 +159,35 @@ import Testing
       ]).count == 1)
     #expect(try agent.agentctl(["status"]).status == 0)
   }
+
+  /// Issue 25's attack: lists that unblock and then re-block a key, placed together in the
+  /// directory, must not give it a new grace on reload: only each issuer's highest list is
+  /// applied.
+  @Test func B2_aReloadAppliesOnlyTheHighestListOfEachIssuerSoTheGraceDoesNotMove() throws {
+    let agent = try AgentHarness(configuration: "[blocking]\ngrace = \"1h\"\n")
+    defer { agent.stop() }
+    #expect(try agent.start())
+    try agent.keyPair(activeUntil: AgentHarness.now() + .days(10))
+    _ = try block(agent, 5, ["A"])
+    func graceEnd() throws -> String? {
+      let status = try agent.agentctl(["status", "--json"])
+      let object = try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any]
+      let slot = (object?["slots"] as? [[String: Any]])?.first
+      return (slot?["activeBlocked"] as? [String: Any])?["graceEndsAt"] as? String
+    }
+    let before = try #require(try graceEnd())
+    let directory = agent.configurationDirectory + "/blocklists"
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    try list(agent, 6, []).write(toFile: directory + "/vendor-006.jws", atomically: true, encoding: .utf8)
+    try list(agent, 7, ["A"]).write(toFile: directory + "/vendor-007.jws", atomically: true, encoding: .utf8)
+    kill(agent.pid!, SIGHUP)
+    let kept = try agent.waitForJournal(["_PID=\(agent.pid!)", "MESSAGE=Blocklist kept", "SEQUENCE=7"])
+    #expect(kept.count == 1)
+    #expect(try agent.journal(["_PID=\(agent.pid!)", "MESSAGE=Blocklist kept", "SEQUENCE=6"]).isEmpty)
+    #expect(try graceEnd() == before, "the grace's end did not move")
+    #expect(
+      try agent.journal([
+        "MESSAGE_ID=\(EventKind.keyBlocked.messageID)", "LICENSE_SERIAL=\(agent.serial("A"))",
+      ]).count == 1)
+  }
 }

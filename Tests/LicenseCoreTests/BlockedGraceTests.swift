@@ -217,3 +217,72 @@ extension BlockedGraceTests {
     #expect(promoted(late)?.lateness == TimeSpan.hours(2).microseconds)
   }
 }
+
+/// What issue 25's attack found, as core tests.
+extension BlockedGraceTests {
+  func list(_ seq: Int, _ entries: [(String, String)], iss: String = "test-issuer") throws -> String {
+    try BlocklistParser.sign(
+      Blocklist(
+        compact: "", kid: issuer.jwk.kid, issuer: iss, sequence: seq, issuedAt: t0, product: "svm-protection",
+        entries: entries.map { BlockedEntry(serial: $0.0, since: t0 - .days(2), reason: $0.1) }),
+      with: issuer.jwk)
+  }
+
+  @Test func B2_whenOneListBlocksTheActiveKeyAndItsReserveKeyBlockedSaysNothingTakesOver() throws {
+    let d = engine.addBlocklist(try list(1, ["KS-1", "KS-2"]), now: learned, state: held())
+    #expect(d.renderedEvents.map(\.kind) == [.keyBlocked, .reserveDropped, .keyBlocked])
+    let active = try #require(d.renderedEvents.last)
+    #expect(
+      active[field: .role] == "active" && active.message.contains("nothing takes over"), "\(active.message)")
+    #expect(d.state[.server]?.held?.reserve == nil && engine.lapsesAt(d.state[.server]) == graceEnd)
+  }
+
+  @Test func B1_theSameListAgainIsKnownByItsDigestAndTheTextIsNotKept() throws {
+    let text = try list(1, [("KS-1", "resold")])
+    let state = try blocked(held())
+    let kept = try #require(state.blocklists["test-issuer"])
+    #expect(kept.digest == SHA256.digest(text))
+    let encoded = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
+    #expect(!encoded.contains(text), "the signed text is not in the state")
+    let again = engine.addBlocklist("\n" + text + "\n", now: learned + .days(1), state: state)
+    #expect(try again.result.get().unchanged && again.persistedTransition == nil)
+    #expect(try again.result.get().blocks.first?.graceEndsAt == graceEnd)
+  }
+
+  @Test func B1_aNewerListsReasonIsShownAndTheGraceKept() throws {
+    let state = try blocked(held())
+    let d = engine.addBlocklist(try list(2, [("KS-1", "chargeback")]), now: learned + .days(1), state: state)
+    #expect(d.state[.server]?.held?.blocked?.reason == "chargeback")
+    #expect(d.state[.server]?.held?.endsAt == graceEnd)
+    #expect(!d.renderedEvents.contains { $0.kind == .keyBlocked })
+  }
+
+  @Test func B1_namesAreTextAndReasonsLoseFormatCharacters() throws {
+    let bidi = engine.addBlocklist(
+      try list(1, [("KS-1", "a\u{202E}b\u{2028}c\u{200B}d")]), now: learned, state: held())
+    #expect(bidi.state[.server]?.held?.blocked?.reason == "a b c d")
+    for iss in ["a\nb", "x\u{1B}[31m", "r\u{202E}l"] {
+      let refused = engine.addBlocklist(try list(1, [("KS-1", "")], iss: iss), now: learned, state: held())
+      guard case .failure(let violation) = refused.result else {
+        Issue.record("\(iss.debugDescription) was accepted")
+        continue
+      }
+      #expect(violation.code == "invalid_blocklist" && !violation.message.contains("\u{1B}"))
+    }
+  }
+
+  @Test func B1_theListsOfAtMostSixteenIssuersAreKept() throws {
+    var state = held()
+    for n in 0..<LicenseEngine.maximumBlocklists {
+      state = engine.addBlocklist(try list(1, [], iss: "issuer-\(n)"), now: learned, state: state).state
+    }
+    let refused = engine.addBlocklist(try list(1, [], iss: "one-too-many"), now: learned, state: state)
+    guard case .failure(let violation) = refused.result else { throw BlockedGraceError() }
+    #expect(violation.code == "too_many_blocklists" && refused.state == state)
+    // A kept issuer's newer list is still taken.
+    #expect(
+      engine.addBlocklist(try list(2, [], iss: "issuer-3"), now: learned, state: state).result.isSuccess)
+  }
+}
+
+struct BlockedGraceError: Error {}

@@ -93,7 +93,7 @@ import Testing
     #expect(d.state[.server]?.active?.serial == "KS-1")
     let event = try #require(d.renderedEvents.first { $0.kind == .reserveDropped })
     #expect(event[field: .reason] == "blocked")
-    #expect(d.renderedEvents.map(\.kind) == [.keyBlocked, .keyBlocked, .reserveDropped])
+    #expect(d.renderedEvents.map(\.kind) == [.keyBlocked, .reserveDropped, .keyBlocked])
     #expect(event[field: .serial] == "KS-2" && event[field: .activeSerial] == "KS-1")
     #expect(event.message.contains("resold"))
   }

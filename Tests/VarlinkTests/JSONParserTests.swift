@@ -39,6 +39,22 @@ import Varlink
     #expect(parse(text) == nil, "\(text.debugDescription)")
   }
 
+  /// Swift normalises strings when it hashes or compares them; a run of combining marks
+  /// makes that quadratic (issue 25's attack: a 1 MB key cost a minute). Keys are short, and
+  /// text must be stream-safe (UAX #15: at most 30 non-starters in a row), escaped or not.
+  @Test func keysAreShortAndTextIsStreamSafe() {
+    let marks = { (n: Int) in "e" + String(repeating: "\u{301}", count: n) }
+    #expect(parse("\"\(marks(30))\"") == .string(marks(30)))
+    #expect(parse("\"\(marks(31))\"") == nil)
+    #expect(parse("\"" + "e" + String(repeating: "\\u0301", count: 31) + "\"") == nil, "escaped marks too")
+    #expect(parse("\"\(String(repeating: marks(30) + " ", count: 1000))\"") != nil, "many short runs")
+    #expect(parse("{\"\(String(repeating: "k", count: 256))\": 1}") != nil)
+    #expect(parse("{\"\(String(repeating: "k", count: 257))\": 1}") == nil)
+    #expect(parse("{\"\(String(repeating: "é", count: 129))\": 1}") == nil, "bytes, not characters")
+    // Text in the scripts that use combining marks as letters stays readable.
+    #expect(parse("\"नमस्ते ക്ഷ Việt Nam\"") == .string("नमस्ते ക്ഷ Việt Nam"))
+  }
+
   @Test func refusesInvalidUTF8() {
     #expect(JSONValue.parse([0x22, 0xC3, 0x28, 0x22]) == nil)  // a broken two-byte sequence
     #expect(JSONValue.parse([0x22, 0xED, 0xA0, 0x80, 0x22]) == nil)  // an encoded surrogate
