@@ -237,20 +237,57 @@ public struct StoredBlocklist: Sendable, Equatable, Codable {
     let digest =
       try container.decodeIfPresent(String.self, forKey: .digest)
       ?? SHA256.digest(try container.decode(String.self, forKey: .compact))
+    // The entries as one text (below), or, from a build before it, as an array.
+    let entries: [Entry]
+    if let text = try? container.decode(String.self, forKey: .entries) {
+      guard let read = Self.entries(from: text) else {
+        throw DecodingError.dataCorruptedError(
+          forKey: .entries, in: container,
+          debugDescription: "a blocklist entry is not serial, since, learnedAt, reason")
+      }
+      entries = read
+    } else {
+      entries = try container.decode([Entry].self, forKey: .entries)
+    }
     self.init(
       digest: digest, issuer: try container.decode(String.self, forKey: .issuer),
       sequence: try container.decode(Int.self, forKey: .sequence),
-      receivedAt: try container.decode(Timestamp.self, forKey: .receivedAt),
-      entries: try container.decode([Entry].self, forKey: .entries))
+      receivedAt: try container.decode(Timestamp.self, forKey: .receivedAt), entries: entries)
   }
 
+  /// The entries are written as one text, a line per entry with its serial, `since` and
+  /// `learnedAt` (microseconds) and reason separated by tabs (none of which may hold a tab
+  /// or a line break: serials with control characters are refused, reasons lose them): a
+  /// list of 10,000 entries is a tenth of its size as JSON objects, and it is encoded at
+  /// every state write.
   public func encode(to encoder: Encoder) throws {
     var container = encoder.container(keyedBy: CodingKeys.self)
     try container.encode(digest, forKey: .digest)
     try container.encode(issuer, forKey: .issuer)
     try container.encode(sequence, forKey: .sequence)
     try container.encode(receivedAt, forKey: .receivedAt)
-    try container.encode(entries, forKey: .entries)
+    var text = ""
+    text.reserveCapacity(entries.count * 64)
+    for entry in entries {
+      text +=
+        "\(entry.serial)\t\(entry.since.microseconds)\t\(entry.learnedAt.microseconds)\t\(entry.reason)\n"
+    }
+    try container.encode(text, forKey: .entries)
+  }
+
+  static func entries(from text: String) -> [Entry]? {
+    var entries: [Entry] = []
+    for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
+      let fields = line.split(separator: "\t", maxSplits: 3, omittingEmptySubsequences: false)
+      guard fields.count == 4, let since = Int64(fields[1]), let learned = Int64(fields[2]) else {
+        return nil
+      }
+      entries.append(
+        Entry(
+          serial: String(fields[0]), since: Timestamp(microseconds: since), reason: String(fields[3]),
+          learnedAt: Timestamp(microseconds: learned)))
+    }
+    return entries
   }
 
   public func entry(serial: String) -> Entry? { entries.first { $0.serial == serial } }

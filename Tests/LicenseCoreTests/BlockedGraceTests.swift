@@ -286,3 +286,17 @@ extension BlockedGraceTests {
 }
 
 struct BlockedGraceError: Error {}
+
+extension BlockedGraceTests {
+  /// A kept list is written at every state change: its entries are one line each, not a JSON
+  /// object each (issue 25's attack: 10,000 entries made every write 2.75 MB).
+  @Test func B1_aKeptListIsWrittenCompactlyAndReadBackTheSame() throws {
+    let entries = (0..<2000).map { ("SERIAL-\(100_000 + $0)", $0 % 3 == 0 ? "" : "resold \($0)") }
+    let d = engine.addBlocklist(try list(1, entries), now: learned, state: held())
+    let data = try JSONEncoder().encode(d.state)
+    #expect(data.count < 2000 * 64, "\(data.count) bytes for 2,000 entries")
+    let read = try JSONDecoder().decode(LicenseState.self, from: data)
+    #expect(read.blocklists == d.state.blocklists)
+    #expect(read.blocklists["test-issuer"]?.entry(serial: "SERIAL-100004")?.reason == "resold 4")
+  }
+}
