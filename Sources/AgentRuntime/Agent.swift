@@ -217,11 +217,13 @@ public actor Agent: DispatchQueueActor {
     // of the timer, the clock watch or the watchdog on this one.
     try control.start(
       paths: paths, view: currentView(), clock: clock, logger: logger, version: Self.version,
-      forward: { [weak self] call, peer, respond in
+      forward: { [weak self] call, peer, respond, verified in
         guard let self else { return }
         self.queue.async {
           self.assumeIsolated { agent in
-            if let reply = agent.serve(call, peer: peer, respond: respond) { respond(reply) }
+            if let reply = agent.serve(call, peer: peer, respond: respond, verified: verified) {
+              respond(reply)
+            }
           }
         }
       })
@@ -640,7 +642,11 @@ public actor Agent: DispatchQueueActor {
 
   /// A call of root or the admin group, on this queue, in order with the agent's work;
   /// nil when `respond` will answer (after the activation server has).
-  func serve(_ call: VarlinkCall, peer: PeerCredentials, respond: VarlinkResponder) -> VarlinkReply? {
+  func serve(
+    _ call: VarlinkCall, peer: PeerCredentials, respond: VarlinkResponder, verified: Blocklist? = nil
+  )
+    -> VarlinkReply?
+  {
     let request: ControlRequest
     switch control.decode(call, peer: peer, adminGroup: configuration.adminGroup) {
     case .failure(let error): return .failure(error)
@@ -667,7 +673,14 @@ public actor Agent: DispatchQueueActor {
       }
     case .addBlocklist(let request):
       // B1: a blocklist; B3: what it blocks here is dropped or listed.
-      let decision = engine.addBlocklist(request.blocklist, now: now, state: state)
+      // Verified by the control plane when its issuer key is still trusted (a reload may have
+      // removed it since); else read here.
+      let decision =
+        if let verified, engine.trust.keys[verified.kid] != nil {
+          engine.addBlocklist(verified, now: now, state: state)
+        } else {
+          engine.addBlocklist(request.blocklist, now: now, state: state)
+        }
       switch decision.result {
       case .failure(let violation): return .failure(ControlEndpoint.error(violation))
       case .success(let added):

@@ -41,10 +41,11 @@ struct ControlEndpoint {
   func isAdmin(_ peer: PeerCredentials) -> Bool { ControlPlane.isAdmin(peer, adminGroupID: adminGroupID) }
 
   /// Opens the socket. Other users are answered on the control queue from `view`; the calls
-  /// of root and the admin group go to `forward`, which hands them to the agent.
+  /// of root and the admin group go to `forward`, which hands them to the agent (with a
+  /// blocklist the control plane verified, for AddBlocklist).
   mutating func start(
     paths: AgentPaths, view: ControlView, clock: WallClock, logger: Logger, version: String,
-    forward: @escaping @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder) -> Void
+    forward: @escaping @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder, Blocklist?) -> Void
   ) throws(AgentStartError) {
     let plane = ControlPlane(view: view, clock: clock, logger: logger, version: version, forward: forward)
     let server = VarlinkServer(

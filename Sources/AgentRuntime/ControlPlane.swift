@@ -39,7 +39,7 @@ actor ControlPlane: DispatchQueueActor {
   private let logger: Logger
   private let version: String
   /// Hands a state-changing call of a privileged peer to the agent, which answers it.
-  private let forward: @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder) -> Void
+  private let forward: @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder, Blocklist?) -> Void
   private var refusals = RefusalLog()
   /// Monitor's subscribers (N1), by connection: each counts the replies it was sent.
   private var subscribers: [VarlinkConnectionID: Subscriber] = [:]
@@ -53,7 +53,7 @@ actor ControlPlane: DispatchQueueActor {
 
   init(
     view: ControlView, clock: WallClock, logger: Logger, version: String,
-    forward: @escaping @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder) -> Void
+    forward: @escaping @Sendable (VarlinkCall, PeerCredentials, VarlinkResponder, Blocklist?) -> Void
   ) {
     self.view = view
     self.clock = clock
@@ -166,7 +166,17 @@ actor ControlPlane: DispatchQueueActor {
     // Root's and the admin group's calls are the agent's, in order with its work (a status
     // after a change, or after an expiry, sees what it did).
     if isAdmin(peer) {
-      forward(call, peer, respond)
+      // B1: a blocklist (up to 1 MiB) is read and verified here, so that the agent's queue,
+      // which keeps the timeline, only merges it; a list refused never reaches it.
+      if method == .addBlocklist, case .success(let request) = AddBlocklistRequest.decode(call.parameters) {
+        switch view.engine.verifiedBlocklist(request.blocklist) {
+        case .failure(let violation): return .failure(ControlEndpoint.error(violation))
+        case .success(let list):
+          forward(call, peer, respond, list)
+          return nil
+        }
+      }
+      forward(call, peer, respond, nil)
       return nil
     }
     guard !method.changesState else { return denied(peer, call.member) }

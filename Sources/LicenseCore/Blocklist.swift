@@ -320,6 +320,9 @@ public struct BlocklistAdded: Sendable, Equatable {
 }
 
 extension LicenseState {
+  /// The kept list whose signed text has this digest.
+  func blocklist(digest: String) -> StoredBlocklist? { blocklists.values.first { $0.digest == digest } }
+
   /// The entry of a kept list that blocks `key` (a key of that list's issuer), if any (B1).
   public func blockEntry(for key: LicenseKey) -> StoredBlocklist.Entry? {
     blocklists[key.claims.issuer]?.entry(serial: key.serial)
@@ -337,20 +340,24 @@ extension LicenseEngine {
   /// changes nothing). B3: a reserve or pending key it blocks is dropped at once. B2: a blocked
   /// active key keeps working until the end of its grace.
   public func addBlocklist(_ text: String, now: Timestamp, state: LicenseState) -> Decision<BlocklistAdded> {
-    func refuse(_ code: String, _ message: String, reason: String? = nil) -> Decision<BlocklistAdded> {
-      .unchanged(state, .failure(RuleViolation(rule: .B1, code: code, reason: reason, message: message)))
-    }
-    func unchanged(_ kept: StoredBlocklist) -> Decision<BlocklistAdded> {
-      .unchanged(
-        state,
-        .success(
-          BlocklistAdded(
-            issuer: kept.issuer, sequence: kept.sequence, entries: kept.entries.count, unchanged: true,
-            blocks: blockedKeys(in: state, dropping: false))))
-    }
     // The same list again (a reload, a fleet run) is known by its digest, before any parsing.
-    let digest = SHA256.digest(text.trimmingWhitespace())
-    if let kept = state.blocklists.values.first(where: { $0.digest == digest }) { return unchanged(kept) }
+    if let kept = state.blocklist(digest: SHA256.digest(text.trimmingWhitespace())) {
+      return unchangedBlocklist(kept, state: state)
+    }
+    switch verifiedBlocklist(text) {
+    case .failure(let violation): return .unchanged(state, .failure(violation))
+    case .success(let list): return addBlocklist(list, now: now, state: state)
+    }
+  }
+
+  /// B1's checks of a list that change nothing: its signature by a trusted issuer, its
+  /// claims and bounds, its product. The costly part (a list may be 1 MiB), which the
+  /// control plane does on its own queue, so that the agent's queue only merges.
+  public func verifiedBlocklist(_ text: String) -> Result<Blocklist, RuleViolation> {
+    func refuse(_ code: String, _ message: String, reason: String? = nil) -> Result<Blocklist, RuleViolation>
+    {
+      .failure(RuleViolation(rule: .B1, code: code, reason: reason, message: message))
+    }
     let list: Blocklist
     do {
       list = try BlocklistParser.verify(text, trust: trust)
@@ -366,6 +373,27 @@ extension LicenseEngine {
         "Blocklist \(list.sequence) of \(list.issuer) is for the product \"\(list.product)\", not \"\(configuration.product)\"."
       )
     }
+    return .success(list)
+  }
+
+  func unchangedBlocklist(_ kept: StoredBlocklist, state: LicenseState) -> Decision<BlocklistAdded> {
+    .unchanged(
+      state,
+      .success(
+        BlocklistAdded(
+          issuer: kept.issuer, sequence: kept.sequence, entries: kept.entries.count, unchanged: true,
+          blocks: blockedKeys(in: state, dropping: false))))
+  }
+
+  /// B1 for a list ``verifiedBlocklist(_:)`` accepted (with this engine's trust, which the
+  /// caller checks when it verified it elsewhere): kept when newer than the issuer's list.
+  public func addBlocklist(_ list: Blocklist, now: Timestamp, state: LicenseState) -> Decision<BlocklistAdded>
+  {
+    func refuse(_ code: String, _ message: String) -> Decision<BlocklistAdded> {
+      .unchanged(state, .failure(RuleViolation(rule: .B1, code: code, message: message)))
+    }
+    let digest = SHA256.digest(list.compact)
+    if let kept = state.blocklist(digest: digest) { return unchangedBlocklist(kept, state: state) }
     if let kept = state.blocklists[list.issuer] {
       guard list.sequence > kept.sequence else {
         return refuse(
@@ -386,7 +414,7 @@ extension LicenseEngine {
     let learned = Dictionary(
       (state.blocklists[list.issuer]?.entries ?? []).map { ($0.serial, $0.learnedAt) }, uniquingKeysWith: min)
     next.blocklists[list.issuer] = StoredBlocklist(
-      digest: SHA256.digest(list.compact), issuer: list.issuer, sequence: list.sequence, receivedAt: now,
+      digest: digest, issuer: list.issuer, sequence: list.sequence, receivedAt: now,
       entries: list.entries.map { entry in
         StoredBlocklist.Entry(
           serial: entry.serial, since: entry.since, reason: entry.reason,
