@@ -300,3 +300,23 @@ extension BlockedGraceTests {
     #expect(read.blocklists["test-issuer"]?.entry(serial: "SERIAL-100004")?.reason == "resold 4")
   }
 }
+
+extension BlockedGraceTests {
+  /// While a slot waits for a reserve valid only after the grace's end: removing that reserve
+  /// leaves it expired without saying so twice; a new active key ends the wait at once.
+  @Test func B2_whileWaitingForTheReserveRemovingItOrAddingAnActiveKey() throws {
+    let nbf = graceEnd + .days(2)
+    let d = engine.timeReached(now: graceEnd, state: try blocked(held(reserveFrom: nbf)))
+    let waiting = d.state.acknowledging(through: d.state.lastTransitionID)
+    #expect(waiting[.server]?.held?.isLapsed == true)
+    let removed = engine.removeReserve(slot: .server, now: graceEnd + .hours(1), state: waiting)
+    let lapsed = engine.timeReached(now: graceEnd + .hours(1), state: removed.state)
+    #expect(lapsed.state[.server]?.lapsed?.expired.expiresAt == graceEnd)
+    #expect(!lapsed.renderedEvents.contains { $0.kind == .licenseExpired }, "said once, at the grace's end")
+    let added = engine.addKey(
+      issuer.key("KS-9", exp: exp + .days(10)), role: .active, now: graceEnd + .hours(1), state: waiting)
+    #expect(added.state[.server]?.held?.active.serial == "KS-9")
+    #expect(added.state[.server]?.held?.isLapsed == false && added.state[.server]?.held?.blocked == nil)
+    #expect(engine.health(added.state, now: graceEnd + .hours(1)) != .lapsedOrAlert)
+  }
+}
