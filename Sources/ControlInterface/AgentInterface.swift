@@ -471,7 +471,7 @@ public struct AddBlocklistReply: Codable, Sendable, Equatable {
       lines.append(
         key.dropped
           ? "It blocks the \(key.slot.rawValue) \(what) \(key.serial) (since \(key.since.rfc3339)\(why)): removed."
-          : "It blocks the \(key.slot.rawValue) \(what) \(key.serial) (since \(key.since.rfc3339)\(why)): it keeps working until the end of its grace, \(key.graceEndsAt?.rfc3339 ?? "its expiry"); add a key that is not blocked before then."
+          : "It blocks the \(key.slot.rawValue) \(what) \(key.serial) (since \(key.since.rfc3339)\(why)): it keeps working until the end of its grace, \(key.graceEndsAt?.rfc3339 ?? "its expiry"), when what takes over does (agentctl status says what); if nothing does, add a key that is not blocked before then."
       )
     }
     message = lines.joined(separator: "\n")

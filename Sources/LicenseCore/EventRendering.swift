@@ -85,13 +85,17 @@ extension KeyPromoted {
         ? " (the agent was not running at expiry: \(words) late)"
         : " (the system clock was stepped past the expiry: \(words) after it)"
     let message: String
+    let ended =
+      graceEnded
+      ? "\(previous.serial), blocked by its issuer, reached the end of its grace at \(previous.expiresAt)\(late)"
+      : "\(previous.serial) expired at \(previous.expiresAt)\(late)"
     switch source {
     case .reserve:
       message =
-        "Reserve key \(key.serial) is now the active \(slot.rawValue) key: \(previous.serial) expired at \(previous.expiresAt)\(late). The new key expires at \(key.expiresAt); add the next reserve before then."
+        "Reserve key \(key.serial) is now the active \(slot.rawValue) key: \(ended). The new key expires at \(key.expiresAt); add the next reserve before then."
     case .pending(let hint):
       message =
-        "\(renewedAhead(key.serial, hint)), is now the active \(slot.rawValue) key: \(previous.serial) expired at \(previous.expiresAt)\(late). It expires at \(key.expiresAt); the agent will renew it ahead in turn."
+        "\(renewedAhead(key.serial, hint)), is now the active \(slot.rawValue) key: \(ended). It expires at \(key.expiresAt); the agent will renew it ahead in turn."
     }
     return JournalEvent(
       .keyPromoted, message: message + shortSentence(unitsShort, key, tookOver: true),

@@ -218,6 +218,7 @@ extension LicenseEngine {
     var event = KeyPromoted(
       slot: slot, key: KeyRef(successor), source: source, previous: active, lateness: lateness, cause: cause)
     event.unitsShort = next.unitsShort(successor.key, slot: slot)  // U3, at takeover
+    event.graceEnded = held.blocked != nil
     return event
   }
 

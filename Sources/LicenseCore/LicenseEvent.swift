@@ -86,6 +86,8 @@ public struct KeyPromoted: Sendable, Equatable {
   public var delay: Int64
   /// U3: the new key licenses fewer units than the slot uses.
   public var unitsShort: UnitsShort?
+  /// B2: the previous key was blocked; `previous.expiresAt` is the end of its grace.
+  public var graceEnded = false
 
   public init(slot: Slot, key: KeyRef, source: Source, previous: KeyRef, lateness: Int64, cause: Lateness) {
     self.slot = slot

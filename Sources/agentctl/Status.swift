@@ -244,18 +244,20 @@ struct Status: ParsableCommand {
           )
         }
       }
+      // B2: a blocked key's end is its grace's.
+      let when = slot.activeBlocked == nil ? "at expiry" : "at the grace's end"
       switch slot.takeover {
-      case .reserve: lines.append("  at expiry: reserve \(slot.reserve?.serial ?? "") becomes active")
+      case .reserve: lines.append("  \(when): reserve \(slot.reserve?.serial ?? "") becomes active")
       case .pendingRenewal:
-        lines.append("  at expiry: the renewed key \(slot.pending?.serial ?? "") becomes active")
+        lines.append("  \(when): the renewed key \(slot.pending?.serial ?? "") becomes active")
       case .activationCode:
         if let ahead = slot.renewalAhead, ahead.state != .stopped {
           lines.append(
-            "  at expiry: the key renewed ahead takes over; failing that, renewal with the activation code")
+            "  \(when): the key renewed ahead takes over; failing that, renewal with the activation code")
         } else {
-          lines.append("  at expiry: renewed with the activation code")
+          lines.append("  \(when): renewed with the activation code")
         }
-      case .none: lines.append("  at expiry: NOTHING takes over; the licence of this slot lapses")
+      case .none: lines.append("  \(when): NOTHING takes over; the licence of this slot lapses")
       }
     }
     if !status.alerts.isEmpty {

@@ -77,6 +77,8 @@ import Testing
     let p = try #require(promoted(d))
     #expect(p.key.serial == "KS-2" && p.previous.serial == "KS-1" && p.lateness == 0)
     #expect(p.previous.expiresAt == graceEnd)
+    let event = try #require(d.renderedEvents.first { $0.kind == .keyPromoted })
+    #expect(event.message.contains("reached the end of its grace"), "\(event.message)")
     #expect(d.actions.first == .persist(transitionID: d.state.lastTransitionID), "durable before announced")
     #expect(d.state[.server]?.held?.blocked == nil)
     // After downtime: caught up with its delay from the grace's end.
