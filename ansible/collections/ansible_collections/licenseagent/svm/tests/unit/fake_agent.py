@@ -3,11 +3,16 @@ modules' unit tests: replies are given per method, calls are recorded."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
 import tempfile
 import threading
+import unittest
+
+from ansible.module_utils.testing import patch_module_args
 
 
 class FakeAgent:
@@ -63,3 +68,28 @@ def key(serial, expires="2027-06-01T00:00:00Z", **extra):
              "notBefore": "2026-01-01T00:00:00Z", "expiresAt": expires, "source": "key"}
     value.update(extra)
     return value
+
+
+def run_module(module, agent, **args):
+    """Runs a module's main() with `args` against `agent`'s socket; its JSON result."""
+    args.setdefault("socket", agent.path)
+    output = io.StringIO()
+    with patch_module_args(args), contextlib.redirect_stdout(output):
+        with unittest.TestCase().assertRaises(SystemExit):
+            module.main()
+    return json.loads(output.getvalue())
+
+
+class AgentTestCase(unittest.TestCase):
+    """A test case that serves a fake agent (``serve``) and closes it afterwards."""
+
+    def setUp(self):
+        self.agent = None
+
+    def tearDown(self):
+        if self.agent:
+            self.agent.close()
+
+    def methods(self):
+        """The Varlink methods the module called, in order."""
+        return [call[0] for call in self.agent.calls]

@@ -5,8 +5,6 @@ SVM's keys and never calls AddBlocklist."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
 import os
 import sys
@@ -14,9 +12,9 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
 from ansible_collections.licenseagent.svm.plugins.modules import license_blocklist  # noqa: E402
-from fake_agent import FakeAgent, key, status  # noqa: E402
+import fake_agent  # noqa: E402
+from fake_agent import AgentTestCase, FakeAgent, key, status  # noqa: E402
 
 
 def part(value):
@@ -47,29 +45,14 @@ def added(unchanged=False, blocks=(ACTIVE_BLOCK, RESERVE_BLOCK)):
 
 
 def run_module(agent, **args):
-    args.setdefault("socket", agent.path)
-    output = io.StringIO()
-    with patch_module_args(args), contextlib.redirect_stdout(output):
-        with unittest.TestCase().assertRaises(SystemExit):
-            license_blocklist.main()
-    return json.loads(output.getvalue())
+    return fake_agent.run_module(license_blocklist, agent, **args)
 
 
-class LicenseBlocklistTests(unittest.TestCase):
-    def setUp(self):
-        self.agent = None
-
-    def tearDown(self):
-        if self.agent:
-            self.agent.close()
-
+class LicenseBlocklistTests(AgentTestCase):
     def serve(self, **replies):
         replies.setdefault("GetStatus", {"parameters": dict(status([SERVER])["parameters"], product="svm-protection")})
         self.agent = FakeAgent(replies)
         return self.agent
-
-    def methods(self):
-        return [call[0] for call in self.agent.calls]
 
     def test_B1_a_new_list_is_applied_and_says_what_it_blocks_here(self):
         result = run_module(self.serve(AddBlocklist=added()), blocklist="\n" + LIST + "\n")

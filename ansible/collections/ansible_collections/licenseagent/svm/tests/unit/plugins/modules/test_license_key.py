@@ -3,18 +3,15 @@ calls, and how the agent's replies become the module's result."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 import sys
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from ansible.module_utils.testing import patch_module_args  # noqa: E402
 from ansible_collections.licenseagent.svm.plugins.modules import license_key  # noqa: E402
-from fake_agent import FakeAgent, key, status  # noqa: E402
+import fake_agent  # noqa: E402
+from fake_agent import AgentTestCase, FakeAgent, key, status  # noqa: E402
 from plugins.module_utils.test_agent import jws  # noqa: E402
 
 KS2 = jws({"jti": "KS-2", "scheme": "vm-count", "os_type": "server"})
@@ -28,29 +25,14 @@ def added(unchanged=False, role="reserve"):
 
 
 def run_module(agent, **args):
-    args.setdefault("socket", agent.path)
-    output = io.StringIO()
-    with patch_module_args(args), contextlib.redirect_stdout(output):
-        with unittest.TestCase().assertRaises(SystemExit):
-            license_key.main()
-    return json.loads(output.getvalue())
+    return fake_agent.run_module(license_key, agent, **args)
 
 
-class LicenseKeyTests(unittest.TestCase):
-    def setUp(self):
-        self.agent = None
-
-    def tearDown(self):
-        if self.agent:
-            self.agent.close()
-
+class LicenseKeyTests(AgentTestCase):
     def serve(self, **replies):
         replies.setdefault("GetStatus", status([SERVER]))
         self.agent = FakeAgent(replies)
         return self.agent
-
-    def methods(self):
-        return [call[0] for call in self.agent.calls]
 
     def test_a_new_reserve_is_added(self):
         result = run_module(self.serve(AddKey=added()), key=KS2, role="reserve")
