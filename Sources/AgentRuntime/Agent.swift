@@ -558,12 +558,12 @@ public actor Agent: DispatchQueueActor {
 
   // MARK: - Blocklists (B1)
 
-  /// The lists of the blocklist directory: per issuer, the one with the highest sequence
-  /// is given to the engine (kept when newer than the issuer's list the state has; when it
-  /// is refused, the next highest), so that a reload applies one list per issuer, never an
-  /// older one on the way to a newer. A file older than the kept list (a newer one came
-  /// through the control interface) is normal and said once at info; any other refusal is an
-  /// error naming the file. File names and problems are bounded text from outside.
+  /// The lists of the blocklist directory: per issuer, only the verified list with the
+  /// highest sequence is given to the engine (kept when newer than the issuer's list the
+  /// state has), so that a reload applies one list per issuer, never an older one on the way
+  /// to a newer. A file older than the kept list (a newer one came through the control
+  /// interface) is normal and said once at info; a file that cannot be verified is an error
+  /// naming it. File names and problems are bounded text from outside.
   private func readBlocklists() {
     let (lists, problems) = BlocklistDirectory.load(paths.blocklistDirectory)
     func ignored(_ file: String, _ problem: String, code: String? = nil) {
@@ -575,38 +575,39 @@ public actor Agent: DispatchQueueActor {
       logger.error("Ignored a file of the blocklist directory", metadata: metadata)
     }
     for problem in problems { ignored(problem.file, problem.problem) }
-    // Per issuer (as the list says; unverified here, verified by the engine), highest first.
-    var byIssuer: [String: [(file: String, text: String, sequence: Int)]] = [:]
-    for (file, text) in lists {
-      let peek = try? BlocklistParser.parseUnverified(text)
-      byIssuer[peek?.issuer ?? "", default: []].append((file, text, peek?.sequence ?? -1))
+    // Each file read once: a kept list known by its digest, any other verified. Per issuer,
+    // the newest (by sequence, then name) is the one given to the engine; nothing when that
+    // is the list already kept.
+    var newest: [String: (file: String, sequence: Int, list: Blocklist?)] = [:]
+    func offer(_ issuer: String, _ file: String, _ sequence: Int, _ list: Blocklist?) {
+      if let best = newest[issuer], (best.sequence, best.file) >= (sequence, file) { return }
+      newest[issuer] = (file, sequence, list)
     }
-    for issuer in byIssuer.keys.sorted() {
-      for candidate in byIssuer[issuer, default: []].sorted(by: {
-        ($0.sequence, $0.file) > ($1.sequence, $1.file)
-      }) {
-        let now = clock.now()
-        let decision = engine.addBlocklist(candidate.text, now: now, state: state)
-        switch decision.result {
-        case .failure(let violation) where violation.code == "blocklist_rollback":
-          logger.info(
-            "A blocklist file is not newer than the list kept; it is ignored",
-            metadata: [
-              "file": "\(ExternalText.bounded(candidate.file, limit: ExternalText.messageLimit))",
-              "message": "\(ExternalText.bounded(violation.message, limit: ExternalText.messageLimit))",
-            ])
-        case .failure(let violation):
-          ignored(candidate.file, violation.message, code: violation.code)
-          // An unreadable list names no issuer: each is tried; otherwise the next highest.
-          continue
-        case .success(let added):
-          if !added.unchanged, carryOut(decision, decidedAt: now) == nil {
-            logBlocklist(added, from: candidate.file)
-          }
-        }
-        // The highest that the engine took (or that is older than the kept list): the rest
-        // of this issuer's files are older still.
-        if !issuer.isEmpty { break }
+    for (file, text) in lists {
+      if let kept = engine.keptBlocklist(text, in: state) {
+        offer(kept.issuer, file, kept.sequence, nil)
+        continue
+      }
+      switch engine.verifiedBlocklist(text) {
+      case .failure(let violation): ignored(file, violation.message, code: violation.code)
+      case .success(let list): offer(list.issuer, file, list.sequence, list)
+      }
+    }
+    for issuer in newest.keys.sorted() {
+      guard let (file, _, candidate) = newest[issuer], let list = candidate else { continue }
+      let now = clock.now()
+      let decision = engine.addBlocklist(list, now: now, state: state)
+      switch decision.result {
+      case .failure(let violation) where violation.code == "blocklist_rollback":
+        logger.info(
+          "A blocklist file is not newer than the list kept; it is ignored",
+          metadata: [
+            "file": "\(ExternalText.bounded(file, limit: ExternalText.messageLimit))",
+            "message": "\(ExternalText.bounded(violation.message, limit: ExternalText.messageLimit))",
+          ])
+      case .failure(let violation): ignored(file, violation.message, code: violation.code)
+      case .success(let added):
+        if !added.unchanged, carryOut(decision, decidedAt: now) == nil { logBlocklist(added, from: file) }
       }
     }
   }

@@ -81,9 +81,13 @@ public enum MetricsText {
         add("license_agent_key_expiry_timestamp_seconds", labels, seconds(key.expiresAt))
         add("license_agent_key_not_before_timestamp_seconds", labels, seconds(key.claims.notBefore))
         add("license_agent_key_units", labels, String(key.claims.units))
-        if state.blockEntry(for: key.key) != nil { add("license_agent_key_blocked", labels, "1") }
       }
       if let held = slotState.held, held.blocked != nil {
+        // B1: only an active key is ever blocked here (a blocked reserve or pending key is
+        // dropped at once), as the status shows it.
+        add(
+          "license_agent_key_blocked",
+          [("slot", name), ("role", "active"), ("serial", held.active.serial)], "1")
         // B2: when the blocked active key counts as expired.
         add(
           "license_agent_key_grace_end_timestamp_seconds", [("slot", name), ("serial", held.active.serial)],

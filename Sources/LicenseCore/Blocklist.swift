@@ -341,13 +341,17 @@ extension LicenseEngine {
   /// active key keeps working until the end of its grace.
   public func addBlocklist(_ text: String, now: Timestamp, state: LicenseState) -> Decision<BlocklistAdded> {
     // The same list again (a reload, a fleet run) is known by its digest, before any parsing.
-    if let kept = state.blocklist(digest: SHA256.digest(text.trimmingWhitespace())) {
-      return unchangedBlocklist(kept, state: state)
-    }
+    let digest = SHA256.digest(text.trimmingWhitespace())
+    if let kept = state.blocklist(digest: digest) { return unchangedBlocklist(kept, state: state) }
     switch verifiedBlocklist(text) {
     case .failure(let violation): return .unchanged(state, .failure(violation))
-    case .success(let list): return addBlocklist(list, now: now, state: state)
+    case .success(let list): return merge(list, digest: digest, now: now, state: state)
     }
+  }
+
+  /// The kept list `text` is, known by its digest without parsing it; nil when it is not.
+  public func keptBlocklist(_ text: String, in state: LicenseState) -> StoredBlocklist? {
+    state.blocklist(digest: SHA256.digest(text.trimmingWhitespace()))
   }
 
   /// B1's checks of a list that change nothing: its signature by a trusted issuer, its
@@ -389,10 +393,16 @@ extension LicenseEngine {
   /// caller checks when it verified it elsewhere): kept when newer than the issuer's list.
   public func addBlocklist(_ list: Blocklist, now: Timestamp, state: LicenseState) -> Decision<BlocklistAdded>
   {
+    merge(list, digest: SHA256.digest(list.compact), now: now, state: state)
+  }
+
+  /// ``addBlocklist(_:now:state:)`` with the digest of the list's signed text.
+  private func merge(_ list: Blocklist, digest: String, now: Timestamp, state: LicenseState) -> Decision<
+    BlocklistAdded
+  > {
     func refuse(_ code: String, _ message: String) -> Decision<BlocklistAdded> {
       .unchanged(state, .failure(RuleViolation(rule: .B1, code: code, message: message)))
     }
-    let digest = SHA256.digest(list.compact)
     if let kept = state.blocklist(digest: digest) { return unchangedBlocklist(kept, state: state) }
     if let kept = state.blocklists[list.issuer] {
       guard list.sequence > kept.sequence else {

@@ -60,9 +60,9 @@ extension LicenseEngine {
           // past its whole period) is not promoted (P4) but is the licence's latest key: the
           // renewal continues from it, so that the server gives the period after it, not the
           // same one again; and the journal says so (RESERVE_DROPPED, reason `expired`).
-          // B2: the same at the end of a blocked key's grace.
-          // B2: a successor valid only after the grace's end does not keep the slot waiting:
-          // the renewal starts now, and the journal says why that key is dropped.
+          // B2: the same at the end of a blocked key's grace; a successor valid only after it
+          // does not keep the slot waiting: the renewal starts now, and the journal says why
+          // that key is dropped.
           let expiredPending = notYetValid == nil ? held.pending : nil
           let last = expiredPending ?? active
           if let pending = expiredPending {
@@ -80,11 +80,9 @@ extension LicenseEngine {
                   reason: .notValidAtGraceEnd(active: ended, validFrom: waiting.claims.notBefore))))
           }
           let ahead = held.ahead?.attempts
-          var expired = ExpiredKey(last)
-          if expiredPending == nil { expired.expiresAt = held.endsAt }
           next[slot] = .lapsed(
             LapsedSlot(
-              expired: expired,
+              expired: expiredPending.map(ExpiredKey.init) ?? held.endedKey,
               renewal: Renewal(
                 code: code,
                 attempts: RenewalAttempts(
@@ -96,9 +94,7 @@ extension LicenseEngine {
         } else {
           // P4 / P6: nothing valid takes over; the slot is expired (already said when a
           // blocked key's grace ended with a successor valid only later, since removed).
-          var expired = ExpiredKey(active)
-          expired.expiresAt = held.endsAt
-          next[slot] = .lapsed(LapsedSlot(expired: expired))
+          next[slot] = .lapsed(LapsedSlot(expired: held.endedKey))
           if !held.isLapsed {
             events.append(
               .licenseExpired(

@@ -184,6 +184,11 @@ public struct HeldSlot: Sendable, Equatable {
   /// slot is expired until then (B2).
   public var isLapsed: Bool { blocked?.lapsedAt != nil }
 
+  /// The active key as a lapsed slot records it: expired at ``endsAt``.
+  public var endedKey: ExpiredKey {
+    ExpiredKey(serial: active.serial, expiresAt: endsAt, scheme: active.claims.scheme)
+  }
+
   /// The key that takes over at ``endsAt``: the reserve or the key obtained ahead.
   public var successorKey: InstalledKey? { reserve ?? pending }
 

@@ -59,12 +59,25 @@ func readInput(_ path: String) -> Data {
   return data
 }
 
-/// The issuer's private JWK of `--signer` (issue, blocklist).
-func readSigner(_ path: String) -> JWK {
-  do {
-    return try JWK(json: readInput(path))
-  } catch {
-    fail("\(path) is not a usable issuer key: \(error)", code: 74)
+/// What issue and blocklist sign with: the issuer's private JWK, the product, the issuer
+/// name and the JWS alg.
+struct SigningOptions: ParsableArguments {
+  @Option(help: "The issuer's private JWK (from keygen).")
+  var signer: String
+  @Option(help: "The product the key or list is for.")
+  var product: String = EngineConfiguration.defaultProduct
+  @Option(help: "The issuer name (iss), as in its keys; default: the signer's kid.")
+  var issuer: String?
+  @Option(help: "The JWS alg: EdDSA (RFC 8037) or Ed25519 (RFC 9864).")
+  var alg: String = "EdDSA"
+
+  /// The issuer's private JWK of `--signer`.
+  func jwk() -> JWK {
+    do {
+      return try JWK(json: readInput(signer))
+    } catch {
+      fail("\(signer) is not a usable issuer key: \(error)", code: 74)
+    }
   }
 }
 
@@ -124,8 +137,7 @@ struct Issue: ParsableCommand {
       before it is printed.
       """)
 
-  @Option(help: "The issuer's private JWK (from keygen).")
-  var signer: String
+  @OptionGroup var signing: SigningOptions
   @Option(help: "The key's serial number (jti), unique per issuer.")
   var serial: String
   @Option(help: "standard or enterprise.")
@@ -143,12 +155,6 @@ struct Issue: ParsableCommand {
   var notBefore: String = "now"
   @Option(help: "Expiry instant (exp).")
   var expires: String
-  @Option(help: "The product the key is for.")
-  var product: String = EngineConfiguration.defaultProduct
-  @Option(help: "The issuer name (iss); default: the signer's kid.")
-  var issuer: String?
-  @Option(help: "The JWS alg: EdDSA (RFC 8037) or Ed25519 (RFC 9864).")
-  var alg: String = "EdDSA"
 
   func run() throws {
     let now = currentTime()
@@ -170,18 +176,19 @@ struct Issue: ParsableCommand {
       return value
     }
     let claims = LicenseClaims(
-      issuer: issuer ?? "", serial: serial, issuedAt: Timestamp(seconds: now.microseconds / 1_000_000),
+      issuer: signing.issuer ?? "", serial: serial,
+      issuedAt: Timestamp(seconds: now.microseconds / 1_000_000),
       notBefore: try instant(notBefore, "not-before"), expiresAt: try instant(expires, "expires"),
-      product: product,
+      product: signing.product,
       edition: try choice(edition, "edition", Edition.self),
       scheme: try choice(scheme, "scheme", Scheme.self),
       osType: try osType.map { try choice($0, "os-type", OSType.self) },
       licenseType: try choice(licenseType, "license-type", LicenseType.self), units: units)
-    let jwk = readSigner(signer)
+    let jwk = signing.jwk()
     var signed = claims
-    if issuer == nil { signed.issuer = jwk.kid }
+    if signing.issuer == nil { signed.issuer = jwk.kid }
     do {
-      let key = try KeyParser.sign(signed, with: jwk, alg: alg)
+      let key = try KeyParser.sign(signed, with: jwk, alg: signing.alg)
       // Read back as the agent would: refuse to print a key the agent would refuse.
       _ = try KeyParser.verify(key, trust: TrustStore([jwk]))
       print(key)
@@ -203,8 +210,7 @@ struct MakeBlocklist: ParsableCommand {
       agent would read it before it is printed.
       """)
 
-  @Option(help: "The issuer's private JWK (from keygen).")
-  var signer: String
+  @OptionGroup var signing: SigningOptions
   @Option(help: "The list's sequence number (0 or more), higher than the issuer's previous list's.")
   var seq: Int
   @Option(
@@ -214,12 +220,6 @@ struct MakeBlocklist: ParsableCommand {
   var blocked: [String] = []
   @Option(help: "When the keys were blocked (each entry's since).")
   var since: String = "now"
-  @Option(help: "The product.")
-  var product: String = EngineConfiguration.defaultProduct
-  @Option(help: "The issuer name (iss), as in its keys; default: the signer's kid.")
-  var issuer: String?
-  @Option(help: "The JWS alg: EdDSA (RFC 8037) or Ed25519 (RFC 9864).")
-  var alg: String = "EdDSA"
 
   func validate() throws {
     guard seq >= 0 else { throw ValidationError("--seq must be 0 or more, not \(seq)") }
@@ -235,17 +235,17 @@ struct MakeBlocklist: ParsableCommand {
         "--since '\(since)' is not a time: use RFC 3339 (2026-12-31T09:00:00Z) or a relative time (=-1d, now)"
       )
     }
-    let jwk = readSigner(signer)
+    let jwk = signing.jwk()
     let entries = blocked.map { text -> BlockedEntry in
       let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false)
       return BlockedEntry(
         serial: String(parts[0]), since: when, reason: parts.count > 1 ? String(parts[1]) : "")
     }
     let list = Blocklist(
-      compact: "", kid: jwk.kid, issuer: issuer ?? jwk.kid, sequence: seq,
-      issuedAt: Timestamp(seconds: now.microseconds / 1_000_000), product: product, entries: entries)
+      compact: "", kid: jwk.kid, issuer: signing.issuer ?? jwk.kid, sequence: seq,
+      issuedAt: Timestamp(seconds: now.microseconds / 1_000_000), product: signing.product, entries: entries)
     do throws(KeyDefect) {
-      let signed = try BlocklistParser.sign(list, with: jwk, alg: alg)
+      let signed = try BlocklistParser.sign(list, with: jwk, alg: signing.alg)
       _ = try BlocklistParser.verify(signed, trust: TrustStore([jwk]))
       print(signed)
     } catch {
